@@ -1,0 +1,283 @@
+"""Typed configuration: dataclasses, YAML files, dotted ``--set key=value`` overrides.
+
+One :class:`Config` describes a whole experiment (data, model, both training stages); each command
+reads the sections it needs. Every value is checked against its annotation before any work
+starts, and a bad one is refused with one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from vitmim.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: Literal["auto", "tin", "folder", "unlabelled"] = "auto"
+    path: str | None = None  # else $VITMIM_DATA, else the default download location
+    classes: int | list[str] | None = 10  # first K of wnids.txt, an explicit list, or None = all
+    class_seed: int | None = None  # with an int `classes`: draw K classes with this seed instead
+    label_fraction: float = 1.0  # share of training labels the classifier sees (per class)
+    cache_dir: str | None = None  # else $VITMIM_CACHE, else ~/.cache/vitmim
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["vit", "unet-vit"] = "vit"
+    img_size: int = 64  # px
+    patch_size: int = 8  # px; the ViT's token grid is img_size / patch_size
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    conv_stem: bool = False  # Early Convolutions: a small conv stack instead of the patch projection
+    rezero: bool = False  # residual branches gated by a learnable scalar initialised at 0
+    decoder_dim: int = 128  # fast-path (visible tokens only) decoder width
+    decoder_depth: int = 2  # fast-path decoder blocks
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per 2x downsample
+    skips: Literal["all", "none", "no-finest"] = "all"  # unet-vit decoder skip connections
+
+
+@dataclass
+class AugmentConfig:
+    crop_pad: int = 4  # px of reflect padding for random-crop; 0 = off
+    flip: bool = True
+    trivial_augment: bool = False  # torchvision TrivialAugmentWide, per image
+    mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
+    cutmix: float = 0.0  # Beta(a, a) parameter; 0 = off
+    erasing: float = 0.0  # probability of torchvision RandomErasing per image
+
+
+@dataclass
+class StageConfig:
+    epochs: int = 10
+    batch_size: int = 128  # global batch (split across processes under torchrun)
+    lr: float = 1e-3  # peak learning rate at batch_size
+    min_lr: float = 1e-5  # floor of the cosine schedule
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    drop_path: float = 0.0
+    ema: float = 0.0  # EMA decay of weights per step; 0 = off
+    seed: int = 0
+    nan_policy: Literal["stop", "rollback"] = "stop"  # on a non-finite loss
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    epochs: int = 10
+    lr: float = 1.5e-3
+    mask_patch: int = 8  # px side of a square mask cell
+    mask_ratio: float = 0.6  # share of cells masked, in (0, 1)
+    fast: bool = True  # encoder sees visible tokens only when mask_patch % patch_size == 0
+    loss: Literal["l1", "l2"] = "l1"
+    loss_on: Literal["masked", "all"] = "masked"
+    norm_pix: bool = False  # per-patch normalised targets (MAE's norm_pix_loss)
+
+
+@dataclass
+class FinetuneConfig(StageConfig):
+    epochs: int = 15
+    label_smoothing: float = 0.1
+    layer_decay: float = 1.0  # layer-wise lr decay; 1.0 = off
+    drop_path: float = 0.1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on a GPU; ignored on the CPU
+    compile: bool = False  # torch.compile the model
+    checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = once per epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# type checking of values against annotations
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to annotation ``tp``, or raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key {key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        choices = ", ".join(repr(c) for c in typing.get_args(tp))
+        raise UserError(f"config key {key}: expected one of {choices}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        return [_check(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported annotation {tp} for {key}")
+    raise UserError(f"config key {key}: expected {_describe(tp)}, got {value!r}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(t) for t in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
+            str: "a string"}.get(tp, str(tp))
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) dict, refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise UserError(f"config key {prefix or '<root>'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise UserError(f"unknown config key {where} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, values.get(f.name, {}) or {}, key)
+        elif f.name in values:
+            kwargs[f.name] = _check(values[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of config keys at the top level")
+    base = data.pop("base", None)  # a preset may build on another file, relative to itself
+    if base:
+        data = _merge(_read_yaml(p.parent / base), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"pretrain.mask_ratio=0.4"`` -> (["pretrain", "mask_ratio"], 0.4); values are YAML."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected key=value, e.g. pretrain.mask_ratio=0.4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def overrides_to_dict(overrides: list[str]) -> dict:
+    out: dict = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text}: {k} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
+    values: dict = dict(base or {})
+    for f in files:
+        values = _merge(values, _read_yaml(f))
+    values = _merge(values, overrides_to_dict(list(overrides)))
+    cfg = _build(Config, values, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that annotations cannot express."""
+    m, p = cfg.model, cfg.pretrain
+    if m.img_size % m.patch_size:
+        raise UserError(f"config key model.patch_size: {m.patch_size} does not divide "
+                        f"model.img_size {m.img_size}")
+    if m.embed_dim % m.num_heads:
+        raise UserError(f"config key model.num_heads: {m.num_heads} does not divide "
+                        f"model.embed_dim {m.embed_dim}")
+    if p.mask_patch <= 0 or m.img_size % p.mask_patch:
+        raise UserError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
+                        f"the {m.img_size} px image")
+    if not 0.0 < p.mask_ratio < 1.0:
+        raise UserError(f"config key pretrain.mask_ratio: expected a number in (0, 1), "
+                        f"got {p.mask_ratio}")
+    if not 0.0 < cfg.data.label_fraction <= 1.0:
+        raise UserError(f"config key data.label_fraction: expected a number in (0, 1], "
+                        f"got {cfg.data.label_fraction}")
+    if isinstance(cfg.data.classes, int) and cfg.data.classes <= 0:
+        raise UserError(f"config key data.classes: expected a positive count, "
+                        f"got {cfg.data.classes}")
+    if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
+        raise UserError("config key model.unet_channels: 2^len must divide model.img_size")
+    for name in ("pretrain", "finetune"):
+        st: StageConfig = getattr(cfg, name)
+        for k in ("epochs", "batch_size"):
+            if getattr(st, k) <= 0:
+                raise UserError(f"config key {name}.{k}: expected a positive integer, "
+                                f"got {getattr(st, k)}")
+        if st.lr <= 0:
+            raise UserError(f"config key {name}.lr: expected a positive number, got {st.lr}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

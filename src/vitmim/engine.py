@@ -1,0 +1,362 @@
+"""One training loop for both stages.
+
+What differs between pre-training and fine-tuning (how a batch is made, the loss, the evaluation)
+comes in through a :class:`Task`. The loop owns everything else: AdamW with warm-up + cosine,
+layer-wise lr decay, bf16 autocast, EMA, DDP, checkpoints, exact resumption, divergence handling.
+
+Exact resumption rests on one rule: every random draw of step ``t`` comes from generators seeded by
+(seed, epoch) for the data order and (seed, t) for augmentation, masks and dropout. A checkpoint
+therefore needs only weights, optimiser state and the step number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from vitmim.checkpoint import (flatten_optimizer, latest_checkpoint, save_checkpoint,
+                               unflatten_optimizer, write_text)
+from vitmim.config import StageConfig
+from vitmim.errors import UserError
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class Task(Protocol):
+    """The stage-specific part of training."""
+
+    n_train: int  # training examples per epoch
+
+    def make_batch(self, idx: torch.Tensor, g: torch.Generator) -> Batch:
+        """Global batch for example indices ``idx`` (augmented, masked...), on the device."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Scalar loss of ``model`` on (this process's share of) a batch."""
+
+    def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Validation metrics after an epoch."""
+
+
+@dataclass
+class Env:
+    """Where training runs: device, precision, and this process's place among ``world``."""
+
+    device: torch.device
+    amp: bool = False  # bf16 autocast
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_env(device: str = "auto", amp: bool = True) -> Env:
+    """Pick the device; join the process group when started by torchrun (gloo CPU, NCCL GPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device}: no CUDA GPU is visible")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    dev = torch.device(device)
+    return Env(dev, amp=amp and dev.type == "cuda", rank=rank, world=world)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers; distinct tuples give unrelated streams."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def lr_at(step: int, total: int, warmup: int, st: StageConfig) -> float:
+    """Linear warm-up to ``st.lr`` then cosine decay to ``st.min_lr``."""
+    if step < warmup:
+        return st.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return st.min_lr + (st.lr - st.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, st: StageConfig) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and position embeddings; layer-wise lr scale."""
+    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    depth = getattr(getattr(model, "backbone", model), "depth", 0)
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if p.ndim <= 1 or name in no_wd else st.weight_decay
+        scale = 1.0
+        if getattr(st, "layer_decay", 1.0) < 1.0 and hasattr(model, "layer_id"):
+            scale = st.layer_decay ** (depth + 1 - model.layer_id(name))
+        g = groups.setdefault((wd, scale), {"params": [], "weight_decay": wd, "lr_scale": scale})
+        g["params"].append(p)
+    return list(groups.values())
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock``: a second process on the same folder is refused.
+    The kernel drops it when the holder dies, so a SIGKILLed run can be resumed at once."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise UserError(f"{run_dir}: in use by another vitmim process; wait for it or "
+                            f"choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def run_lock(run_dir: Path, env: Env):
+    """The folder lock, taken by the main process only."""
+    return RunLock(run_dir) if env.main else contextlib.nullcontext()
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].lerp_(v, 1.0 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+
+class Trainer:
+    """Runs a :class:`Task` for ``st.epochs`` epochs in ``run_dir``, checkpointing as it goes."""
+
+    def __init__(self, task: Task, model: nn.Module, st: StageConfig, run_dir: Path, env: Env,
+                 stage: str, checkpoint_every: int = 0, compile: bool = False,
+                 progress: bool = True):
+        self.task, self.model, self.st, self.env = task, model.to(env.device), st, env
+        self.run_dir, self.stage, self.progress = Path(run_dir), stage, progress
+        self.spe = task.n_train // st.batch_size  # steps per epoch (last partial batch dropped)
+        if self.spe == 0:
+            raise UserError(f"config key {stage}.batch_size: {st.batch_size} is larger than the "
+                            f"{task.n_train} training images")
+        self.total = self.spe * st.epochs
+        self.warmup = int(st.warmup_epochs * self.spe)
+        self.checkpoint_every = checkpoint_every
+        self.opt = torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95))
+        self.ema = EMA(model, st.ema) if st.ema > 0 else None
+        self.step, self.lr_factor = 0, 1.0
+        net = torch.compile(model) if compile else model
+        if env.world > 1:
+            dev_ids = [env.device.index] if env.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=dev_ids)
+        self.net = net
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state.items()})
+        opt_tensors, self._opt_meta = flatten_optimizer(self.opt)
+        return {**tensors, **opt_tensors}
+
+    def save(self) -> None:
+        if not self.env.main:
+            return
+        tensors = self.state_tensors()
+        meta = {"stage": self.stage, "step": self.step, "epoch": self.step / self.spe,
+                "lr_factor": self.lr_factor, "optimizer": self._opt_meta}
+        save_checkpoint(self.run_dir, self.step, tensors, meta)
+
+    def restore(self) -> bool:
+        """Load the newest good checkpoint; False when there is none."""
+        found = latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        tensors, meta = found
+        if meta.get("stage") != self.stage:
+            raise UserError(f"{self.run_dir}: holds a {meta.get('stage')} run, not {self.stage}")
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_sd)
+        except RuntimeError as e:
+            raise UserError(f"{self.run_dir}: checkpoint does not fit this model "
+                            f"({str(e).splitlines()[1].strip()})") from None
+        if self.ema:
+            self.ema.state = {k[4:]: v.to(self.env.device) for k, v in tensors.items()
+                              if k.startswith("ema.")}
+        self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        self.step, self.lr_factor = meta["step"], meta.get("lr_factor", 1.0)
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        return True
+
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and ship: the EMA when enabled."""
+        if not self.ema:
+            return self.model
+        import copy
+        shadow = copy.deepcopy(self.model)
+        shadow.load_state_dict(self.ema.state)
+        return shadow
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        st, env, last = self.st, self.env, {}
+        while self.step < self.total:
+            epoch = self.step // self.spe
+            order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
+                derive_seed(st.seed, 1, epoch)))
+            t0, start, loss_sum = time.time(), self.step, torch.zeros((), device=env.device)
+            bar = tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
+                       desc=f"{self.stage} {epoch + 1}/{st.epochs}",
+                       disable=not (self.progress and env.main))
+            self.net.train()
+            while self.step < (epoch + 1) * self.spe:
+                i = self.step % self.spe
+                loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
+                loss_sum += loss.detach()
+                self.step += 1
+                bar.update()
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.check_finite(loss_sum)
+                    self.save()
+            bar.close()
+            self.check_finite(loss_sum)
+            last = self.end_epoch(epoch, loss_sum.item() / (self.step - start), t0, start)
+        return last
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        env, st = self.env, self.st
+        g = torch.Generator(device=env.device).manual_seed(derive_seed(st.seed, 2, self.step))
+        torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
+        batch = self.task.make_batch(idx.to(env.device), g)
+        if env.world > 1:  # every process builds the global batch, then takes its share
+            batch = tuple(t[env.rank::env.world] for t in batch)
+        lr = lr_at(self.step, self.total, self.warmup, st) * self.lr_factor
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.amp):
+            loss = self.task.loss(self.net, batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if st.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), st.grad_clip)
+        self.opt.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return loss
+
+    def check_finite(self, loss_sum: torch.Tensor) -> None:
+        if torch.isfinite(loss_sum):
+            return
+        if self.st.nan_policy == "rollback" and self.lr_factor > 1e-3 and self.restore():
+            self.lr_factor *= 0.5
+            print(f"{self.stage}: non-finite loss; rolled back to step {self.step} and "
+                  f"halved the learning rate (x{self.lr_factor:g})", flush=True)
+            raise _Rollback
+        raise UserError(f"{self.stage}: loss became non-finite at step {self.step}; the last good "
+                        f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (lower "
+                        f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)")
+
+    def end_epoch(self, epoch: int, train_loss: float, t0: float, start: int) -> dict:
+        dt = time.time() - t0
+        record = {"stage": self.stage, "epoch": epoch + 1, "step": self.step,
+                  "lr": lr_at(self.step - 1, self.total, self.warmup, self.st) * self.lr_factor,
+                  "train_loss": train_loss,
+                  "images_per_s": (self.step - start) * self.st.batch_size / max(dt, 1e-9)}
+        if self.env.main:
+            self.net.eval()
+            with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.env.amp):
+                record.update(self.task.evaluate(self.eval_model(), epoch + 1))
+            record["time_s"] = time.time() - t0
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            if self.progress:
+                print(format_record(record), flush=True)
+        self.save()
+        if self.env.world > 1:
+            dist.barrier()
+        return record
+
+
+class _Rollback(Exception):
+    """Internal: restart the epoch loop from the restored checkpoint."""
+
+
+def train(trainer: Trainer, resume: bool) -> dict[str, float]:
+    """Fit with resume and rollback handling; returns the last epoch's metrics."""
+    if resume:
+        trainer.restore()
+    elif any((trainer.run_dir / "checkpoints").glob("step_*.json")):
+        raise UserError(f"{trainer.run_dir}: already holds a run; pass --resume to continue it "
+                        f"or choose another --out")
+    if trainer.step == 0:
+        trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
+    while True:
+        try:
+            return trainer.fit() or last_record(trainer.run_dir / "metrics.jsonl")
+        except _Rollback:
+            continue
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line; the file is rewritten atomically so a kill never leaves half a line."""
+    old = path.read_text() if path.exists() else ""
+    write_text(path, old + json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after ``step`` (they are recomputed after a resume)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines()
+                 if ln.strip() and json.loads(ln)["step"] <= step]
+        write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def last_record(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def format_record(r: dict) -> str:
+    skip = {"stage", "step"}
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in r.items() if k not in skip]
+    return f"[{r['stage']}] " + " ".join(parts)

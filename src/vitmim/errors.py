@@ -1,0 +1,12 @@
+"""The one exception type a user can cause.
+
+Anything the user can get wrong (a path, a file layout, a config value, a checkpoint that does not
+fit) raises :class:`UserError`; the CLI prints its message on one line and exits with code 2.
+Everything else is a bug and is allowed to raise with a traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+    exit_code = 2

@@ -1,0 +1,31 @@
+"""Model builders: one place that maps ``model.arch`` to the modules of each stage."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vitmim.config import ModelConfig, PretrainConfig
+from vitmim.models.classifier import Classifier, TransferReport, transfer
+from vitmim.models.restorer import Restorer
+from vitmim.models.vit import ViT
+
+__all__ = ["Classifier", "Restorer", "TransferReport", "ViT", "build_backbone",
+           "build_classifier", "build_restorer", "transfer"]
+
+
+def build_backbone(cfg: ModelConfig, drop_path: float = 0.0) -> nn.Module:
+    if cfg.arch == "unet-vit":
+        from vitmim.models.unet_vit import UNetViTEncoder
+        return UNetViTEncoder(cfg, drop_path=drop_path)
+    return ViT(cfg, drop_path=drop_path)
+
+
+def build_restorer(cfg: ModelConfig, pcfg: PretrainConfig) -> nn.Module:
+    if cfg.arch == "unet-vit":
+        from vitmim.models.unet_vit import UNetViTRestorer
+        return UNetViTRestorer(cfg, pcfg)
+    return Restorer(cfg, pcfg)
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int, drop_path: float = 0.0) -> Classifier:
+    return Classifier(build_backbone(cfg, drop_path), num_classes)

@@ -1,0 +1,120 @@
+"""Classifier (backbone + average-pooled linear head), weight transfer and timm export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitmim.config import ModelConfig
+from vitmim.errors import UserError
+
+
+class Classifier(nn.Module):
+    """``backbone`` tokens -> mean over tokens -> linear ``head``. (B, 3, H, W) -> (B, classes)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # near-zero head: start at uniform logits
+        nn.init.zeros_(self.head.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)  # (B, N, D)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = tokens.mean(dim=1)  # (B, D)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.backbone.embed_dim, num_classes)
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return self.backbone.depth + 1
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+
+@dataclass
+class TransferReport:
+    """What a weight transfer did, key by key."""
+
+    copied: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)  # classifier keys the source had no value for
+    dropped: list[str] = field(default_factory=list)  # source keys the classifier has no place for
+
+    def summary(self) -> str:
+        """One line; dropped keys grouped by their module (``decoder.* (19)``)."""
+        groups: dict[str, int] = {}
+        for k in self.dropped:
+            prefix = k.split(".")[0]
+            groups[prefix] = groups.get(prefix, 0) + 1
+        dropped = ", ".join(f"{p}.* ({n})" if n > 1 or p not in self.dropped else p
+                            for p, n in groups.items())
+        return (f"transfer: {len(self.copied)} tensors copied; new: {', '.join(self.new) or '-'}; "
+                f"dropped: {dropped or '-'}")
+
+
+def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
+             origin: str = "checkpoint") -> TransferReport:
+    """Copy every ``backbone.*`` tensor of a restorer (or classifier) into ``classifier``.
+
+    Only the classification head may be new and only non-backbone keys (the restoration decoder,
+    mask tokens, an old head) may be dropped; any other mismatch means the checkpoint belongs to
+    another architecture or size and is refused.
+    """
+    own = classifier.state_dict()
+    report = TransferReport()
+    new_state = {}
+    for key, value in own.items():
+        if key in source and not key.startswith("head."):
+            if source[key].shape != value.shape:
+                raise UserError(f"{origin}: {key} has shape {tuple(source[key].shape)}, the model "
+                                f"expects {tuple(value.shape)} (another model size?)")
+            new_state[key] = source[key].to(value.dtype)
+            report.copied.append(key)
+        elif key.startswith("head."):
+            report.new.append(key)
+        else:
+            raise UserError(f"{origin}: no value for {key} (checkpoint of another architecture?)")
+    for key in source:
+        if key not in new_state:
+            if key.startswith("backbone."):
+                raise UserError(f"{origin}: {key} has no place in the model "
+                                f"(checkpoint of another architecture?)")
+            report.dropped.append(key)
+    classifier.load_state_dict(new_state, strict=False)
+    return report
+
+
+def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
+    """Arguments of timm's ``VisionTransformer`` with the same shape as our classifier."""
+    kw = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+              depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+              num_classes=num_classes, global_pool="avg", class_token=False, fc_norm=False)
+    if cfg.rezero:
+        kw["init_values"] = 1.0  # LayerScale; the scalar gate is broadcast into its gamma
+    return kw
+
+
+def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Classifier weights renamed for timm's ``VisionTransformer(**timm_kwargs(...))``."""
+    if cfg.arch != "vit" or cfg.conv_stem:
+        raise UserError("export: timm export needs model.arch=vit and model.conv_stem=false")
+    out = {}
+    for key, value in classifier.state_dict().items():
+        name = key.removeprefix("backbone.")
+        if name.endswith((".gate1", ".gate2")):
+            ls = "ls1" if name.endswith("gate1") else "ls2"
+            name = name.rsplit(".", 1)[0] + f".{ls}.gamma"
+            value = value.expand(cfg.embed_dim)
+        out[name] = value.detach().clone().contiguous()
+    return out

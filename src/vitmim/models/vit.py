@@ -1,0 +1,149 @@
+"""ViT backbone: patch embedding (or conv stem), position embedding, transformer blocks, norm.
+
+Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``pos_embed``,
+``blocks.N.{norm1,attn,norm2,mlp}``, ``norm``) so a fine-tuned classifier exports to timm with a
+plain rename. Attention and MLP are timm's layers (fused scaled-dot-product attention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Attention as TimmAttention
+from torch import nn
+
+from vitmim.config import ModelConfig
+
+
+def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """2-D sine-cosine position embedding (MAE), (1, grid*grid, dim); rows then columns."""
+    if dim % 4:
+        raise ValueError(f"sincos embedding needs dim % 4 == 0, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    parts = []
+    for pos in (ys.flatten(), xs.flatten()):
+        angles = pos[:, None] * omega[None]  # (N, dim/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float().unsqueeze(0)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> tokens. (B, 3, H, W) -> (B, N, D)."""
+
+    def __init__(self, patch_size: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class ConvStem(nn.Module):
+    """Early Convolutions (Xiao et al. 2021): stride-2 3x3 convs down to the patch grid, then a
+    1x1 projection. (B, 3, H, W) -> (B, N, D)."""
+
+    def __init__(self, patch_size: int, embed_dim: int):
+        super().__init__()
+        n_down = int(math.log2(patch_size))
+        if 2 ** n_down != patch_size:
+            raise ValueError(f"conv_stem needs a power-of-two patch_size, got {patch_size}")
+        layers, ch = [], 3
+        for i in range(n_down):
+            out = embed_dim // 2 ** (n_down - i)
+            layers += [nn.Conv2d(ch, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+            ch = out
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(ch, embed_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. With ``rezero`` each residual branch is scaled by a learnable
+    scalar that starts at 0 (ReZero), so every block starts as the identity."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 rezero: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = TimmAttention(dim, num_heads=num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.rezero = rezero
+        if rezero:
+            self.gate1 = nn.Parameter(torch.zeros(1))
+            self.gate2 = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        a = self.attn(self.norm1(x))
+        x = x + self.drop_path(self.gate1 * a if self.rezero else a)
+        m = self.mlp(self.norm2(x))
+        return x + self.drop_path(self.gate2 * m if self.rezero else m)
+
+
+class ViT(nn.Module):
+    """The encoder shared by the restorer and the classifier.
+
+    ``forward_features`` maps images to normalised tokens; the restorer also uses the two halves
+    (``embed`` and ``forward_tokens``) to drop or replace masked tokens in between.
+    """
+
+    def __init__(self, cfg: ModelConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.grid = cfg.img_size // cfg.patch_size
+        self.num_tokens = self.grid ** 2
+        self.embed_dim = cfg.embed_dim
+        self.depth = cfg.depth
+        stem = ConvStem if cfg.conv_stem else PatchEmbed
+        self.patch_embed = stem(cfg.patch_size, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid))
+        rates = torch.linspace(0, drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.apply(init_weights)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, D) patch tokens (no position yet)."""
+        return self.patch_embed(x)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) tokens with position already added -> (B, n, D) after blocks and norm."""
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, D)."""
+        return self.forward_tokens(self.embed(x) + self.pos_embed)
+
+    def layer_id(self, name: str) -> int:
+        """Depth index of a parameter for layer-wise lr decay: 0 = embedding, depth+1 = top."""
+        if name.startswith(("patch_embed", "pos_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.depth + 1
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"}
+
+
+def init_weights(m: nn.Module) -> None:
+    """timm / MAE style: truncated normal linears, unit LayerNorm, xavier patch projection."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, PatchEmbed):
+        nn.init.xavier_uniform_(m.proj.weight.view(m.proj.weight.shape[0], -1))
