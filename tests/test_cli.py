@@ -1,0 +1,113 @@
+"""End to end through the command line, in subprocesses: pretrain -> finetune -> use the model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+REAL_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
+TINY = ["--preset", "smoke", "--set", "data.classes=null", "--set", "pretrain.batch_size=16",
+        "--set", "finetune.batch_size=16", "--set", "pretrain.epochs=2",
+        "--set", "finetune.epochs=2"]
+
+
+def vitmim(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vitmim {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_tin, tmp_path_factory):
+    """One tiny `vitmim run` on the generated archive, shared by the tests below."""
+    out = tmp_path_factory.mktemp("run")
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
+    return out, proc
+
+
+def test_run_writes_three_runs_and_a_summary(trained):
+    out, proc = trained
+    for stage in ("pretrain", "finetune", "scratch"):
+        d = out / stage
+        for name in ("config.yaml", "manifest.json", "metrics.jsonl", "model.safetensors",
+                     "model.json"):
+            assert (d / name).is_file(), f"{stage}/{name} missing"
+        lines = (d / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+    assert "transfer:" in proc.stdout and "new: head.weight, head.bias" in proc.stdout
+    assert "| finetune |" in proc.stdout and (out / "summary.md").is_file()
+    manifest = json.loads((out / "finetune" / "manifest.json").read_text())
+    assert manifest["transfer"]["new"] == ["head.weight", "head.bias"]
+    assert manifest["data_fingerprint"] and manifest["packages"]["torch"] == torch.__version__
+    assert len(list((out / "pretrain" / "images").glob("recon_epoch*.png"))) == 2
+
+
+def test_pretrained_and_scratch_differ_only_by_init(trained):
+    out, _ = trained
+    pre = load_file(out / "finetune" / "model.safetensors")
+    scratch = load_file(out / "scratch" / "model.safetensors")
+    assert pre.keys() == scratch.keys()
+    assert not torch.equal(pre["backbone.blocks.0.attn.qkv.weight"],
+                           scratch["backbone.blocks.0.attn.qkv.weight"])
+
+
+def test_rerun_skips_finished_stages(trained, tiny_tin):
+    out, _ = trained
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
+    assert proc.stdout.count("already finished") == 3
+
+
+def test_eval_predict_reconstruct_export(trained, tiny_tin, tmp_path):
+    out, _ = trained
+    metrics = json.loads(vitmim("eval", out / "finetune", "--data", tiny_tin).stdout)
+    assert 0 <= metrics["val_top1"] <= 100 and metrics["val_top5"] == 100.0  # 4 classes
+
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    lines = vitmim("predict", out / "finetune", img, "--topk", "3").stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(str(img)) and lines[0].count("%") == 3
+    assert "goldfish" in lines[0] or "teapot" in lines[0] or "fox" in lines[0] \
+        or "volleyball" in lines[0]
+
+    grid = tmp_path / "grid.png"
+    vitmim("reconstruct", out / "pretrain", img, img, "--out", grid)
+    assert Image.open(grid).size[1] > Image.open(grid).size[0] / 3 * 2 * 0.9  # 2 rows x 3
+
+    exported = tmp_path / "timm.safetensors"
+    vitmim("export", out / "finetune", "--out", exported)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    model = timm.models.vision_transformer.VisionTransformer(**meta["kwargs"])
+    model.load_state_dict(load_file(exported), strict=True)
+    assert meta["class_names"][1] == "goldfish"
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, tiny_tin):
+    proc = vitmim("pretrain", "--out", tmp_path / "x", "--data", tmp_path / "nowhere",
+                  check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "nowhere" in proc.stderr
+    proc = vitmim("run", "--set", "pretrain.mask_ratio=1.5", check=False)
+    assert proc.returncode == 2 and "pretrain.mask_ratio" in proc.stderr
+    proc = vitmim("finetune", "--data", tiny_tin, "--out", tmp_path / "y", *TINY,
+                  "--init", tmp_path / "missing.safetensors", check=False)
+    assert proc.returncode == 2 and "missing.safetensors" in proc.stderr
+    assert not (tmp_path / "y" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not REAL_TIN.exists(), reason="real Tiny ImageNet archive not present")
+def test_smoke_preset_on_real_tin10(tmp_path):
+    """The documented smoke run: TIN-10 from the real archive, pre-train + fine-tune + scratch."""
+    proc = vitmim("run", "--preset", "smoke", "--data", REAL_TIN, "--out", tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["finetune"]["val_top1"] > 10.0  # 10 classes: above chance after one epoch
+    assert len(json.loads((tmp_path / "finetune" / "model.json").read_text())["classes"]) == 10
+    assert "done in" in proc.stdout

@@ -1,0 +1,60 @@
+"""Config: defaults, YAML files, dotted overrides, and one clear error per bad value."""
+
+import pytest
+
+from vitmim.config import Config, dump, load_config
+from vitmim.errors import UserError
+
+
+def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
+    cfg = load_config()
+    assert cfg == Config()
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(cfg))
+    assert load_config([path]) == cfg
+
+
+def test_files_then_overrides_in_order(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("pretrain: {mask_ratio: 0.4, epochs: 3}\nmodel: {depth: 4}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("base: a.yaml\npretrain: {epochs: 5}\n")
+    cfg = load_config([b], ["pretrain.mask_patch=4", "data.classes=[n01443537, n01629819]",
+                            "finetune.augment.mixup=0.8"])
+    assert (cfg.pretrain.mask_ratio, cfg.pretrain.epochs, cfg.model.depth) == (0.4, 5, 4)
+    assert cfg.pretrain.mask_patch == 4
+    assert cfg.data.classes == ["n01443537", "n01629819"]
+    assert cfg.finetune.augment.mixup == 0.8
+    assert isinstance(load_config(overrides=["finetune.lr=1"]).finetune.lr, float)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("pretrain.mask_ratoi=0.5", "unknown config key pretrain.mask_ratoi"),
+    ("nonsense=1", "unknown config key nonsense"),
+    ("pretrain.epochs=ten", "pretrain.epochs: expected an integer"),
+    ("pretrain.epochs=2.5", "pretrain.epochs: expected an integer"),
+    ("model.rezero=maybe", "model.rezero: expected true/false"),
+    ("model.arch=resnet", "model.arch: expected one of"),
+    ("pretrain.mask_ratio=1.2", "pretrain.mask_ratio: expected a number in (0, 1)"),
+    ("pretrain.mask_ratio=0", "pretrain.mask_ratio"),
+    ("pretrain.mask_patch=5", "pretrain.mask_patch: 5 px cells must divide"),
+    ("model.patch_size=7", "model.patch_size"),
+    ("data.label_fraction=0", "data.label_fraction"),
+    ("finetune.batch_size=0", "finetune.batch_size"),
+    ("pretrain=3", "pretrain: expected a mapping"),
+    ("pretrain.mask_ratio", "expected key=value"),
+])
+def test_bad_values_are_refused_with_the_key_named(override, message):
+    with pytest.raises(UserError) as e:
+        load_config(overrides=[override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain: [unclosed\n")
+    with pytest.raises(UserError, match="bad.yaml"):
+        load_config([bad])
+    with pytest.raises(UserError, match="missing.yaml: config file not found"):
+        load_config([tmp_path / "missing.yaml"])

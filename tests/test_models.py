@@ -1,0 +1,117 @@
+"""ViT restorer and classifier: shapes, loss on masked pixels only, transfer report, timm export."""
+
+import pytest
+import timm
+import torch
+
+from vitmim.config import Config, load_config
+from vitmim.errors import UserError
+from vitmim.masking import random_mask
+from vitmim.models import build_classifier, build_restorer, transfer
+from vitmim.models.classifier import timm_kwargs, to_timm_state
+from vitmim.models.restorer import patchify, restoration_loss, unpatchify
+
+SMALL = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
+         "model.decoder_depth=1"]
+
+
+def small(*overrides: str) -> Config:
+    return load_config(overrides=SMALL + list(overrides))
+
+
+def batch(cfg: Config, n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 64, 64, generator=g)
+    p = cfg.pretrain
+    return x, random_mask(n, 64, p.mask_patch, p.mask_ratio, g)
+
+
+@pytest.mark.parametrize("mask_patch,fast", [(2, True), (4, False), (8, False), (8, True),
+                                             (16, True)])
+def test_restorer_predicts_a_full_image(mask_patch, fast):
+    cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}")
+    model = build_restorer(cfg.model, cfg.pretrain)
+    assert model.fast == (fast and mask_patch % 8 == 0)
+    x, mask = batch(cfg)
+    assert model(x, mask).shape == (4, 3, 64, 64)
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 3, 64, 64)
+    assert patchify(x, 8).shape == (2, 64, 192)
+    assert torch.equal(unpatchify(patchify(x, 8), 8), x)
+
+
+def test_loss_counts_masked_pixels_only():
+    cfg = small()
+    x, mask = batch(cfg)
+    pred = x.clone()
+    visible = (1 - mask).expand_as(x).bool()
+    pred[visible] += 100.0  # huge errors where nothing is masked must not count
+    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == 0.0
+    pred = x + mask * 0.5
+    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(0.5)
+    cfg.pretrain.loss_on = "all"
+    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(
+        0.5 * mask.mean().item(), rel=1e-5)
+
+
+def test_fast_path_encoder_never_sees_masked_pixels():
+    cfg = small("pretrain.mask_patch=8", "pretrain.fast=true")
+    model = build_restorer(cfg.model, cfg.pretrain).eval()
+    x, mask = batch(cfg)
+    noisy = x + 10 * torch.randn_like(x) * mask  # change only the masked pixels
+    with torch.no_grad():
+        assert torch.allclose(model(x, mask), model(noisy, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_transfer_reports_exact_key_sets(fast):
+    cfg = small(f"pretrain.fast={fast}")
+    restorer = build_restorer(cfg.model, cfg.pretrain)
+    clf = build_classifier(cfg.model, 10)
+    report = transfer(restorer.state_dict(), clf)
+    backbone = {k for k in clf.state_dict() if k.startswith("backbone.")}
+    assert set(report.copied) == backbone
+    assert report.new == ["head.weight", "head.bias"]
+    assert set(report.dropped) == {k for k in restorer.state_dict()
+                                   if not k.startswith("backbone.")}
+    for k in backbone:
+        assert torch.equal(clf.state_dict()[k], restorer.state_dict()[k])
+
+
+def test_transfer_refuses_another_size_or_architecture():
+    cfg = small()
+    clf = build_classifier(cfg.model, 10)
+    wider = build_restorer(small("model.embed_dim=96", "model.num_heads=3").model,
+                           cfg.pretrain)
+    with pytest.raises(UserError, match="shape"):
+        transfer(wider.state_dict(), clf)
+    deeper = build_restorer(small("model.depth=3").model, cfg.pretrain)
+    with pytest.raises(UserError, match="backbone.blocks.2"):
+        transfer(deeper.state_dict(), clf)
+    with pytest.raises(UserError, match="no value"):
+        transfer({}, clf)
+
+
+@pytest.mark.parametrize("rezero", [False, True])
+def test_classifier_exports_to_timm_strict(rezero):
+    cfg = small(f"model.rezero={rezero}")
+    clf = build_classifier(cfg.model, 7).eval()
+    for p in clf.parameters():  # move gates and head off their init so the check means something
+        p.data.add_(0.01 * torch.randn_like(p))
+    ref = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(cfg.model, 7)).eval()
+    ref.load_state_dict(to_timm_state(clf, cfg.model), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ref(x), clf(x), atol=1e-5)
+
+
+def test_classifier_and_features_shapes():
+    cfg = small("model.conv_stem=true")
+    clf = build_classifier(cfg.model, 10)
+    x = torch.randn(3, 3, 64, 64)
+    tokens = clf.forward_features(x)
+    assert tokens.shape == (3, 64, 64)
+    assert clf.forward_head(tokens, pre_logits=True).shape == (3, 64)
+    assert clf(x).shape == (3, 10)
