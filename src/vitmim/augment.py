@@ -68,12 +68,18 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
 
 def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp / CutMix (torchvision's) when enabled; labels become (B, classes) soft targets."""
+    """MixUp / CutMix (torchvision's, one of them per batch) when enabled.
+
+    Args:
+        y: (B,) int64 labels.
+    Returns:
+        images and (B, classes) soft targets, so every batch has the same target type.
+    """
     ops = []
     if cfg.mixup > 0:
         ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
     if cfg.cutmix > 0:
         ops.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
     if not ops:
-        return x, y
+        return x, F.one_hot(y, num_classes).float()
     return v2.RandomChoice(ops)(x, y)

@@ -125,8 +125,7 @@ class FinetuneTask:
 
     def make_batch(self, idx: torch.Tensor, g: torch.Generator):
         x = augment(self.images[idx], self.cfg.finetune.augment, g)
-        y = F.one_hot(self.labels[idx], self.num_classes).float()
-        return mix(x, y, self.num_classes, self.cfg.finetune.augment)
+        return mix(x, self.labels[idx], self.num_classes, self.cfg.finetune.augment)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
@@ -227,6 +226,7 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
              progress: bool = True) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
     task = PretrainTask(train_set, val_set, cfg, env, run_dir)
     x = task.val_x[:2].cpu()
@@ -238,6 +238,7 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
         metrics = train(trainer, resume)
         if env.main:
             save_final(run_dir, trainer.eval_model(), "restorer", cfg, train_set, metrics)
+        env.barrier()  # under torchrun no process reads the final model before it is written
     return metrics
 
 
@@ -248,6 +249,7 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")
+    torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
     extra: dict = {"stage": "finetune", "init": str(init) if init else None}
     if init:
@@ -268,6 +270,7 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
         metrics = train(trainer, resume)
         if env.main:
             save_final(run_dir, trainer.eval_model(), "classifier", cfg, train_set, metrics)
+        env.barrier()  # under torchrun no process reads the final model before it is written
     return metrics
 
 
