@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from vitmim.errors import UserError
-from vitmim.masking import (apply_fill, num_masked, pixel_to_token_mask, random_cell_mask,
-                            random_mask)
+from vitmim.masking import (
+    apply_fill,
+    num_masked,
+    pixel_to_token_mask,
+    random_cell_mask,
+    random_mask,
+)
 
 
 @pytest.mark.parametrize("cell", [2, 4, 8, 16])

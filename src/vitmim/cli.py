@@ -189,6 +189,11 @@ def extra_commands():
         yield "report", report_register
     except ImportError:
         pass
+    try:
+        from vitmim.probe import register as probe_register
+        yield "probe", probe_register
+    except ImportError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ class ModelConfig:
     depth: int = 6
     num_heads: int = 3
     mlp_ratio: float = 4.0
-    conv_stem: bool = False  # Early Convolutions: a small conv stack instead of the patch projection
+    conv_stem: bool = False  # Early Convolutions: small conv stack instead of the patch projection
     rezero: bool = False  # residual branches gated by a learnable scalar initialised at 0
     decoder_dim: int = 128  # fast-path (visible tokens only) decoder width
     decoder_depth: int = 2  # fast-path decoder blocks
@@ -263,6 +263,9 @@ def validate(cfg: Config) -> None:
     if isinstance(cfg.data.classes, int) and cfg.data.classes <= 0:
         raise UserError(f"config key data.classes: expected a positive count, "
                         f"got {cfg.data.classes}")
+    if m.arch == "unet-vit" and (not m.unet_channels or min(m.unet_channels) <= 0):
+        raise UserError(f"config key model.unet_channels: expected a non-empty list of positive "
+                        f"channel counts, got {m.unet_channels}")
     if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
         raise UserError("config key model.unet_channels: 2^len must divide model.img_size")
     for name in ("pretrain", "finetune"):

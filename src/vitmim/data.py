@@ -21,6 +21,7 @@ member name cannot write anywhere (zip-slip) and oversized members are refused (
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import io
@@ -37,6 +38,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -579,24 +581,34 @@ def _decode_all(tree: _Tree, jobs: list[tuple[str, list[str]]], img_size: int,
              for out, files in jobs for s in range(0, len(files), CHUNK)]
     total = sum(len(f) for _, f in jobs)
     workers = _n_workers(total)
-    with tqdm(total=total, desc="decoding images", unit="img", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        if workers == 1:
+    if workers == 1:
+        with _bar(total, progress) as bar:
             for _, out, s, rels, size in tasks:
                 err = _decode_into(tree, out, s, rels, size)
                 if err:
                     raise UserError(err)
                 bar.update(len(rels))
-            return
-        pool = _mp_context().Pool(workers)
-        try:
-            for n, err in pool.imap_unordered(_worker, tasks):
+        return
+    # Workers start before the progress bar's monitor thread exists; a dead worker (OOM kill)
+    # surfaces as BrokenProcessPool instead of a hang.
+    ex = ProcessPoolExecutor(workers, mp_context=_mp_context())
+    ok = False
+    try:
+        futures = [ex.submit(_worker, t) for t in tasks]
+        with _bar(total, progress) as bar:
+            for fut in as_completed(futures):
+                n, err = fut.result()
                 if err:
                     raise UserError(err)
                 bar.update(n)
-        finally:
-            pool.terminate()
-            pool.join()
+        ok = True
+    finally:
+        ex.shutdown(wait=ok, cancel_futures=not ok)
+
+
+def _bar(total: int, progress: bool) -> tqdm:
+    return tqdm(total=total, desc="decoding images", unit="img", disable=not progress,
+                file=sys.stderr, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,6 +670,25 @@ def _open_cache(d: Path) -> tuple[ImageSet, ImageSet | None] | None:
     return train, val
 
 
+def _alloc_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """Create a uint8 .npy of ``shape`` with its disk blocks reserved.
+
+    Reserving up front turns a full disk into an OSError here instead of a SIGBUS when a
+    worker later writes into the memory map.
+    """
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del arr  # workers reopen it by path
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # e.g. tmpfs: no reservation
+                raise
+        finally:
+            os.close(fd)
+
+
 def _write_cache(tree: _Tree, plan: _Plan, key: str, tmp: Path, img_size: int,
                  progress: bool) -> None:
     """Decode every image of ``plan`` into the empty folder ``tmp``."""
@@ -667,9 +698,7 @@ def _write_cache(tree: _Tree, plan: _Plan, key: str, tmp: Path, img_size: int,
         if sp is None:
             continue
         out = tmp / f"{name}_images.npy"
-        arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8,
-                                        shape=(len(sp.files), 3, img_size, img_size))
-        del arr  # workers reopen it by path
+        _alloc_npy(out, (len(sp.files), 3, img_size, img_size))
         np.save(tmp / f"{name}_labels.npy", sp.labels)
         jobs.append((str(out), sp.files))
     _decode_all(tree, jobs, img_size, progress)
@@ -689,22 +718,38 @@ def _build_cache(tree: _Tree, plan: _Plan, key: str, final: Path, img_size: int,
                  progress: bool) -> None:
     """Build in a temp folder beside ``final`` and rename it into place (atomic)."""
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{key}.lock"):
-        if _open_cache(final) is not None:  # another process finished it while we waited
-            return
-        # We hold the lock, so any temp folder of this key is left over from a killed build.
-        for stale in root.glob(f".tmp-{key}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # incomplete or of another version: replace
-            shutil.rmtree(final, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f".{key}.lock"):
+            _build_locked(tree, plan, key, final, img_size, progress)
+    except OSError as e:  # read-only or full disk: the user's to fix
+        raise UserError(f"{root}: cannot write the data cache ({_one_line(e.strerror or e)}); "
+                        "free space or set data.cache_dir / VITMIM_CACHE") from None
+
+
+def _build_locked(tree: _Tree, plan: _Plan, key: str, final: Path, img_size: int,
+                  progress: bool) -> None:
+    """Build under the lock: reuse a finished cache, clear debris, decode, rename."""
+    root = final.parent
+    if _open_cache(final) is not None:  # another process finished it while we waited
+        return
+    # We hold the lock, so any temp folder of this key is left over from a killed build.
+    for stale in root.glob(f".tmp-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # incomplete or of another version: replace
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        _write_cache(tree, plan, key, tmp, img_size, progress)
         try:
-            _write_cache(tree, plan, key, tmp, img_size, progress)
             os.rename(tmp, final)
-        except BaseException:
+        except OSError:  # without a lock (no fcntl) another process may have won
+            if _open_cache(final) is None:
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_splits(cfg: DataConfig, img_size: int = 64,
@@ -882,7 +927,8 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
     seen = [0] * len(classes)
     for img, y in zip(train.images, train.labels.tolist()):
         c = classes[y]
-        zf.writestr(f"{top}train/{c}/images/{c}_{seen[y]}.JPEG", _jpeg(img))
+        # Zero-padded so the loader's sorted listing gives back the packed order.
+        zf.writestr(f"{top}train/{c}/images/{c}_{seen[y]:06d}.JPEG", _jpeg(img))
         seen[y] += 1
     if val is None:
         return
@@ -891,6 +937,6 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
         if not 0 <= y < len(classes):
             raise ValueError("pack: val labels must be in 0..len(classes)-1")
         h, w = img.shape[1:]
-        lines.append(f"val_{i}.JPEG\t{classes[y]}\t0\t0\t{w - 1}\t{h - 1}\n")
-        zf.writestr(f"{top}val/images/val_{i}.JPEG", _jpeg(img))
+        lines.append(f"val_{i:06d}.JPEG\t{classes[y]}\t0\t0\t{w - 1}\t{h - 1}\n")
+        zf.writestr(f"{top}val/images/val_{i:06d}.JPEG", _jpeg(img))
     zf.writestr(top + "val/val_annotations.txt", "".join(lines))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.layers import Attention as TimmAttention
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from vitmim.config import ModelConfig
@@ -104,7 +104,8 @@ class ViT(nn.Module):
         stem = ConvStem if cfg.conv_stem else PatchEmbed
         self.patch_embed = stem(cfg.patch_size, cfg.embed_dim)
         self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid))
-        rates = torch.linspace(0, drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
+        # stochastic depth grows linearly with depth
+        rates = torch.linspace(0, drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
