@@ -151,3 +151,15 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """7 unlabelled images, some in a subfolder."""
     return write_unlabelled(tmp_path_factory.mktemp("unlabelled"))
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory: pytest.TempPathFactory, tiny_tin: Path) -> Path:
+    """Run folders of the shipped smoke grid (2 mask ratios x 2 seeds + both baselines, probes)
+    on ``tiny_tin``, run in-process once and shared by the grid and report tests."""
+    from vitmim import cli
+    out = tmp_path_factory.mktemp("grid") / "smoke"
+    spec = Path(__file__).resolve().parents[1] / "configs" / "grids" / "smoke.yaml"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
+                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    return out

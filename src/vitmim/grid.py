@@ -1,0 +1,512 @@
+"""``vitmim grid SPEC.yaml``: a grid of pre-training variants x seeds, plus scratch baselines.
+
+A spec names the runs; every run is one folder and one job::
+
+    OUT/<cell>/seed<k>/cell.json        what to run: kind, axes, seed, resolved config
+    OUT/<cell>/seed<k>/status.json      running | done | failed (with the error line)
+    OUT/<cell>/seed<k>/pretrain/        variants only: the restorer (+ probe.json)
+    OUT/<cell>/seed<k>/finetune[_lfF]/  one classifier per label fraction F (< 1 only in the name)
+    OUT/grid.json                       every run's status after the last invocation
+
+Baselines, both reported: ``scratch`` (the fine-tune recipe from random weights) and
+``scratch_equal_compute`` (as many optimisation steps as pre-train + fine-tune together).
+Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
+recorded while the others go on. Jobs run as subprocesses here (``local``), or through submitit as
+a job array (``slurm``, or ``submitit-local`` to try the same path on this machine). One run can
+be repeated by hand with ``python -m vitmim.grid OUT/<cell>/seed<k>/cell.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vitmim import checkpoint
+from vitmim.config import Config, load_config, to_dict
+from vitmim.errors import UserError
+
+BASELINES = ("scratch", "scratch_equal_compute")
+# pre-training keys that change how many steps the equal-compute baseline must match
+STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
+SPEC_KEYS = {"base", "config", "variants", "seeds", "baselines", "label_fractions", "probe",
+             "out", "slurm"}
+
+
+@dataclass
+class GridSpec:
+    """A parsed grid spec; ``path`` anchors relative config files."""
+
+    path: Path
+    base: list[str] = field(default_factory=list)  # preset names or YAML paths
+    config: dict = field(default_factory=dict)  # inline config, nested or dotted keys
+    variants: dict[str, list] = field(default_factory=dict)  # dotted key -> values (cartesian)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    probe: bool = True  # k-NN + linear probe of each pre-trained model
+    out: str | None = None
+    slurm: dict = field(default_factory=dict)  # submitit executor parameters
+
+
+@dataclass
+class Run:
+    """One job: a variant (pre-train + fine-tune) or a baseline, for one seed."""
+
+    cell: str
+    kind: str  # "variant" | one of BASELINES
+    axes: dict  # dotted key -> value of this cell
+    seed: int
+    dir: Path
+    config: dict  # resolved, validated
+    label_fractions: list[float]
+    probe: bool
+
+    def stage_dirs(self) -> list[Path]:
+        dirs = [self.dir / "pretrain"] if self.kind == "variant" else []
+        return dirs + [self.dir / finetune_dirname(lf) for lf in self.label_fractions]
+
+    def extra_files(self) -> list[Path]:
+        """Outputs besides the models whose absence means the run is unfinished."""
+        if self.probe and self.kind == "variant":
+            return [self.dir / "pretrain" / "probe.json"]
+        if self.probe and self.kind == BASELINES[0]:
+            return [self.dir / "probe_random_init.json"]  # the reference the probes must beat
+        return []
+
+    def job(self) -> dict:
+        return {"cell": self.cell, "kind": self.kind, "axes": self.axes, "seed": self.seed,
+                "label_fractions": self.label_fractions, "probe": self.probe,
+                "config": self.config}
+
+
+def finetune_dirname(label_fraction: float) -> str:
+    return "finetune" if label_fraction == 1.0 else f"finetune_lf{label_fraction:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# spec -> runs
+
+
+def _expect(cond: bool, path: Path, key: str, what: str) -> None:
+    if not cond:
+        raise UserError(f"{path}: key {key}: expected {what}")
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Read and check a grid spec YAML; every problem names the file and key."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: grid spec not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    _expect(isinstance(raw, dict), p, "<root>", "a mapping")
+    unknown = set(raw) - SPEC_KEYS
+    _expect(not unknown, p, ", ".join(sorted(map(str, unknown))),
+            f"one of {', '.join(sorted(SPEC_KEYS))} (unknown key)")
+    base = raw.get("base") or []
+    base = [base] if isinstance(base, str) else base
+    _expect(isinstance(base, list) and all(isinstance(b, str) for b in base), p, "base",
+            "a preset name, a YAML path or a list of them")
+    spec = GridSpec(p, base=base)
+    for key in ("config", "variants", "slurm"):
+        value = raw.get(key) or {}
+        _expect(isinstance(value, dict), p, key, "a mapping")
+        setattr(spec, key, value)
+    for key, values in spec.variants.items():
+        _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
+                "a non-empty list of values")
+    _check_lists(raw, spec, p)
+    return spec
+
+
+def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
+    seeds = raw.get("seeds", spec.seeds)
+    _expect(isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)
+            and len(set(seeds)) == len(seeds), p, "seeds", "a non-empty list of distinct integers")
+    baselines = raw.get("baselines", spec.baselines) or []
+    _expect(isinstance(baselines, list) and set(baselines) <= set(BASELINES), p, "baselines",
+            f"a list of {', '.join(BASELINES)}")
+    lfs = raw.get("label_fractions", spec.label_fractions)
+    _expect(isinstance(lfs, list) and lfs and all(
+        isinstance(f, (int, float)) and 0 < f <= 1 for f in lfs), p, "label_fractions",
+        "a non-empty list of numbers in (0, 1]")
+    probe = raw.get("probe", True)
+    _expect(isinstance(probe, bool), p, "probe", "true or false")
+    out = raw.get("out")
+    _expect(out is None or isinstance(out, str), p, "out", "a folder path")
+    spec.seeds, spec.baselines, spec.probe, spec.out = seeds, baselines, probe, out
+    spec.label_fractions = [float(f) for f in lfs]
+
+
+def _base_files(spec: GridSpec) -> list[Path]:
+    from vitmim.cli import PRESETS
+    files = []
+    for item in spec.base:
+        preset = PRESETS / f"{item}.yaml"
+        files.append(preset if "/" not in item and preset.exists() else spec.path.parent / item)
+    return files
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested or dotted mapping -> {dotted key: value}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _set(values: dict, dotted: dict[str, object]) -> dict:
+    """Deep copy of ``values`` with each dotted key set (sections created as needed)."""
+    out = copy.deepcopy(values)
+    for key, v in dotted.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"config key {key}: {part} is not a section")
+        node[last] = v
+    return out
+
+
+def cell_name(axes: dict) -> str:
+    """``{"pretrain.mask_patch": 4, "pretrain.mask_ratio": 0.4}`` -> ``mask_patch=4,mask_ratio=0.4``
+    (the full key where last parts would collide)."""
+    lasts = [k.split(".")[-1] for k in axes]
+    parts = []
+    for key, last in zip(axes, lasts):
+        name = last if lasts.count(last) == 1 else key
+        value = "x".join(map(str, axes[key])) if isinstance(axes[key], list) else axes[key]
+        parts.append(f"{name}={value}".replace("/", "_").replace(" ", ""))
+    return ",".join(parts)
+
+
+def baseline_axes(kind: str, axes: dict) -> dict:
+    """The axes of a variant that its ``kind`` baseline shares: a baseline varies only with what
+    changes it, the non-pre-training keys, and for equal compute also the pre-training step keys."""
+    return {k: v for k, v in axes.items()
+            if not k.startswith("pretrain.") or (kind == BASELINES[1] and k in STEP_KEYS)}
+
+
+def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
+    """(cell name, kind, axes) for every variant and every distinct baseline."""
+    keys = list(spec.variants)
+    combos = [dict(zip(keys, vals)) for vals in itertools.product(*spec.variants.values())]
+    cells = [(cell_name(a) or "pretrained", "variant", a) for a in combos]
+    for kind in spec.baselines:
+        seen: list[dict] = []
+        for a in combos:
+            proj = baseline_axes(kind, a)
+            if proj not in seen:
+                seen.append(proj)
+                cells.append((kind + (f",{cell_name(proj)}" if proj else ""), kind, proj))
+    return cells
+
+
+def plan(spec: GridSpec, out: Path, overrides: list[str] = ()) -> list[Run]:
+    """Every run of the grid with its resolved config; bad values are refused before any work."""
+    from vitmim.config import overrides_to_dict
+    base = to_dict(load_config(_base_files(spec)))
+    base = _set(base, _flatten(spec.config))
+    base = _set(base, _flatten(overrides_to_dict(list(overrides))))
+    runs = []
+    for cell, kind, axes in _cells(spec):
+        for seed in spec.seeds:
+            values = _set(base, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
+            try:
+                cfg = load_config(base=values)
+            except UserError as e:
+                raise UserError(f"{spec.path}: cell {cell}: {e}") from None
+            runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),
+                            spec.label_fractions, spec.probe))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# one job
+
+
+def run_finished(run: Run) -> bool:
+    from vitmim.pipeline import stage_done
+    return (all(stage_done(d) for d in run.stage_dirs())
+            and all(f.exists() for f in run.extra_files()))
+
+
+def read_status(run_dir: Path) -> dict:
+    path = run_dir / "status.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _write_status(run_dir: Path, status: str, **extra) -> None:
+    checkpoint.write_json(run_dir / "status.json", {"status": status, **extra,
+                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+
+
+def run_job(cell_json: str | Path) -> dict:
+    """Execute the run described by ``cell_json`` in this process, recording ``status.json``
+    beside it; raises what the run raised. Returns each stage's final metrics."""
+    path = Path(cell_json)
+    run_dir = path.parent
+    job = json.loads(path.read_text())
+    t0 = time.time()
+    _write_status(run_dir, "running")
+    try:
+        results = _execute(job, run_dir)
+    except BaseException as e:
+        _write_status(run_dir, "failed", error=one_line(e), wall_s=time.time() - t0)
+        raise
+    _write_status(run_dir, "done", wall_s=time.time() - t0)
+    return results
+
+
+def _execute(job: dict, run_dir: Path) -> dict:
+    from vitmim.cli import env_for
+    from vitmim.pipeline import run_stage
+    from vitmim.probe import probe_random_init, probe_run
+    from vitmim.stages import finetune, pretrain
+    cfg = load_config(base=job["config"])
+    env = env_for(cfg)
+    results, init = {}, None
+    if job["kind"] == "variant":
+        init = run_dir / "pretrain"
+        results["pretrain"] = run_stage("pretrain", init, pretrain, False, cfg=cfg, env=env)
+        if job["probe"] and not (init / "probe.json").exists():
+            results["probe"] = probe_run(init, device=str(env.device))
+    for lf in job["label_fractions"]:
+        ft_cfg = copy.deepcopy(cfg)
+        ft_cfg.data.label_fraction = lf
+        if job["kind"] == BASELINES[1]:
+            ft_cfg = equal_compute(ft_cfg)
+        name = finetune_dirname(lf)
+        results[name] = run_stage(f"{job['cell']} {name}", run_dir / name, finetune, False,
+                                  cfg=ft_cfg, env=env, init=init)
+    probe_file = run_dir / "probe_random_init.json"
+    if job["kind"] == BASELINES[0] and job["probe"] and not probe_file.exists():
+        results["probe"] = probe_random_init(cfg, probe_file, device=str(env.device))
+    return results
+
+
+def equal_compute(cfg: Config) -> Config:
+    """``cfg`` with fine-tune epochs raised to match pre-train + fine-tune optimisation steps."""
+    from vitmim.data import label_subset, load_splits
+    from vitmim.pipeline import equal_compute_config
+    train, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
+    pre_steps = (len(train) // cfg.pretrain.batch_size) * cfg.pretrain.epochs  # as the Trainer
+    n_labelled = len(label_subset(train.labels, cfg.data.label_fraction, cfg.finetune.seed))
+    per_epoch = n_labelled // cfg.finetune.batch_size
+    if per_epoch == 0:
+        raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
+                        f"than the {n_labelled} labelled training images")
+    return equal_compute_config(cfg, pre_steps, per_epoch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vitmim.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        run_job(args[0])
+    except UserError as e:
+        print(f"vitmim: error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# launching
+
+
+def _prepare(run: Run) -> Path:
+    path = run.dir / "cell.json"
+    checkpoint.write_json(path, run.job())
+    return path
+
+
+def launch_sequential(runs: list[Run], one) -> dict[Path, dict]:
+    """Runs one after another; ``one(run, cell_json) -> bool`` executes a run (True: success)."""
+    results = {}
+    for i, run in enumerate(runs, 1):
+        cell_json = _prepare(run)
+        print(f"[{i}/{len(runs)}] {run.cell} seed{run.seed} -> {run.dir}", flush=True)
+        t0 = time.time()
+        ok = one(run, cell_json)
+        results[run.dir] = _outcome(run, ok, time.time() - t0)
+    return results
+
+
+def in_subprocess(run: Run, cell_json: Path) -> bool:
+    """``local``: a process per run, so a crash or leak ends there; output to ``log.txt``."""
+    with open(run.dir / "log.txt", "a") as log:
+        return subprocess.run([sys.executable, "-m", "vitmim.grid", str(cell_json)],
+                              stdout=log, stderr=subprocess.STDOUT).returncode == 0
+
+
+def in_process(run: Run, cell_json: Path) -> bool:
+    """``inline``: no start-up cost and no isolation (tests, debugging)."""
+    try:
+        run_job(cell_json)
+        return True
+    except Exception as e:
+        if not isinstance(e, UserError):  # a bug: show where
+            traceback.print_exc()
+        return False
+
+
+def _outcome(run: Run, ok: bool, wall_s: float) -> dict:
+    """Status of a finished job: ``status.json`` if the job got to write it, else the log tail."""
+    status = read_status(run.dir)
+    if ok and run_finished(run):
+        result = {"status": "done", "wall_s": wall_s}
+    else:
+        error = status.get("error") if status.get("status") == "failed" else None
+        result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
+    note = f": {result['error']}" if "error" in result else ""
+    print(f"    {result['status']} in {wall_s:.0f} s{note}", flush=True)
+    return result
+
+
+def _log_tail(run_dir: Path) -> str:
+    log = run_dir / "log.txt"
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] \
+        if log.exists() else []
+    return lines[-1].strip() if lines else "no output"
+
+
+def make_executor(kind: str, folder: Path, params: dict):
+    """A submitit executor: LocalExecutor (``submitit-local``) or Slurm via AutoExecutor."""
+    import submitit
+    if kind == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder)
+        params = {k: v for k, v in params.items() if k == "timeout_min"}  # the rest is Slurm's
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    try:
+        executor.update_parameters(**params)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"slurm options: {one_line(e)}") from None
+    return executor
+
+
+def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: bool
+                    ) -> dict[Path, dict]:
+    """Submit all runs as one job array; with ``wait``, collect each job's outcome."""
+    executor = make_executor(kind, out / ".submitit", params)
+    paths = [str(_prepare(run)) for run in runs]
+    jobs = executor.map_array(run_job, paths)
+    print(f"submitted {len(jobs)} jobs ({kind}): {', '.join(j.job_id for j in jobs)}",
+          flush=True)
+    results = {}
+    for run, job in zip(runs, jobs):
+        if not wait:
+            results[run.dir] = {"status": "submitted", "job_id": job.job_id}
+            continue
+        t0 = time.time()
+        try:
+            job.result()
+            ok = True
+        except Exception:  # the job's own status.json carries the error line
+            ok = False
+        print(f"{run.cell} seed{run.seed}:", end="")
+        results[run.dir] = {**_outcome(run, ok, time.time() - t0), "job_id": job.job_id}
+    return results
+
+
+LAUNCHERS = {"local": in_subprocess, "inline": in_process}
+
+
+def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict]) -> Path:
+    """``OUT/grid.json``: each run's cell, seed, folder and status after this invocation."""
+    rows = []
+    for run in runs:
+        r = results.get(run.dir) or {"status": "done" if run_finished(run) else "pending"}
+        rows.append({"cell": run.cell, "kind": run.kind, "seed": run.seed,
+                     "dir": str(run.dir.relative_to(out)), **r})
+    path = out / "grid.json"
+    checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows})
+    return path
+
+
+def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list[str] = (),
+             slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False
+             ) -> list[dict]:
+    """Plan, skip finished runs, launch the rest; returns the rows of ``grid.json``."""
+    runs = plan(spec, out, overrides)
+    todo = [r for r in runs if not run_finished(r)]
+    pending = {r.dir for r in todo}
+    if dry_run:
+        for r in runs:
+            state = read_status(r.dir).get("status", "pending") if r.dir in pending else "done"
+            print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}")
+        print(f"{len(runs)} runs, {len(todo)} to do")
+        return []
+    results = {r.dir: {"status": "skipped"} for r in runs if r.dir not in pending}
+    print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
+    if todo and executor in LAUNCHERS:
+        results.update(launch_sequential(todo, LAUNCHERS[executor]))
+    elif todo:
+        params = {**spec.slurm, **(slurm or {})}
+        results.update(launch_submitit(todo, executor, out, params,
+                                       wait if wait is not None else executor != "slurm"))
+    rows = json.loads(write_grid_status(out, runs, results).read_text())["runs"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "
+                        f"{failed[0]['error']}); see {out / 'grid.json'}")
+    return rows
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec)
+    out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
+    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+    slurm = {}
+    for text in args.slurm:
+        if "=" not in text:
+            raise UserError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
+        key, value = text.split("=", 1)
+        slurm[key.strip()] = yaml.safe_load(value)
+    run_grid(spec, out, args.executor, overrides, slurm, args.wait, args.dry_run)
+
+
+def register(sub, name: str) -> None:
+    p = sub.add_parser(name, help="run a grid of pre-training variants, seeds and baselines")
+    p.add_argument("spec", help="grid spec YAML (see configs/grids/)")
+    p.add_argument("--out", help="grid folder (default: the spec's `out`, else runs/<spec name>)")
+    p.add_argument("--executor", choices=["local", "inline", "slurm", "submitit-local"],
+                   default="local", help="local: one subprocess per run, one after another; "
+                   "inline: in this process; slurm: a submitit job array (submitit-local: the "
+                   "same through submitit's LocalExecutor)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit/Slurm parameter, e.g. --slurm slurm_partition=gpu "
+                        "--slurm gpus_per_node=1 --slurm timeout_min=600")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="wait for submitted jobs (default: yes except for slurm)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override for every run, e.g. --set model.depth=4")
+    p.add_argument("--data", help="data set for every run (default: the spec's, or $VITMIM_DATA)")
+    p.set_defaults(fn=cmd_grid)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""``vitmim report RUNS_DIR``: tables, plots, reconstructions and one HTML page, from run folders.
+
+Everything is read from the folders a grid wrote (``<cell>/seed<k>/cell.json`` and the stage
+folders' ``config.yaml``, ``metrics.jsonl``, ``model.json``, ``probe.json``, ``images/``); nothing
+is recomputed. Only finished stages count; ``n`` is the number of finished seeds.
+
+The rule for differences: a gain over a baseline is called real when both sides have n >= 2 and
+|mean difference| exceeds the larger of the two seed standard deviations (sample std, ddof 1).
+With 2-3 seeds this is a screen against seed noise, not a significance test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vitmim import checkpoint
+from vitmim.errors import UserError
+from vitmim.grid import BASELINES, baseline_axes
+
+BASELINE_LABEL = {"scratch": "scratch (equal fine-tune epochs)",
+                  "scratch_equal_compute": "scratch (equal total steps)"}
+RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
+        "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
+        "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
+        "significance test.")
+
+
+@dataclass
+class RunRecord:
+    """One fine-tuned classifier of one seed, with what its pre-training left behind."""
+
+    cell: str
+    kind: str  # "variant" or a baseline kind
+    axes: dict
+    seed: int
+    label_fraction: float
+    dir: Path  # the fine-tune stage folder
+    final: dict  # last metrics record of the fine-tune stage (empty when unfinished)
+    curve: list[dict]  # every epoch record of the fine-tune stage
+    pretrain: dict = field(default_factory=dict)  # last pre-training record
+    pretrain_curve: list[dict] = field(default_factory=list)
+    probe: dict = field(default_factory=dict)  # probe.json (random init for scratch)
+
+
+@dataclass
+class Row:
+    """Seeds of one (cell, label fraction) aggregated."""
+
+    cell: str
+    kind: str
+    axes: dict
+    label_fraction: float
+    runs: list[RunRecord]
+
+    def values(self, get) -> list[float]:
+        out = [get(r) for r in self.runs]
+        return [v for v in out if v is not None]
+
+    def stat(self, get) -> tuple[float | None, float | None, int]:
+        return mean_std(self.values(get))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading run folders
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def finished(stage_dir: Path) -> bool:
+    return (stage_dir / "model.json").exists() and (stage_dir / "model.safetensors").exists()
+
+
+def collect(runs_dir: Path) -> list[RunRecord]:
+    """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
+    records = []
+    for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
+        job, seed_dir = json.loads(cell_json.read_text()), cell_json.parent
+        pre = seed_dir / "pretrain"
+        pre_curve = read_jsonl(pre / "metrics.jsonl") if finished(pre) else []
+        probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
+                           else seed_dir / "probe_random_init.json")
+        for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
+            cfg = yaml.safe_load(ft.read_text())
+            curve = read_jsonl(ft.parent / "metrics.jsonl")
+            records.append(RunRecord(
+                job["cell"], job["kind"], job["axes"], job["seed"],
+                float(cfg["data"]["label_fraction"]), ft.parent,
+                curve[-1] if curve and finished(ft.parent) else {}, curve,
+                pre_curve[-1] if pre_curve else {}, pre_curve, probe))
+    if not records:
+        raise UserError(f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
+                        f"with fine-tune stages, as `vitmim grid` writes them)")
+    return records
+
+
+def _axes_key(axes: dict) -> tuple:
+    """Sort key of a cell: numbers by value (2 before 16), everything else by text."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+                 for v in axes.values())
+
+
+def group(records: list[RunRecord]) -> list[Row]:
+    """Rows: per label fraction (full labels first), variants by axis values, then baselines.
+    Only finished seeds are kept in a row."""
+    rows: dict[tuple[str, float], Row] = {}
+    for r in sorted(records, key=lambda r: r.seed):
+        key = (r.cell, r.label_fraction)
+        row = rows.setdefault(key, Row(r.cell, r.kind, r.axes, r.label_fraction, []))
+        if r.final:
+            row.runs.append(r)
+    return sorted(rows.values(), key=lambda w: (-w.label_fraction, w.kind != "variant", w.kind,
+                                                _axes_key(w.axes)))
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (ddof 1; None for n < 2) and n."""
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return mean, std, n
+
+
+def compare(a: tuple, b: tuple) -> tuple[float | None, str]:
+    """(mean difference a - b, verdict) under the rule in :data:`RULE`."""
+    (ma, sa, na), (mb, sb, nb) = a, b
+    if ma is None or mb is None:
+        return None, "n/a"
+    diff = ma - mb
+    if na < 2 or nb < 2:
+        return diff, "n < 2"
+    return diff, "> spread" if abs(diff) > max(sa, sb) else "within spread"
+
+
+def top1(r: RunRecord) -> float | None:
+    return r.final.get("val_top1")
+
+
+METRICS = {  # column -> how to read it from a run; None where the run has no such number
+    "top1": top1,
+    "top5": lambda r: r.final.get("val_top5"),
+    "knn": lambda r: r.probe.get("knn_top1"),
+    "linear": lambda r: r.probe.get("linear_top1"),
+    "l1": lambda r: r.pretrain.get("val_l1"),
+    "psnr": lambda r: r.pretrain.get("val_psnr"),
+    "steps": lambda r: r.final.get("step", 0) + r.pretrain.get("step", 0) if r.final else None,
+}
+
+
+def baseline_row(row: Row, kind: str, rows: list[Row]) -> Row | None:
+    """The ``kind`` baseline that ``row`` is compared with: same shared axes, same labels."""
+    want = baseline_axes(kind, row.axes)
+    for b in rows:
+        if b.kind == kind and b.axes == want and b.label_fraction == row.label_fraction:
+            return b
+    return None
+
+
+def summarise(rows: list[Row]) -> list[dict]:
+    """One flat dict per row: every metric's mean/std/n and the comparison to each baseline."""
+    out = []
+    for row in rows:
+        d: dict = {"cell": row.cell, "kind": row.kind, **row.axes,
+                   "label_fraction": row.label_fraction, "n": len(row.runs)}
+        for name, get in METRICS.items():
+            d[f"{name}_mean"], d[f"{name}_std"], d[f"{name}_n"] = row.stat(get)
+        for kind in BASELINES:
+            b = baseline_row(row, kind, rows) if row.kind == "variant" else None
+            diff, verdict = compare(row.stat(top1), b.stat(top1)) if b else (None, "")
+            d[f"vs_{kind}"], d[f"vs_{kind}_verdict"] = diff, verdict
+        out.append(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _pm(mean: float | None, std: float | None, fmt: str = "{:.2f}") -> str:
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + (f" ± {fmt.format(std)}" if std is not None else "")
+
+
+def _diff(d: dict, kind: str) -> str:
+    v = d[f"vs_{kind}"]
+    return "-" if v is None else f"{v:+.2f} ({d[f'vs_{kind}_verdict']})"
+
+
+TABLE_HEAD = ["cell", "labels", "n", "val top-1 %", "Δ scratch", "Δ scratch equal-compute",
+              "val top-5 %", "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
+
+
+def table_cells(d: dict) -> list[str]:
+    """The markdown/HTML table row of one summary dict."""
+    name = d["cell"] if d["kind"] == "variant" else BASELINE_LABEL[d["kind"]] + (
+        d["cell"][len(d["kind"]):].replace(",", " ", 1))  # "scratch,depth=4": its own axes
+    return [name, f"{d['label_fraction']:.0%}", str(d["n"]), _pm(d["top1_mean"], d["top1_std"]),
+            _diff(d, "scratch"), _diff(d, "scratch_equal_compute"),
+            _pm(d["top5_mean"], d["top5_std"]), _pm(d["knn_mean"], d["knn_std"]),
+            _pm(d["linear_mean"], d["linear_std"]), _pm(d["l1_mean"], d["l1_std"], "{:.4f}"),
+            _pm(d["psnr_mean"], d["psnr_std"]), _pm(d["steps_mean"], None, "{:.0f}")]
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |",
+             "| " + " | ".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + " |"]
+    lines += ["| " + " | ".join(table_cells(d)) + " |" for d in summary]
+    return "\n".join(lines)
+
+
+def csv_text(summary: list[dict]) -> str:
+    """All columns of the summary, numbers unrounded; axes get a column each."""
+    fields: list[str] = []
+    for d in summary:
+        fields += [k for k in d if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for d in summary:
+        writer.writerow({k: "" if d.get(k) is None else d.get(k) for k in fields})
+    return buf.getvalue()
+
+
+def runs_csv_text(records: list[RunRecord]) -> str:
+    """Every run's own numbers (one line per seed), for other statistics."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["cell", "kind", "seed", "label_fraction", "finished", "dir",
+                     *METRICS.keys()])
+    for r in records:
+        writer.writerow([r.cell, r.kind, r.seed, r.label_fraction, bool(r.final), str(r.dir),
+                         *("" if (v := get(r)) is None else v for get in METRICS.values())])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _x_axis(rows: list[Row]) -> str | None:
+    """The variant axis drawn along x: the mask ratio if it varies, else the axis with the most
+    values (the first of equals); None without axes."""
+    keys = list(rows[0].axes) if rows else []
+    counts = {k: len({repr(r.axes.get(k)) for r in rows}) for k in keys}
+    ratio = [k for k in keys if k.endswith("mask_ratio") and counts[k] > 1]
+    return (ratio or sorted(keys, key=lambda k: -counts[k]) or [None])[0]
+
+
+def _series(rows: list[Row], x_key: str | None) -> dict[str, list[Row]]:
+    """Variant rows grouped into lines by every axis except ``x_key``."""
+    lines: dict[str, list[Row]] = {}
+    for row in rows:
+        rest = {k.split(".")[-1]: v for k, v in row.axes.items() if k != x_key}
+        label = ", ".join(f"{k}={v}" for k, v in rest.items()) or "pre-trained"
+        lines.setdefault(label, []).append(row)
+    return lines
+
+
+def _positions(rows: list[Row], x_key: str | None) -> tuple[dict, list]:
+    """x position of each axis value: the value itself when numeric, else its index."""
+    values = list(dict.fromkeys(r.axes.get(x_key, "") for r in rows))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return ({v: (v if numeric else i) for i, v in enumerate(values)},
+            [] if numeric else values)
+
+
+def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str | None,
+                  ylabel: str) -> None:
+    """Mean ± std against the x axis, one line per series; baselines as mean ± std bands."""
+    pos, labels = _positions(variants, x_key)
+    for i, (label, rows) in enumerate(_series(variants, x_key).items()):
+        pts = [(pos[r.axes.get(x_key, "")], *r.stat(get)) for r in rows]
+        pts = sorted(p for p in pts if p[1] is not None)
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                        yerr=[p[2] or 0.0 for p in pts], marker="o", capsize=3, label=label,
+                        color=f"C{i}")
+    for j, b in enumerate(baselines):
+        mean, std, n = b.stat(get)
+        if mean is None:
+            continue
+        color = f"C{7 + j % 3}"
+        ax.axhline(mean, color=color, ls="--", lw=1, label=f"{b.cell} (n={n})")
+        if std:
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
+    if labels:
+        ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+    ax.set_xlabel((x_key or "").split(".")[-1] or "variant")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _figure(ncols: int, nrows: int = 1):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    checkpoint.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(rows: list[Row], path: Path) -> Path:
+    """Fine-tuned top-1 vs the x axis (mask ratio), one panel per label fraction."""
+    fractions = sorted({r.label_fraction for r in rows}, reverse=True)
+    fig, axes = _figure(len(fractions))
+    x_key = _x_axis([r for r in rows if r.kind == "variant"])
+    for ax, lf in zip(axes[0], fractions):
+        variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
+        baselines = [r for r in rows if r.kind != "variant" and r.label_fraction == lf]
+        _metric_panel(ax, variants, baselines, top1, x_key, "val top-1 %")
+        ax.set_title(f"fine-tuned, {lf:.0%} of labels (mean ± std over seeds)")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_signals(rows: list[Row], path: Path) -> Path:
+    """What pre-training alone learned: k-NN, linear probe, masked L1, PSNR vs the x axis."""
+    lf = max(r.label_fraction for r in rows)  # pre-training does not depend on labels
+    variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
+    random_init = [r for r in rows if r.kind == BASELINES[0] and r.label_fraction == lf]
+    x_key = _x_axis(variants)
+    fig, axes = _figure(2, 2)
+    panels = [("knn", "k-NN top-1 % (frozen)", random_init),
+              ("linear", "linear probe top-1 % (frozen)", random_init),
+              ("l1", "masked-pixel L1 (val)", []), ("psnr", "masked-pixel PSNR dB (val)", [])]
+    for ax, (name, label, refs) in zip(axes.flat, panels):
+        _metric_panel(ax, variants, refs, METRICS[name], x_key, label)
+        ax.legend(fontsize=7)
+    axes[0][0].set_title("frozen backbones (dashed: random init)")
+    return _save(fig, path)
+
+
+def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
+    """Per-epoch curves of every run, one colour per cell: fine-tune val top-1, or pre-train
+    masked L1 (val) and training loss."""
+    keys = ["val_top1"] if stage == "finetune" else ["val_l1", "train_loss"]
+    fig, axes = _figure(len(keys))
+    cells = list(dict.fromkeys((r.cell, r.label_fraction) for r in records))
+    seen_dirs, named = set(), set()
+    for r in sorted(records, key=lambda r: r.seed):
+        curve = r.curve if stage == "finetune" else r.pretrain_curve
+        if not curve or (stage == "pretrain" and r.dir.parent in seen_dirs):
+            continue  # one pre-training serves every label fraction: draw it once
+        seen_dirs.add(r.dir.parent)
+        i = cells.index((r.cell, r.label_fraction))
+        name = r.cell + (f" {r.label_fraction:.0%}" if r.label_fraction < 1 else "")
+        for ax, key in zip(axes[0], keys):
+            ax.plot([c["epoch"] for c in curve], [c.get(key) for c in curve], color=f"C{i % 10}",
+                    alpha=0.8, lw=1, marker=".", ms=4, label=None if name in named else name)
+        named.add(name)
+    for ax, key in zip(axes[0], keys):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str, Path]]:
+    """First and last epoch reconstruction grid of each variant's first finished seed."""
+    shown, done = [], set()
+    for r in sorted(records, key=lambda r: r.seed):
+        images = sorted((r.dir.parent / "pretrain" / "images").glob("recon_epoch*.png"))
+        if r.kind != "variant" or r.cell in done or not images:
+            continue
+        done.add(r.cell)
+        for img in dict.fromkeys([images[0], images[-1]]):
+            dest = out / "recon" / f"{r.cell}_seed{r.seed}_{img.stem}.png"
+            data = img.read_bytes()
+            checkpoint.atomic_write(dest, lambda p, data=data: p.write_bytes(data))
+            shown.append((f"{r.cell}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
+    return shown
+
+
+# ---------------------------------------------------------------------------------------------
+# the page
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+       "padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+       "img{max-width:100%}figure{display:inline-block;margin:.5em}figcaption{font-size:12px}")
+
+
+def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
+              recons: list[tuple[str, Path]]) -> str:
+    """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in TABLE_HEAD)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d)) + "</tr>"
+                   for d in summary)
+    rule = e(RULE).replace("**", "")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+             f"<h2>Results</h2><table><tr>{head}</tr>{body}</table><p>{rule}</p>",
+             "<h2>Plots</h2>"]
+    parts += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}"
+              f"</figcaption></figure>" for c, p in plots]
+    parts.append("<h2>Reconstructions (original | masked | restored)</h2>")
+    parts += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}"
+              f"</figcaption></figure>" for c, p in recons]
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
+                  recons: list[tuple[str, Path]], out: Path) -> str:
+    lines = [f"# {title}", "", markdown_table(summary), "", RULE, "", "## Plots", ""]
+    lines += [f"![{c}]({p.relative_to(out).as_posix()})" for c, p in plots]
+    lines += ["", "## Reconstructions (original | masked | restored)", ""]
+    lines += [f"![{c}]({p.relative_to(out).as_posix()})" for c, p in recons]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write report.md, report.csv, runs.csv, report.html and plots/ into ``out``
+    (default ``RUNS_DIR/report``); returns the HTML path."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: not a folder of runs")
+    out = Path(out) if out else runs_dir / "report"
+    records = collect(runs_dir)
+    rows = group(records)
+    summary = summarise(rows)
+    plots = [("fine-tuned accuracy vs masking", plot_accuracy(rows, out / "plots/accuracy.png")),
+             ("training curves (fine-tune)", plot_curves(records, out / "plots/curves.png",
+                                                         "finetune"))]
+    if any(r.kind == "variant" for r in rows):
+        plots += [("pre-training signals", plot_signals(rows, out / "plots/signals.png")),
+                  ("restoration loss (pre-train)",
+                   plot_curves(records, out / "plots/restoration.png", "pretrain"))]
+    recons = copy_reconstructions(records, out)
+    title = f"vitmim report: {runs_dir.resolve().name}"
+    checkpoint.write_text(out / "report.md", markdown_page(title, summary, plots, recons, out))
+    checkpoint.write_text(out / "report.csv", csv_text(summary))
+    checkpoint.write_text(out / "runs.csv", runs_csv_text(records))
+    checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons))
+    return out / "report.html"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    path = build_report(args.runs_dir, args.out)
+    print((path.parent / "report.md").read_text().split("\n## ")[0].strip())
+    print(f"\nwrote {path.parent}/report.{{md,csv,html}}, runs.csv and plots/")
+
+
+def register(sub, name: str) -> None:
+    p = sub.add_parser(name, help="tables, plots and an HTML page from a grid's run folders")
+    p.add_argument("runs_dir", help="the grid folder (`vitmim grid --out`)")
+    p.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
+    p.set_defaults(fn=cmd_report)

@@ -1,0 +1,165 @@
+"""Grid: spec checks, run planning, a real tiny grid (skip, resume, failure, submitit).
+
+``smoke_grid`` (conftest) runs the shipped smoke grid once for these tests and the report's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitmim import cli
+from vitmim.errors import UserError
+from vitmim.grid import load_spec, plan, run_finished
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
+TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
+        "data.classes": None, "pretrain.batch_size": 16, "finetune.batch_size": 16}
+
+
+def write_spec(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump({"base": "smoke", "config": TINY, **spec}, sort_keys=False))
+    return path
+
+
+def grid_rows(out: Path) -> list[dict]:
+    return json.loads((out / "grid.json").read_text())["runs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# specs and planning
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"bogus": 1}, "key bogus"),
+    ({"seeds": [0, 0]}, "key seeds"),
+    ({"seeds": "0"}, "key seeds"),
+    ({"baselines": ["scratch", "imagenet"]}, "key baselines"),
+    ({"label_fractions": [0.0]}, "key label_fractions"),
+    ({"variants": {"pretrain.mask_ratio": []}}, "key variants.pretrain.mask_ratio"),
+    ({"variants": {"pretrain.mask_patch": [3]}}, "pretrain.mask_patch: 3 px cells"),
+    ({"variants": {"pretrain.mask_rate": [0.4]}}, "unknown config key pretrain.mask_rate"),
+    ({"base": "no_such_preset"}, "config file not found"),
+])
+def test_bad_specs_are_refused_naming_file_and_key(tmp_path, spec, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=message) as e:
+        plan(load_spec(path), tmp_path / "out")
+    assert "spec.yaml" in str(e.value) or "no_such_preset" in str(e.value)
+
+
+def test_plan_sets_both_seeds_and_projects_baselines(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[3, 5], label_fractions=[1.0, 0.5],
+                      variants={"pretrain.mask_ratio": [0.4, 0.6], "model.depth": [1, 2],
+                                "pretrain.epochs": [1, 2]})
+    runs = plan(load_spec(spec), tmp_path / "out")
+    cells = {r.cell for r in runs}
+    assert "mask_ratio=0.4,depth=1,epochs=2" in cells
+    # scratch varies with the model axis only; equal compute also with pre-training length
+    assert {c for c in cells if c.startswith("scratch,")} == {"scratch,depth=1",
+                                                             "scratch,depth=2"}
+    assert len({c for c in cells if c.startswith("scratch_equal_compute")}) == 4
+    assert len(runs) == 2 * (8 + 2 + 4)
+    for r in runs:
+        assert r.config["pretrain"]["seed"] == r.config["finetune"]["seed"] == r.seed
+        assert r.dir == tmp_path / "out" / r.cell / f"seed{r.seed}"
+    variant = next(r for r in runs if r.kind == "variant")
+    assert [d.name for d in variant.stage_dirs()] == ["pretrain", "finetune", "finetune_lf0.5"]
+
+
+def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(SMOKE), "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "8 runs, 8 to do"
+    assert sum("pending" in ln for ln in lines) == 8
+    assert sum("scratch_equal_compute seed" in ln for ln in lines) == 2
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def test_grid_runs_every_cell_and_records_it(smoke_grid):
+    rows = grid_rows(smoke_grid)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
+    seed_dir = smoke_grid / "mask_ratio=0.4" / "seed1"
+    for stage in ("pretrain", "finetune"):
+        assert (seed_dir / stage / "model.json").exists()
+        assert yaml.safe_load((seed_dir / stage / "config.yaml").read_text())[stage]["seed"] == 1
+    assert (seed_dir / "pretrain" / "images" / "recon_epoch001.png").exists()
+    probe = json.loads((seed_dir / "pretrain" / "probe.json").read_text())
+    assert 0 <= probe["knn_top1"] <= 100 and probe["n_val"] == 12
+    assert (smoke_grid / "scratch" / "seed0" / "probe_random_init.json").exists()
+
+
+def test_equal_compute_baseline_matches_total_steps(smoke_grid):
+    def last(path: Path) -> dict:
+        return json.loads(path.read_text().splitlines()[-1])
+    seed_dir = smoke_grid / "mask_ratio=0.6" / "seed0"
+    pre = last(seed_dir / "pretrain" / "metrics.jsonl")["step"]
+    ft = last(seed_dir / "finetune" / "metrics.jsonl")["step"]
+    long = last(smoke_grid / "scratch_equal_compute" / "seed0" / "finetune" / "metrics.jsonl")
+    short = last(smoke_grid / "scratch" / "seed0" / "finetune" / "metrics.jsonl")
+    assert short["step"] == ft
+    assert long["step"] == pre + ft  # 48 images / 16 per batch: steps divide evenly
+
+
+def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, tiny_tin,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(smoke_grid, out)
+    interrupted = out / "scratch" / "seed1" / "finetune"
+    (interrupted / "model.json").unlink()  # as if killed after its last checkpoint
+    (interrupted / "model.safetensors").unlink()
+    before = (out / "mask_ratio=0.4" / "seed0" / "pretrain" / "model.safetensors").stat()
+    capsys.readouterr()
+    assert cli.main(["grid", str(SMOKE), "--out", str(out), "--data", str(tiny_tin),
+                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    text = capsys.readouterr().out
+    assert "grid: 8 runs, 7 already finished" in text
+    assert "[1/1] scratch seed1" in text
+    rows = {r["dir"]: r["status"] for r in grid_rows(out)}
+    assert rows.pop("scratch/seed1") == "done" and set(rows.values()) == {"skipped"}
+    assert (interrupted / "model.json").exists()
+    after = (out / "mask_ratio=0.4" / "seed0" / "pretrain" / "model.safetensors").stat()
+    assert after.st_mtime_ns == before.st_mtime_ns
+
+
+def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, tiny_tin, capsys):
+    """Real subprocesses (the local executor): the 1000-image batch cannot be made from 48."""
+    spec = write_spec(tmp_path / "fail.yaml", variants={"pretrain.batch_size": [1000, 16]},
+                      seeds=[0], baselines=[], probe=False)
+    out = tmp_path / "out"
+    rc = cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin)])
+    assert rc == 2
+    assert "1 of 2 runs failed" in capsys.readouterr().err
+    rows = {r["cell"]: r for r in grid_rows(out)}
+    assert rows["batch_size=1000"]["status"] == "failed"
+    assert "pretrain.batch_size: 1000 is larger than the 48 training images" in \
+        rows["batch_size=1000"]["error"]
+    assert rows["batch_size=16"]["status"] == "done"
+    assert (out / "batch_size=16" / "seed0" / "finetune" / "model.json").exists()
+    assert "is larger than" in (out / "batch_size=1000" / "seed0" / "log.txt").read_text()
+    status = json.loads((out / "batch_size=1000" / "seed0" / "status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_submitit_local_executor_runs_a_job_array(tmp_path, tiny_tin):
+    spec = write_spec(tmp_path / "one.yaml", seeds=[0], baselines=[], probe=False)
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
+                     "--executor", "submitit-local", "--slurm", "timeout_min=10"]) == 0
+    rows = grid_rows(out)
+    assert [r["status"] for r in rows] == ["done"]
+    assert all(r.get("job_id") for r in rows)
+    runs = plan(load_spec(spec), out, ["data.path=" + str(tiny_tin)])
+    assert all(run_finished(r) for r in runs)
+    assert list((out / ".submitit").iterdir())  # submitit's own logs live beside the runs
