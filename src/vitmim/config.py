@@ -41,7 +41,7 @@ class ModelConfig:
     conv_stem: bool = False  # Early Convolutions: small conv stack instead of the patch projection
     rezero: bool = False  # residual branches gated by a learnable scalar initialised at 0
     decoder_dim: int = 128  # fast-path (visible tokens only) decoder width
-    decoder_depth: int = 2  # fast-path decoder blocks
+    decoder_depth: int = 1  # fast-path decoder blocks (MAE: depth 1 fine-tunes as well as 8)
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per 2x downsample
     skips: Literal["all", "none", "no-finest"] = "all"  # unet-vit decoder skip connections
 
