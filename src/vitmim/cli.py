@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vitmim: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    if args.command in ("run", "pretrain", "finetune"):
+    if args.command in ("run", "pretrain", "finetune") and os.environ.get("RANK", "0") == "0":
         print(f"done in {time.time() - t0:.0f} s", flush=True)
     return 0
 
