@@ -33,6 +33,7 @@ def test_files_then_overrides_in_order(tmp_path):
     ("nonsense=1", "unknown config key nonsense"),
     ("pretrain.epochs=ten", "pretrain.epochs: expected an integer"),
     ("pretrain.epochs=2.5", "pretrain.epochs: expected an integer"),
+    ("pretrain.lr=fast", "pretrain.lr: expected a number"),
     ("model.rezero=maybe", "model.rezero: expected true/false"),
     ("model.arch=resnet", "model.arch: expected one of"),
     ("pretrain.mask_ratio=1.2", "pretrain.mask_ratio: expected a number in (0, 1)"),
@@ -58,3 +59,7 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         load_config([bad])
     with pytest.raises(UserError, match="missing.yaml: config file not found"):
         load_config([tmp_path / "missing.yaml"])
+
+
+def test_exponent_without_dot_is_a_number():
+    assert load_config(overrides=["pretrain.lr=1e-4"]).pretrain.lr == 1e-4

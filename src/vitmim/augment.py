@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-
 from vitmim.config import AugmentConfig
 
 # ImageNet statistics (Tiny ImageNet is drawn from ImageNet); 0 after normalisation = mean colour
@@ -52,6 +50,7 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Training augmentation of a uint8 batch. (B, 3, H, W) uint8 -> (B, 3, H, W) normalised."""
+    from torchvision.transforms import v2  # imported on use: it pulls in torch._dynamo (~3 s)
     if cfg.trivial_augment:
         ta = v2.TrivialAugmentWide()
         x = torch.stack([ta(img) for img in x])  # per image: each draws its own op
@@ -75,6 +74,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig
     Returns:
         images and (B, classes) soft targets, so every batch has the same target type.
     """
+    from torchvision.transforms import v2
     ops = []
     if cfg.mixup > 0:
         ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))

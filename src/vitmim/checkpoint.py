@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from vitmim.errors import UserError
 
@@ -24,17 +24,24 @@ KEEP = 2  # checkpoints kept per run: the newest and one fallback
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file.
+
+    A failed write (disk full, no permission) leaves ``path`` as it was and raises UserError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
+                        "if any, is kept") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # gone already after a successful rename
 
 
 def write_text(path: Path, text: str) -> None:
@@ -56,8 +63,9 @@ def sha256(path: Path) -> str:
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> str:
     """Write tensors as safetensors (atomically); returns the file's sha256."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"format": "pt"}))
-    digest = sha256(path)
+    data = save(flat, metadata={"format": "pt"})  # bytes: Python I/O reports a full disk
+    atomic_write(path, lambda p: p.write_bytes(data))
+    digest = hashlib.sha256(data).hexdigest()
     if meta is not None:
         write_json(path.with_suffix(".json"), {**meta, "sha256": digest})
     return digest
@@ -124,6 +132,13 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     for old in sorted(ckpt_dir.glob("step_*.json"))[:-KEEP]:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
+    # leftovers of a save killed midway (the run lock makes this process the only writer):
+    # temp files, and weights whose JSON was never written
+    for junk in ckpt_dir.glob(".step_*.tmp"):
+        junk.unlink(missing_ok=True)
+    for weights in ckpt_dir.glob("step_*.safetensors"):
+        if not weights.with_suffix(".json").exists():
+            weights.unlink(missing_ok=True)
     return path
 
 

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from vitmim.config import Config, load_config
 from vitmim.errors import UserError
 
@@ -46,6 +44,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def env_for(cfg: Config):
+    import torch
+
     from vitmim.engine import setup_env
     torch.set_float32_matmul_precision("high")
     return setup_env(cfg.device, cfg.amp)

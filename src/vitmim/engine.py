@@ -26,8 +26,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from vitmim.checkpoint import (flatten_optimizer, latest_checkpoint, save_checkpoint,
-                               unflatten_optimizer, write_text)
+from vitmim.checkpoint import (
+    flatten_optimizer,
+    latest_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+    write_text,
+)
 from vitmim.config import StageConfig
 from vitmim.errors import UserError
 
@@ -61,6 +66,19 @@ class Env:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every process (a no-op in a single process)."""
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean of ``t`` over the processes; ``t`` itself in a single process."""
+        if self.world == 1:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world
 
 
 def setup_env(device: str = "auto", amp: bool = True) -> Env:
@@ -119,9 +137,12 @@ class RunLock:
     The kernel drops it when the holder dies, so a SIGKILLed run can be resumed at once."""
 
     def __init__(self, run_dir: Path):
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -175,12 +196,16 @@ class Trainer:
         if self.spe == 0:
             raise UserError(f"config key {stage}.batch_size: {st.batch_size} is larger than the "
                             f"{task.n_train} training images")
+        if st.batch_size % env.world:  # equal shares keep the averaged gradient exact
+            raise UserError(f"config key {stage}.batch_size: {st.batch_size} does not split "
+                            f"evenly over {env.world} processes")
         self.total = self.spe * st.epochs
         self.warmup = int(st.warmup_epochs * self.spe)
         self.checkpoint_every = checkpoint_every
         self.opt = torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95))
         self.ema = EMA(model, st.ema) if st.ema > 0 else None
         self.step, self.lr_factor = 0, 1.0
+        self.loss_sum = torch.zeros((), device=env.device)  # this epoch's summed step losses
         net = torch.compile(model) if compile else model
         if env.world > 1:
             dev_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -200,7 +225,8 @@ class Trainer:
             return
         tensors = self.state_tensors()
         meta = {"stage": self.stage, "step": self.step, "epoch": self.step / self.spe,
-                "lr_factor": self.lr_factor, "optimizer": self._opt_meta}
+                "lr_factor": self.lr_factor, "loss_sum": self.loss_sum.item(),
+                "optimizer": self._opt_meta}
         save_checkpoint(self.run_dir, self.step, tensors, meta)
 
     def restore(self) -> bool:
@@ -222,6 +248,7 @@ class Trainer:
                               if k.startswith("ema.")}
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.step, self.lr_factor = meta["step"], meta.get("lr_factor", 1.0)
+        self.loss_sum = torch.tensor(meta.get("loss_sum", 0.0), device=self.env.device)
         truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         return True
 
@@ -241,23 +268,27 @@ class Trainer:
             epoch = self.step // self.spe
             order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
                 derive_seed(st.seed, 1, epoch)))
-            t0, start, loss_sum = time.time(), self.step, torch.zeros((), device=env.device)
-            bar = tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
-                       desc=f"{self.stage} {epoch + 1}/{st.epochs}",
-                       disable=not (self.progress and env.main))
-            self.net.train()
-            while self.step < (epoch + 1) * self.spe:
-                i = self.step % self.spe
-                loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
-                loss_sum += loss.detach()
-                self.step += 1
-                bar.update()
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
-                    self.check_finite(loss_sum)
-                    self.save()
-            bar.close()
-            self.check_finite(loss_sum)
-            last = self.end_epoch(epoch, loss_sum.item() / (self.step - start), t0, start)
+            t0, start = time.time(), self.step
+            if self.step % self.spe == 0:  # else resumed mid-epoch: loss_sum came with the state
+                self.loss_sum = torch.zeros((), device=env.device)
+            with tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
+                      desc=f"{self.stage} {epoch + 1}/{st.epochs}",
+                      disable=not (self.progress and env.main)) as bar:  # cleared on errors too
+                self.net.train()
+                while self.step < (epoch + 1) * self.spe:
+                    i = self.step % self.spe
+                    loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
+                    self.loss_sum += loss.detach()
+                    self.step += 1
+                    bar.update()
+                    # at an epoch's end, end_epoch saves after writing the epoch's record, so no
+                    # checkpoint stands for an epoch whose record is missing
+                    if self.checkpoint_every and self.step % self.checkpoint_every == 0 \
+                            and self.step % self.spe:
+                        self.check_finite()
+                        self.save()
+            self.check_finite()
+            last = self.end_epoch(epoch, self.loss_sum.item() / self.spe, t0, start)
         return last
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -281,11 +312,18 @@ class Trainer:
             self.ema.update(self.model)
         return loss
 
-    def check_finite(self, loss_sum: torch.Tensor) -> None:
-        if torch.isfinite(loss_sum):
+    def check_finite(self) -> None:
+        """Before a checkpoint: the epoch's losses and the weights to be saved are finite (an
+        update can overflow the weights although the loss that led to it was finite)."""
+        # each process saw its share of every batch; the mean of (common sum + own share) over
+        # processes is the global sum, so a sum restored from a checkpoint stays exact
+        self.loss_sum = self.env.mean(self.loss_sum)
+        params = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
+        if torch.isfinite(self.loss_sum) and params.all():
             return
-        if self.st.nan_policy == "rollback" and self.lr_factor > 1e-3 and self.restore():
-            self.lr_factor *= 0.5
+        factor = self.lr_factor * 0.5
+        if self.st.nan_policy == "rollback" and factor >= 1e-3 and self.restore():
+            self.lr_factor = min(factor, self.lr_factor)  # restore() brought back the saved one
             print(f"{self.stage}: non-finite loss; rolled back to step {self.step} and "
                   f"halved the learning rate (x{self.lr_factor:g})", flush=True)
             raise _Rollback
@@ -309,8 +347,7 @@ class Trainer:
             if self.progress:
                 print(format_record(record), flush=True)
         self.save()
-        if self.env.world > 1:
-            dist.barrier()
+        self.env.barrier()
         return record
 
 
@@ -318,13 +355,20 @@ class _Rollback(Exception):
     """Internal: restart the epoch loop from the restored checkpoint."""
 
 
-def train(trainer: Trainer, resume: bool) -> dict[str, float]:
-    """Fit with resume and rollback handling; returns the last epoch's metrics."""
+def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
+    """Fit with resume and rollback handling; returns the last epoch's metrics.
+
+    ``on_start()`` (writing the run's config, say) runs once the folder is known to fit: a
+    refused run leaves the folder as it was.
+    """
     if resume:
         trainer.restore()
     elif any((trainer.run_dir / "checkpoints").glob("step_*.json")):
         raise UserError(f"{trainer.run_dir}: already holds a run; pass --resume to continue it "
                         f"or choose another --out")
+    if on_start is not None:
+        on_start()
+    trainer.env.barrier()  # every process has looked before the main one writes step 0
     if trainer.step == 0:
         trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
     while True:

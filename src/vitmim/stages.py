@@ -232,10 +232,10 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     x = task.val_x[:2].cpu()
     info = describe_model(model, (x, task.val_mask[:2].cpu()), "restorer") if env.main else {}
     with run_lock(run_dir, env):
-        open_run(run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info})
         trainer = Trainer(task, model, cfg.pretrain, run_dir, env, "pretrain",
                           cfg.checkpoint_every, cfg.compile, progress)
-        metrics = train(trainer, resume)
+        metrics = train(trainer, resume, lambda: open_run(
+            run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}))
         if env.main:
             save_final(run_dir, trainer.eval_model(), "restorer", cfg, train_set, metrics)
         env.barrier()  # under torchrun no process reads the final model before it is written
@@ -264,10 +264,9 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
         extra["model"] = describe_model(model, (x,), "classifier")
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
-        open_run(run_dir, cfg, env, train_set, extra)
         trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
                           cfg.checkpoint_every, cfg.compile, progress)
-        metrics = train(trainer, resume)
+        metrics = train(trainer, resume, lambda: open_run(run_dir, cfg, env, train_set, extra))
         if env.main:
             save_final(run_dir, trainer.eval_model(), "classifier", cfg, train_set, metrics)
         env.barrier()  # under torchrun no process reads the final model before it is written
