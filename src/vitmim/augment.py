@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from vitmim.config import AugmentConfig
 
 # ImageNet statistics (Tiny ImageNet is drawn from ImageNet); 0 after normalisation = mean colour
