@@ -196,3 +196,10 @@ def test_rollback_gives_up_when_the_lr_cannot_help(tmp_path: Path, tiny_tin: Pat
     stdout, err = output(proc)
     assert rc == 2 and "non-finite" in one_error_line(err)
     assert stdout.count("rolled back to step 6") == 9  # x0.5 ... x0.00195, then below 1e-3
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Not mkstemp's 0600: a shared run folder stays readable by the group and others."""
+    checkpoint.write_text(tmp_path / "config.yaml", "a: 1\n")
+    mode = (tmp_path / "config.yaml").stat().st_mode & 0o777
+    assert mode == 0o666 & ~checkpoint._UMASK

@@ -116,10 +116,13 @@ class FinetuneTask:
 
     def __init__(self, train_set: ImageSet, val_set: ImageSet | None, cfg: Config, env: Env):
         self.cfg, self.env = cfg, env
-        keep = label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed)
-        self.images = train_set.images[keep].to(env.device)
-        self.labels = train_set.labels[keep].to(env.device)
-        self.n_train = len(keep)
+        images, labels = train_set.images, train_set.labels
+        if cfg.data.label_fraction < 1.0:  # index only when needed: a copy of 100k images is 1 GB
+            keep = label_subset(labels, cfg.data.label_fraction, cfg.finetune.seed)
+            images, labels = images[keep], labels[keep]
+        self.images = images.to(env.device)
+        self.labels = labels.to(env.device)
+        self.n_train = len(labels)
         self.num_classes = len(train_set.classes)
         self.val = val_set
 
