@@ -9,7 +9,12 @@ from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import timm_kwargs, to_timm_state
-from vitmim.models.restorer import patchify, restoration_loss, unpatchify
+from vitmim.models.restorer import (
+    normalize_patches,
+    patchify,
+    restoration_loss,
+    unpatchify,
+)
 
 SMALL = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
          "model.decoder_depth=1"]
@@ -43,7 +48,7 @@ def test_patchify_round_trip():
 
 
 def test_loss_counts_masked_pixels_only():
-    cfg = small()
+    cfg = small("pretrain.norm_pix=false")  # raw pixel targets: errors are what we add
     x, mask = batch(cfg)
     pred = x.clone()
     visible = (1 - mask).expand_as(x).bool()
@@ -115,3 +120,13 @@ def test_classifier_and_features_shapes():
     assert tokens.shape == (3, 64, 64)
     assert clf.forward_head(tokens, pre_logits=True).shape == (3, 64)
     assert clf(x).shape == (3, 10)
+
+
+def test_norm_pix_targets_are_standardised_per_patch():
+    cfg = small("pretrain.norm_pix=true")
+    x, mask = batch(cfg)
+    target = normalize_patches(x, 8)
+    t = patchify(target, 8)
+    assert torch.allclose(t.mean(-1), torch.zeros(4, 64), atol=1e-5)
+    assert torch.allclose(t.std(-1), torch.ones(4, 64), atol=1e-3)  # unbiased, as MAE
+    assert restoration_loss(target, x, mask, cfg.pretrain, 8).item() == 0.0
