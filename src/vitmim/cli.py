@@ -111,7 +111,9 @@ def cmd_data_pack(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitmim", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vitmim", description="Masked-pixel pre-training of vision transformers for small "
+        "image data sets: pre-train, fine-tune, compare with a scratch baseline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="pre-train, fine-tune, train the baseline, print a summary")
@@ -179,22 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def extra_commands():
-    """Commands that live in their own modules (grid, report), registered lazily."""
-    try:
-        from vitmim.grid import register as grid_register
-        yield "grid", grid_register
-    except ImportError:
-        pass
-    try:
-        from vitmim.report import register as report_register
-        yield "report", report_register
-    except ImportError:
-        pass
-    try:
-        from vitmim.probe import register as probe_register
-        yield "probe", probe_register
-    except ImportError:
-        pass
+    """Commands that live beside the modules they drive: ``register(subparsers, name)``."""
+    from vitmim import grid, probe, report
+    return [("grid", grid.register), ("report", report.register), ("probe", probe.register)]
 
 
 def main(argv: list[str] | None = None) -> int:
