@@ -196,16 +196,23 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _read_yaml(path: str | Path) -> dict:
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping, or a one-line UserError naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: config file not found")
+        raise UserError(f"{p}: {what} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping of config keys at the top level")
+        raise UserError(f"{p}: expected a mapping of keys at the top level")
+    return data
+
+
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    data = read_yaml_mapping(p)
     base = data.pop("base", None)  # a preset may build on another file, relative to itself
     if base:
         data = _merge(_read_yaml(p.parent / base), data)

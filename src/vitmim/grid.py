@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from vitmim import checkpoint
-from vitmim.config import Config, load_config, to_dict
+from vitmim.config import Config, load_config, read_yaml_mapping, to_dict
 from vitmim.errors import UserError
 
 BASELINES = ("scratch", "scratch_equal_compute")
@@ -105,13 +105,7 @@ def _expect(cond: bool, path: Path, key: str, what: str) -> None:
 def load_spec(path: str | Path) -> GridSpec:
     """Read and check a grid spec YAML; every problem names the file and key."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: grid spec not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    _expect(isinstance(raw, dict), p, "<root>", "a mapping")
+    raw = read_yaml_mapping(p, "grid spec")
     unknown = set(raw) - SPEC_KEYS
     _expect(not unknown, p, ", ".join(sorted(map(str, unknown))),
             f"one of {', '.join(sorted(SPEC_KEYS))} (unknown key)")
