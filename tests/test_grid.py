@@ -73,6 +73,31 @@ def test_plan_sets_both_seeds_and_projects_baselines(tmp_path):
     assert [d.name for d in variant.stage_dirs()] == ["pretrain", "finetune", "finetune_lf0.5"]
 
 
+def test_explicit_variant_list_plans_exactly_those_cells(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch"], variants=[
+        {"model.arch": "vit"},
+        {"model": {"arch": "unet-vit", "skips": "all"}},
+        {"model.arch": "unet-vit", "model.skips": "none"}])
+    runs = plan(load_spec(spec), tmp_path / "out")
+    assert [r.cell for r in runs] == ["arch=vit", "arch=unet-vit,skips=all",
+                                      "arch=unet-vit,skips=none", "scratch,arch=vit",
+                                      "scratch,arch=unet-vit"]  # skips shape only the restorer
+    assert runs[2].config["model"]["skips"] == "none"
+    assert runs[4].config["model"]["arch"] == "unet-vit"
+
+
+@pytest.mark.parametrize("variants, message", [
+    ("mask_ratio", "key variants: expected a mapping"),
+    ([{"model.arch": "vit"}, {"model.arch": "vit"}], r"key variants\[1\]: expected a cell not"),
+    ([{}], r"key variants\[0\]: expected a non-empty mapping"),
+])
+def test_bad_variant_lists_are_refused(tmp_path, variants, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"variants": variants}))
+    with pytest.raises(UserError, match=message):
+        load_spec(path)
+
+
 def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["grid", str(SMOKE), "--out", str(out), "--dry-run"]) == 0

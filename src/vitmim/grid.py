@@ -38,6 +38,8 @@ from vitmim.errors import UserError
 BASELINES = ("scratch", "scratch_equal_compute")
 # pre-training keys that change how many steps the equal-compute baseline must match
 STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
+# model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
+RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
 SPEC_KEYS = {"base", "config", "variants", "seeds", "baselines", "label_fractions", "probe",
              "out", "slurm"}
 
@@ -49,7 +51,8 @@ class GridSpec:
     path: Path
     base: list[str] = field(default_factory=list)  # preset names or YAML paths
     config: dict = field(default_factory=dict)  # inline config, nested or dotted keys
-    variants: dict[str, list] = field(default_factory=dict)  # dotted key -> values (cartesian)
+    # dotted key -> values (their cartesian product), or a list of cells, each {dotted key: value}
+    variants: dict[str, list] | list[dict] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
@@ -114,15 +117,32 @@ def load_spec(path: str | Path) -> GridSpec:
     _expect(isinstance(base, list) and all(isinstance(b, str) for b in base), p, "base",
             "a preset name, a YAML path or a list of them")
     spec = GridSpec(p, base=base)
-    for key in ("config", "variants", "slurm"):
+    for key in ("config", "slurm"):
         value = raw.get(key) or {}
         _expect(isinstance(value, dict), p, key, "a mapping")
         setattr(spec, key, value)
-    for key, values in spec.variants.items():
-        _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
-                "a non-empty list of values")
+    spec.variants = _check_variants(raw.get("variants") or {}, p)
     _check_lists(raw, spec, p)
     return spec
+
+
+def _check_variants(variants, p: Path) -> dict[str, list] | list[dict]:
+    """Either {key: [values]} (cartesian) or [{key: value, ...}, ...] (explicit, distinct cells)."""
+    if isinstance(variants, dict):
+        for key, values in variants.items():
+            _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
+                    "a non-empty list of values")
+        return variants
+    _expect(isinstance(variants, list) and variants, p, "variants",
+            "a mapping of keys to lists of values, or a non-empty list of mappings")
+    cells = []
+    for i, cell in enumerate(variants):
+        _expect(isinstance(cell, dict) and cell, p, f"variants[{i}]",
+                "a non-empty mapping of config keys to values")
+        flat = _flatten(cell)
+        _expect(flat not in cells, p, f"variants[{i}]", "a cell not listed before")
+        cells.append(flat)
+    return cells
 
 
 def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
@@ -190,15 +210,19 @@ def cell_name(axes: dict) -> str:
 
 def baseline_axes(kind: str, axes: dict) -> dict:
     """The axes of a variant that its ``kind`` baseline shares: a baseline varies only with what
-    changes it, the non-pre-training keys, and for equal compute also the pre-training step keys."""
-    return {k: v for k, v in axes.items()
-            if not k.startswith("pretrain.") or (kind == BASELINES[1] and k in STEP_KEYS)}
+    changes it: the keys outside pre-training and the restorer, and for equal compute also the
+    pre-training step keys."""
+    return {k: v for k, v in axes.items() if k not in RESTORER_KEYS and (
+        not k.startswith("pretrain.") or (kind == BASELINES[1] and k in STEP_KEYS))}
 
 
 def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
     """(cell name, kind, axes) for every variant and every distinct baseline."""
-    keys = list(spec.variants)
-    combos = [dict(zip(keys, vals)) for vals in itertools.product(*spec.variants.values())]
+    if isinstance(spec.variants, list):
+        combos = [dict(cell) for cell in spec.variants]
+    else:
+        keys = list(spec.variants)
+        combos = [dict(zip(keys, vals)) for vals in itertools.product(*spec.variants.values())]
     cells = [(cell_name(a) or "pretrained", "variant", a) for a in combos]
     for kind in spec.baselines:
         seen: list[dict] = []
