@@ -112,3 +112,16 @@ def test_html_renders_offline_in_chromium(report, tmp_path):
                     (report / "report.html").as_uri()], check=True, timeout=60,
                    capture_output=True)
     assert shot.read_bytes()[:8] == PNG
+
+
+def test_cells_with_different_axes_are_plotted_one_point_per_cell():
+    from vitmim.report import CELL_AXIS, Row, _series, _x_axis
+    mixed = [Row("arch=vit", "variant", {"model.arch": "vit"}, 1.0, []),
+             Row("arch=unet-vit,skips=none", "variant",
+                 {"model.arch": "unet-vit", "model.skips": "none"}, 1.0, [])]
+    assert _x_axis(mixed) == CELL_AXIS
+    assert list(_series(mixed, CELL_AXIS)) == ["pre-trained"]
+    grid = [Row(f"c{i}", "variant", {"pretrain.mask_patch": p, "pretrain.mask_ratio": r}, 1.0, [])
+            for i, (p, r) in enumerate([(4, 0.2), (4, 0.6), (8, 0.2), (8, 0.6)])]
+    assert _x_axis(grid) == "pretrain.mask_ratio"
+    assert list(_series(grid, "pretrain.mask_ratio")) == ["mask_patch=4", "mask_patch=8"]

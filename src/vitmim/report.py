@@ -261,17 +261,29 @@ def runs_csv_text(records: list[RunRecord]) -> str:
 # plots
 
 
+CELL_AXIS = "cell"  # x axis of variants that do not share their axes: one point per cell
+
+
 def _x_axis(rows: list[Row]) -> str | None:
     """The variant axis drawn along x: the mask ratio if it varies, else the axis with the most
-    values (the first of equals); None without axes."""
+    values (the first of equals); ``CELL_AXIS`` when the cells name different axes (an explicit
+    variant list); None without axes."""
     keys = list(rows[0].axes) if rows else []
+    if any(set(r.axes) != set(keys) for r in rows):
+        return CELL_AXIS
     counts = {k: len({repr(r.axes.get(k)) for r in rows}) for k in keys}
     ratio = [k for k in keys if k.endswith("mask_ratio") and counts[k] > 1]
     return (ratio or sorted(keys, key=lambda k: -counts[k]) or [None])[0]
 
 
+def _x_value(row: Row, x_key: str | None):
+    return row.cell if x_key == CELL_AXIS else row.axes.get(x_key, "")
+
+
 def _series(rows: list[Row], x_key: str | None) -> dict[str, list[Row]]:
     """Variant rows grouped into lines by every axis except ``x_key``."""
+    if x_key == CELL_AXIS:
+        return {"pre-trained": rows}
     lines: dict[str, list[Row]] = {}
     for row in rows:
         rest = {k.split(".")[-1]: v for k, v in row.axes.items() if k != x_key}
@@ -282,7 +294,7 @@ def _series(rows: list[Row], x_key: str | None) -> dict[str, list[Row]]:
 
 def _positions(rows: list[Row], x_key: str | None) -> tuple[dict, list]:
     """x position of each axis value: the value itself when numeric, else its index."""
-    values = list(dict.fromkeys(r.axes.get(x_key, "") for r in rows))
+    values = list(dict.fromkeys(_x_value(r, x_key) for r in rows))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     return ({v: (v if numeric else i) for i, v in enumerate(values)},
             [] if numeric else values)
@@ -293,12 +305,12 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
     """Mean ± std against the x axis, one line per series; baselines as mean ± std bands."""
     pos, labels = _positions(variants, x_key)
     for i, (label, rows) in enumerate(_series(variants, x_key).items()):
-        pts = [(pos[r.axes.get(x_key, "")], *r.stat(get)) for r in rows]
+        pts = [(pos[_x_value(r, x_key)], *r.stat(get)) for r in rows]
         pts = sorted(p for p in pts if p[1] is not None)
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                         yerr=[p[2] or 0.0 for p in pts], marker="o", capsize=3, label=label,
-                        color=f"C{i}")
+                        color=f"C{i}", ls="none" if x_key == CELL_AXIS else "-")
     for j, b in enumerate(baselines):
         mean, std, n = b.stat(get)
         if mean is None:
@@ -308,7 +320,9 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
         if std:
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
     if labels:
-        ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+        ax.set_xticks(range(len(labels)), [str(v) for v in labels],
+                      rotation=12 if x_key == CELL_AXIS else 0, fontsize=7 if x_key == CELL_AXIS
+                      else None)
     ax.set_xlabel((x_key or "").split(".")[-1] or "variant")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
