@@ -149,7 +149,7 @@ def compare(a: tuple, b: tuple) -> tuple[float | None, str]:
     (ma, sa, na), (mb, sb, nb) = a, b
     if ma is None or mb is None:
         return None, "n/a"
-    diff = ma - mb
+    diff = round(ma - mb, 9) + 0.0  # no -0.00 from float noise
     if na < 2 or nb < 2:
         return diff, "n < 2"
     return diff, "> spread" if abs(diff) > max(sa, sb) else "within spread"
