@@ -328,6 +328,12 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
     ax.grid(alpha=0.3)
 
 
+def _legend(ax, fontsize: int) -> None:
+    """A legend where something is labelled (a grid without probes leaves those panels bare)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def _figure(ncols: int, nrows: int = 1):
     import matplotlib
     matplotlib.use("Agg")
@@ -354,7 +360,7 @@ def plot_accuracy(rows: list[Row], path: Path) -> Path:
         baselines = [r for r in rows if r.kind != "variant" and r.label_fraction == lf]
         _metric_panel(ax, variants, baselines, top1, x_key, "val top-1 %")
         ax.set_title(f"fine-tuned, {lf:.0%} of labels (mean ± std over seeds)")
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     return _save(fig, path)
 
 
@@ -370,7 +376,7 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
               ("l1", "masked-pixel L1 (val)", []), ("psnr", "masked-pixel PSNR dB (val)", [])]
     for ax, (name, label, refs) in zip(axes.flat, panels):
         _metric_panel(ax, variants, refs, METRICS[name], x_key, label)
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     axes[0][0].set_title("frozen backbones (dashed: random init)")
     return _save(fig, path)
 
@@ -397,7 +403,7 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _legend(ax, 6)
     return _save(fig, path)
 
 
