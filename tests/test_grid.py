@@ -188,3 +188,11 @@ def test_submitit_local_executor_runs_a_job_array(tmp_path, tiny_tin):
     runs = plan(load_spec(spec), out, ["data.path=" + str(tiny_tin)])
     assert all(run_finished(r) for r in runs)
     assert list((out / ".submitit").iterdir())  # submitit's own logs live beside the runs
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "configs" / "grids").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_grid_spec_plans(tmp_path, spec):
+    runs = plan(load_spec(spec), tmp_path / "out")
+    assert runs and all(r.seed in load_spec(spec).seeds for r in runs)
+    assert len({r.dir for r in runs}) == len(runs)  # no two runs share a folder
