@@ -51,8 +51,9 @@ class GridSpec:
     path: Path
     base: list[str] = field(default_factory=list)  # preset names or YAML paths
     config: dict = field(default_factory=dict)  # inline config, nested or dotted keys
-    # dotted key -> values (their cartesian product), or a list of cells, each {dotted key: value}
-    variants: dict[str, list] | list[dict] = field(default_factory=dict)
+    # the variant cells, each {dotted key: value}; a spec writes them as {key: [values]} (their
+    # cartesian product) or as an explicit list
+    variants: list[dict] = field(default_factory=lambda: [{}])
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
@@ -126,13 +127,14 @@ def load_spec(path: str | Path) -> GridSpec:
     return spec
 
 
-def _check_variants(variants, p: Path) -> dict[str, list] | list[dict]:
-    """Either {key: [values]} (cartesian) or [{key: value, ...}, ...] (explicit, distinct cells)."""
+def _check_variants(variants, p: Path) -> list[dict]:
+    """The cells of {key: [values]} (their cartesian product) or of [{key: value, ...}, ...]
+    (explicit, distinct cells)."""
     if isinstance(variants, dict):
         for key, values in variants.items():
             _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
                     "a non-empty list of values")
-        return variants
+        return [dict(zip(variants, vals)) for vals in itertools.product(*variants.values())]
     _expect(isinstance(variants, list) and variants, p, "variants",
             "a mapping of keys to lists of values, or a non-empty list of mappings")
     cells = []
@@ -218,11 +220,7 @@ def baseline_axes(kind: str, axes: dict) -> dict:
 
 def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
     """(cell name, kind, axes) for every variant and every distinct baseline."""
-    if isinstance(spec.variants, list):
-        combos = [dict(cell) for cell in spec.variants]
-    else:
-        keys = list(spec.variants)
-        combos = [dict(zip(keys, vals)) for vals in itertools.product(*spec.variants.values())]
+    combos = [dict(cell) for cell in spec.variants]
     cells = [(cell_name(a) or "pretrained", "variant", a) for a in combos]
     for kind in spec.baselines:
         seen: list[dict] = []

@@ -304,13 +304,14 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
                   ylabel: str) -> None:
     """Mean ± std against the x axis, one line per series; baselines as mean ± std bands."""
     pos, labels = _positions(variants, x_key)
+    by_cell = x_key == CELL_AXIS  # separate cells: points, no connecting line
     for i, (label, rows) in enumerate(_series(variants, x_key).items()):
         pts = [(pos[_x_value(r, x_key)], *r.stat(get)) for r in rows]
         pts = sorted(p for p in pts if p[1] is not None)
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                         yerr=[p[2] or 0.0 for p in pts], marker="o", capsize=3, label=label,
-                        color=f"C{i}", ls="none" if x_key == CELL_AXIS else "-")
+                        color=f"C{i}", ls="none" if by_cell else "-")
     for j, b in enumerate(baselines):
         mean, std, n = b.stat(get)
         if mean is None:
@@ -321,8 +322,7 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
     if labels:
         ax.set_xticks(range(len(labels)), [str(v) for v in labels],
-                      rotation=12 if x_key == CELL_AXIS else 0, fontsize=7 if x_key == CELL_AXIS
-                      else None)
+                      rotation=12 if by_cell else 0, fontsize=7 if by_cell else None)
     ax.set_xlabel((x_key or "").split(".")[-1] or "variant")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
