@@ -61,8 +61,13 @@ def test_loss_counts_masked_pixels_only():
         0.5 * mask.mean().item(), rel=1e-5)
 
 
-def test_fast_path_encoder_never_sees_masked_pixels():
-    cfg = small("pretrain.mask_patch=8", "pretrain.fast=true")
+@pytest.mark.parametrize("conv_stem", [False, True])
+@pytest.mark.parametrize("mask_patch,fast", [(4, False), (8, False), (8, True)])
+def test_restorer_never_sees_masked_pixels(mask_patch, fast, conv_stem):
+    """Restoration is not copying: changing only the masked pixels changes nothing. The conv stem's
+    receptive field crosses patch borders, so it is checked on every path."""
+    cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}",
+                f"model.conv_stem={conv_stem}")
     model = build_restorer(cfg.model, cfg.pretrain).eval()
     x, mask = batch(cfg)
     noisy = x + 10 * torch.randn_like(x) * mask  # change only the masked pixels
