@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -30,7 +31,8 @@ def vitmim(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def trained(tiny_tin, tmp_path_factory):
     """One tiny `vitmim run` on the generated archive, shared by the tests below."""
     out = tmp_path_factory.mktemp("run")
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
+                  "--set", "finetune.layer_decay=0.8")
     return out, proc
 
 
@@ -58,6 +60,12 @@ def test_pretrained_and_scratch_differ_only_by_init(trained):
     assert pre.keys() == scratch.keys()
     assert not torch.equal(pre["backbone.blocks.0.attn.qkv.weight"],
                            scratch["backbone.blocks.0.attn.qkv.weight"])
+    # layer decay protects pre-trained layers; on random weights it would only handicap scratch
+    recipes = {run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
+               for run in ("finetune", "scratch")}
+    assert recipes["finetune"].pop("layer_decay") == 0.8
+    assert recipes["scratch"].pop("layer_decay") == 1.0
+    assert recipes["finetune"] == recipes["scratch"]
 
 
 def test_rerun_skips_finished_stages(trained, tiny_tin):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import subprocess
@@ -245,6 +246,19 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     return metrics
 
 
+def scratch_recipe(cfg: Config) -> Config:
+    """The fine-tune recipe for a randomly initialised classifier: layer-wise lr decay is off.
+
+    Layer decay exists to keep pre-trained lower layers close to their weights; on random weights
+    it only slows the lower layers down, which would handicap the scratch baseline and flatter
+    pre-training."""
+    if cfg.finetune.layer_decay >= 1.0:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.finetune.layer_decay = 1.0
+    return out
+
+
 def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
@@ -265,6 +279,7 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     if env.main:
         x = normalize(train_set.images[:2])
         extra["model"] = describe_model(model, (x,), "classifier")
+    cfg = scratch_recipe(cfg) if not init else cfg
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
         trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
