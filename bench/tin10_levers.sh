@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Fine-tuning levers on TIN-10 at the default budget, 2 seeds each (README, "Levers measured").
+#
+#   VITMIM_DATA=tiny-imagenet-200.zip bash bench/tin10_levers.sh [RUNS] [OUT]
+#
+# RUNS holds the default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out RUNS`):
+# every lever below fine-tunes its restorers (RUNS/pretrained/seed<k>/pretrain) or, for the conv
+# stem, pre-trains its own. Each line is one run (about 20 min on one CPU core); OUT/<name>/
+# metrics.jsonl has the per-epoch val top-1. Run two at a time with OMP_NUM_THREADS=1 on a
+# 2-core machine. The reference figures are the grid's own `pretrained` and `scratch` cells.
+set -euo pipefail
+RUNS=${1:-runs/tin10_default}
+OUT=${2:-runs/tin10_levers}
+
+for s in 0 1; do
+  init=$RUNS/pretrained/seed$s/pretrain
+  # layer-wise lr decay 0.75 (MAE's fine-tuning value)
+  vitmim finetune --out "$OUT/ld75_s$s" --init "$init" \
+    --set finetune.seed=$s --set finetune.layer_decay=0.75
+  # no drop-path (the default recipe uses 0.1), pre-trained and scratch
+  vitmim finetune --out "$OUT/dp0_s$s" --init "$init" \
+    --set finetune.seed=$s --set finetune.drop_path=0.0
+  vitmim finetune --out "$OUT/dp0_scratch_s$s" \
+    --set finetune.seed=$s --set finetune.drop_path=0.0
+  # conv stem (Early Convolutions): its own restorer, then fine-tuning
+  vitmim pretrain --out "$OUT/convstem_s$s/pretrain" \
+    --set model.conv_stem=true --set pretrain.seed=$s
+  vitmim finetune --out "$OUT/convstem_s$s/finetune" --init "$OUT/convstem_s$s/pretrain" \
+    --set model.conv_stem=true --set finetune.seed=$s
+  # 10 % of the labels, fine-tuned 100 epochs (300 steps), pre-trained and scratch
+  vitmim finetune --out "$OUT/lowlabel100_pretrained_s$s" --init "$init" \
+    --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
+  vitmim finetune --out "$OUT/lowlabel100_scratch_s$s" \
+    --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
+done
+
+# final val top-1 of every run above
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+for m in sorted(Path(sys.argv[1]).glob("**/metrics.jsonl")):
+    last = json.loads(m.read_text().splitlines()[-1])
+    if "val_top1" in last:
+        print(f"{str(m.parent.relative_to(sys.argv[1])):40s} {last['val_top1']:5.1f}")
+PY
