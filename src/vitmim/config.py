@@ -90,7 +90,7 @@ class PretrainConfig(StageConfig):
 class FinetuneConfig(StageConfig):
     epochs: int = 15
     label_smoothing: float = 0.1
-    layer_decay: float = 1.0  # layer-wise lr decay; 1.0 = off
+    layer_decay: float = 1.0  # layer-wise lr decay, pre-trained inits only; 1.0 = off
     drop_path: float = 0.1
 
 
