@@ -193,6 +193,7 @@ def test_submitit_local_executor_runs_a_job_array(tmp_path, tiny_tin):
 @pytest.mark.parametrize("spec", sorted((REPO / "configs" / "grids").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_every_shipped_grid_spec_plans(tmp_path, spec):
-    runs = plan(load_spec(spec), tmp_path / "out")
-    assert runs and all(r.seed in load_spec(spec).seeds for r in runs)
+    grid = load_spec(spec)
+    runs = plan(grid, tmp_path / "out")
+    assert runs and all(r.seed in grid.seeds for r in runs)
     assert len({r.dir for r in runs}) == len(runs)  # no two runs share a folder

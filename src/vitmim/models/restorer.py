@@ -114,8 +114,8 @@ class Restorer(nn.Module):
             tokens = bb.forward_features(apply_fill(x, mask))
             return unpatchify(self.decoder(tokens), p)
         masked = pixel_to_token_mask(mask, p)  # (B, N) bool
-        # a conv stem's receptive field crosses patch borders: blank the masked pixels first
-        tokens = bb.embed(apply_fill(x, mask) if bb.conv_stem else x)  # (B, N, D)
+        # blank masked pixels first: a conv stem's receptive field crosses patch borders
+        tokens = bb.embed(apply_fill(x, mask))  # (B, N, D)
         if self.fast:
             keep = ~masked
             vis = (tokens + bb.pos_embed)[keep].reshape(x.shape[0], -1, tokens.shape[-1])

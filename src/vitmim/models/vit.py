@@ -101,7 +101,6 @@ class ViT(nn.Module):
         self.num_tokens = self.grid ** 2
         self.embed_dim = cfg.embed_dim
         self.depth = cfg.depth
-        self.conv_stem = cfg.conv_stem
         stem = ConvStem if cfg.conv_stem else PatchEmbed
         self.patch_embed = stem(cfg.patch_size, cfg.embed_dim)
         self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid))
