@@ -5,8 +5,8 @@
 #
 # RUNS holds the default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out RUNS`):
 # every lever below fine-tunes its restorers (RUNS/pretrained/seed<k>/pretrain) or, for the conv
-# stem, pre-trains its own. Each command is one run (11-20 min on one CPU core; 14 in all); OUT/<name>/
-# metrics.jsonl has the per-epoch val top-1. Run two at a time with OMP_NUM_THREADS=1 on a
+# stem, pre-trains its own. Each command is one run (11-20 min on one CPU core; 14 in all);
+# OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a time with OMP_NUM_THREADS=1 on a
 # 2-core machine. The reference figures are the grid's own `pretrained` and `scratch` cells.
 set -euo pipefail
 RUNS=${1:-runs/tin10_default}
