@@ -1,7 +1,9 @@
 """End to end through the command line, in subprocesses: pretrain -> finetune -> use the model."""
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +74,30 @@ def test_rerun_skips_finished_stages(trained, tiny_tin):
     out, _ = trained
     proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
     assert proc.stdout.count("already finished") == 3
+
+
+def test_equal_flops_baseline_trains_as_many_flops(trained, tiny_tin, tmp_path):
+    """`--equal-compute flops`: scratch gets the pre-training's FLOPs as extra epochs, counted
+    from the FLOPs per image that each run's manifest recorded at start-up."""
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
+                  "--set", "finetune.layer_decay=0.8", "--equal-compute", "flops")
+    assert proc.stdout.count("already finished") == 3 and "| scratch_flops |" in proc.stdout
+
+    def recorded(run: str) -> tuple[float, int]:
+        flops = json.loads((out / run / "manifest.json").read_text())["model"]["flops_per_image"]
+        last = json.loads((out / run / "metrics.jsonl").read_text().splitlines()[-1])
+        return flops, last["step"]
+    pre_flops, pre_steps = recorded("pretrain")
+    ft_flops, ft_steps = recorded("finetune")
+    assert pre_flops < ft_flops  # the fast path encodes only the visible tokens
+    per_epoch = ft_steps // 2  # both stages use batches of 16
+    extra = math.ceil(pre_steps * pre_flops / ft_flops / per_epoch)
+    assert extra >= 1
+    config = yaml.safe_load((out / "scratch_flops" / "config.yaml").read_text())
+    assert config["finetune"]["epochs"] == 2 + extra
+    assert recorded("scratch_flops")[1] == (2 + extra) * per_epoch
 
 
 def test_eval_predict_reconstruct_export(trained, tiny_tin, tmp_path):

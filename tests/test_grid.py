@@ -108,6 +108,16 @@ def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_equal_flops_baseline_varies_with_what_changes_the_restorers_flops(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"],
+                      variants={"pretrain.mask_ratio": [0.4, 0.6], "pretrain.lr": [1e-3, 2e-3],
+                                "model.decoder_depth": [1, 2]})
+    cells = {r.cell for r in plan(load_spec(spec), tmp_path / "out") if r.kind != "variant"}
+    # the learning rate changes neither steps nor FLOPs; masking and the decoder change FLOPs
+    assert len(cells) == 4 and all(c.startswith("scratch_equal_flops,mask_ratio=") for c in cells)
+    assert "scratch_equal_flops,mask_ratio=0.6,decoder_depth=2" in cells
+
+
 # ---------------------------------------------------------------------------------------------
 # running
 
@@ -135,6 +145,20 @@ def test_equal_compute_baseline_matches_total_steps(smoke_grid):
     short = last(smoke_grid / "scratch" / "seed0" / "finetune" / "metrics.jsonl")
     assert short["step"] == ft
     assert long["step"] == pre + ft  # 48 images / 16 per batch: steps divide evenly
+
+
+def test_equal_flops_cell_runs_and_reports(tmp_path, tiny_tin):
+    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch", "scratch_equal_flops"],
+                      probe=False)
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
+                     "--executor", "inline"]) == 0
+    epochs = {c: yaml.safe_load((out / c / "seed0" / "finetune" / "config.yaml").read_text())
+              ["finetune"]["epochs"] for c in ("pretrained", "scratch", "scratch_equal_flops")}
+    assert epochs["pretrained"] == epochs["scratch"] < epochs["scratch_equal_flops"]
+    assert cli.main(["report", str(out)]) == 0
+    table = (out / "report" / "report.md").read_text()
+    assert "Δ scratch equal-FLOPs" in table and "scratch (equal training FLOPs)" in table
 
 
 def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, tiny_tin,

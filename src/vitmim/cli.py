@@ -71,7 +71,7 @@ def cmd_run(args) -> None:
     from vitmim.pipeline import run_all
     cfg = resolve_config(args)
     run_all(cfg, Path(args.out), env_for(cfg), resume=args.resume,
-            equal_compute=args.equal_compute)
+            equal_compute_by=args.equal_compute)
 
 
 def cmd_eval(args) -> None:
@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--out", default="runs/run", help="folder for the three runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--equal-compute", action="store_true",
-                   help="also train scratch for as many steps as pre-train + fine-tune")
+    p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
+                   help="also train scratch as long as pre-train + fine-tune together, counted "
+                   "in optimisation steps (the default) or in training FLOPs")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("pretrain", help="masked-pixel pre-training of a restorer")

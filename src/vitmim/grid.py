@@ -8,8 +8,9 @@ A spec names the runs; every run is one folder and one job::
     OUT/<cell>/seed<k>/finetune[_lfF]/  one classifier per label fraction F (< 1 only in the name)
     OUT/grid.json                       every run's status after the last invocation
 
-Baselines, both reported: ``scratch`` (the fine-tune recipe from random weights) and
-``scratch_equal_compute`` (as many optimisation steps as pre-train + fine-tune together).
+Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equal_compute`` (as
+many optimisation steps as pre-train + fine-tune together) and, when a spec asks for it,
+``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together).
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on. Jobs run as subprocesses here (``local``), or through submitit as
 a job array (``slurm``, or ``submitit-local`` to try the same path on this machine). One run can
@@ -32,14 +33,20 @@ from pathlib import Path
 import yaml
 
 from vitmim import checkpoint
-from vitmim.config import Config, load_config, read_yaml_mapping, to_dict
+from vitmim.config import load_config, read_yaml_mapping, to_dict
 from vitmim.errors import UserError
 
-BASELINES = ("scratch", "scratch_equal_compute")
-# pre-training keys that change how many steps the equal-compute baseline must match
-STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
+BASELINES = ("scratch", "scratch_equal_compute", "scratch_equal_flops")
+DEFAULT_BASELINES = BASELINES[:2]
+EQUAL_COMPUTE_BY = {"scratch_equal_compute": "steps", "scratch_equal_flops": "flops"}
 # model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
 RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
+# pre-training keys that change how many steps the equal-compute baseline must match
+STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
+# ... and what else changes the restorer's FLOPs per image, for the equal-FLOPs baseline
+FLOP_KEYS = (*STEP_KEYS, "pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
+             *RESTORER_KEYS)
+SHARED_KEYS = {"scratch": (), "scratch_equal_compute": STEP_KEYS, "scratch_equal_flops": FLOP_KEYS}
 SPEC_KEYS = {"base", "config", "variants", "seeds", "baselines", "label_fractions", "probe",
              "out", "slurm"}
 
@@ -55,7 +62,7 @@ class GridSpec:
     # cartesian product) or as an explicit list
     variants: list[dict] = field(default_factory=lambda: [{}])
     seeds: list[int] = field(default_factory=lambda: [0])
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     probe: bool = True  # k-NN + linear probe of each pre-trained model
     out: str | None = None
@@ -213,9 +220,9 @@ def cell_name(axes: dict) -> str:
 def baseline_axes(kind: str, axes: dict) -> dict:
     """The axes of a variant that its ``kind`` baseline shares: a baseline varies only with what
     changes it: the keys outside pre-training and the restorer, and for equal compute also the
-    pre-training step keys."""
-    return {k: v for k, v in axes.items() if k not in RESTORER_KEYS and (
-        not k.startswith("pretrain.") or (kind == BASELINES[1] and k in STEP_KEYS))}
+    keys that change the pre-training steps (or FLOPs) it must match."""
+    return {k: v for k, v in axes.items() if k in SHARED_KEYS[kind] or (
+        k not in RESTORER_KEYS and not k.startswith("pretrain."))}
 
 
 def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
@@ -298,7 +305,7 @@ def run_job(cell_json: str | Path) -> dict:
 
 def _execute(job: dict, run_dir: Path) -> dict:
     from vitmim.cli import env_for
-    from vitmim.pipeline import run_stage
+    from vitmim.pipeline import equal_compute, run_stage
     from vitmim.probe import probe_random_init, probe_run
     from vitmim.stages import finetune, pretrain
     cfg = load_config(base=job["config"])
@@ -312,8 +319,8 @@ def _execute(job: dict, run_dir: Path) -> dict:
     for lf in job["label_fractions"]:
         ft_cfg = copy.deepcopy(cfg)
         ft_cfg.data.label_fraction = lf
-        if job["kind"] == BASELINES[1]:
-            ft_cfg = equal_compute(ft_cfg)
+        if job["kind"] in EQUAL_COMPUTE_BY:
+            ft_cfg = equal_compute(ft_cfg, EQUAL_COMPUTE_BY[job["kind"]])
         name = finetune_dirname(lf)
         results[name] = run_stage(f"{job['cell']} {name}", run_dir / name, finetune, False,
                                   cfg=ft_cfg, env=env, init=init)
@@ -321,20 +328,6 @@ def _execute(job: dict, run_dir: Path) -> dict:
     if job["kind"] == BASELINES[0] and job["probe"] and not probe_file.exists():
         results["probe"] = probe_random_init(cfg, probe_file, device=str(env.device))
     return results
-
-
-def equal_compute(cfg: Config) -> Config:
-    """``cfg`` with fine-tune epochs raised to match pre-train + fine-tune optimisation steps."""
-    from vitmim.data import label_subset, load_splits
-    from vitmim.pipeline import equal_compute_config
-    train, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-    pre_steps = (len(train) // cfg.pretrain.batch_size) * cfg.pretrain.epochs  # as the Trainer
-    n_labelled = len(label_subset(train.labels, cfg.data.label_fraction, cfg.finetune.seed))
-    per_epoch = n_labelled // cfg.finetune.batch_size
-    if per_epoch == 0:
-        raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
-                        f"than the {n_labelled} labelled training images")
-    return equal_compute_config(cfg, pre_steps, per_epoch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,10 +25,13 @@ import yaml
 
 from vitmim import checkpoint
 from vitmim.errors import UserError
-from vitmim.grid import BASELINES, baseline_axes
+from vitmim.grid import BASELINES, DEFAULT_BASELINES, baseline_axes
 
 BASELINE_LABEL = {"scratch": "scratch (equal fine-tune epochs)",
-                  "scratch_equal_compute": "scratch (equal total steps)"}
+                  "scratch_equal_compute": "scratch (equal total steps)",
+                  "scratch_equal_flops": "scratch (equal training FLOPs)"}
+DIFF_HEAD = {"scratch": "Δ scratch", "scratch_equal_compute": "Δ scratch equal-compute",
+             "scratch_equal_flops": "Δ scratch equal-FLOPs"}
 RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
         "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
         "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
@@ -210,25 +213,34 @@ def _diff(d: dict, kind: str) -> str:
     return "-" if v is None else f"{v:+.2f} ({d[f'vs_{kind}_verdict']})"
 
 
-TABLE_HEAD = ["cell", "labels", "n", "val top-1 %", "Δ scratch", "Δ scratch equal-compute",
-              "val top-5 %", "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
+def compared(summary: list[dict]) -> list[str]:
+    """The baselines a table compares with: the default ones, and equal FLOPs when it was run."""
+    return [k for k in BASELINES
+            if k in DEFAULT_BASELINES or any(d["kind"] == k for d in summary)]
 
 
-def table_cells(d: dict) -> list[str]:
+def table_head(kinds: list[str]) -> list[str]:
+    return ["cell", "labels", "n", "val top-1 %", *(DIFF_HEAD[k] for k in kinds), "val top-5 %",
+            "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
+
+
+def table_cells(d: dict, kinds: list[str]) -> list[str]:
     """The markdown/HTML table row of one summary dict."""
     name = d["cell"] if d["kind"] == "variant" else BASELINE_LABEL[d["kind"]] + (
         d["cell"][len(d["kind"]):].replace(",", " ", 1))  # "scratch,depth=4": its own axes
     return [name, f"{d['label_fraction']:.0%}", str(d["n"]), _pm(d["top1_mean"], d["top1_std"]),
-            _diff(d, "scratch"), _diff(d, "scratch_equal_compute"),
+            *(_diff(d, k) for k in kinds),
             _pm(d["top5_mean"], d["top5_std"]), _pm(d["knn_mean"], d["knn_std"]),
             _pm(d["linear_mean"], d["linear_std"]), _pm(d["l1_mean"], d["l1_std"], "{:.4f}"),
             _pm(d["psnr_mean"], d["psnr_std"]), _pm(d["steps_mean"], None, "{:.0f}")]
 
 
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEAD) + " |",
-             "| " + " | ".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + " |"]
-    lines += ["| " + " | ".join(table_cells(d)) + " |" for d in summary]
+    kinds = compared(summary)
+    head = table_head(kinds)
+    lines = ["| " + " | ".join(head) + " |",
+             "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
+    lines += ["| " + " | ".join(table_cells(d, kinds)) + " |" for d in summary]
     return "\n".join(lines)
 
 
@@ -441,9 +453,10 @@ def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
               recons: list[tuple[str, Path]]) -> str:
     """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in TABLE_HEAD)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d)) + "</tr>"
-                   for d in summary)
+    kinds = compared(summary)
+    head = "".join(f"<th>{e(h)}</th>" for h in table_head(kinds))
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d, kinds))
+                   + "</tr>" for d in summary)
     rule = e(RULE).replace("**", "")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",

@@ -164,15 +164,35 @@ def classification_metrics(model: nn.Module, data: ImageSet, device: torch.devic
 # run folders
 
 
-def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
-    """Parameter count and forward FLOPs per image (torch's FLOP counter); printed at start-up."""
-    params = sum(p.numel() for p in model.parameters())
+def forward_flops(model: nn.Module, example: tuple) -> float:
+    """Forward FLOPs per image of ``model`` on ``example`` (torch's FLOP counter)."""
     counter = FlopCounterMode(display=False)
     model.eval()  # no batch-norm statistics updated by this probe
     with torch.no_grad(), counter:
         model(*example)
     model.train()
-    flops = counter.get_total_flops() / example[0].shape[0]
+    return counter.get_total_flops() / example[0].shape[0]
+
+
+def training_flops_per_image(cfg: Config, num_classes: int) -> tuple[float, float]:
+    """Forward FLOPs per training image of the restorer (on a masked image, so the fast path
+    counts only its visible tokens) and of the classifier. A backward pass costs about twice its
+    forward in both, so their ratio is the ratio of training compute per image."""
+    with torch.random.fork_rng(devices=[]):  # random weights and masks; the caller's RNG untouched
+        torch.manual_seed(0)
+        size = cfg.model.img_size
+        x = torch.randn(2, 3, size, size)
+        mask = random_mask(2, size, cfg.pretrain.mask_patch, cfg.pretrain.mask_ratio,
+                           torch.Generator().manual_seed(0), torch.device("cpu"))
+        restorer = forward_flops(build_restorer(cfg.model, cfg.pretrain), (x, mask))
+        classifier = forward_flops(build_classifier(cfg.model, num_classes, 0.0), (x,))
+    return restorer, classifier
+
+
+def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
+    """Parameter count and forward FLOPs per image (torch's FLOP counter); printed at start-up."""
+    params = sum(p.numel() for p in model.parameters())
+    flops = forward_flops(model, example)
     print(f"{name}: {params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOPs per image",
           flush=True)
     return {"params": params, "flops_per_image": flops}
