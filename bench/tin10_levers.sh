@@ -1,36 +1,61 @@
 #!/usr/bin/env bash
-# Fine-tuning levers on TIN-10 at the default budget, 2 seeds each (README, "Levers measured").
+# Fine-tuning and pre-training levers on TIN-10, 2 seeds each (README, "Levers measured").
 #
 #   VITMIM_DATA=tiny-imagenet-200.zip bash bench/tin10_levers.sh [RUNS] [OUT]
 #
-# RUNS holds the default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out RUNS`):
-# every lever below fine-tunes its restorers (RUNS/pretrained/seed<k>/pretrain) or, for the conv
-# stem, pre-trains its own. Each command is one run (11-20 min on one CPU core; 14 in all);
-# OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a time with OMP_NUM_THREADS=1 on a
-# 2-core machine. The reference figures are the grid's own `pretrained` and `scratch` cells.
+# RUNS holds the first default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out
+# RUNS`, fine-tuning batch 128): every lever below fine-tunes its restorers
+# (RUNS/pretrained/seed<k>/pretrain) or pre-trains its own. Each command is one run (11-30 min on
+# one CPU core; 28 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
+# time with OMP_NUM_THREADS=1 on a 2-core machine. The reference figures of round 1 are the grid's
+# own `pretrained` and `scratch` cells.
 set -euo pipefail
 RUNS=${1:-runs/tin10_default}
 OUT=${2:-runs/tin10_levers}
+B128=(--set finetune.batch_size=128)  # round 1 ran before batch 64 became the default
+B64=(--set finetune.batch_size=64)  # today's default, spelled out
 
+# round 1: one change each to the first default recipe (batch 128)
 for s in 0 1; do
   init=$RUNS/pretrained/seed$s/pretrain
   # layer-wise lr decay 0.75 (MAE's fine-tuning value)
-  vitmim finetune --out "$OUT/ld75_s$s" --init "$init" \
+  vitmim finetune --out "$OUT/ld75_s$s" --init "$init" "${B128[@]}" \
     --set finetune.seed=$s --set finetune.layer_decay=0.75
   # no drop-path (the default recipe uses 0.1), pre-trained and scratch
-  vitmim finetune --out "$OUT/dp0_s$s" --init "$init" \
+  vitmim finetune --out "$OUT/dp0_s$s" --init "$init" "${B128[@]}" \
     --set finetune.seed=$s --set finetune.drop_path=0.0
-  vitmim finetune --out "$OUT/dp0_scratch_s$s" \
+  vitmim finetune --out "$OUT/dp0_scratch_s$s" "${B128[@]}" \
     --set finetune.seed=$s --set finetune.drop_path=0.0
   # conv stem (Early Convolutions): its own restorer, then fine-tuning
   vitmim pretrain --out "$OUT/convstem_s$s/pretrain" \
     --set model.conv_stem=true --set pretrain.seed=$s
   vitmim finetune --out "$OUT/convstem_s$s/finetune" --init "$OUT/convstem_s$s/pretrain" \
-    --set model.conv_stem=true --set finetune.seed=$s
+    "${B128[@]}" --set model.conv_stem=true --set finetune.seed=$s
   # 10 % of the labels, fine-tuned 100 epochs (300 steps), pre-trained and scratch
-  vitmim finetune --out "$OUT/lowlabel100_pretrained_s$s" --init "$init" \
+  vitmim finetune --out "$OUT/lowlabel100_pretrained_s$s" --init "$init" "${B128[@]}" \
     --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
-  vitmim finetune --out "$OUT/lowlabel100_scratch_s$s" \
+  vitmim finetune --out "$OUT/lowlabel100_scratch_s$s" "${B128[@]}" \
+    --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
+done
+
+# round 2: batch size, longer pre-training, scratch at equal training FLOPs
+for s in 0 1; do
+  init=$RUNS/pretrained/seed$s/pretrain
+  # batch 64 instead of 128 (twice the optimiser steps per epoch, same lr): now the default
+  vitmim finetune --out "$OUT/bs64_s$s" --init "$init" "${B64[@]}" --set finetune.seed=$s
+  vitmim finetune --out "$OUT/bs64_scratch_s$s" "${B64[@]}" --set finetune.seed=$s
+  # scratch trained as many FLOPs as pre-train + fine-tune: 22 epochs, what
+  # `vitmim run --equal-compute flops` computes for the default recipe
+  vitmim finetune --out "$OUT/bs64_scratch_equal_flops_s$s" "${B64[@]}" \
+    --set finetune.seed=$s --set finetune.epochs=22
+  # 60 pre-training epochs instead of 20, then 10 % of the labels for 100 epochs at both batches
+  vitmim pretrain --out "$OUT/pre60_s$s" --set pretrain.seed=$s --set pretrain.epochs=60
+  for b in 128 64; do
+    vitmim finetune --out "$OUT/lowlabel100_pre60_bs${b}_s$s" --init "$OUT/pre60_s$s" \
+      --set finetune.batch_size=$b --set finetune.seed=$s --set data.label_fraction=0.1 \
+      --set finetune.epochs=100
+  done
+  vitmim finetune --out "$OUT/lowlabel100_bs64_scratch_s$s" "${B64[@]}" \
     --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
 done
 

@@ -88,7 +88,10 @@ class PretrainConfig(StageConfig):
 
 @dataclass
 class FinetuneConfig(StageConfig):
+    # batch 64 (twice the steps per epoch of 128, same lr) measured on TIN-10 (README, "Results"):
+    # +3.1 points pre-trained, +1.7 scratch at 15 epochs and the same cost
     epochs: int = 15
+    batch_size: int = 64
     label_smoothing: float = 0.1
     layer_decay: float = 1.0  # layer-wise lr decay, pre-trained inits only; 1.0 = off
     drop_path: float = 0.1
