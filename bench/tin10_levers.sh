@@ -6,7 +6,7 @@
 # RUNS holds the first default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out
 # RUNS`, fine-tuning batch 128): every lever below fine-tunes its restorers
 # (RUNS/pretrained/seed<k>/pretrain) or pre-trains its own. Each command is one run (11-30 min on
-# one CPU core; 24 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
+# one CPU core; 26 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
 # time with OMP_NUM_THREADS=1 on a 2-core machine. The reference figures of round 1 are the grid's
 # own `pretrained` and `scratch` cells.
 set -euo pipefail
@@ -44,6 +44,9 @@ for s in 0 1; do
   # batch 64 instead of 128 (twice the optimiser steps per epoch, same lr): now the default
   vitmim finetune --out "$OUT/bs64_s$s" --init "$init" "${B64[@]}" --set finetune.seed=$s
   vitmim finetune --out "$OUT/bs64_scratch_s$s" "${B64[@]}" --set finetune.seed=$s
+  # batch 32 (pre-trained only: the session's last slot)
+  vitmim finetune --out "$OUT/bs32_s$s" --init "$init" --set finetune.batch_size=32 \
+    --set finetune.seed=$s
   # scratch trained as many FLOPs as pre-train + fine-tune: 22 epochs, what
   # `vitmim run --equal-compute flops` computes for the default recipe
   vitmim finetune --out "$OUT/bs64_scratch_equal_flops_s$s" "${B64[@]}" \
