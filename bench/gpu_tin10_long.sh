@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 7 on one GPU, in one short call (README, "Results on a GPU"):
-#  1. the `configs/tin200.yaml` model and recipe for a few epochs on TIN-10: checks that the
+#  1. the `--preset tin200` model and recipe for a few epochs on TIN-10: checks that the
 #     pre-train -> fine-tune path runs on CUDA (TrivialAugment, mixup/cutmix, erasing, EMA,
 #     layer decay) and measures its images/s, from which the 200-class budget follows;
-#  2. `configs/tin10_long.yaml` on TIN-10, 2 seeds, all runs side by side on the one GPU:
+#  2. `--preset tin10_long` on TIN-10, 2 seeds, all runs side by side on the one GPU:
 #     pre-train 150 epochs -> fine-tune 100; scratch 100 (equal epochs); scratch 152 (equal
 #     training FLOPs, what `vitmim run --equal-compute flops` computes for this recipe).
 #
@@ -47,7 +47,7 @@ $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torc
 torchvision.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 
 # 1. the 200-class recipe's model for a few epochs (also the CUDA smoke test: stop on failure)
-T200=(-c configs/tin200.yaml --set compile=false --set pretrain.epochs="$SMOKE"
+T200=(--preset tin200 --set compile=false --set pretrain.epochs="$SMOKE"
       --set finetune.epochs="$SMOKE")
 job tin200_pretrain pretrain --out "$OUT/tin200/pretrain" "${T200[@]}" || {
     tail -20 "$OUT/tin200_pretrain.log"; exit 1; }
@@ -55,7 +55,7 @@ job tin200_finetune finetune --out "$OUT/tin200/finetune" --init "$OUT/tin200/pr
     "${T200[@]}" || { tail -20 "$OUT/tin200_finetune.log"; exit 1; }
 
 # 2. TIN-10 long schedule, 2 seeds, side by side
-L=(-c configs/tin10_long.yaml --set pretrain.epochs="$PT" --set finetune.epochs="$FT")
+L=(--preset tin10_long --set pretrain.epochs="$PT" --set finetune.epochs="$FT")
 for s in 0 1; do
     ( job pre_s$s pretrain --out "$OUT/pre_s$s" "${L[@]}" --set pretrain.seed=$s &&
       job ft_s$s finetune --out "$OUT/ft_s$s" --init "$OUT/pre_s$s" "${L[@]}" \

@@ -63,3 +63,17 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 
 def test_exponent_without_dot_is_a_number():
     assert load_config(overrides=["pretrain.lr=1e-4"]).pretrain.lr == 1e-4
+
+
+def test_shipped_presets_load_and_keep_their_measured_recipes():
+    from vitmim.cli import PRESETS, preset_names
+    assert {"smoke", "tin10_long", "tin200"} <= set(preset_names())
+    for name in preset_names():
+        load_config([PRESETS / f"{name}.yaml"])  # every shipped file validates
+    long = load_config([PRESETS / "tin10_long.yaml"])
+    # the recipe behind the README's GPU figures: the default model, long schedules, mixing
+    assert long.model == Config().model
+    assert (long.pretrain.epochs, long.finetune.epochs) == (150, 100)
+    assert long.finetune.augment.mixup > 0 and long.finetune.layer_decay < 1
+    big = load_config([PRESETS / "tin200.yaml"])
+    assert big.data.classes is None and big.model.patch_size == 4
