@@ -6,7 +6,7 @@
 # RUNS holds the first default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out
 # RUNS`, fine-tuning batch 128): every lever below fine-tunes its restorers
 # (RUNS/pretrained/seed<k>/pretrain) or pre-trains its own. Each command is one run (11-30 min on
-# one CPU core; 26 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
+# one CPU core; 32 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
 # time with OMP_NUM_THREADS=1 on a 2-core machine. The reference figures of round 1 are the grid's
 # own `pretrained` and `scratch` cells.
 set -euo pipefail
@@ -56,6 +56,22 @@ for s in 0 1; do
   vitmim pretrain --out "$OUT/pre60_s$s" --set pretrain.seed=$s --set pretrain.epochs=60
   vitmim finetune --out "$OUT/lowlabel100_pre60_s$s" --init "$OUT/pre60_s$s" "${B128[@]}" \
     --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
+done
+
+# round 3: the regularisers of the long GPU recipe (and EMA, TrivialAugment) at the 15-epoch
+# default, pre-trained only: each against round 2's bs64_s<k>
+for s in 0 1; do
+  init=$RUNS/pretrained/seed$s/pretrain
+  # mixup 0.8 / cutmix 1.0 (one per batch) and random erasing 0.25, as in --preset tin10_long
+  vitmim finetune --out "$OUT/mix_s$s" --init "$init" --set finetune.seed=$s \
+    --set finetune.augment.mixup=0.8 --set finetune.augment.cutmix=1.0 \
+    --set finetune.augment.erasing=0.25
+  # EMA of the weights, decay 0.998 per step (a horizon of 500 of the run's 1,170 steps)
+  vitmim finetune --out "$OUT/ema_s$s" --init "$init" --set finetune.seed=$s \
+    --set finetune.ema=0.998
+  # TrivialAugmentWide per image
+  vitmim finetune --out "$OUT/ta_s$s" --init "$init" --set finetune.seed=$s \
+    --set finetune.augment.trivial_augment=true
 done
 
 # final val top-1 of every run above
