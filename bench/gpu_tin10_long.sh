@@ -12,7 +12,7 @@
 #
 # Every job has a deadline (BUDGET seconds from the start, default 500); a run cut short keeps
 # its per-epoch metrics but is reported as unfinished. Knobs for a dry run on a CPU:
-# DEVICE=cpu SMOKE_EPOCHS=1 PT_EPOCHS=1 FT_EPOCHS=1 FLOPS_EPOCHS=2 and EXTRA (overrides added to
+# DEVICE=cpu SMOKE_EPOCHS=1 PT_EPOCHS=1 FT_EPOCHS=1 FLOPS_EPOCHS=2 (else derived) and EXTRA (overrides added to
 # every job), e.g. EXTRA="--set model.depth=1 --set model.embed_dim=48 --set model.num_heads=1".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,6 @@ DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE_EPOCHS:-4}
 PT=${PT_EPOCHS:-150}
 FT=${FT_EPOCHS:-100}
-FLOPS=${FLOPS_EPOCHS:-152}
 DEADLINE=$((SECONDS + ${BUDGET:-500}))
 left() { echo $((DEADLINE - SECONDS > 1 ? DEADLINE - SECONDS : 1)); }
 # one job: `job NAME vitmim-args...`, output in OUT/NAME.log, cut at the deadline
@@ -56,6 +55,19 @@ job tin200_finetune finetune --out "$OUT/tin200/finetune" --init "$OUT/tin200/pr
 
 # 2. TIN-10 long schedule, 2 seeds, side by side
 L=(--preset tin10_long --set pretrain.epochs="$PT" --set finetune.epochs="$FT")
+# scratch epochs of equal training FLOPs, as `vitmim run --equal-compute flops` computes them
+# (152 for the preset's schedule)
+# shellcheck disable=SC2086
+FLOPS=${FLOPS_EPOCHS:-$($PY - "${L[@]}" ${EXTRA:-} <<'PY'
+import argparse, sys
+from vitmim.cli import add_config_args, resolve_config
+from vitmim.pipeline import equal_compute
+p = argparse.ArgumentParser()
+add_config_args(p)
+print(equal_compute(resolve_config(p.parse_args(sys.argv[1:])), "flops").finetune.epochs)
+PY
+)}
+echo "scratch at equal training FLOPs: $FLOPS epochs"
 for s in 0 1; do
     ( job pre_s$s pretrain --out "$OUT/pre_s$s" "${L[@]}" --set pretrain.seed=$s &&
       job ft_s$s finetune --out "$OUT/ft_s$s" --init "$OUT/pre_s$s" "${L[@]}" \
