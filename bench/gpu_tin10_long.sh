@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 7 on one GPU, in one short call (README, "Results on a GPU"):
+# The long TIN-10 recipe and the 200-class recipe on one GPU, in one short call
+# (docs/results/gpu_tin10_long/):
 #  1. the `--preset tin200` model and recipe for a few epochs on TIN-10: checks that the
 #     pre-train -> fine-tune path runs on CUDA (TrivialAugment, mixup/cutmix, erasing, EMA,
 #     layer decay) and measures its images/s, from which the 200-class budget follows;
