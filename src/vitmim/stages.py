@@ -27,7 +27,7 @@ from vitmim.engine import Env, Trainer, derive_seed, run_lock, train
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
-from vitmim.models.restorer import normalize_patches, patchify, restoration_loss, unpatchify
+from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
 
 EVAL_IMAGES = 512  # validation images used for restoration metrics
 GRID_IMAGES = 8  # images shown in reconstruction grids
@@ -47,9 +47,7 @@ class PretrainTask:
         self.val_mask = self.mask(len(self.val_x), g)  # the same masks every epoch
 
     def mask(self, n: int, g: torch.Generator) -> torch.Tensor:
-        p = self.cfg.pretrain
-        return random_mask(n, self.cfg.model.img_size, p.mask_patch, p.mask_ratio, g,
-                           self.env.device)
+        return random_masking(n, self.cfg.model.img_size, self.cfg.pretrain, g, self.env.device)
 
     def make_batch(self, idx: torch.Tensor, g: torch.Generator):
         x = augment(self.images[idx], self.cfg.pretrain.augment, g)
@@ -57,8 +55,7 @@ class PretrainTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, mask = batch
-        return restoration_loss(model(x, mask), x, mask, self.cfg.pretrain,
-                                self.cfg.model.patch_size)
+        return forward_loss(model(x, mask), x, mask, self.cfg.pretrain, self.cfg.model.patch_size)
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         metrics = restoration_metrics(model, self.val_x, self.val_mask, self.cfg)
@@ -66,38 +63,6 @@ class PretrainTask:
         save_reconstruction_grid(self.run_dir / "images" / f"recon_epoch{epoch:03d}.png",
                                  x, m, restored_image(model, x, m, self.cfg))
         return metrics
-
-
-def restored_image(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
-                   ) -> torch.Tensor:
-    """Prediction in image space: (B, 3, H, W) normalised. Undoes per-patch target normalisation
-    with the true patch statistics (as MAE's visualisation does)."""
-    pred = model(x, mask).float()
-    if cfg.pretrain.norm_pix:
-        p = cfg.model.patch_size
-        t = patchify(x, p)
-        pred = patchify(pred, p) * (t.var(-1, keepdim=True) + 1e-6).sqrt() + t.mean(-1, True)
-        pred = unpatchify(pred, p)
-    return pred
-
-
-@torch.no_grad()
-def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config,
-                        batch: int = 256) -> dict[str, float]:
-    """Masked-pixel L1 (normalised units) and PSNR (dB, pixels in [0, 1]) on masked pixels."""
-    l1 = se = count = 0.0
-    for i in range(0, len(x), batch):
-        xb, mb = x[i:i + batch], mask[i:i + batch]
-        pred = restored_image(model, xb, mb, cfg)
-        target = normalize_patches(xb, cfg.model.patch_size) if cfg.pretrain.norm_pix else xb
-        raw = model(xb, mb).float() if cfg.pretrain.norm_pix else pred
-        m = mb.expand_as(xb)
-        l1 += ((raw - target).abs() * m).sum().item()
-        se += (((denormalize(pred) - denormalize(xb)) ** 2) * m).sum().item()
-        count += m.sum().item()
-    mse = se / max(count, 1.0)
-    return {"val_l1": l1 / max(count, 1.0), "val_psnr": 10 * torch.log10(
-        torch.tensor(1.0 / max(mse, 1e-12))).item()}
 
 
 def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
