@@ -135,3 +135,26 @@ def test_norm_pix_targets_are_standardised_per_patch():
     assert torch.allclose(t.mean(-1), torch.zeros(4, 64), atol=1e-5)
     assert torch.allclose(t.std(-1), torch.ones(4, 64), atol=1e-3)  # unbiased, as MAE
     assert restoration_loss(target, x, mask, cfg.pretrain, 8).item() == 0.0
+
+
+@pytest.mark.parametrize("arch", ["vit", "unet-vit"])
+def test_backbones_and_the_classifier_share_the_backbone_contract(arch):
+    from vitmim.engine import param_groups
+    cfg = small(f"model.arch={arch}", "model.unet_channels=[8,16,32]",
+                "finetune.layer_decay=0.5")
+    classifier = build_classifier(cfg.model, 5)
+    backbone = classifier.backbone
+    assert (classifier.depth, classifier.embed_dim) == (backbone.depth, backbone.embed_dim) == (
+        2, 64)
+    assert classifier.no_weight_decay() == {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    assert classifier.layer_id("head.weight") == classifier.depth + 1
+    assert classifier.forward_features(torch.randn(2, 3, 64, 64)).shape[-1] == 64
+    # fine-tuning decays the lr per layer; pre-training a restorer has no layer decay
+    assert {g["lr_scale"] for g in param_groups(classifier, cfg.finetune)} == {
+        0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
+    restorer = build_restorer(cfg.model, cfg.pretrain)
+    groups = param_groups(restorer, cfg.pretrain)
+    assert {g["lr_scale"] for g in groups} == {1.0}
+    no_decay = {n for n, p in restorer.named_parameters()
+                if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])}
+    assert "backbone.pos_embed" in no_decay
