@@ -163,3 +163,25 @@ def test_forward_is_the_decoder_after_the_encoder(mask_patch, fast):
         patches = model.forward_decoder(latent, keep)
         assert patches.shape == (4, 64, 8 * 8 * 3)
         assert torch.equal(model(x, mask), unpatchify(patches, 8))
+
+@pytest.mark.parametrize("arch", ["vit", "unet-vit"])
+def test_backbones_and_the_classifier_share_the_backbone_contract(arch):
+    from vitmim.engine import param_groups
+    cfg = small(f"model.arch={arch}", "model.unet_channels=[8,16,32]",
+                "finetune.layer_decay=0.5")
+    classifier = build_classifier(cfg.model, 5)
+    backbone = classifier.backbone
+    assert (classifier.depth, classifier.embed_dim) == (backbone.depth, backbone.embed_dim) == (
+        2, 64)
+    assert classifier.no_weight_decay() == {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    assert classifier.layer_id("head.weight") == classifier.depth + 1
+    assert classifier.forward_features(torch.randn(2, 3, 64, 64)).shape[-1] == 64
+    # fine-tuning decays the lr per layer; pre-training a restorer has no layer decay
+    assert {g["lr_scale"] for g in param_groups(classifier, cfg.finetune)} == {
+        0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
+    restorer = build_restorer(cfg.model, cfg.pretrain)
+    groups = param_groups(restorer, cfg.pretrain)
+    assert {g["lr_scale"] for g in groups} == {1.0}
+    no_decay = {n for n, p in restorer.named_parameters()
+                if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])}
+    assert "backbone.pos_embed" in no_decay

@@ -10,3 +10,9 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
