@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
@@ -29,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from vitmim.data.images import decode_image
 from vitmim.data.sources import Plan, Tree, one_line, tree_for
 from vitmim.errors import UserError
 
-CACHE_VERSION = 1  # bump when the cache layout or decoding changes
+CACHE_VERSION = 2  # bump when the cache layout or decoding changes
 CHUNK = 500  # images per decode task: small enough for a smooth progress bar
 MIN_PARALLEL = 2000  # below this many images, worker start-up costs more than it saves
 MAX_WORKERS = 8
@@ -73,43 +72,38 @@ def cache_root(cache_dir: str | None = None) -> Path:
 # decoding
 
 
-def _decode(data: bytes, img_size: int, name: str) -> np.ndarray:
-    """Encoded image bytes -> (3, img_size, img_size) uint8 RGB; UserError naming ``name``."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.size != (img_size, img_size):  # header only: checked before decoding
-                w, h = im.size
-                raise UserError(f"{name}: image is {w}x{h} px, expected {img_size}x{img_size} "
-                                "(set model.img_size, or resize the data set)")
-            rgb = im.convert("RGB")  # L, P, CMYK, RGBA ... -> RGB
-    except UserError:
-        raise
-    except Exception as e:  # PIL raises many types for bad data; all mean "not an image"
-        raise UserError(f"{name}: not a readable image ({one_line(e)})") from None
-    return np.asarray(rgb).transpose(2, 0, 1)
+def _decode(data: bytes, target: tuple[int, str], name: str) -> tuple[np.ndarray, bool]:
+    """Encoded bytes -> ((3, S, S) uint8 RGB, resized?) for ``target`` = (S, resize mode)."""
+    size, resize = target
+    return decode_image(data, size, resize, name)
 
 
 def _decode_into(tree: Tree, out_path: str, start: int, rels: list[str],
-                 img_size: int) -> str | None:
-    """Decode ``rels`` into rows ``start...`` of the .npy at ``out_path``; an error message."""
+                 target: tuple[int, str]) -> tuple[int, str | None]:
+    """Decode ``rels`` into rows ``start...`` of the .npy at ``out_path``.
+
+    Returns (how many were resized, the error message or None).
+    """
     out = np.load(out_path, mmap_mode="r+")
+    resized = 0
     try:
         for i, rel in enumerate(rels):
-            out[start + i] = _decode(tree.read(rel), img_size, tree.display(rel))
+            out[start + i], changed = _decode(tree.read(rel), target, tree.display(rel))
+            resized += changed
     except UserError as e:
-        return str(e)
+        return resized, str(e)
     finally:
         out.flush()
         del out
-    return None
+    return resized, None
 
 
-def _worker(task: tuple) -> tuple[int, str | None]:
-    spec, out_path, start, rels, img_size = task
+def _worker(task: tuple) -> tuple[int, int, str | None]:
+    spec, out_path, start, rels, target = task
     try:
-        return len(rels), _decode_into(tree_for(spec), out_path, start, rels, img_size)
+        return len(rels), *_decode_into(tree_for(spec), out_path, start, rels, target)
     except UserError as e:
-        return len(rels), str(e)
+        return len(rels), 0, str(e)
 
 
 def _n_workers(n_images: int) -> int:
@@ -130,21 +124,26 @@ def _mp_context() -> mp.context.BaseContext:
     return mp.get_context()
 
 
-def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], img_size: int,
-                progress: bool) -> None:
-    """Decode each (out .npy path, files) job; raise UserError on the first bad image."""
-    tasks = [(tree.spec, out, s, files[s:s + CHUNK], img_size)
+def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int, str],
+                progress: bool) -> int:
+    """Decode each (out .npy path, files) job; return how many images were resized.
+
+    Raises UserError on the first bad image.
+    """
+    tasks = [(tree.spec, out, s, files[s:s + CHUNK], target)
              for out, files in jobs for s in range(0, len(files), CHUNK)]
     total = sum(len(f) for _, f in jobs)
     workers = _n_workers(total)
+    resized = 0
     if workers == 1:
         with _bar(total, progress) as bar:
-            for _, out, s, rels, size in tasks:
-                err = _decode_into(tree, out, s, rels, size)
+            for _, out, s, rels, _ in tasks:
+                changed, err = _decode_into(tree, out, s, rels, target)
                 if err:
                     raise UserError(err)
+                resized += changed
                 bar.update(len(rels))
-        return
+        return resized
     # Workers start before the progress bar's monitor thread exists; a dead worker (OOM kill)
     # surfaces as BrokenProcessPool instead of a hang.
     ex = ProcessPoolExecutor(workers, mp_context=_mp_context())
@@ -153,13 +152,15 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], img_size: int,
         futures = [ex.submit(_worker, t) for t in tasks]
         with _bar(total, progress) as bar:
             for fut in as_completed(futures):
-                n, err = fut.result()
+                n, changed, err = fut.result()
                 if err:
                     raise UserError(err)
+                resized += changed
                 bar.update(n)
         ok = True
     finally:
         ex.shutdown(wait=ok, cancel_futures=not ok)
+    return resized
 
 
 def _bar(total: int, progress: bool) -> tqdm:
@@ -171,9 +172,10 @@ def _bar(total: int, progress: bool) -> tqdm:
 # the cache
 
 
-def _cache_key(tree: Tree, plan: Plan, img_size: int) -> str:
+def _cache_key(tree: Tree, plan: Plan, target: tuple[int, str]) -> str:
+    size, resize = target
     desc = {"version": CACHE_VERSION, "tree": tree.fingerprint(), "kind": plan.kind,
-            "root": plan.root, "classes": plan.classes, "img_size": img_size}
+            "root": plan.root, "classes": plan.classes, "img_size": size, "resize": resize}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -245,9 +247,10 @@ def _alloc_npy(path: Path, shape: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, img_size: int,
-                 progress: bool) -> None:
-    """Decode every image of ``plan`` into the empty folder ``tmp``."""
+def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int, str],
+                 progress: bool) -> int:
+    """Decode every image of ``plan`` into the empty folder ``tmp``; return how many resized."""
+    img_size, resize = target
     splits = {"train": plan.train, "val": plan.val}
     jobs = []
     for name, sp in splits.items():
@@ -257,10 +260,11 @@ def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, img_size: int,
         _alloc_npy(out, (len(sp.files), 3, img_size, img_size))
         np.save(tmp / f"{name}_labels.npy", sp.labels)
         jobs.append((str(out), sp.files))
-    _decode_all(tree, jobs, img_size, progress)
+    resized = _decode_all(tree, jobs, target, progress)
     meta = {
         "version": CACHE_VERSION, "key": key, "source": tree.display(plan.root),
-        "kind": plan.kind, "img_size": img_size, "classes": plan.classes,
+        "kind": plan.kind, "img_size": img_size, "resize": resize, "resized": resized,
+        "classes": plan.classes,
         "class_names": plan.class_names,
         "counts": {k: (None if v is None else len(v.files)) for k, v in splits.items()},
         "fingerprints": {k: _split_fingerprint(key, k) for k in splits},
@@ -268,22 +272,23 @@ def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, img_size: int,
     }
     # meta.json last: a folder without it is never taken for a cache.
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return resized
 
 
-def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
+def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str],
                  progress: bool) -> None:
     """Build in a temp folder beside ``final`` and rename it into place (atomic)."""
     root = final.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root / f".{key}.lock"):
-            _build_locked(tree, plan, key, final, img_size, progress)
+            _build_locked(tree, plan, key, final, target, progress)
     except OSError as e:  # read-only or full disk: the user's to fix
         raise UserError(f"{root}: cannot write the data cache ({one_line(e.strerror or e)}); "
                         "free space or set data.cache_dir / VITMIM_CACHE") from None
 
 
-def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
+def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str],
                   progress: bool) -> None:
     """Build under the lock: reuse a finished cache, clear debris, decode, rename."""
     root = final.parent
@@ -296,7 +301,7 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
-        _write_cache(tree, plan, key, tmp, img_size, progress)
+        resized = _write_cache(tree, plan, key, tmp, target, progress)
         try:
             os.rename(tmp, final)
         except OSError:  # without a lock (no fcntl) another process may have won
@@ -306,17 +311,24 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if resized:
+        total = len(plan.train.files) + (len(plan.val.files) if plan.val else 0)
+        size, resize = target
+        print(f"resized {resized:,} of {total:,} images to {size}x{size} ({resize})",
+              file=sys.stderr)
 
 
-
-def cached_splits(tree: Tree, plan: Plan, img_size: int, root: Path,
+def cached_splits(tree: Tree, plan: Plan, target: tuple[int, str], root: Path,
                   progress: bool) -> tuple[ImageSet, ImageSet | None]:
-    """(train, val) of ``plan`` from its cache under ``root``, building it first if needed."""
-    key = _cache_key(tree, plan, img_size)
+    """(train, val) of ``plan`` from its cache under ``root``, building it first if needed.
+
+    ``target``: (image side in px, resize mode of :mod:`vitmim.data.images`).
+    """
+    key = _cache_key(tree, plan, target)
     final = root / key
     opened = _open_cache(final)
     if opened is None:
-        _build_cache(tree, plan, key, final, img_size, progress)
+        _build_cache(tree, plan, key, final, target, progress)
         opened = _open_cache(final)
         if opened is None:
             raise UserError(f"{final}: cache could not be read back after building; "
