@@ -145,3 +145,13 @@ def test_plain_names_still_load(tin_tools, tmp_path):
     train, val = load_splits(DataConfig(path=str(top), cache_dir=str(tmp_path / "c"),
                                         classes=None), progress=False)
     assert len(train) == 6 and len(val) == 2 and torch.equal(val.labels, torch.tensor([0, 1]))
+
+
+def test_words_are_display_text_without_control_characters(tin_tools, tmp_path):
+    top = small_tin(tin_tools, tmp_path)
+    c0, c1 = tin_tools.classes[:2]
+    (top / "words.txt").write_text(f"{c0}\t\x1b[31mred\x1b[0m fox, x\n../{c1}\tescape\n"
+                                   f"{c1}\tgold/fish\n")
+    train, _ = load_splits(DataConfig(path=str(top), cache_dir=str(tmp_path / "c"),
+                                      classes=None), progress=False)
+    assert train.class_names == ["[31mred[0m fox", "gold/fish"]

@@ -1,8 +1,9 @@
 """Image data: Tiny ImageNet (zip or folder), class-per-folder sets and unlabelled folders.
 
-``sources`` lists what a folder or zip holds and which files form each split, ``cache`` decodes
-them once into a memory-mapped uint8 cache, ``archive`` downloads and packs archives. This
-module is the public API: :func:`load_splits` ties the three together.
+``sources`` lists what a folder or zip holds and which files form each split, ``images`` turns
+one file into img_size x img_size RGB (any mode, any size: ``data.resize``), ``cache`` decodes
+every file once into a memory-mapped uint8 cache, ``archive`` downloads and packs archives.
+This module is the public API: :func:`load_splits` ties them together.
 """
 
 from __future__ import annotations

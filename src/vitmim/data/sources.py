@@ -379,14 +379,19 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
 
 
 def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
-    """wnid -> first synonym from words.txt (optional file)."""
+    """wnid -> first synonym from words.txt (optional file).
+
+    Only lines whose wnid is one of ``wanted`` (plain names from wnids.txt) are used; a name is
+    display text, never a path, and loses control characters so it cannot drive a terminal.
+    """
     if not tree.has_file(rel):
         return {}
     names = {}
     for line in _read_text(tree, rel).splitlines():
         wnid, _, words = line.partition("\t")
         if wnid in wanted:
-            names[wnid] = words.split(",")[0].strip() or wnid
+            name = "".join(ch for ch in words.split(",")[0] if ch.isprintable()).strip()
+            names[wnid] = name or wnid
     return names
 
 
