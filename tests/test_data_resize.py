@@ -11,7 +11,7 @@ from PIL import Image
 
 from vitmim import cli
 from vitmim.config import DataConfig, load_config
-from vitmim.data import BACKGROUND, load_images, load_splits
+from vitmim.data import BACKGROUND, cache, load_images, load_splits
 from vitmim.errors import UserError
 
 
@@ -142,3 +142,14 @@ def test_training_on_odd_sized_images(tmp_path):
             "--set", f"data.cache_dir={tmp_path / 'c'}"]
     assert cli.main(args) == 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_parallel_workers_count_resized_images(mixed_folder, tmp_path, monkeypatch, capsys):
+    serial, _ = load(mixed_folder, tmp_path / "s")
+    monkeypatch.setattr(cache, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cache, "CHUNK", 1)
+    monkeypatch.setattr(cache, "_n_workers", lambda n: 2)
+    capsys.readouterr()
+    parallel, _ = load(mixed_folder, tmp_path / "p")
+    assert torch.equal(parallel.images, serial.images)
+    assert capsys.readouterr().err.strip() == "resized 2 of 3 images to 32x32 (fit)"
