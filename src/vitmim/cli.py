@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -120,9 +119,7 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; ``argv`` names the command, whose module alone is imported (see
-    :data:`EXTRA_COMMANDS`)."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitmim", description="Masked-pixel pre-training of vision transformers for small "
         "image data sets: pre-train, fine-tune, compare with a scratch baseline.")
@@ -190,31 +187,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data_pack)
 
-    add_extra_commands(sub, sys.argv[1:] if argv is None else argv)
+    for name, fn in extra_commands():
+        fn(sub, name)
     return parser
 
 
-# Commands that live beside the modules they drive (``register(subparsers, name)``), with their
-# line in `vitmim --help`. A module is imported only when its command is chosen: importing them
-# all (probe pulls in torch and timm) made `vitmim --help` take 6.3 s on the 2-core machine.
-EXTRA_COMMANDS = {
-    "grid": ("vitmim.grid", "run a grid of pre-training variants, seeds and baselines"),
-    "report": ("vitmim.report", "tables, plots and an HTML page from a grid's run folders"),
-    "probe": ("vitmim.probe", "k-NN and linear-probe accuracy of a run's frozen backbone"),
-}
-
-
-def add_extra_commands(sub, argv: list[str]) -> None:
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, help_text) in EXTRA_COMMANDS.items():
-        if name == chosen:
-            importlib.import_module(module).register(sub, name)
-        else:
-            sub.add_parser(name, help=help_text)
+def extra_commands():
+    """Commands that live beside the modules they drive: ``register(subparsers, name)``."""
+    from vitmim import grid, probe, report
+    return [("grid", grid.register), ("report", report.register), ("probe", probe.register)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
         args.fn(args)
