@@ -92,8 +92,8 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from vitmim.predict import export
-    print(f"wrote {export(args.run, Path(args.out))}")
+    from vitmim.export import export
+    print(f"wrote {export(args.run, args.out, args.format, args.encoder)}")
 
 
 def cmd_data_download(args) -> None:
@@ -169,10 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. --set pretrain.mask_ratio=0.4 (mask_patch must stay compatible)")
     p.set_defaults(fn=cmd_reconstruct)
 
-    p = sub.add_parser("export", help="classifier weights that timm's VisionTransformer loads")
-    p.add_argument("run", help="fine-tuned run folder or model.safetensors")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json with timm's "
-                                                "constructor arguments is written beside it)")
+    p = sub.add_parser("export", help="weights that timm loads (a file or a model folder)")
+    p.add_argument("run", help="fine-tuned run folder or model.safetensors (with --encoder: a "
+                               "pre-trained one too)")
+    p.add_argument("--out", required=True, help="file: output .safetensors (timm's constructor "
+                   "arguments in a .json beside it); timm: the model folder")
+    p.add_argument("--format", choices=["file", "timm"], default="file",
+                   help="timm: model.safetensors + config.json, loaded by timm.create_model("
+                        "'local-dir:OUT', pretrained=True) and uploadable to the Hugging Face Hub")
+    p.add_argument("--encoder", action="store_true",
+                   help="the backbone alone, no head (timm num_classes=0: pooled features)")
     p.set_defaults(fn=cmd_export)
 
     data = sub.add_parser("data", help="download or pack data sets").add_subparsers(

@@ -10,3 +10,15 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config file, preset, override or option value that cannot be used."""
+
+
+class DataError(UserError):
+    """A data set or image that is missing, unreadable or in an unknown layout."""
+
+
+class CheckpointError(UserError):
+    """A run folder or weights file that is missing, unreadable or of the wrong kind."""

@@ -1,4 +1,4 @@
-"""Using finished runs: evaluate, predict, reconstruct, export to timm."""
+"""Using finished runs: evaluate, predict, reconstruct (export to timm: vitmim.export)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from pathlib import Path
 
 import torch
 
-from vitmim import checkpoint
-from vitmim.augment import MEAN, STD, normalize
+from vitmim.augment import normalize
 from vitmim.config import Config, load_config
 from vitmim.data import load_images, load_splits
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer
-from vitmim.models.classifier import timm_kwargs, to_timm_state
 from vitmim.stages import classification_metrics, read_model, restored_image
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -80,13 +78,3 @@ def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[s
     save_grid(out, x, mask, restored_image(model, x, mask, cfg))
     return out
 
-
-def export(run: str | Path, out: Path) -> Path:
-    """Weights + constructor arguments for ``timm.models.VisionTransformer`` (strict load)."""
-    model, cfg, meta = load_classifier(run)
-    kwargs = timm_kwargs(cfg.model, len(meta["classes"]))
-    checkpoint.save_weights(out, to_timm_state(model, cfg.model), meta={
-        "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
-        "classes": meta["classes"], "class_names": meta["class_names"],
-        "mean": list(MEAN), "std": list(STD)})
-    return out

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vitmim.config import ModelConfig
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError, UserError
 
 
 class Classifier(nn.Module):
@@ -105,10 +105,29 @@ def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     return kw
 
 
+# (embed_dim, num_heads) of timm's named ViT sizes
+TIMM_SIZES = {(192, 3): "tiny", (384, 6): "small", (768, 12): "base", (1024, 16): "large"}
+
+
+def timm_architecture(cfg: ModelConfig) -> str:
+    """A registered timm model name for a model folder's ``config.json``.
+
+    Every such name builds timm's ``VisionTransformer`` and the folder's ``model_args`` set every
+    shape, so the name only labels the family: the nearest size, with the model's patch size
+    where timm registers one.
+    """
+    import timm
+    size = TIMM_SIZES.get((cfg.embed_dim, cfg.num_heads), "base")
+    for name in (f"vit_{size}_patch{cfg.patch_size}_224", f"vit_base_patch{cfg.patch_size}_224"):
+        if timm.is_model(name):
+            return name
+    return "vit_base_patch16_224"
+
+
 def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Classifier weights renamed for timm's ``VisionTransformer(**timm_kwargs(...))``."""
     if cfg.arch != "vit" or cfg.conv_stem:
-        raise UserError("export: timm export needs model.arch=vit and model.conv_stem=false")
+        raise ConfigError("export: timm export needs model.arch=vit and model.conv_stem=false")
     out = {}
     for key, value in classifier.state_dict().items():
         name = key.removeprefix("backbone.")
