@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vitmim.config import Config, load_config
 from vitmim.errors import UserError
+from vitmim.tracking import BACKENDS, LOG_EVERY, tracking
 
 PRESETS = Path(__file__).parent / "configs"
 
@@ -23,6 +24,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted override, e.g. --set pretrain.mask_ratio=0.4")
     p.add_argument("--data", help="data set: TIN zip/folder, class folders or image folder "
                                   "(default: $VITMIM_DATA)")
+
+
+def add_log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", choices=BACKENDS, help="also mirror metrics, the training "
+                   "loss and reconstructions to RUN/tensorboard/ (metrics.jsonl stays the record)")
+    p.add_argument("--log-every", type=int, default=LOG_EVERY, metavar="N",
+                   help=f"optimisation steps between training-loss points (default: {LOG_EVERY})")
 
 
 def preset_names() -> list[str]:
@@ -134,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
                    help="also train scratch as long as pre-train + fine-tune together, counted "
                    "in optimisation steps (the default) or in training FLOPs")
+    add_log_args(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("pretrain", help="masked-pixel pre-training of a restorer")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true")
+    add_log_args(p)
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a classifier (scratch without --init)")
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", help="pre-trained run folder or .safetensors weights")
     p.add_argument("--resume", action="store_true")
+    add_log_args(p)
     p.set_defaults(fn=cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
@@ -208,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
-        args.fn(args)
+        with tracking(getattr(args, "log", None), getattr(args, "log_every", LOG_EVERY)):
+            args.fn(args)
     except UserError as e:
         print(f"vitmim: error: {e}", file=sys.stderr)
         return UserError.exit_code
