@@ -83,24 +83,24 @@ def cmd_run(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vitmim.predict import evaluate_run
+    from vitmim.inference import evaluate_run
     print(json.dumps(evaluate_run(args.run, args.data), indent=2))
 
 
 def cmd_predict(args) -> None:
-    from vitmim.predict import predict
+    from vitmim.inference import predict
     for path, top in zip(args.images, predict(args.run, args.images, args.topk)):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 
 
 def cmd_reconstruct(args) -> None:
-    from vitmim.predict import reconstruct
+    from vitmim.inference import reconstruct
     out = reconstruct(args.run, args.images, Path(args.out), args.overrides, args.seed)
     print(f"wrote {out}")
 
 
 def cmd_export(args) -> None:
-    from vitmim.export import export
+    from vitmim.inference import export
     print(f"wrote {export(args.run, args.out, args.format, args.encoder)}")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vitmim.augment import MEAN, STD
 from vitmim.config import ModelConfig
 from vitmim.errors import ConfigError, UserError
 
@@ -137,3 +138,63 @@ def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.T
             value = value.expand(cfg.embed_dim)
         out[name] = value.detach().clone().contiguous()
     return out
+
+
+def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str]
+                ) -> dict:
+    """timm's ``config.json`` for a model folder (the layout ``timm.models.push_to_hf_hub``
+    writes): the architecture, its ``model_args`` (``timm_kwargs``), the labels (none for an
+    encoder) and the preprocessing. ``timm.create_model("local-dir:DIR", pretrained=True)``
+    reads it."""
+    size = cfg.img_size
+    num_classes = kwargs["num_classes"]
+    config = {
+        "architecture": timm_architecture(cfg),
+        "num_classes": num_classes,
+        "num_features": cfg.embed_dim,
+        "global_pool": kwargs["global_pool"],
+        "model_args": kwargs,
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "fixed_input_size": True,
+            # vitmim trains and predicts on whole images at img_size: no crop margin, and other
+            # sizes are scaled with bicubic resampling (vitmim.data.load_images)
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": list(MEAN),
+            "std": list(STD),
+            "num_classes": num_classes,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+    }
+    if num_classes:
+        config["label_names"] = classes
+        config["label_descriptions"] = dict(zip(classes, class_names))
+    return config
+
+
+def model_card(m: ModelConfig, num_classes: int, metrics: dict) -> str:
+    """A short Hugging Face model card for a model folder: what it is, the run's validation
+    metrics, how to load it."""
+    what = (f"an image classifier over {num_classes} classes" if num_classes else
+            "the backbone alone (pooled features, no head)")
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k.startswith("val_") and isinstance(v, (int, float)))
+    return f"""---
+library_name: timm
+tags: [image-classification, timm, vitmim]
+---
+# vitmim ViT ({m.embed_dim}-d, {m.depth} blocks, {m.patch_size} px patches, {m.img_size} px input)
+
+Trained with vitmim (masked-pixel pre-training of vision transformers for small image data
+sets); this is {what}. Validation metrics of the run: {metrics or 'none recorded'}.
+
+```python
+import timm
+model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # or "local-dir:PATH"
+cfg = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**cfg)
+```
+"""
