@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands():
     """Commands that live beside the modules they drive: ``register(subparsers, name)``."""
-    from vitmim import grid, probe, report
-    return [("grid", grid.register), ("report", report.register), ("probe", probe.register)]
+    from vitmim import grid, probe
+    from vitmim.report import register as report  # `from vitmim import report`: the API function
+    return [("grid", grid.register), ("report", report), ("probe", probe.register)]
 
 
 def main(argv: list[str] | None = None) -> int:
