@@ -26,7 +26,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                                   "(default: $VITMIM_DATA)")
 
 
-def add_log_args(p: argparse.ArgumentParser) -> None:
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--log", choices=BACKENDS, help="also mirror metrics, the training "
                    "loss and reconstructions to RUN/tensorboard/ (metrics.jsonl stays the record)")
     p.add_argument("--log-every", type=int, default=LOG_EVERY, metavar="N",
@@ -138,26 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="pre-train, fine-tune, train the baseline, print a summary")
     add_config_args(p)
     p.add_argument("--out", default="runs/run", help="folder for the three runs")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
                    help="also train scratch as long as pre-train + fine-tune together, counted "
                    "in optimisation steps (the default) or in training FLOPs")
-    add_log_args(p)
+    add_training_args(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("pretrain", help="masked-pixel pre-training of a restorer")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true")
-    add_log_args(p)
+    add_training_args(p)
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a classifier (scratch without --init)")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", help="pre-trained run folder or .safetensors weights")
-    p.add_argument("--resume", action="store_true")
-    add_log_args(p)
+    add_training_args(p)
     p.set_defaults(fn=cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
