@@ -80,3 +80,12 @@ def test_export_refusals_are_one_line_user_errors(tin2_runs, tmp_path, capsys, a
                      *(["--encoder"] if "--format" in args else [])]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_runs_of_the_wrong_kind_are_checkpoint_errors(tin2_runs, tin2, tmp_path):
+    import vitmim
+    with pytest.raises(vitmim.CheckpointError, match="not a fine-tuned classifier"):
+        vitmim.export(tin2_runs.pre.run_dir, tmp_path / "x", format="timm")
+    with pytest.raises(vitmim.CheckpointError, match="not a pre-trained restorer"):
+        vitmim.reconstruct(tin2_runs.ft.run_dir, tin2.images[:1], tmp_path / "r.png")
+    assert not (tmp_path / "x").exists()

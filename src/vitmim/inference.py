@@ -10,7 +10,7 @@ from vitmim import checkpoint
 from vitmim.augment import MEAN, STD, normalize
 from vitmim.config import Config, load_config
 from vitmim.data import load_images, load_splits
-from vitmim.errors import ConfigError, UserError
+from vitmim.errors import CheckpointError, ConfigError, DataError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import (
@@ -27,26 +27,27 @@ def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
     """A fine-tuned classifier in eval mode, its config and its JSON description."""
     tensors, meta = read_model(run)
     if meta.get("kind") != "classifier":
-        raise UserError(f"{run}: holds a {meta.get('kind')}, not a fine-tuned classifier")
+        raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a fine-tuned classifier")
     cfg = load_config(base=meta["config"])
     model = build_classifier(cfg.model, len(meta["classes"]))
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise UserError(f"{run}: weights do not fit the model it describes ({e})") from None
+        raise CheckpointError(f"{run}: weights do not fit the model it describes "
+                              f"({str(e).splitlines()[1].strip()})") from None
     return model.eval(), cfg, meta
 
 
 def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, Config]:
     tensors, meta = read_model(run)
     if meta.get("kind") != "restorer":
-        raise UserError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
+        raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
     cfg = load_config(base=meta["config"], overrides=overrides)
     model = build_restorer(cfg.model, cfg.pretrain)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or [k for k in missing if not k.startswith("mask_token")]:
-        raise UserError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
-                        f"multiple of model.patch_size as it was trained")
+        raise ConfigError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
+                          f"multiple of model.patch_size as it was trained")
     return model.eval(), cfg
 
 
@@ -57,7 +58,7 @@ def evaluate_run(run: str | Path, data: str | None = None) -> dict[str, float]:
     cfg.data.classes = meta["classes"]  # the classes it was trained on, in its label order
     _, val = load_splits(cfg.data, cfg.model.img_size)
     if val is None:
-        raise UserError(f"{cfg.data.path}: has no labelled validation split")
+        raise DataError(f"{cfg.data.path}: has no labelled validation split")
     return classification_metrics(model, val, torch.device("cpu"))
 
 
