@@ -117,9 +117,9 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     arguments in a ``.json`` beside it (``VisionTransformer(**kwargs)`` loads it strictly).
     ``fmt="timm"``: a model folder as timm and the Hugging Face Hub lay them out,
     ``model.safetensors`` + ``config.json`` + ``README.md``, which
-    ``timm.create_model("local-dir:OUT", pretrained=True)`` loads and ``huggingface-cli upload
-    USER/NAME OUT`` publishes. ``encoder``: the backbone alone (timm ``num_classes=0``, pooled
-    features), from a pre-training or a fine-tuned run.
+    ``timm.create_model("local-dir:OUT", pretrained=True)`` loads and ``hf upload USER/NAME OUT``
+    (huggingface_hub's CLI) publishes. ``encoder``: the backbone alone (timm ``num_classes=0``,
+    pooled features), from a pre-training or a fine-tuned run.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: unknown (known: {', '.join(FORMATS)})")
