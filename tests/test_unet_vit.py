@@ -13,12 +13,12 @@ import torch
 from vitmim.config import Config, load_config
 from vitmim.engine import param_groups
 from vitmim.errors import UserError
+from vitmim.inference import evaluate_run, reconstruct
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss
 from vitmim.models.unet_vit import ConvBlock, UNetViTEncoder
 from vitmim.models.vit import Block
-from vitmim.predict import evaluate_run, reconstruct
 
 SMALL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
          "model.decoder_depth=1", "model.unet_channels=[8,16,32]"]

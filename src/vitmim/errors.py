@@ -16,3 +16,15 @@ def one_line(e: BaseException) -> str:
     """An exception as one line: its type and the last line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+
+
+class ConfigError(UserError):
+    """A config file, preset, override or option value that cannot be used."""
+
+
+class DataError(UserError):
+    """A data set or image that is missing, unreadable or in an unknown layout."""
+
+
+class CheckpointError(UserError):
+    """A run folder or weights file that is missing, unreadable or of the wrong kind."""
