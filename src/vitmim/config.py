@@ -26,6 +26,9 @@ class DataConfig:
     path: str | None = None  # else $VITMIM_DATA, else the default download location
     classes: int | list[str] | None = 10  # first K of wnids.txt, an explicit list, or None = all
     class_seed: int | None = None  # with an int `classes`: draw K classes with this seed instead
+    # with an int `classes` = K: 0 = the first K; k >= 1 = the k-th block of K classes of a fixed
+    # shuffle of the classes after the first K (blocks disjoint from them and from each other)
+    class_subset: int = 0
     label_fraction: float = 1.0  # share of training labels the classifier sees (per class)
     cache_dir: str | None = None  # else $VITMIM_CACHE, else ~/.cache/vitmim
 
@@ -276,6 +279,7 @@ def validate(cfg: Config) -> None:
     if isinstance(cfg.data.classes, int) and cfg.data.classes <= 0:
         raise UserError(f"config key data.classes: expected a positive count, "
                         f"got {cfg.data.classes}")
+    _validate_subset(cfg.data)
     if m.arch == "unet-vit" and (not m.unet_channels or min(m.unet_channels) <= 0):
         raise UserError(f"config key model.unet_channels: expected a non-empty list of positive "
                         f"channel counts, got {m.unet_channels}")
@@ -289,6 +293,18 @@ def validate(cfg: Config) -> None:
                                 f"got {getattr(st, k)}")
         if st.lr <= 0:
             raise UserError(f"config key {name}.lr: expected a positive number, got {st.lr}")
+
+
+def _validate_subset(d: DataConfig) -> None:
+    if d.class_subset < 0:
+        raise UserError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
+                        f"block number >= 1, got {d.class_subset}")
+    if d.class_subset and not isinstance(d.classes, int):
+        raise UserError(f"config key data.class_subset: needs a class count in data.classes, "
+                        f"got {d.classes!r}")
+    if d.class_subset and d.class_seed is not None:
+        raise UserError("config key data.class_subset: set either it or data.class_seed, "
+                        "not both")
 
 
 def to_dict(cfg: Any) -> dict:
