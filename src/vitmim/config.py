@@ -111,6 +111,9 @@ class Config:
     amp: bool = True  # bf16 autocast on a GPU; ignored on the CPU
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = once per epoch
+    # the scratch baseline's own tuned recipe: dotted finetune.* overrides, e.g.
+    # {finetune.lr: 2e-3, finetune.drop_path: 0.0}; empty = no tuned recipe (see tuned_scratch)
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +135,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return value
         choices = ", ".join(repr(c) for c in typing.get_args(tp))
         raise UserError(f"config key {key}: expected one of {choices}, got {value!r}")
+    if origin is dict:  # a section of dotted overrides (``scratch``), checked where it is used
+        if value is None or isinstance(value, dict):
+            return flatten(value or {})
+        raise UserError(f"config key {key}: expected a mapping of dotted keys, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -293,6 +300,9 @@ def validate(cfg: Config) -> None:
                                 f"got {getattr(st, k)}")
         if st.lr <= 0:
             raise UserError(f"config key {name}.lr: expected a positive number, got {st.lr}")
+    if cfg.scratch:  # kept as the recipe applies them (YAML 1.1 reads 2e-3 as text)
+        tuned = flatten(to_dict(tuned_scratch(cfg)))
+        cfg.scratch = {k: tuned[k] for k in cfg.scratch}
 
 
 def _validate_subset(d: DataConfig) -> None:
@@ -305,6 +315,31 @@ def _validate_subset(d: DataConfig) -> None:
     if d.class_subset and d.class_seed is not None:
         raise UserError("config key data.class_subset: set either it or data.class_seed, "
                         "not both")
+
+
+def tuned_scratch(cfg: Config) -> Config:
+    """``cfg`` with its ``scratch`` overrides applied to the fine-tune recipe: the recipe of the
+    baseline trained from random weights with its own tuning, so that the comparison does not
+    rest on a scratch model that inherits a recipe tuned for the pre-trained one.
+
+    Only ``finetune.*`` keys (the seed aside, which is the run's) may be overridden; an unknown
+    key or bad value is refused naming ``scratch.<key>``.
+    """
+    for key in cfg.scratch:
+        if not key.startswith("finetune.") or key == "finetune.seed":
+            raise UserError(f"config key scratch.{key}: expected a finetune.* key other than "
+                            f"finetune.seed (the section overrides the fine-tune recipe)")
+    values = set_keys(to_dict(cfg.finetune), {k.split(".", 1)[1]: v
+                                               for k, v in cfg.scratch.items()})
+    out = copy.deepcopy(cfg)
+    out.finetune = _build(FinetuneConfig, values, "scratch.finetune")
+    out.scratch = {}  # validated without it: applying the section again changes nothing
+    try:
+        validate(out)
+    except UserError as e:
+        raise UserError(f"{e} (in config section scratch)") from None
+    out.scratch = dict(cfg.scratch)  # the tuned stage's config.yaml records its recipe
+    return out
 
 
 def to_dict(cfg: Any) -> dict:
