@@ -365,7 +365,10 @@ def gains_table(gains: list[Gain], key: str) -> str:
     head = ["variant", "labels", key.split(".")[-1], "seed", *(DIFF_HEAD[k] for k in kinds)]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] *
                                                                  len(kinds)) + " |"]
-    for (variant, lf, subset, seed), d in sorted(by.items(), key=lambda kv: repr(kv[0])):
+    def order(item):  # variant, full labels first, subsets by value (3 before 10), seed
+        (variant, lf, subset, seed), _ = item
+        return variant, -lf, _axes_key({key: subset}), seed
+    for (variant, lf, subset, seed), d in sorted(by.items(), key=order):
         lines.append(f"| {variant} | {lf:.0%} | {subset} | {seed} | " + " | ".join(
             f"{d[k]:+.2f}" if k in d else "-" for k in kinds) + " |")
     for variant, lf in dict.fromkeys((v, lf) for v, lf, _, _ in by):
