@@ -77,3 +77,49 @@ def test_shipped_presets_load_and_keep_their_measured_recipes():
     assert long.finetune.augment.mixup > 0 and long.finetune.layer_decay < 1
     big = load_config([PRESETS / "tin200.yaml"])
     assert big.data.classes is None and big.model.patch_size == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the scratch baseline's own recipe
+
+
+def test_scratch_section_holds_typed_finetune_overrides(tmp_path):
+    from vitmim.config import tuned_scratch
+    path = tmp_path / "recipe.yaml"
+    path.write_text("scratch:\n  finetune.lr: 2e-3\n  finetune:\n    drop_path: 0.0\n"
+                    "    augment: {mixup: 0.2}\n")
+    cfg = load_config([path], ["scratch.finetune.epochs=22"])
+    assert cfg.scratch == {"finetune.lr": 0.002, "finetune.drop_path": 0.0,
+                           "finetune.augment.mixup": 0.2, "finetune.epochs": 22}
+    tuned = tuned_scratch(cfg)
+    assert (tuned.finetune.lr, tuned.finetune.drop_path, tuned.finetune.epochs) == (0.002, 0.0, 22)
+    assert tuned.finetune.augment.mixup == 0.2 and tuned.scratch == cfg.scratch
+    assert tuned_scratch(tuned) == tuned  # applying the recipe twice changes nothing
+    assert cfg.finetune == Config().finetune  # the pre-trained side's recipe is untouched
+    copy = tmp_path / "c.yaml"
+    copy.write_text(dump(cfg))
+    assert load_config([copy]) == cfg
+    assert load_config(overrides=["scratch.finetune.lr=1", "scratch={}"]).scratch == {}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("scratch.finetune.lrr=1", "unknown config key scratch.finetune.lrr"),
+    ("scratch.finetune.lr=fast", "config key scratch.finetune.lr: expected a number"),
+    ("scratch.finetune.augment.mixupp=1", "unknown config key scratch.finetune.augment.mixupp"),
+    ("scratch.pretrain.epochs=3", "config key scratch.pretrain.epochs: expected a finetune"),
+    ("scratch.finetune.seed=3", "config key scratch.finetune.seed: expected a finetune"),
+    ("scratch=3", "config key scratch: expected a mapping"),
+    ("scratch.finetune.epochs=0", "finetune.epochs: expected a positive integer, got 0 "
+                                  r"\(in config section scratch\)"),
+])
+def test_bad_scratch_recipes_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=[override])
+
+
+def test_bad_scratch_recipe_stops_vitmim_run_before_any_work(tmp_path, capsys):
+    from vitmim import cli
+    out = tmp_path / "run"
+    assert cli.main(["run", "--out", str(out), "--set", "scratch.finetune.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scratch.finetune.lrr" in err and not out.exists()

@@ -121,6 +121,53 @@ def test_seeded_classes_deterministic(tiny_tin, tin_tools, tmp_path):
         assert sorted(p, key=order.index) == p
 
 
+def real_wnids() -> list[str]:
+    with zipfile.ZipFile(REAL) as zf:
+        return zf.read("tiny-imagenet-200/wnids.txt").decode().split()
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason="real Tiny ImageNet archive not present")
+def test_class_subsets_are_disjoint_from_the_first_ten_and_each_other():
+    wnids = real_wnids()
+    where = str(REAL)
+    picks = {k: sources._select_classes(wnids, DataConfig(classes=10, class_subset=k), where)
+             for k in range(6)}
+    assert picks[0] == wnids[:10]  # subset 0: the classes every recipe was chosen on
+    seen: set[str] = set()
+    for k in range(6):
+        assert len(set(picks[k])) == 10 and not seen & set(picks[k])
+        seen |= set(picks[k])
+        assert sorted(picks[k], key=wnids.index) == picks[k]  # kept in wnids.txt order
+    again = sources._select_classes(wnids, DataConfig(classes=10, class_subset=3), where)
+    assert again == picks[3]  # reproducible
+    last = sources._select_classes(wnids, DataConfig(classes=10, class_subset=19), where)
+    assert not seen & set(last)  # 19 blocks of 10 after the first 10
+    with pytest.raises(UserError, match="class_subset: 20 is past the last block.*19 blocks"):
+        sources._select_classes(wnids, DataConfig(classes=10, class_subset=20), where)
+
+
+def test_class_subset_loads_a_disjoint_block(tiny_tin, tin_tools, tmp_path):
+    picks = [load(tiny_tin, tmp_path, classes=1, class_subset=k)[0] for k in range(4)]
+    assert len({p.classes[0] for p in picks}) == 4  # 4 classes, 4 disjoint blocks of 1
+    assert picks[0].classes == tin_tools.classes[:1]
+    train, val = load(tiny_tin, tmp_path, classes=2, class_subset=1)
+    assert not set(train.classes) & set(tin_tools.classes[:2])
+    assert set(train.labels.tolist()) == {0, 1} and len(val) == 6
+    with pytest.raises(UserError, match="past the last block"):
+        load(tiny_tin, tmp_path, classes=2, class_subset=2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.class_subset=-1"], "data.class_subset: expected 0"),
+    (["data.class_subset=1", "data.classes=null"], "needs a class count"),
+    (["data.class_subset=1", "data.class_seed=3"], "either it or data.class_seed"),
+])
+def test_bad_class_subsets_are_refused(overrides, message):
+    from vitmim.config import load_config
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=overrides)
+
+
 def test_explicit_class_list(tiny_tin, tmp_path):
     train, val = load(tiny_tin, tmp_path, classes=["n01500002", "n02000003"])
     assert train.classes == ["n01500002", "n02000003"]

@@ -118,6 +118,57 @@ def test_equal_flops_baseline_varies_with_what_changes_the_restorers_flops(tmp_p
     assert "scratch_equal_flops,mask_ratio=0.6,decoder_depth=2" in cells
 
 
+def test_scratch_tuned_baseline_varies_only_with_its_recipe(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch", "scratch_tuned"],
+                      variants={"pretrain.mask_ratio": [0.4, 0.6],
+                                "scratch.finetune.lr": [5e-4, 2e-3]})
+    runs = plan(load_spec(spec), tmp_path / "out")
+    # the recipe does not pre-train; scratch keeps the pre-trained model's fine-tune recipe
+    assert [r.cell for r in runs] == ["mask_ratio=0.4", "mask_ratio=0.6", "scratch",
+                                      "scratch_tuned,lr=0.0005", "scratch_tuned,lr=0.002"]
+    assert [r.config["scratch"] for r in runs] == [{}] * 3 + [{"finetune.lr": 5e-4},
+                                                              {"finetune.lr": 2e-3}]
+
+
+def test_scratch_tuned_without_a_recipe_is_left_out_with_a_note(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch", "scratch_tuned"])
+    assert [r.kind for r in plan(load_spec(spec), tmp_path / "out")] == ["variant", "scratch"]
+    assert cli.main(["grid", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "note: baseline scratch_tuned left out: no tuned scratch recipe" in \
+        capsys.readouterr().out
+    recipe = tmp_path / "recipe.yaml"  # what `vitmim report` of a recipe search writes
+    recipe.write_text("scratch: {finetune.drop_path: 0.0}\n")
+    runs = plan(load_spec(spec), tmp_path / "out", files=[str(recipe)])
+    assert runs[-1].kind == "scratch_tuned"
+    assert runs[-1].config["scratch"] == {"finetune.drop_path": 0.0}
+    assert runs[0].config["finetune"]["drop_path"] == 0.1  # only the tuned side changes
+
+
+def test_cross_repeats_every_cell_and_baseline_per_class_subset(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1], baselines=["scratch"],
+                      config={**TINY, "data.classes": 1}, cross={"data.class_subset": [3, 4]},
+                      variants={"pretrain.mask_ratio": [0.4, 0.6]})
+    runs = plan(load_spec(spec), tmp_path / "out")
+    assert sorted({r.cell for r in runs}) == sorted([
+        "class_subset=3,mask_ratio=0.4", "class_subset=3,mask_ratio=0.6",
+        "class_subset=4,mask_ratio=0.4", "class_subset=4,mask_ratio=0.6",
+        "scratch,class_subset=3", "scratch,class_subset=4"])
+    assert len(runs) == 12
+    assert {r.config["data"]["class_subset"] for r in runs} == {3, 4}
+
+
+@pytest.mark.parametrize("cross, message", [
+    ({"data.class_subset": []}, "key cross.data.class_subset: expected a non-empty list"),
+    ({"pretrain.mask_ratio": [0.4]}, "key cross.pretrain.mask_ratio: expected a key the"),
+    ([1, 2], "key cross: expected a mapping"),
+])
+def test_bad_cross_is_refused(tmp_path, cross, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"cross": cross, "variants": {"pretrain.mask_ratio": [0.6]}}))
+    with pytest.raises(UserError, match=message):
+        load_spec(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # running
 

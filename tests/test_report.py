@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vitmim import cli
 from vitmim.errors import UserError
@@ -125,3 +126,146 @@ def test_cells_with_different_axes_are_plotted_one_point_per_cell():
             for i, (p, r) in enumerate([(4, 0.2), (4, 0.6), (8, 0.2), (8, 0.6)])]
     assert _x_axis(grid) == "pretrain.mask_ratio"
     assert list(_series(grid, "pretrain.mask_ratio")) == ["mask_patch=4", "mask_patch=8"]
+
+
+# ---------------------------------------------------------------------------------------------
+# gains per class subset, the scratch recipe search, one `vitmim run` folder
+
+TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
+        "pretrain.batch_size": 16, "finetune.batch_size": 16, "data.classes": 2}
+
+
+def grid_report(tmp: Path, data: Path, name: str, **spec) -> Path:
+    """Run a tiny grid in-process on ``data`` and report it; returns the report folder."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"base": "smoke", "config": TINY, "probe": False, **spec}))
+    out = tmp / name
+    assert cli.main(["grid", str(path), "--out", str(out), "--data", str(data),
+                     "--executor", "inline"]) == 0
+    assert cli.main(["report", str(out)]) == 0
+    return out / "report"
+
+
+def section(report_md: str, title: str) -> list[str]:
+    """The table lines of one ``## title`` section of report.md."""
+    text = report_md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [ln for ln in text.splitlines() if ln.startswith("| ")]
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory, tiny_tin) -> Path:
+    """Default recipe on two disjoint class subsets x 2 seeds, with three baselines."""
+    return grid_report(tmp_path_factory.mktemp("unseen"), tiny_tin, "unseen",
+                       config={**TINY, "scratch": {"finetune.epochs": 2}},
+                       cross={"data.class_subset": [0, 1]}, seeds=[0, 1],
+                       baselines=["scratch", "scratch_tuned", "scratch_equal_flops"])
+
+
+def test_gain_per_class_subset_and_seed(unseen):
+    text = (unseen / "report.md").read_text()
+    table = section(text, "Gain per class subset")
+    assert table[0] == ("| variant | labels | class_subset | seed | Δ scratch same recipe "
+                        "| Δ scratch tuned | Δ scratch equal-FLOPs |")
+    body, summary_row = table[2:-1], table[-1]
+    assert [tuple(c.strip() for c in ln.strip("|").split("|")[2:4]) for ln in body] == [
+        ("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    runs = list(csv.DictReader(io.StringIO((unseen / "runs.csv").read_text())))
+    top1 = {(r["cell"], r["seed"]): float(r["top1"]) for r in runs}
+    gains = list(csv.DictReader(io.StringIO((unseen / "gains.csv").read_text())))
+    assert len(gains) == 2 * 2 * 3  # subsets x seeds x baselines
+    cells = {"scratch": "scratch,class_subset={}", "scratch_tuned": "scratch_tuned,class_subset={}",
+             "scratch_equal_flops": "scratch_equal_flops,class_subset={}"}
+    for g in gains:
+        mine = top1[(f"class_subset={g['subset']}", g["seed"])]
+        theirs = top1[(cells[g["baseline"]].format(g["subset"]), g["seed"])]
+        assert float(g["gain"]) == pytest.approx(mine - theirs)
+    tuned = [float(g["gain"]) for g in gains if g["baseline"] == "scratch_tuned"]
+    mean, std, n = mean_std(tuned)
+    assert f"{mean:+.2f} ± {std:.2f}** (n=4)" in summary_row.split("|")[6]
+    assert "Tuned scratch recipe: finetune.epochs=2." in text
+    assert (unseen / "plots" / "subset_gains.png").read_bytes()[:8] == PNG
+    page = (unseen / "report.html").read_text()
+    assert "gain of pre-training per class subset" in page and "Δ scratch tuned" in page
+
+
+def test_tuned_scratch_trains_with_its_own_recipe_in_a_grid(unseen):
+    grid = unseen.parent
+    tuned = yaml.safe_load((grid / "scratch_tuned,class_subset=1" / "seed0" / "finetune" /
+                            "config.yaml").read_text())
+    same = yaml.safe_load((grid / "scratch,class_subset=1" / "seed0" / "finetune" /
+                           "config.yaml").read_text())
+    assert tuned["finetune"]["epochs"] == 2 and same["finetune"]["epochs"] == 1
+    assert tuned["data"]["class_subset"] == 1
+
+
+def test_scratch_recipe_search_ranks_recipes_and_writes_the_best(tmp_path, tiny_tin):
+    from vitmim.config import load_config
+    report = grid_report(tmp_path, tiny_tin, "search", seeds=[0], baselines=["scratch",
+                         "scratch_tuned"], cross={"data.class_subset": [0, 1]},
+                         variants={"scratch.finetune.epochs": [2, 3]})
+    assert sorted(p.name for p in report.parent.iterdir() if p.name != "report") == sorted([
+        "class_subset=0", "class_subset=1", "scratch,class_subset=0", "scratch,class_subset=1",
+        "scratch_tuned,class_subset=0,epochs=2", "scratch_tuned,class_subset=0,epochs=3",
+        "scratch_tuned,class_subset=1,epochs=2", "scratch_tuned,class_subset=1,epochs=3",
+        "grid.json"])
+    table = section((report / "report.md").read_text(), "Scratch recipes, best first")
+    recipes = [ln.strip("|").split("|") for ln in table[2:]]
+    assert sorted(r[0].strip() for r in recipes) == ["finetune.epochs=2", "finetune.epochs=3",
+                                                      "the fine-tune recipe"]
+    means = [float(r[2].split("±")[0]) for r in recipes]
+    assert means == sorted(means, reverse=True) and {r[1].strip() for r in recipes} == {"2"}
+    best = load_config([report / "scratch_recipe.yaml"]).scratch
+    assert recipes[0][0].strip() == ("the fine-tune recipe" if not best else
+                                     f"finetune.epochs={best['finetune.epochs']}")
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory, tiny_tin) -> tuple[Path, str, str]:
+    """One `vitmim run` without a tuned scratch recipe, then again with one (finished stages
+    are skipped, so only the tuned baseline trains the second time)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    args = ["run", "--preset", "smoke", "--data", str(tiny_tin), "--out", str(out),
+            "--set", "data.classes=null", *(f"--set={k}={v}" for k, v in TINY.items()
+                                             if k != "data.classes")]
+    assert cli.main(args) == 0
+    before = (out / "summary.md").read_text()
+    assert cli.main([*args, "--set", "scratch.finetune.epochs=2",
+                     "--set", "scratch.finetune.lr=2e-3"]) == 0
+    return out, before, (out / "summary.md").read_text()
+
+
+def test_vitmim_run_without_a_tuned_recipe_says_so(one_run):
+    _, before, _ = one_run
+    assert "| scratch_tuned | no tuned recipe set (config section scratch) |" in before
+    assert "| scratch | scratch, same recipe (equal fine-tune epochs) |" in before
+
+
+def test_vitmim_run_trains_scratch_with_its_own_tuned_recipe(one_run):
+    out, _, after = one_run
+    assert "| scratch_tuned | scratch, tuned recipe (2 epochs) |" in after
+    recipes = {run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
+               for run in ("finetune", "scratch", "scratch_tuned")}
+    assert recipes["finetune"] == recipes["scratch"]
+    assert (recipes["scratch_tuned"]["epochs"], recipes["scratch_tuned"]["lr"]) == (2, 0.002)
+    assert len((out / "scratch_tuned" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_report_of_one_run_folder(one_run):
+    out, _, _ = one_run
+    assert cli.main(["report", str(out)]) == 0
+    report = out / "report"
+    for name in ("curves", "restoration"):
+        assert (report / "plots" / f"{name}.png").read_bytes()[:8] == PNG
+    assert [p.name for p in (report / "recon").glob("*.png")] == [
+        "finetune_seed0_recon_epoch001.png"]
+    text = (report / "report.md").read_text()
+    stages = section(text, "Stages")
+    assert [ln.split("|")[1].strip() for ln in stages[2:]] == [
+        "pretrain", "finetune", "scratch", "scratch_tuned"]
+    main = [ln for ln in text.split("\n## ")[0].splitlines() if ln.startswith("| ")]
+    assert "Δ scratch tuned" in main[0]
+    assert [ln.split("|")[1].strip() for ln in main[2:]] == [
+        "finetune", "scratch, same recipe (equal fine-tune epochs)", "scratch, tuned recipe"]
+    assert "Tuned scratch recipe: finetune.epochs=2, finetune.lr=0.002." in text
+    page = (report / "report.html").read_text()
+    assert "<script" not in page and len(re.findall(r"<img [^>]*src='data:image/png", page)) == 3

@@ -76,7 +76,7 @@ def cmd_run(args) -> None:
     cfg = resolve_config(args)
     equal = [kind for kind, by in BASELINES.items() if by and by == args.equal_compute]
     run_all(cfg, Path(args.out), env_for(cfg), resume=args.resume,
-            baselines=("scratch", *equal))
+            baselines=("scratch", "scratch_tuned", *equal))
 
 
 def cmd_eval(args) -> None:
@@ -121,13 +121,13 @@ def cmd_grid(args) -> None:
     out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     run_grid(spec, out, args.executor, overrides, slurm_params(args.slurm), args.wait,
-             args.dry_run)
+             args.dry_run, args.config)
 
 
 def cmd_report(args) -> None:
     from vitmim.lab.report import build_report
     path = build_report(args.runs_dir, args.out)
-    print((path.parent / "report.md").read_text().split("\n## ")[0].strip())
+    print((path.parent / "report.md").read_text().split("\n## Plots")[0].strip())
     print(f"\nwrote {path.parent}/report.{{md,csv,html}}, runs.csv and plots/")
 
 
@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="pre-train, fine-tune, train the baseline, print a summary")
+    p = sub.add_parser("run", help="pre-train, fine-tune, train the baselines (scratch with the "
+                       "same recipe, and with its own recipe where config section scratch sets "
+                       "one), print a summary")
     add_config_args(p)
     p.add_argument("--out", default="runs/run", help="folder for the three runs")
     p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
@@ -237,13 +239,18 @@ def add_lab_commands(sub) -> None:
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                    help="wait for submitted jobs (default: yes except for slurm)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                   help="config file(s) for every run, over the spec's config, e.g. the tuned "
+                   "scratch recipe that `vitmim report` of a scratch search writes")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="override for every run, e.g. --set model.depth=4")
     p.add_argument("--data", help="data set for every run (default: the spec's, or $VITMIM_DATA)")
     p.set_defaults(fn=cmd_grid)
 
-    p = sub.add_parser("report", help="tables, plots and an HTML page from a grid's run folders")
-    p.add_argument("runs_dir", help="the grid folder (`vitmim grid --out`)")
+    p = sub.add_parser("report", help="tables, plots and an HTML page from a grid's run folders "
+                       "or one `vitmim run` folder")
+    p.add_argument("runs_dir", help="the grid folder (`vitmim grid --out`) or a `vitmim run` "
+                   "folder (`vitmim run --out`)")
     p.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
     p.set_defaults(fn=cmd_report)
 

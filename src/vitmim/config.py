@@ -26,6 +26,9 @@ class DataConfig:
     path: str | None = None  # else $VITMIM_DATA, else the default download location
     classes: int | list[str] | None = 10  # first K of wnids.txt, an explicit list, or None = all
     class_seed: int | None = None  # with an int `classes`: draw K classes with this seed instead
+    # with an int `classes` = K: 0 = the first K; k >= 1 = the k-th block of K classes of a fixed
+    # shuffle of the classes after the first K (blocks disjoint from them and from each other)
+    class_subset: int = 0
     label_fraction: float = 1.0  # share of training labels the classifier sees (per class)
     cache_dir: str | None = None  # else $VITMIM_CACHE, else ~/.cache/vitmim
     # How an image that is not img_size x img_size enters the cache: fit (scale, aspect lost),
@@ -112,6 +115,9 @@ class Config:
     amp: bool = True  # bf16 autocast on a GPU; ignored on the CPU
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = once per epoch
+    # the scratch baseline's own tuned recipe: dotted finetune.* overrides, e.g.
+    # {finetune.lr: 2e-3, finetune.drop_path: 0.0}; empty = no tuned recipe (see tuned_scratch)
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +139,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return value
         choices = ", ".join(repr(c) for c in typing.get_args(tp))
         raise UserError(f"config key {key}: expected one of {choices}, got {value!r}")
+    if origin is dict:  # a section of dotted overrides (``scratch``), checked where it is used
+        if value is None or isinstance(value, dict):
+            return flatten(value or {})
+        raise UserError(f"config key {key}: expected a mapping of dotted keys, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -280,6 +290,7 @@ def validate(cfg: Config) -> None:
     if isinstance(cfg.data.classes, int) and cfg.data.classes <= 0:
         raise UserError(f"config key data.classes: expected a positive count, "
                         f"got {cfg.data.classes}")
+    _validate_subset(cfg.data)
     if m.arch == "unet-vit" and (not m.unet_channels or min(m.unet_channels) <= 0):
         raise UserError(f"config key model.unet_channels: expected a non-empty list of positive "
                         f"channel counts, got {m.unet_channels}")
@@ -293,6 +304,46 @@ def validate(cfg: Config) -> None:
                                 f"got {getattr(st, k)}")
         if st.lr <= 0:
             raise UserError(f"config key {name}.lr: expected a positive number, got {st.lr}")
+    if cfg.scratch:  # kept as the recipe applies them (YAML 1.1 reads 2e-3 as text)
+        tuned = flatten(to_dict(tuned_scratch(cfg)))
+        cfg.scratch = {k: tuned[k] for k in cfg.scratch}
+
+
+def _validate_subset(d: DataConfig) -> None:
+    if d.class_subset < 0:
+        raise UserError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
+                        f"block number >= 1, got {d.class_subset}")
+    if d.class_subset and not isinstance(d.classes, int):
+        raise UserError(f"config key data.class_subset: needs a class count in data.classes, "
+                        f"got {d.classes!r}")
+    if d.class_subset and d.class_seed is not None:
+        raise UserError("config key data.class_subset: set either it or data.class_seed, "
+                        "not both")
+
+
+def tuned_scratch(cfg: Config) -> Config:
+    """``cfg`` with its ``scratch`` overrides applied to the fine-tune recipe: the recipe of the
+    baseline trained from random weights with its own tuning, so that the comparison does not
+    rest on a scratch model that inherits a recipe tuned for the pre-trained one.
+
+    Only ``finetune.*`` keys (the seed aside, which is the run's) may be overridden; an unknown
+    key or bad value is refused naming ``scratch.<key>``.
+    """
+    for key in cfg.scratch:
+        if not key.startswith("finetune.") or key == "finetune.seed":
+            raise UserError(f"config key scratch.{key}: expected a finetune.* key other than "
+                            f"finetune.seed (the section overrides the fine-tune recipe)")
+    values = set_keys(to_dict(cfg.finetune), {k.split(".", 1)[1]: v
+                                               for k, v in cfg.scratch.items()})
+    out = copy.deepcopy(cfg)
+    out.finetune = _build(FinetuneConfig, values, "scratch.finetune")
+    out.scratch = {}  # validated without it: applying the section again changes nothing
+    try:
+        validate(out)
+    except UserError as e:
+        raise UserError(f"{e} (in config section scratch)") from None
+    out.scratch = dict(cfg.scratch)  # the tuned stage's config.yaml records its recipe
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
-from vitmim.config import Config
+from vitmim.config import Config, tuned_scratch
 from vitmim.data import ImageSet, label_subset, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, train
 from vitmim.errors import UserError
@@ -234,13 +234,17 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
 # ---------------------------------------------------------------------------------------------
 # the run: pre-train -> fine-tune -> scratch baselines
 
-# baselines from random weights with the fine-tune recipe -> what they match pre-train +
-# fine-tune on: None = the same fine-tune epochs, else total optimisation steps or training FLOPs
-BASELINES: dict[str, str | None] = {"scratch": None, "scratch_equal_compute": "steps",
+# baselines from random weights -> what they match pre-train + fine-tune on: None = the same
+# fine-tune epochs, else total optimisation steps or training FLOPs. All train with the fine-tune
+# recipe except ``scratch_tuned``, which trains with its own (config section ``scratch``).
+BASELINES: dict[str, str | None] = {"scratch": None, "scratch_tuned": None,
+                                    "scratch_equal_compute": "steps",
                                     "scratch_equal_flops": "flops"}
 # stage -> its folder under ``vitmim run --out``
 RUN_DIRS = {"pretrain": "pretrain", "finetune": "finetune", "scratch": "scratch",
-            "scratch_equal_compute": "scratch_long", "scratch_equal_flops": "scratch_flops"}
+            "scratch_tuned": "scratch_tuned", "scratch_equal_compute": "scratch_long",
+            "scratch_equal_flops": "scratch_flops"}
+NO_TUNED_RECIPE = "no tuned recipe set (config section scratch)"
 
 
 def stage_dirname(folder: str, label_fraction: float | None) -> str:
@@ -292,11 +296,14 @@ def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
+    if kind == "scratch_tuned":
+        cfg = tuned_scratch(cfg)
+        return cfg, f"scratch, tuned recipe ({cfg.finetune.epochs} epochs{labels})"
     by = BASELINES[kind]
     if by is None:
-        return cfg, f"scratch baseline (equal fine-tune epochs{labels})"
+        return cfg, f"scratch, same recipe (equal fine-tune epochs{labels})"
     cfg = equal_compute(cfg, by)
-    return cfg, f"scratch baseline (equal {by}: {cfg.finetune.epochs} epochs{labels})"
+    return cfg, f"scratch, same recipe (equal {by}: {cfg.finetune.epochs} epochs{labels})"
 
 
 def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: bool = True,
@@ -308,7 +315,8 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
 
     Args:
         pretrained: pre-train (``out/pretrain``), then fine-tune from it (``out/finetune``).
-        baselines: keys of :data:`BASELINES`, trained from random weights.
+        baselines: keys of :data:`BASELINES`, trained from random weights; ``scratch_tuned``
+            only when ``cfg.scratch`` sets a recipe, else its row says that none is set.
         label_fractions: fine-tune once per share of labels, in ``<folder>_lf<F>`` for F < 1;
             None: once, with ``cfg.data.label_fraction``.
         probe: k-NN + linear probe of the pre-trained model (``probe.json`` beside it) and, with
@@ -319,16 +327,20 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     results, init = {}, None
     if pretrained:
         init = out / dirs["pretrain"]
-        results[dirs["pretrain"]] = run_stage("pretrain", init, pretrain, resume, cfg=cfg,
-                                              env=env)
+        results[dirs["pretrain"]] = {"description": "pre-train (restorer)", **run_stage(
+            "pretrain", init, pretrain, resume, cfg=cfg, env=env)}
         if probe and env.main and not (init / "probe.json").exists():
             probe_run(init, device=str(env.device))
     for kind in (["finetune"] if pretrained else []) + list(baselines):
         for lf in label_fractions or [None]:
-            stage_cfg, name = _classifier_stage(cfg, kind, lf)
             folder = stage_dirname(dirs[kind], lf)
-            results[folder] = run_stage(name, out / folder, finetune, resume, cfg=stage_cfg,
-                                        env=env, init=init if kind == "finetune" else None)
+            if kind == "scratch_tuned" and not cfg.scratch:
+                results[folder] = {"description": NO_TUNED_RECIPE}
+                continue
+            stage_cfg, name = _classifier_stage(cfg, kind, lf)
+            results[folder] = {"description": name, **run_stage(
+                name, out / folder, finetune, resume, cfg=stage_cfg, env=env,
+                init=init if kind == "finetune" else None)}
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
@@ -341,11 +353,13 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
 
 
 def summary_table(results: dict[str, dict]) -> str:
-    rows = ["| run | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps | wall s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    """One row per stage folder: what it is, its final metrics and wall time."""
+    rows = ["| run | what | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps "
+            "| wall s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
         def f(key, fmt="{:.2f}", r=r):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
-        rows.append(f"| {name} | {f('val_top1')} | {f('val_top5')} | {f('val_l1', '{:.4f}')} "
-                    f"| {f('val_psnr')} | {f('step', '{}')} | {f('wall_s', '{:.0f}')} |")
+        rows.append(f"| {name} | {r.get('description', '')} | {f('val_top1')} | {f('val_top5')} "
+                    f"| {f('val_l1', '{:.4f}')} | {f('val_psnr')} | {f('step', '{}')} "
+                    f"| {f('wall_s', '{:.0f}')} |")
     return "\n".join(rows)

@@ -354,7 +354,8 @@ def _find_root(tree: Tree, markers: tuple[str, ...]) -> str:
 
 
 def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
-    """Apply ``cfg.classes`` / ``cfg.class_seed`` to the ordered class ids of the source."""
+    """Apply ``cfg.classes`` / ``cfg.class_subset`` / ``cfg.class_seed`` to the ordered class ids
+    of the source."""
     sel = cfg.classes
     if sel is None:
         return list(ids)
@@ -362,6 +363,8 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
         if sel <= 0 or sel > len(ids):
             raise UserError(f"config key data.classes: asked for {sel} classes, but {where} "
                             f"has {len(ids)}")
+        if cfg.class_subset:
+            return class_block(ids, sel, cfg.class_subset, where)
         if cfg.class_seed is None:
             return ids[:sel]
         # Keep the drawn classes in source order, so the set (not the draw order) is what counts.
@@ -376,6 +379,26 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
     if not sel:
         raise UserError("config key data.classes: empty list; give ids, a count, or null")
     return list(sel)
+
+
+SUBSET_SEED = 20240247  # fixes the shuffle behind data.class_subset; changing it moves every block
+
+
+def class_block(ids: list[str], k: int, block: int, where: str) -> list[str]:
+    """The ``block``-th (>= 1) set of ``k`` classes drawn from ``ids[k:]``, in source order.
+
+    The classes after the first ``k`` are shuffled once with a fixed seed and cut into blocks of
+    ``k``: every block is disjoint from the first ``k`` classes (the ones recipes were chosen on)
+    and from every other block, and block ``b`` is the same set on every machine.
+    """
+    rest = list(range(k, len(ids)))
+    random.Random(SUBSET_SEED).shuffle(rest)
+    blocks = len(rest) // k
+    if block > blocks:
+        raise UserError(f"config key data.class_subset: {block} is past the last block; "
+                        f"{where} has {len(ids)} classes, so {blocks} blocks of {k} after the "
+                        f"first {k}")
+    return [ids[i] for i in sorted(rest[(block - 1) * k:block * k])]
 
 
 def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:

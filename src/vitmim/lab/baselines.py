@@ -11,12 +11,22 @@ STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
 # ... and what else changes the restorer's FLOPs per image, for the equal-FLOPs baseline
 FLOP_KEYS = (*STEP_KEYS, "pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
              *RESTORER_KEYS)
-SHARED_KEYS = {"scratch": (), "scratch_equal_compute": STEP_KEYS, "scratch_equal_flops": FLOP_KEYS}
+SHARED_KEYS = {"scratch": (), "scratch_tuned": (), "scratch_equal_compute": STEP_KEYS,
+               "scratch_equal_flops": FLOP_KEYS}
+# the tuned scratch recipe (config section ``scratch``) shapes only the scratch_tuned baseline
+TUNED_PREFIX = "scratch."
 
 
 def baseline_axes(kind: str, axes: dict) -> dict:
     """The axes of a variant that its ``kind`` baseline shares: a baseline varies only with what
     changes it: the keys outside pre-training and the restorer, and for equal compute also the
-    keys that change the pre-training steps (or FLOPs) it must match."""
+    keys that change the pre-training steps (or FLOPs) it must match; the tuned recipe's keys
+    only for ``scratch_tuned``."""
     return {k: v for k, v in axes.items() if k in SHARED_KEYS[kind] or (
-        k not in RESTORER_KEYS and not k.startswith("pretrain."))}
+        k not in RESTORER_KEYS and not k.startswith("pretrain.")
+        and (kind == "scratch_tuned" or not k.startswith(TUNED_PREFIX)))}
+
+
+def variant_axes(axes: dict) -> dict:
+    """The axes a pre-trained variant varies with: all but the tuned scratch recipe's."""
+    return {k: v for k, v in axes.items() if not k.startswith(TUNED_PREFIX)}

@@ -11,7 +11,10 @@ A spec names the runs; every run is one folder and one job::
 
 Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equal_compute`` (as
 many optimisation steps as pre-train + fine-tune together) and, when a spec asks for it,
-``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together).
+``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together) and
+``scratch_tuned`` (random weights with the scratch side's own recipe, config section ``scratch``;
+left out, with a note, where no recipe is set). ``cross: {key: [values]}`` crosses every cell
+with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on. Jobs run as subprocesses here (``local``), or through submitit as
 a job array (``slurm``, or ``submitit-local`` to try the same path on this machine). One run can
@@ -43,12 +46,12 @@ from vitmim.config import (
 )
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
-from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
+from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.runs import finished
 from vitmim.stages import BASELINES, run_all, stage_dirname
 
-SPEC_KEYS = {"base", "config", "variants", "seeds", "baselines", "label_fractions", "probe",
-             "out", "slurm"}
+SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label_fractions",
+             "probe", "out", "slurm"}
 
 
 @dataclass
@@ -125,7 +128,7 @@ def load_spec(path: str | Path) -> GridSpec:
         value = raw.get(key) or {}
         _expect(isinstance(value, dict), p, key, "a mapping")
         setattr(spec, key, value)
-    spec.variants = _check_variants(raw.get("variants") or {}, p)
+    spec.variants = _cross(_check_variants(raw.get("variants") or {}, p), raw.get("cross"), p)
     _check_lists(raw, spec, p)
     return spec
 
@@ -148,6 +151,20 @@ def _check_variants(variants, p: Path) -> list[dict]:
         _expect(flat not in cells, p, f"variants[{i}]", "a cell not listed before")
         cells.append(flat)
     return cells
+
+
+def _cross(cells: list[dict], cross, p: Path) -> list[dict]:
+    """Every cell crossed with every combination of the ``cross`` axes (which come first)."""
+    if cross is None:
+        return cells
+    _expect(isinstance(cross, dict) and cross, p, "cross", "a mapping of keys to lists of values")
+    for key, values in cross.items():
+        _expect(isinstance(values, list) and len(values) > 0, p, f"cross.{key}",
+                "a non-empty list of values")
+        _expect(not any(key in cell for cell in cells), p, f"cross.{key}",
+                "a key the variants do not set")
+    return [{**dict(zip(cross, vals)), **cell}
+            for vals in itertools.product(*cross.values()) for cell in cells]
 
 
 def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
@@ -192,7 +209,10 @@ def cell_name(axes: dict) -> str:
 def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
     """(cell name, kind, axes) for every variant and every distinct baseline."""
     combos = [dict(cell) for cell in spec.variants]
-    cells = [(cell_name(a) or "pretrained", "variant", a) for a in combos]
+    cells: list[tuple[str, str, dict]] = []
+    for a in map(variant_axes, combos):  # the tuned scratch recipe's axes do not pre-train
+        if not any(c[2] == a for c in cells):
+            cells.append((cell_name(a) or "pretrained", "variant", a))
     for kind in spec.baselines:
         seen: list[dict] = []
         for a in combos:
@@ -203,10 +223,15 @@ def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
     return cells
 
 
-def plan(spec: GridSpec, out: Path, overrides: list[str] = ()) -> list[Run]:
-    """Every run of the grid with its resolved config; bad values are refused before any work."""
+def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] = ()
+         ) -> list[Run]:
+    """Every run of the grid with its resolved config; bad values are refused before any work.
+    ``files``: config files applied over the spec's config, before ``overrides``.
+    A ``scratch_tuned`` baseline is left out where its config sets no tuned recipe."""
     base = to_dict(load_config(_base_files(spec)))
     base = set_keys(base, flatten(spec.config))
+    if files:
+        base = to_dict(load_config(files, base=base))
     base = set_keys(base, flatten(overrides_to_dict(list(overrides))))
     runs = []
     for cell, kind, axes in _cells(spec):
@@ -216,6 +241,8 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = ()) -> list[Run]:
                 cfg = load_config(base=values)
             except UserError as e:
                 raise UserError(f"{spec.path}: cell {cell}: {e}") from None
+            if kind == "scratch_tuned" and not cfg.scratch:
+                continue
             runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),
                             spec.label_fractions, spec.probe))
     return runs
@@ -401,10 +428,13 @@ def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict]) -> 
 
 
 def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list[str] = (),
-             slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False
-             ) -> list[dict]:
+             slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False,
+             files: list[str] = ()) -> list[dict]:
     """Plan, skip finished runs, launch the rest; returns the rows of ``grid.json``."""
-    runs = plan(spec, out, overrides)
+    runs = plan(spec, out, overrides, files)
+    if "scratch_tuned" in spec.baselines and all(r.kind != "scratch_tuned" for r in runs):
+        print("note: baseline scratch_tuned left out: no tuned scratch recipe is set (config "
+              "section scratch; e.g. -c runs/scratch_search/report/scratch_recipe.yaml)")
     todo = [r for r in runs if not run_finished(r)]
     pending = {r.dir for r in todo}
     if dry_run:

@@ -1,8 +1,14 @@
 """``vitmim report RUNS_DIR``: tables, plots, reconstructions and one HTML page, from run folders.
 
 Everything is read from the folders a grid wrote (``<cell>/seed<k>/cell.json`` and the stage
-folders' ``config.yaml``, ``metrics.jsonl``, ``model.json``, ``probe.json``, ``images/``); nothing
-is recomputed. Only finished stages count; ``n`` is the number of finished seeds.
+folders' ``config.yaml``, ``metrics.jsonl``, ``model.json``, ``probe.json``, ``images/``), or
+from the stage folders of one ``vitmim run`` (``pretrain/``, ``finetune/``, ``scratch/``, ...);
+nothing is recomputed. Only finished stages count; ``n`` is the number of finished seeds.
+
+Where the pre-trained variants differ only in their class subset (``data.class_subset`` or
+``data.class_seed``), the report also gives the gain over each baseline per subset and seed, and
+where a grid searched the scratch recipe (``scratch_tuned`` cells), it ranks the recipes and
+writes the best as ``scratch_recipe.yaml``, a config file for the next grid (``-c``).
 
 The rule for differences: a gain over a baseline is called real when both sides have n >= 2 and
 |mean difference| exceeds the larger of the two seed standard deviations (sample std, ddof 1).
@@ -25,13 +31,16 @@ import yaml
 from vitmim import checkpoint
 from vitmim.errors import UserError
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
-from vitmim.runs import finished, read_metrics
-from vitmim.stages import BASELINES
+from vitmim.lab.grid import cell_name
+from vitmim.runs import finished, last_metrics, read_metrics
+from vitmim.stages import BASELINES, RUN_DIRS, summary_table
 
-BASELINE_LABEL = {"scratch": "scratch (equal fine-tune epochs)",
+BASELINE_LABEL = {"scratch": "scratch, same recipe (equal fine-tune epochs)",
+                  "scratch_tuned": "scratch, tuned recipe",
                   "scratch_equal_compute": "scratch (equal total steps)",
                   "scratch_equal_flops": "scratch (equal training FLOPs)"}
-DIFF_HEAD = {"scratch": "Δ scratch", "scratch_equal_compute": "Δ scratch equal-compute",
+DIFF_HEAD = {"scratch": "Δ scratch same recipe", "scratch_tuned": "Δ scratch tuned",
+             "scratch_equal_compute": "Δ scratch equal-compute",
              "scratch_equal_flops": "Δ scratch equal-FLOPs"}
 RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
         "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
@@ -54,6 +63,7 @@ class RunRecord:
     pretrain: dict = field(default_factory=dict)  # last pre-training record
     pretrain_curve: list[dict] = field(default_factory=list)
     probe: dict = field(default_factory=dict)  # probe.json (random init for scratch)
+    recipe: dict = field(default_factory=dict)  # the tuned scratch recipe (scratch_tuned only)
 
 
 @dataclass
@@ -91,18 +101,57 @@ def collect(runs_dir: Path) -> list[RunRecord]:
         pre_curve = read_metrics(pre) if finished(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
+        recipe = job["config"].get("scratch", {}) if job["kind"] == "scratch_tuned" else {}
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
-            cfg = yaml.safe_load(ft.read_text())
-            curve = read_metrics(ft.parent)
-            records.append(RunRecord(
-                job["cell"], job["kind"], job["axes"], job["seed"],
-                float(cfg["data"]["label_fraction"]), ft.parent,
-                curve[-1] if curve and finished(ft.parent) else {}, curve,
-                pre_curve[-1] if pre_curve else {}, pre_curve, probe))
+            records.append(_record(ft.parent, job["cell"], job["kind"], job["axes"],
+                                   job["seed"], pre_curve, probe, recipe))
     if not records:
         raise UserError(f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
-                        f"with fine-tune stages, as `vitmim grid` writes them)")
+                        f"with fine-tune stages, as `vitmim grid` writes them, or the stage "
+                        f"folders of one `vitmim run`)")
     return records
+
+
+def _record(stage_dir: Path, cell: str, kind: str, axes: dict, seed: int,
+            pre_curve: list[dict], probe: dict, recipe: dict) -> RunRecord:
+    """The record of one fine-tune stage folder (finished or not)."""
+    cfg = yaml.safe_load((stage_dir / "config.yaml").read_text())
+    curve = read_metrics(stage_dir)
+    return RunRecord(cell, kind, axes, seed, float(cfg["data"]["label_fraction"]), stage_dir,
+                     curve[-1] if curve and finished(stage_dir) else {}, curve,
+                     pre_curve[-1] if pre_curve else {}, pre_curve, probe, recipe)
+
+
+# stage folder of ``vitmim run`` -> its kind in a grid's terms (the pre-trained one: "variant")
+RUN_KINDS = {folder: ("variant" if stage == "finetune" else stage)
+             for stage, folder in RUN_DIRS.items() if stage != "pretrain"}
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder ``vitmim run`` wrote: stage folders with their config beside each other."""
+    return any((path / d / "config.yaml").exists() for d in RUN_DIRS.values())
+
+
+def collect_run(run_dir: Path) -> list[RunRecord]:
+    """The fine-tune stages of one ``vitmim run`` folder, the pre-trained one first; each is a
+    cell of its own, named by its folder (``finetune_lf0.1`` for 10 % of the labels)."""
+    pre = run_dir / "pretrain"
+    pre_curve = read_metrics(pre) if finished(pre) else []
+    records = []
+    for cfg_path in sorted(run_dir.glob("*/config.yaml")):
+        folder, cfg = cfg_path.parent.name, yaml.safe_load(cfg_path.read_text())
+        kind = RUN_KINDS.get(folder.split("_lf")[0])
+        if kind is None:  # the restorer, or a folder vitmim run does not write
+            continue
+        variant = kind == "variant"
+        records.append(_record(run_dir / folder, folder.split("_lf")[0], kind, {},
+                               cfg["finetune"]["seed"], pre_curve if variant else [],
+                               _read_json(pre / "probe.json") if variant else {},
+                               cfg.get("scratch") or {} if kind == "scratch_tuned" else {}))
+    if not records:
+        raise UserError(f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
+                        f"scratch/, ... as `vitmim run` writes them)")
+    return sorted(records, key=lambda r: r.kind != "variant")
 
 
 def _axes_key(axes: dict) -> tuple:
@@ -199,6 +248,11 @@ def _pm(mean: float | None, std: float | None, fmt: str = "{:.2f}") -> str:
     return fmt.format(mean) + (f" ± {fmt.format(std)}" if std is not None else "")
 
 
+def _signed(mean: float, std: float | None, digits: int = 2) -> str:
+    """``+1.50 ± 0.70``: a signed difference and its (unsigned) spread."""
+    return f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def _diff(d: dict, kind: str) -> str:
     v = d[f"vs_{kind}"]
     return "-" if v is None else f"{v:+.2f} ({d[f'vs_{kind}_verdict']})"
@@ -258,6 +312,130 @@ def runs_csv_text(records: list[RunRecord]) -> str:
         writer.writerow([r.cell, r.kind, r.seed, r.label_fraction, bool(r.final), str(r.dir),
                          *("" if (v := get(r)) is None else v for get in METRICS.values())])
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# gains per class subset, and the scratch recipe search
+
+SUBSET_KEYS = ("data.class_subset", "data.class_seed")
+
+
+@dataclass
+class Gain:
+    """Top-1 of one pre-trained run minus its baseline's, same seed and class subset."""
+
+    variant: str  # the variant's axes other than the subset
+    label_fraction: float
+    subset: object
+    seed: int
+    kind: str  # the baseline
+    value: float  # points
+
+
+def subset_axis(records: list[RunRecord], kinds: tuple[str, ...] = ("variant",)) -> str | None:
+    """The class-subset key that runs of ``kinds`` vary, if any."""
+    for key in SUBSET_KEYS:
+        if len({repr(r.axes.get(key)) for r in records if r.kind in kinds}) > 1:
+            return key
+    return None
+
+
+def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
+    """Every finished pre-trained run against each finished baseline of the same seed."""
+    done = [r for r in records if r.final]
+    gains = []
+    for v in (r for r in done if r.kind == "variant"):
+        rest = cell_name({k: x for k, x in v.axes.items() if k != key}) or "pre-trained"
+        for kind in BASELINES:
+            want = baseline_axes(kind, v.axes)
+            b = next((r for r in done if r.kind == kind and r.axes == want and r.seed == v.seed
+                      and r.label_fraction == v.label_fraction), None)
+            if b is not None:
+                gains.append(Gain(rest, v.label_fraction, v.axes.get(key), v.seed, kind,
+                                  round(top1(v) - top1(b), 9) + 0.0))
+    return gains
+
+
+def gains_table(gains: list[Gain], key: str) -> str:
+    """Gain per (variant, labels, subset, seed) and per baseline, then mean ± std over all."""
+    kinds = [k for k in BASELINES if any(g.kind == k for g in gains)]
+    by: dict[tuple, dict[str, float]] = {}
+    for g in gains:
+        by.setdefault((g.variant, g.label_fraction, g.subset, g.seed), {})[g.kind] = g.value
+    head = ["variant", "labels", key.split(".")[-1], "seed", *(DIFF_HEAD[k] for k in kinds)]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] *
+                                                                 len(kinds)) + " |"]
+    def order(item):  # variant, full labels first, subsets by value (3 before 10), seed
+        (variant, lf, subset, seed), _ = item
+        return variant, -lf, _axes_key({key: subset}), seed
+    for (variant, lf, subset, seed), d in sorted(by.items(), key=order):
+        lines.append(f"| {variant} | {lf:.0%} | {subset} | {seed} | " + " | ".join(
+            f"{d[k]:+.2f}" if k in d else "-" for k in kinds) + " |")
+    for variant, lf in dict.fromkeys((v, lf) for v, lf, _, _ in by):
+        cells = []
+        for k in kinds:
+            m, sd, n = mean_std([g.value for g in gains if g.kind == k and g.variant == variant
+                                 and g.label_fraction == lf])
+            cells.append("-" if m is None else f"**{_signed(m, sd)}** (n={n})")
+        lines.append(f"| {variant}, all subsets | {lf:.0%} | all | all | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
+def recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(recipe.items())) or "the fine-tune recipe"
+
+
+def rank_recipes(records: list[RunRecord]) -> list[tuple[dict, tuple]]:
+    """Scratch recipes (the same-recipe baseline as ``{}``) by mean top-1 over every finished
+    run with all labels, pooled over class subsets and seeds, best first; only recipes with as
+    many runs as the most complete one, so that no recipe wins on fewer subsets."""
+    full = max((r.label_fraction for r in records), default=1.0)
+    pools: dict[str, tuple[dict, list[float]]] = {}
+    for r in records:
+        if r.final and r.kind in ("scratch", "scratch_tuned") and r.label_fraction == full:
+            recipe = r.recipe if r.kind == "scratch_tuned" else {}
+            pools.setdefault(repr(sorted(recipe.items())), (recipe, []))[1].append(top1(r))
+    most = max((len(v) for _, v in pools.values()), default=0)
+    ranked = [(recipe, mean_std(v)) for recipe, v in pools.values() if len(v) == most]
+    return sorted(ranked, key=lambda rs: -rs[1][0])
+
+
+def recipes_table(ranked: list[tuple[dict, tuple]]) -> str:
+    lines = ["| scratch recipe | n | val top-1 % | Δ vs the fine-tune recipe |",
+             "| --- | ---: | ---: | ---: |"]
+    same = next((stat for recipe, stat in ranked if not recipe), None)
+    for recipe, stat in ranked:
+        diff = "-" if same is None or not recipe else f"{stat[0] - same[0]:+.2f}"
+        lines.append(f"| {recipe_text(recipe)} | {stat[2]} | {_pm(stat[0], stat[1])} "
+                     f"| {diff} |")
+    return "\n".join(lines)
+
+
+def write_recipe(ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path,
+                 subsets: str) -> Path:
+    """``scratch_recipe.yaml``: the best recipe as a config file for ``vitmim grid -c``."""
+    recipe, (mean, std, n) = ranked[0]
+    head = [f"# The scratch recipe with the best mean val top-1 ({_pm(mean, std)} %, n={n} runs "
+            f"pooled over seeds and the class subsets {subsets}) in {runs_dir.resolve()}, "
+            f"chosen by `vitmim report`. Measure it on other subsets than these.",
+            "# An empty section: the fine-tune recipe itself won, so there is no tuned recipe.",
+            "#   vitmim grid configs/grids/unseen_subsets.yaml -c THIS_FILE --data DATA"]
+    text = "\n".join(head if not recipe else head[:1] + head[2:]) + "\n"
+    text += yaml.safe_dump({"scratch": recipe}, sort_keys=True)
+    checkpoint.write_text(path, text)
+    return path
+
+
+def recipe_note(records: list[RunRecord]) -> str:
+    """What the tuned scratch baseline trained with, or that there is none."""
+    recipes = list(dict.fromkeys(recipe_text(r.recipe) for r in records
+                                 if r.kind == "scratch_tuned"))
+    if not recipes:
+        return ("No tuned scratch recipe in these runs: every scratch baseline trains with the "
+                "pre-trained model's fine-tune recipe (config section `scratch` and baseline "
+                "`scratch_tuned` add one).")
+    return "Tuned scratch recipe: " + "; ".join(recipes) + "."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +588,42 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
     return _save(fig, path)
 
 
+def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
+    """Gain of pre-trained over each baseline per class subset: one dot per seed, a bar at the
+    subset's mean, and the mean ± std over all subsets and seeds as a dashed line and band;
+    one panel per (variant, label fraction)."""
+    panels = list(dict.fromkeys((g.variant, g.label_fraction) for g in gains))
+    subsets = sorted({g.subset for g in gains}, key=lambda v: (str(type(v)), v))
+    kinds = [k for k in BASELINES if any(g.kind == k for g in gains)]
+    fig, axes = _figure(len(panels))
+    for ax, (variant, lf) in zip(axes[0], panels):
+        for j, kind in enumerate(kinds):
+            mine = [g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf,
+                                                                                  kind)]
+            dx, color = (j - (len(kinds) - 1) / 2) * 0.8 / max(len(kinds), 1), f"C{j}"
+            for i, sub in enumerate(subsets):
+                vals = [g.value for g in mine if g.subset == sub]
+                if vals:
+                    ax.plot([i + dx] * len(vals), vals, "o", color=color, alpha=0.5, ms=4)
+                    ax.plot([i + dx - 0.08, i + dx + 0.08], [sum(vals) / len(vals)] * 2,
+                            color=color, lw=2.5)
+            mean, std, n = mean_std([g.value for g in mine])
+            if mean is not None:
+                ax.axhline(mean, color=color, ls="--", lw=1, label=f"{DIFF_HEAD[kind]}: "
+                           f"{_signed(mean, std, 1)} (n={n})")
+                if std:
+                    ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(subsets)), [str(v) for v in subsets])
+        ax.set_xlabel(key)
+        ax.set_ylabel("gain of pre-training, val top-1 points")
+        ax.set_title(f"{variant}, {lf:.0%} of labels (dots: seeds; bars: subset means)",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        _legend(ax, 7)
+    return _save(fig, path)
+
+
 def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str, Path]]:
     """First and last epoch reconstruction grid of each variant's first finished seed."""
     shown, done = [], set()
@@ -440,8 +654,31 @@ CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1
        "img{max-width:100%}figure{display:inline-block;margin:.5em}figcaption{font-size:12px}")
 
 
+def _html_block(text: str) -> str:
+    """A markdown section as HTML: runs of ``|`` lines become a table, other lines paragraphs."""
+    e, out, rows = html.escape, [], []
+
+    def flush():
+        if rows:
+            cells = [[c.strip().replace("**", "") for c in ln.strip("|").split("|")]
+                     for ln in rows if not set(ln) <= set("|-: ")]
+            out.append("<table>" + "".join(
+                "<tr>" + "".join(f"<t{t}>{e(c)}</t{t}>" for c in row) + "</tr>"
+                for t, row in zip(["h"] + ["d"] * len(cells), cells)) + "</table>")
+            rows.clear()
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{e(line).replace('**', '')}</p>")
+    flush()
+    return "".join(out)
+
+
 def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
-              recons: list[tuple[str, Path]]) -> str:
+              recons: list[tuple[str, Path]], sections: list[tuple[str, str]] = ()) -> str:
     """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
     e = html.escape
     kinds = compared(summary)
@@ -451,8 +688,9 @@ def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
     rule = e(RULE).replace("**", "")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
-             f"<h2>Results</h2><table><tr>{head}</tr>{body}</table><p>{rule}</p>",
-             "<h2>Plots</h2>"]
+             f"<h2>Results</h2><table><tr>{head}</tr>{body}</table><p>{rule}</p>"]
+    parts += [f"<h2>{e(name)}</h2>{_html_block(text)}" for name, text in sections]
+    parts.append("<h2>Plots</h2>")
     parts += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}"
               f"</figcaption></figure>" for c, p in plots]
     parts.append("<h2>Reconstructions (original | masked | restored)</h2>")
@@ -462,8 +700,12 @@ def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
 
 
 def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
-                  recons: list[tuple[str, Path]], out: Path) -> str:
-    lines = [f"# {title}", "", markdown_table(summary), "", RULE, "", "## Plots", ""]
+                  recons: list[tuple[str, Path]], out: Path,
+                  sections: list[tuple[str, str]] = ()) -> str:
+    lines = [f"# {title}", "", markdown_table(summary), "", RULE, ""]
+    for name, text in sections:
+        lines += [f"## {name}", "", text, ""]
+    lines += ["## Plots", ""]
     lines += [f"![{c}]({p.relative_to(out).as_posix()})" for c, p in plots]
     lines += ["", "## Reconstructions (original | masked | restored)", ""]
     lines += [f"![{c}]({p.relative_to(out).as_posix()})" for c, p in recons]
@@ -472,25 +714,76 @@ def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]]
 
 def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.md, report.csv, runs.csv, report.html and plots/ into ``out``
-    (default ``RUNS_DIR/report``); returns the HTML path."""
+    (default ``RUNS_DIR/report``) for a grid folder or one ``vitmim run`` folder; returns the
+    HTML path. Per-subset gains add gains.csv, a scratch recipe search scratch_recipe.yaml."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a folder of runs")
     out = Path(out) if out else runs_dir / "report"
-    records = collect(runs_dir)
+    single = not any(runs_dir.glob("*/seed*/cell.json")) and is_run_folder(runs_dir)
+    records = collect_run(runs_dir) if single else collect(runs_dir)
     rows = group(records)
     summary = summarise(rows)
-    plots = [("fine-tuned accuracy vs masking", plot_accuracy(rows, out / "plots/accuracy.png")),
-             ("training curves (fine-tune)", plot_curves(records, out / "plots/curves.png",
-                                                         "finetune"))]
-    if any(r.kind == "variant" for r in rows):
-        plots += [("pre-training signals", plot_signals(rows, out / "plots/signals.png")),
-                  ("restoration loss (pre-train)",
-                   plot_curves(records, out / "plots/restoration.png", "pretrain"))]
+    sections = [("Baselines", recipe_note(records))]
+    if single:
+        sections.insert(0, ("Stages", _run_table(runs_dir)))
+    plots = [] if single else [("fine-tuned accuracy vs masking",
+                                plot_accuracy(rows, out / "plots/accuracy.png"))]
+    plots.append(("training curves (fine-tune)",
+                  plot_curves(records, out / "plots/curves.png", "finetune")))
+    if any(r.kind == "variant" and r.pretrain_curve for r in records):
+        if not single:
+            plots.append(("pre-training signals", plot_signals(rows, out / "plots/signals.png")))
+        plots.append(("restoration loss (pre-train)",
+                      plot_curves(records, out / "plots/restoration.png", "pretrain")))
+    sections += _subset_sections(records, out, plots)
+    sections += _recipe_sections(records, runs_dir, out)
     recons = copy_reconstructions(records, out)
     title = f"vitmim report: {runs_dir.resolve().name}"
-    checkpoint.write_text(out / "report.md", markdown_page(title, summary, plots, recons, out))
+    checkpoint.write_text(out / "report.md",
+                          markdown_page(title, summary, plots, recons, out, sections))
     checkpoint.write_text(out / "report.csv", csv_text(summary))
     checkpoint.write_text(out / "runs.csv", runs_csv_text(records))
-    checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons))
+    checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
     return out / "report.html"
+
+
+def _run_table(run_dir: Path) -> str:
+    """The stages of one ``vitmim run`` with their wall times, as the run printed them."""
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return summary_table(json.loads(summary.read_text()))
+    return summary_table({d.name: last_metrics(d) for d in sorted(run_dir.iterdir())
+                          if (d / "config.yaml").exists()})
+
+
+def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[tuple[str, str]]:
+    """The gain per class subset and seed (table, plot, gains.csv) where the subset varies."""
+    key = subset_axis(records)
+    gains = subset_gains(records, key) if key else []
+    if not gains:
+        return []
+    plots.append(("gain of pre-training per class subset",
+                  plot_gains(gains, key, out / "plots/subset_gains.png")))
+    rows = ["variant,label_fraction,subset,seed,baseline,gain"]
+    rows += [f"{g.variant},{g.label_fraction},{g.subset},{g.seed},{g.kind},{g.value}"
+             for g in gains]
+    checkpoint.write_text(out / "gains.csv", "\n".join(rows) + "\n")
+    note = (f"Each row: the pre-trained run's val top-1 minus its baseline's, same seed and "
+            f"class subset ({key}); the last row's std is over all subsets and seeds together.")
+    return [("Gain per class subset", gains_table(gains, key) + "\n\n" + note)]
+
+
+def _recipe_sections(records: list[RunRecord], runs_dir: Path, out: Path
+                     ) -> list[tuple[str, str]]:
+    """The ranked scratch recipes and scratch_recipe.yaml, where several were tried."""
+    ranked = rank_recipes(records)
+    if len(ranked) < 2:
+        return []
+    key = subset_axis(records, ("scratch", "scratch_tuned"))
+    subsets = f"{key} = " + ", ".join(sorted({str(r.axes.get(key)) for r in records})) \
+        if key else "of these runs"
+    path = write_recipe(ranked, runs_dir, out / "scratch_recipe.yaml", subsets)
+    return [("Scratch recipes, best first", recipes_table(ranked) + "\n\n" +
+             f"Pooled over seeds and the class subsets ({subsets}); the best is written to "
+             f"{path.name}, a config file for the next grid: `vitmim grid SPEC -c {path}`.")]
