@@ -105,19 +105,22 @@ def draw_trivial_augment(b: int, g: torch.Generator, device: torch.device
 
 
 def _is(op: torch.Tensor, *names: str) -> torch.Tensor:
-    """(B,) bool: the image's op is one of ``names``."""
-    return torch.isin(op, torch.tensor([TA_OPS.index(n) for n in names], device=op.device))
+    """(B,) bool: the image's op is one of ``names``, which must be neighbours in
+    :data:`TA_OPS` (a range test needs no index tensor copied to the device)."""
+    ks = sorted(TA_OPS.index(n) for n in names)
+    assert ks == list(range(ks[0], ks[-1] + 1)), names
+    return op == ks[0] if len(ks) == 1 else (op >= ks[0]) & (op <= ks[-1])
 
 
 @functools.cache
-def _base_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(1, H*W, 3) pixel-centre coordinates about the image centre, plus a 1 (torchvision's
-    ``_affine_grid``)."""
+def _base_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, H*W, 3) pixel-centre coordinates about the image centre, plus a 1, and the (2,)
+    half-size that maps them to grid_sample's [-1, 1] (torchvision's ``_affine_grid``)."""
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=device)
     grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=device)],
                        dim=-1)
-    return grid.view(1, h * w, 3)
+    return grid.view(1, h * w, 3), torch.tensor([0.5 * w, 0.5 * h], device=device)
 
 
 def _inverse_affine(op: torch.Tensor, mag: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -144,8 +147,8 @@ def _inverse_affine(op: torch.Tensor, mag: torch.Tensor, h: int, w: int) -> torc
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour warp of (B, C, H, W) float by per-image inverse maps, 0 outside."""
     b, _, h, w = x.shape
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
-    grid = _base_grid(h, w, x.device).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)
+    base, half = _base_grid(h, w, x.device)
+    grid = base.expand(b, -1, -1).bmm(theta.transpose(1, 2) / half)
     return F.grid_sample(x, grid.view(b, h, w, 2), mode="nearest", padding_mode="zeros",
                          align_corners=False)
 
