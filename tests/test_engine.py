@@ -102,20 +102,31 @@ def test_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_steps_never_wait_for_the_device(tmp_path: Path):
-    cfg = tiny_config(**{"finetune.augment.trivial_augment": True,
-                         "finetune.augment.erasing": 0.25, "finetune.ema": 0.99,
-                         "finetune.grad_clip": 1.0})
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_gpu_steps_never_wait_for_the_device(tmp_path: Path, stage: str):
+    """TrivialAugment, erasing, mixup/cutmix, masks, bf16, grad clipping, fused AdamW and EMA:
+    no step after the first makes the host wait (a blocking copy to the device would too)."""
+    aug = {f"{stage}.augment.trivial_augment": True, f"{stage}.augment.erasing": 0.25,
+           f"{stage}.ema": 0.99, f"{stage}.grad_clip": 1.0, f"{stage}.batch_size": 16,
+           "finetune.augment.mixup": 0.8, "finetune.augment.cutmix": 1.0,
+           "pretrain.fast": False}  # the fast path gathers a data-dependent number of tokens
+    cfg = tiny_config(**aug)
     env = Env(torch.device("cuda"), amp=True)
-    model = build_classifier(cfg.model, 4, 0.0)
-    t = Trainer(FinetuneTask(image_set(), None, cfg, env), model, cfg.finetune, tmp_path, env,
-                "finetune", progress=False)
+    if stage == "pretrain":
+        from vitmim.models import build_restorer
+        from vitmim.stages import PretrainTask
+        model = build_restorer(cfg.model, cfg.pretrain)
+        task = PretrainTask(image_set(), None, cfg, env, tmp_path)
+    else:
+        model = build_classifier(cfg.model, 4, 0.0)
+        task = FinetuneTask(image_set(), None, cfg, env)
+    t = Trainer(task, model, getattr(cfg, stage), tmp_path, env, stage, progress=False)
     idx = torch.arange(16, device="cuda")
-    t.train_step(idx)  # first-call set-up (cached tables, cuBLAS) may copy from the host
+    t.train_step(idx)  # first-call set-up (cached tables, optimiser state) may copy from the host
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            t.train_step(idx)
             t.step += 1
+            t.train_step(idx)
     finally:
         torch.cuda.set_sync_debug_mode("default")
