@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -230,12 +231,20 @@ class Trainer:
             dev_ids = [env.device.index] if env.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=dev_ids)
         self.net = net
-        self.forward_backward = self.eager_forward_backward
+        self.make_batch, self.forward_backward = task.make_batch, self.eager_forward_backward
         self.compiling = compile  # until a first compiled step has run
         if compile:
-            # CUDA graphs replay the whole forward and backward as one launch each
-            mode = "reduce-overhead" if env.device.type == "cuda" else None
-            self.forward_backward = torch.compile(self.eager_forward_backward, mode=mode)
+            self.compile_step()
+
+    def compile_step(self) -> None:
+        """torch.compile the step: the batch (each draw from the generator splits it into
+        graphs, whose element-wise ops fuse) and the forward + loss + backward (on a GPU replayed
+        as CUDA graphs: one launch each). The optimiser is the fused AdamW kernel already."""
+        # the batch code's cached constants are pure functions of their arguments
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
+        self.make_batch = torch.compile(self.task.make_batch)
+        mode = "reduce-overhead" if self.env.device.type == "cuda" else None
+        self.forward_backward = torch.compile(self.eager_forward_backward, mode=mode)
 
     # -- state ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -327,7 +336,8 @@ class Trainer:
             print(f"{self.stage}: torch.compile failed ({type(e).__name__}: "
                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                   f"training without compile", file=sys.stderr, flush=True)
-            self.forward_backward = self.eager_forward_backward
+            self.make_batch, self.forward_backward = self.task.make_batch, \
+                self.eager_forward_backward
             loss = self.step_once(idx)  # redone from the same seeds: nothing was stepped
         self.compiling = False
         return loss
@@ -336,7 +346,7 @@ class Trainer:
         env, st = self.env, self.st
         g = torch.Generator(device=env.device).manual_seed(derive_seed(st.seed, 2, self.step))
         torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
-        batch = self.task.make_batch(idx.to(env.device), g)
+        batch = self.make_batch(idx.to(env.device), g)
         if env.world > 1:  # every process builds the global batch, then takes its share
             batch = tuple(t[env.rank::env.world] for t in batch)
         lr = lr_at(self.step, self.total, self.warmup, st) * self.lr_factor
