@@ -61,8 +61,10 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# TrivialAugment (torchvision's TrivialAugmentWide: op set, 31 magnitude bins, nearest
-# interpolation, fill 0), one op and one magnitude bin drawn per image
+# TrivialAugment: torchvision's TrivialAugmentWide (its 14 ops, 31 magnitude bins, random signs,
+# nearest interpolation, fill 0), one op and one bin drawn per image. Where it differs: the draws
+# come from the passed generator (torchvision uses the global RNG), and a colour op may land one
+# grey level away from torchvision's uint8 result (float rounding before the truncation).
 
 TA_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
           "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
