@@ -238,12 +238,15 @@ class Trainer:
 
     def compile_step(self) -> None:
         """torch.compile the step: the batch (each draw from the generator splits it into
-        graphs, whose element-wise ops fuse) and the forward + loss + backward (on a GPU replayed
-        as CUDA graphs: one launch each). The optimiser is the fused AdamW kernel already."""
+        graphs, whose element-wise ops fuse) and the forward + loss + backward (on one GPU
+        replayed as CUDA graphs: one launch each). The optimiser is the fused AdamW kernel
+        already."""
         # the batch code's cached constants are pure functions of their arguments
         warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
         self.make_batch = torch.compile(self.task.make_batch)
-        mode = "reduce-overhead" if self.env.device.type == "cuda" else None
+        # CUDA graphs cannot hold DDP's gradient all-reduce, which runs inside the backward
+        graphs = self.env.device.type == "cuda" and self.env.world == 1
+        mode = "reduce-overhead" if graphs else None
         self.forward_backward = torch.compile(self.eager_forward_backward, mode=mode)
 
     # -- state ---------------------------------------------------------------------------------
