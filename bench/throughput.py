@@ -9,7 +9,13 @@ Two views of each stage:
 - "model alone": both sides train on pre-made tensors already on the device (no data loading);
 - "end to end": the reference pulls from its DataLoader, vitmim builds batches from its cache.
 
+Then, per stage, vitmim's end-to-end images/s as model FLOP utilisation: training FLOPs per
+image (3x the forward FLOPs that torch's FlopCounterMode counts: the backward costs about twice
+the forward) x images/s, over the card's dense bf16 peak (:data:`PEAK_BF16`). ``--no-reference``
+measures only that (no JPEG extraction, no DataLoader).
+
     VITMIM_DATA=/path/tiny-imagenet-200.zip python bench/throughput.py [--seconds 6]
+    python bench/throughput.py --device cuda --no-reference [--set model.depth=12]
 """
 
 from __future__ import annotations
@@ -42,9 +48,14 @@ from vitmim.data import load_splits
 from vitmim.engine import Env, Trainer
 from vitmim.models import build_classifier, build_restorer
 from vitmim.models.classifier import timm_kwargs
-from vitmim.stages import FinetuneTask, PretrainTask
+from vitmim.stages import FinetuneTask, PretrainTask, training_flops_per_image
 
 Step = Callable[[], None]
+
+# dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets, matched in
+# order against torch.cuda.get_device_name (the first name fragment found wins)
+PEAK_BF16 = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200", 989.0), ("H100", 989.0),
+             ("A100", 312.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,30 +225,82 @@ def measure_stage(cfg: Config, env: Env, args, folder: Path, sets: tuple, pretra
     return out
 
 
+def peak_tflops(env: Env) -> tuple[str, float | None]:
+    """The device's name and dense bf16 peak in TFLOP/s (None: not in :data:`PEAK_BF16`)."""
+    if env.device.type != "cuda":
+        return "CPU", None
+    name = torch.cuda.get_device_name(env.device)
+    return name, next((peak for key, peak in PEAK_BF16 if key in name), None)
+
+
+def vitmim_rate(cfg: Config, env: Env, args, sets: tuple, pretrain: bool, run_dir: Path
+                ) -> float:
+    """images/s of the engine's step with the real task, end to end (no reference beside it)."""
+    train_set, val_set = sets
+    st = cfg.pretrain if pretrain else cfg.finetune
+    task = (PretrainTask(train_set, val_set, cfg, env, run_dir) if pretrain
+            else FinetuneTask(train_set, val_set, cfg, env))
+    model = vitmim_model(cfg, len(train_set.classes), pretrain)
+    step = vitmim_step(task, model, st, cfg, env, run_dir)
+    return compare({"ours": step}, st.batch_size, 2 * args.seconds, args.warmup, env.device,
+                   rounds=1)["ours"]
+
+
+def print_mfu(rates: dict[str, tuple[Config, bool, float]], n_cls: int, env: Env) -> None:
+    """images/s, training FLOPs per image (3x forward) and their share of the card's peak."""
+    name, peak = peak_tflops(env)
+    print(f"\ndevice {name}: dense bf16 peak "
+          + (f"{peak:g} TFLOP/s" if peak else "not in the table (MFU omitted)")
+          + "; training FLOPs = 3 x forward FLOPs (torch FlopCounterMode)")
+    print(f"{'stage':<24} {'images/s':>10} {'GFLOP/img':>10} {'TFLOP/s':>9} {'MFU':>7}")
+    for stage, (cfg, pretrain, rate) in rates.items():
+        restorer, classifier = training_flops_per_image(cfg, n_cls)
+        flops = 3 * (restorer if pretrain else classifier)
+        achieved = rate * flops / 1e12
+        mfu = f"{100 * achieved / peak:6.1f}%" if peak else "    n/a"
+        print(f"{stage:<24} {rate:>10.0f} {flops / 1e9:>10.3f} {achieved:>9.2f} {mfu:>7}")
+
+
+def stage_configs(cfg: Config) -> dict[str, tuple[Config, bool]]:
+    """The stages measured: fine-tuning, pre-training on the full path and, where the mask cell
+    is a multiple of the patch, on the fast path."""
+    full = copy.deepcopy(cfg)
+    full.pretrain.fast = False  # the same computation as the SimMIM reference
+    stages = {"finetune": (cfg, False), "pretrain (full path)": (full, True)}
+    if cfg.pretrain.fast and cfg.pretrain.mask_patch % cfg.model.patch_size == 0:
+        stages["pretrain (fast path)"] = (cfg, True)
+    return stages
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))),
                    help="reference DataLoader workers (default: one per core, at most 8)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="only vitmim's images/s and MFU per stage (no reference, no JPEGs)")
     args = p.parse_args()
     cfg, env = setup(args)
     sets = load_splits(cfg.data, cfg.model.img_size, progress=False)
+    rates = {}
     with temp_dir("vitmim-bench-") as tmp:
-        folder = extract_class_folders(cfg.data.path, sets[0].classes, Path(tmp) / "train")
-        print(f"data: {len(sets[0])} training images of {len(sets[0].classes)} classes; "
-              f"reference reads {folder} with {args.workers} DataLoader workers", flush=True)
-        results = {"finetune": measure_stage(cfg, env, args, folder, sets, False, Path(tmp))}
-        full = copy.deepcopy(cfg)
-        full.pretrain.fast = False  # the same computation as the SimMIM reference
-        results["pretrain (full path)"] = measure_stage(full, env, args, folder, sets, True,
-                                                        Path(tmp))
-        if cfg.pretrain.fast and cfg.pretrain.mask_patch % cfg.model.patch_size == 0:
-            results["pretrain (fast path)"] = measure_stage(cfg, env, args, folder, sets, True,
-                                                            Path(tmp))
-    print(f"\n{'training images/s':<34} {'reference':>10} {'vitmim':>10} {'ratio':>9}")
-    for stage, r in results.items():
-        print(ratio_line(f"{stage}, model alone", r["ours_alone"], r["ref_alone"]))
-        print(ratio_line(f"{stage}, end to end", r["ours_e2e"], r["ref_e2e"]))
+        if args.no_reference:
+            for stage, (c, pretrain) in stage_configs(cfg).items():
+                rates[stage] = (c, pretrain, vitmim_rate(c, env, args, sets, pretrain, Path(tmp)))
+                print(f"  {stage}: vitmim {rates[stage][2]:.1f} images/s", flush=True)
+        else:
+            folder = extract_class_folders(cfg.data.path, sets[0].classes, Path(tmp) / "train")
+            print(f"data: {len(sets[0])} training images of {len(sets[0].classes)} classes; "
+                  f"reference reads {folder} with {args.workers} DataLoader workers", flush=True)
+            results = {stage: measure_stage(c, env, args, folder, sets, pretrain, Path(tmp))
+                       for stage, (c, pretrain) in stage_configs(cfg).items()}
+            print(f"\n{'training images/s':<34} {'reference':>10} {'vitmim':>10} {'ratio':>9}")
+            for stage, r in results.items():
+                print(ratio_line(f"{stage}, model alone", r["ours_alone"], r["ref_alone"]))
+                print(ratio_line(f"{stage}, end to end", r["ours_e2e"], r["ref_e2e"]))
+            rates = {stage: (*stage_configs(cfg)[stage], r["ours_e2e"])
+                     for stage, r in results.items()}
+    print_mfu(rates, len(sets[0].classes), env)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,10 @@ class ModelConfig:
 class AugmentConfig:
     crop_pad: int = 4  # px of reflect padding for random-crop; 0 = off
     flip: bool = True
-    trivial_augment: bool = False  # torchvision TrivialAugmentWide, per image
+    trivial_augment: bool = False  # TrivialAugmentWide's ops and bins, one op per image
     mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
     cutmix: float = 0.0  # Beta(a, a) parameter; 0 = off
-    erasing: float = 0.0  # probability of torchvision RandomErasing per image
+    erasing: float = 0.0  # probability of RandomErasing (torchvision's defaults) per image
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on a GPU; ignored on the CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile forward + loss + backward (CUDA graphs on a GPU)
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps; 0 = once per epoch
     # the scratch baseline's own tuned recipe: dotted finetune.* overrides, e.g.
     # {finetune.lr: 2e-3, finetune.drop_path: 0.0}; empty = no tuned recipe (see tuned_scratch)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -140,19 +142,37 @@ def param_groups(model: nn.Module, st: StageConfig) -> list[dict]:
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state."""
+    """Exponential moving average of a model's floating-point state (other entries copied).
+
+    The update is one multi-tensor lerp over every float tensor. It reads the live tensors of the
+    model's ``state_dict``, captured once: ``load_state_dict`` copies into them in place."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.source = model.state_dict()  # detached views of the model's own tensors
+        self.load({k: v.detach().clone() for k, v in self.source.items()})
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Take ``state`` (same keys as the model's state_dict) as the average."""
+        self.state = state
+        floats = [k for k, v in self.source.items() if v.is_floating_point()]
+        others = [k for k in self.source if k not in set(floats)]
+        self._floats = ([state[k] for k in floats], [self.source[k] for k in floats])
+        self._others = ([state[k] for k in others], [self.source[k] for k in others])
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.state[k].lerp_(v, 1.0 - self.decay)
-            else:
-                self.state[k].copy_(v)
+    def update(self) -> None:
+        if self._floats[0]:
+            torch._foreach_lerp_(*self._floats, 1.0 - self.decay)
+        if self._others[0]:
+            torch._foreach_copy_(*self._others)
+
+
+def make_optimizer(model: nn.Module, st: StageConfig, device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`: the fused kernel on a GPU, multi-tensor ops elsewhere."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95), **fast)
 
 
 class Trainer:
@@ -173,15 +193,32 @@ class Trainer:
         self.total = self.spe * st.epochs
         self.warmup = int(st.warmup_epochs * self.spe)
         self.checkpoint_every = checkpoint_every
-        self.opt = torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95))
-        self.ema = EMA(model, st.ema) if st.ema > 0 else None
+        self.opt = make_optimizer(self.model, st, env.device)
+        self.ema = EMA(self.model, st.ema) if st.ema > 0 else None
         self.step, self.lr_factor = 0, 1.0
         self.loss_sum = torch.zeros((), device=env.device)  # this epoch's summed step losses
-        net = torch.compile(model) if compile else model
+        net = self.model
         if env.world > 1:
             dev_ids = [env.device.index] if env.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=dev_ids)
         self.net = net
+        self.make_batch, self.forward_backward = task.make_batch, self.eager_forward_backward
+        self.compiling = compile  # until a first compiled step has run
+        if compile:
+            self.compile_step()
+
+    def compile_step(self) -> None:
+        """torch.compile the step: the batch (each draw from the generator splits it into
+        graphs, whose element-wise ops fuse) and the forward + loss + backward (on one GPU
+        replayed as CUDA graphs: one launch each). The optimiser is the fused AdamW kernel
+        already."""
+        # the batch code's cached constants are pure functions of their arguments
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
+        self.make_batch = torch.compile(self.task.make_batch)
+        # CUDA graphs cannot hold DDP's gradient all-reduce, which runs inside the backward
+        graphs = self.env.device.type == "cuda" and self.env.world == 1
+        mode = "reduce-overhead" if graphs else None
+        self.forward_backward = torch.compile(self.eager_forward_backward, mode=mode)
 
     # -- state ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -215,8 +252,8 @@ class Trainer:
             raise UserError(f"{self.run_dir}: checkpoint does not fit this model "
                             f"({str(e).splitlines()[1].strip()})") from None
         if self.ema:
-            self.ema.state = {k[4:]: v.to(self.env.device) for k, v in tensors.items()
-                              if k.startswith("ema.")}
+            self.ema.load({k[4:]: v.to(self.env.device) for k, v in tensors.items()
+                           if k.startswith("ema.")})
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.step, self.lr_factor = meta["step"], meta.get("lr_factor", 1.0)
         self.loss_sum = torch.tensor(meta.get("loss_sum", 0.0), device=self.env.device)
@@ -238,7 +275,7 @@ class Trainer:
         while self.step < self.total:
             epoch = self.step // self.spe
             order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
-                derive_seed(st.seed, 1, epoch)))
+                derive_seed(st.seed, 1, epoch))).to(env.device)  # one copy per epoch
             t0, start = time.time(), self.step
             if self.step % self.spe == 0:  # else resumed mid-epoch: loss_sum came with the state
                 self.loss_sum = torch.zeros((), device=env.device)
@@ -264,25 +301,50 @@ class Trainer:
         return last
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on examples ``idx``; returns the loss as a device tensor (reading
+        it would make the host wait for the device)."""
+        if not self.compiling:
+            return self.step_once(idx)
+        try:
+            loss = self.step_once(idx)
+        except Exception as e:  # torch.compile compiles on the first call and fails there
+            print(f"{self.stage}: torch.compile failed ({type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                  f"training without compile", file=sys.stderr, flush=True)
+            self.make_batch, self.forward_backward = self.task.make_batch, \
+                self.eager_forward_backward
+            loss = self.step_once(idx)  # redone from the same seeds: nothing was stepped
+        self.compiling = False
+        return loss
+
+    def step_once(self, idx: torch.Tensor) -> torch.Tensor:
         env, st = self.env, self.st
         g = torch.Generator(device=env.device).manual_seed(derive_seed(st.seed, 2, self.step))
         torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
-        batch = self.task.make_batch(idx.to(env.device), g)
+        batch = self.make_batch(idx.to(env.device), g)
         if env.world > 1:  # every process builds the global batch, then takes its share
             batch = tuple(t[env.rank::env.world] for t in batch)
         lr = lr_at(self.step, self.total, self.warmup, st) * self.lr_factor
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.amp):
-            loss = self.task.loss(self.net, batch)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.forward_backward is not self.eager_forward_backward and env.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free
+        loss = self.forward_backward(batch)
         if st.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), st.grad_clip)
         self.opt.step()
         if self.ema:
-            self.ema.update(self.model)
+            self.ema.update()
         return loss
+
+    def eager_forward_backward(self, batch: Batch) -> torch.Tensor:
+        """Loss of ``batch`` (bf16 autocast where enabled) and its gradients; what
+        ``compile: true`` hands to torch.compile as one function."""
+        with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.env.amp):
+            loss = self.task.loss(self.net, batch)
+        loss.backward()
+        return loss.detach()
 
     def check_finite(self) -> None:
         """Before a checkpoint: the epoch's losses and the weights to be saved are finite (an
@@ -290,8 +352,9 @@ class Trainer:
         # each process saw its share of every batch; the mean of (common sum + own share) over
         # processes is the global sum, so a sum restored from a checkpoint stays exact
         self.loss_sum = self.env.mean(self.loss_sum)
-        params = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
-        if torch.isfinite(self.loss_sum) and params.all():
+        # the largest |weight| of each tensor is finite exactly when all of its weights are
+        largest = torch._foreach_norm([p.detach() for p in self.model.parameters()], float("inf"))
+        if torch.stack([self.loss_sum.float(), *largest]).isfinite().all().item():
             return
         factor = self.lr_factor * 0.5
         if self.st.nan_policy == "rollback" and factor >= 1e-3 and self.restore():
