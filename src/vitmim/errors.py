@@ -1,12 +1,42 @@
-"""The one exception type a user can cause.
+"""The one exception type a user can cause, and the one line the CLI prints for it.
 
 Anything the user can get wrong (a path, a file layout, a config value, a checkpoint that does not
 fit) raises :class:`UserError`; the CLI prints its message on one line and exits with code 2.
-Everything else is a bug and is allowed to raise with a traceback.
+A few library errors are just as surely the input's fault (a file the OS refuses, a damaged JSON,
+YAML or safetensors file, bytes that are not text): :func:`input_error_line` turns those into one
+line too. Everything else is a bug and is allowed to raise with a traceback.
 """
+
+from __future__ import annotations
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+def one_line(text: object) -> str:
+    """``text`` with its line breaks folded, so a message never spans lines."""
+    return " ".join(str(text).split("\n")).strip()
+
+
+def input_error_line(e: BaseException) -> str | None:
+    """One line for an error a damaged or unreadable input causes, or None for a bug."""
+    import json
+
+    import yaml
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError) and (e.filename is not None or e.strerror):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return one_line(f"{where}{e.strerror or e}")
+    if isinstance(e, json.JSONDecodeError):
+        return one_line(f"a file is not valid JSON ({e.msg} at line {e.lineno}; truncated?)")
+    if isinstance(e, UnicodeDecodeError):
+        return one_line(f"a file is not UTF-8 text ({e.reason} at byte {e.start})")
+    if isinstance(e, yaml.YAMLError):
+        return one_line(f"not valid YAML ({str(e).splitlines()[0] if str(e) else e})")
+    if isinstance(e, SafetensorError):
+        return one_line(f"not a readable safetensors file ({e})")
+    return None
