@@ -428,6 +428,27 @@ def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None 
     return data
 
 
+def read_jsonl(path: str | Path, what: str = "metrics log") -> list[dict]:
+    """One JSON object per line (blank lines skipped; a missing file is empty), or a one-line
+    UserError naming the file and line."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for i, line in enumerate(_read_text(p, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(f"{p}:{i}: {what}: expected one JSON object per line, got "
+                            f"{_clip(line.strip(), 40)!r}")
+        records.append(record)
+    return records
+
+
 MAX_BASE_DEPTH = 32  # files building on files; deeper is a mistake, not a design
 
 

@@ -33,7 +33,7 @@ from vitmim.checkpoint import (
     unflatten_optimizer,
     write_text,
 )
-from vitmim.config import StageConfig
+from vitmim.config import StageConfig, read_jsonl
 from vitmim.errors import UserError
 
 Batch = tuple[torch.Tensor, ...]
@@ -387,16 +387,13 @@ def append_jsonl(path: Path, record: dict) -> None:
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop records written after ``step`` (they are recomputed after a resume)."""
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["step"] <= step]
-        write_text(path, "".join(ln + "\n" for ln in lines))
+        kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def last_record(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    records = read_jsonl(path)  # [] when missing; a damaged line is a one-line UserError
+    return records[-1] if records else {}
 
 
 def format_record(r: dict) -> str:

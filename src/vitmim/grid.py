@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from vitmim import checkpoint
-from vitmim.config import load_config, read_yaml_mapping, to_dict
+from vitmim.config import load_config, read_json_mapping, read_yaml_mapping, to_dict
 from vitmim.errors import UserError
 
 BASELINES = ("scratch", "scratch_equal_compute", "scratch_equal_flops")
@@ -47,6 +47,9 @@ STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
 FLOP_KEYS = (*STEP_KEYS, "pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
              *RESTORER_KEYS)
 SHARED_KEYS = {"scratch": (), "scratch_equal_compute": STEP_KEYS, "scratch_equal_flops": FLOP_KEYS}
+# what cell.json must hold (name -> type) to be run or reported
+CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
+             "probe": bool, "config": dict}
 SPEC_KEYS = {"base", "config", "variants", "seeds", "baselines", "label_fractions", "probe",
              "out", "slurm"}
 
@@ -271,9 +274,10 @@ def run_finished(run: Run) -> bool:
 def read_status(run_dir: Path) -> dict:
     path = run_dir / "status.json"
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
+        status = json.loads(path.read_text()) if path.exists() else {}
+    except (ValueError, OSError):  # damaged or unreadable: the run is redone like a failed one
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _write_status(run_dir: Path, status: str, **extra) -> None:
@@ -291,7 +295,7 @@ def run_job(cell_json: str | Path) -> dict:
     beside it; raises what the run raised. Returns each stage's final metrics."""
     path = Path(cell_json)
     run_dir = path.parent
-    job = json.loads(path.read_text())
+    job = read_json_mapping(path, "grid cell", CELL_KEYS)
     t0 = time.time()
     _write_status(run_dir, "running")
     try:

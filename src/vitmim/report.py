@@ -16,16 +16,13 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from vitmim import checkpoint
+from vitmim import checkpoint, config
 from vitmim.errors import UserError
-from vitmim.grid import BASELINES, DEFAULT_BASELINES, baseline_axes
+from vitmim.grid import BASELINES, CELL_KEYS, DEFAULT_BASELINES, baseline_axes
 
 BASELINE_LABEL = {"scratch": "scratch (equal fine-tune epochs)",
                   "scratch_equal_compute": "scratch (equal total steps)",
@@ -78,13 +75,20 @@ class Row:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return config.read_jsonl(path)
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return config.read_json_mapping(path, "probe result") if path.exists() else {}
+
+
+def _read_run_config(path: Path) -> dict:
+    """A stage's config.yaml, checked like any config (its values label the tables)."""
+    raw = config.read_yaml_mapping(path, "run config")
+    try:
+        return config.to_dict(config.load_config(base=raw))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def finished(stage_dir: Path) -> bool:
@@ -95,13 +99,14 @@ def collect(runs_dir: Path) -> list[RunRecord]:
     """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
     records = []
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
-        job, seed_dir = json.loads(cell_json.read_text()), cell_json.parent
+        job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
+        seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
         pre_curve = read_jsonl(pre / "metrics.jsonl") if finished(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
-            cfg = yaml.safe_load(ft.read_text())
+            cfg = _read_run_config(ft)
             curve = read_jsonl(ft.parent / "metrics.jsonl")
             records.append(RunRecord(
                 job["cell"], job["kind"], job["axes"], job["seed"],

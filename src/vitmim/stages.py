@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
-from vitmim.config import Config, dump, to_dict
+from vitmim.config import Config, dump, read_json_mapping, to_dict
 from vitmim.data import ImageSet, label_subset, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, run_lock, train
 from vitmim.errors import UserError
@@ -320,5 +319,9 @@ def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     meta_path = p.with_suffix(".json")
     if not meta_path.exists():
         raise UserError(f"{meta_path}: missing; it describes the model in {p}")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json_mapping(meta_path, "model description", {
+        "kind": str, "config": dict, "classes": list, "class_names": list})
+    if len(meta["classes"]) != len(meta["class_names"]):
+        raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes but "
+                        f"{len(meta['class_names'])} class names")
     return tensors, meta
