@@ -258,6 +258,8 @@ def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, Ra
 
 def _show(value: Any, limit: int = 60) -> str:
     """``repr`` cut to one short line (a value may be a long list or a deep mapping)."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower().replace("none", "null")  # as YAML spells them
     try:
         return _clip(repr(value), limit)
     except RecursionError:
@@ -401,8 +403,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     if data is None:
         raise UserError(f"{p}: {what} is empty (expected a mapping of keys)")
     if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping of keys at the top level, got a "
-                        f"{type(data).__name__} ({_show(data)})")
+        raise UserError(f"{p}: expected a mapping of keys at the top level, got {_show(data)}")
     return data
 
 
