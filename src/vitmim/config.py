@@ -407,6 +407,10 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     return data
 
 
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+              float: "a number", bool: "true/false"}
+
+
 def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None = None
                       ) -> dict:
     """A JSON file whose top level is a mapping holding ``keys`` (name -> type), or a
@@ -424,7 +428,7 @@ def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None 
         raise UserError(f"{p}: {what}: expected a JSON object, got {_show(data)}")
     for name, tp in (keys or {}).items():
         if not isinstance(data.get(name), tp) or (tp is int and isinstance(data[name], bool)):
-            raise UserError(f"{p}: {what}: key {name}: expected a {tp.__name__}, "
+            raise UserError(f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, "
                             f"got {_show(data.get(name))}")
     return data
 

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
-from vitmim.config import Config, dump, read_json_mapping, to_dict
+from vitmim.config import Config, dump, load_config, read_json_mapping, to_dict
 from vitmim.data import ImageSet, label_subset, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, run_lock, train
 from vitmim.errors import UserError
@@ -324,4 +324,8 @@ def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if len(meta["classes"]) != len(meta["class_names"]):
         raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes but "
                         f"{len(meta['class_names'])} class names")
+    try:
+        load_config(base=meta["config"])
+    except UserError as e:
+        raise UserError(f"{meta_path}: {e}") from None
     return tensors, meta
