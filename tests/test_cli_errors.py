@@ -202,6 +202,20 @@ CASES.update({
 })
 
 
+def flag_case(command: str, *flags: str, text: str) -> tuple:
+    """A bad command-line flag on an intact run folder."""
+    return (lambda c: [*run_commands(c)[command], *flags]), None, None, text
+
+
+CASES.update({
+    "predict: --topk -1": flag_case("predict", "--topk", "-1", text="--topk -1: expected an "
+                                                                     "integer >= 1"),
+    "probe: --k 0": flag_case("probe", "--k", "0", text="--k 0: expected an integer >= 1"),
+    "probe: --device gpu": flag_case("probe", "--device", "gpu",
+                                     text="--device gpu: expected auto, cpu, cuda, cuda:N or mps"),
+})
+
+
 def prepare(name: str, tmp: Path, intact: dict[str, Path]) -> list[str]:
     """Copies of the intact folders under ``tmp`` with one file damaged; the CLI arguments."""
     c = {"tmp": tmp, "data": intact["data"]}
