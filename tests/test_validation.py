@@ -47,7 +47,7 @@ def number_cases(rule: Range, integer: bool) -> list[tuple[str, str]]:
             cases.append(("at the open lower end", f"{rule.lo:g}"))
     if rule.hi is not None:
         cases.append(("above the range", str(int(rule.hi) + 1) if integer
-                      else f"{rule.hi + step:g}"))
+                      else f"{rule.hi + max(step, rule.hi / 2):g}"))
         cases.append(("huge", "1" + "0" * 30 if integer else "1.0e+300"))
         if rule.hi_open:
             cases.append(("at the open upper end", f"{rule.hi:g}"))
@@ -129,6 +129,7 @@ def test_defaults_and_edges_inside_the_ranges_are_accepted() -> None:
 
 @pytest.mark.parametrize("override, message", [
     ("model.embed_dim=190", "model.embed_dim: 190; expected a multiple of 4"),
+    ("model.mlp_ratio=0.001", "model.mlp_ratio: 0.001 gives MLPs of 0 units"),
     ("model.num_heads=5", "model.num_heads: 5 does not divide model.embed_dim 192"),
     ("model.decoder_dim=100", "model.decoder_dim: 100; expected a multiple of 4 that splits"),
     ("pretrain.min_lr=0.01", "pretrain.min_lr: 0.01 is above pretrain.lr 0.0015"),
@@ -194,7 +195,8 @@ REPORTED = {
     "device=gpu": (set_("device=gpu"), "config key device: expected auto, cpu, cuda, cuda:N"),
     "patch_size=0": (set_("model.patch_size=0"), "model.patch_size: expected an integer >= 1"),
     "num_heads=0": (set_("model.num_heads=0"), "model.num_heads: expected an integer >= 1"),
-    "embed_dim=-6": (set_("model.embed_dim=-6"), "model.embed_dim: expected an integer >= 1"),
+    "embed_dim=-6": (set_("model.embed_dim=-6"),
+                     "model.embed_dim: expected an integer in [1, 16384], got -6"),
     "lr=nan": (set_("pretrain.lr=nan"), "pretrain.lr: expected a finite number, got 'nan'"),
     "warmup=nan": (set_("pretrain.warmup_epochs=nan"), "pretrain.warmup_epochs: expected a "
                                                        "finite number"),

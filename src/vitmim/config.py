@@ -170,6 +170,11 @@ POSITIVE = Range(lo=0, lo_open=True)
 NON_NEGATIVE = Range(lo=0)
 COUNT = Range(lo=1, text="an integer >= 1")
 FRACTION_OPEN = Range(0, 1, hi_open=True)  # [0, 1): 1 would leave nothing (decay, drop rate)
+# Model sizes far beyond any accelerator's memory are typos (1920000 for 192): refused here rather
+# than as an allocation failure minutes later.
+SIZE = Range(1, 16384, text="an integer in [1, 16384]")
+LAYERS = Range(1, 1024, text="an integer in [1, 1024]")
+BETA = Range(0, 1e38)  # a Beta(a, a) parameter; torchvision draws it in float32 (max 3.4e38)
 SEED = Range(0, 2**63 - 1, text=f"an integer in [0, {2**63 - 1}]")  # torch.manual_seed's range
 PATH = Range(pattern=r"[^\x00]+", text="a non-empty path (or null)")
 
@@ -185,24 +190,25 @@ RANGES: dict[str, Range] = {
     "DataConfig.label_fraction": Range(0, 1, lo_open=True),
     "DataConfig.cache_dir": PATH,
     "ModelConfig.arch": ANY,
-    "ModelConfig.img_size": COUNT,
+    "ModelConfig.img_size": Range(1, 4096, text="an integer in [1, 4096] (px)"),
     "ModelConfig.patch_size": COUNT,
-    "ModelConfig.embed_dim": COUNT,
-    "ModelConfig.depth": COUNT,
+    "ModelConfig.embed_dim": SIZE,
+    "ModelConfig.depth": LAYERS,
     "ModelConfig.num_heads": COUNT,
-    "ModelConfig.mlp_ratio": POSITIVE,
+    "ModelConfig.mlp_ratio": Range(0, 64, lo_open=True),
     "ModelConfig.conv_stem": ANY,
     "ModelConfig.rezero": ANY,
-    "ModelConfig.decoder_dim": COUNT,
-    "ModelConfig.decoder_depth": Range(lo=0, text="an integer >= 0"),  # 0: embed + linear head
-    "ModelConfig.unet_channels": Range(lo=1, nonempty=True,
-                                       text="a non-empty list of positive channel counts"),
+    "ModelConfig.decoder_dim": SIZE,
+    "ModelConfig.decoder_depth": Range(0, 1024, text="an integer in [0, 1024]"),  # 0: linear
+    "ModelConfig.unet_channels": Range(1, 16384, nonempty=True,
+                                       text="a non-empty list of positive channel counts "
+                                            "(at most 16384)"),
     "ModelConfig.skips": ANY,
     "AugmentConfig.crop_pad": Range(lo=0, text="an integer >= 0"),
     "AugmentConfig.flip": ANY,
     "AugmentConfig.trivial_augment": ANY,
-    "AugmentConfig.mixup": NON_NEGATIVE,
-    "AugmentConfig.cutmix": NON_NEGATIVE,
+    "AugmentConfig.mixup": BETA,
+    "AugmentConfig.cutmix": BETA,
     "AugmentConfig.erasing": Range(0, 1),
     "StageConfig.epochs": COUNT,
     "StageConfig.batch_size": COUNT,
@@ -562,6 +568,9 @@ def _check_model(m: ModelConfig) -> None:
         refuse("patch_size", f"{m.patch_size} does not divide model.img_size {m.img_size}")
     if m.embed_dim % 4:
         refuse("embed_dim", f"{m.embed_dim}; expected a multiple of 4 (sine-cosine positions)")
+    if int(m.embed_dim * m.mlp_ratio) < 1:
+        refuse("mlp_ratio", f"{m.mlp_ratio:g} gives MLPs of {int(m.embed_dim * m.mlp_ratio)} "
+                            f"units at model.embed_dim {m.embed_dim}; expected at least 1")
     if m.embed_dim % m.num_heads:
         refuse("num_heads", f"{m.num_heads} does not divide model.embed_dim {m.embed_dim}")
     heads = max(1, m.decoder_dim // 32)  # the fast-path decoder's 32-wide heads
