@@ -1,8 +1,9 @@
 """Typed configuration: dataclasses, YAML files, dotted ``--set key=value`` overrides.
 
 One :class:`Config` describes a whole experiment (data, model, both training stages); each command
-reads the sections it needs. Every value is checked against its annotation before any work
-starts, and a bad one is refused with one line naming the key and what was expected.
+reads the sections it needs. Every value is checked against its annotation and its declared range
+(:data:`RANGES`, one per key) before any work starts, and a bad one is refused with one line
+naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ RANGES: dict[str, Range] = {
     "PretrainConfig.norm_pix": ANY,
     "FinetuneConfig.label_smoothing": FRACTION_OPEN,
     "FinetuneConfig.layer_decay": Range(0, 1, lo_open=True),
-    "Config.device": Range(pattern=r"auto|cpu|cuda|cuda:\d+|mps",
+    "Config.device": Range(pattern=r"auto|cpu|cuda|cuda:[0-9]+|mps",
                            text="auto, cpu, cuda, cuda:N or mps"),
     "Config.amp": ANY,
     "Config.compile": ANY,
