@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vitmim.report import read_jsonl  # noqa: E402
+from vitmim.runs import read_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     labels: list[str] = []
     for spec in args.runs:
         label, _, run = spec.partition("=")
-        curve = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if "val_top1" in r]
+        curve = [r for r in read_metrics(Path(run)) if "val_top1" in r]
         if not curve:
             raise SystemExit(f"{run}: no fine-tune metrics.jsonl with val_top1")
         if label not in labels:

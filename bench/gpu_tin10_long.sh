@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 7 on one GPU, in one short call (README, "Results on a GPU"):
+# The long TIN-10 recipe and the 200-class recipe on one GPU, in one short call
+# (docs/results/gpu_tin10_long/):
 #  1. the `--preset tin200` model and recipe for a few epochs on TIN-10: checks that the
 #     pre-train -> fine-tune path runs on CUDA (TrivialAugment, mixup/cutmix, erasing, EMA,
 #     layer decay) and measures its images/s, from which the 200-class budget follows;
@@ -61,7 +62,7 @@ L=(--preset tin10_long --set pretrain.epochs="$PT" --set finetune.epochs="$FT")
 FLOPS=${FLOPS_EPOCHS:-$($PY - "${L[@]}" ${EXTRA:-} <<'PY'
 import argparse, sys
 from vitmim.cli import add_config_args, resolve_config
-from vitmim.pipeline import equal_compute
+from vitmim.stages import equal_compute
 p = argparse.ArgumentParser()
 add_config_args(p)
 print(equal_compute(resolve_config(p.parse_args(sys.argv[1:])), "flops").finetune.epochs)

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Fine-tuning and pre-training levers on TIN-10, 2 seeds each (README, "Levers measured").
+# Fine-tuning and pre-training levers on TIN-10, 2 seeds each (docs/results/README.md, "Levers").
 #
 #   VITMIM_DATA=tiny-imagenet-200.zip bash bench/tin10_levers.sh [RUNS] [OUT]
 #
-# RUNS holds the first default recipe's grid (`vitmim grid configs/grids/tin10_default.yaml --out
-# RUNS`, fine-tuning batch 128): every lever below fine-tunes its restorers
+# RUNS holds the grid of the fine-tuning batch 128 recipe (`vitmim grid
+# configs/grids/tin10_default.yaml --out RUNS`): every lever below fine-tunes its restorers
 # (RUNS/pretrained/seed<k>/pretrain) or pre-trains its own. Each command is one run (11-30 min on
 # one CPU core; 32 in all); OUT/<name>/metrics.jsonl has the per-epoch val top-1. Run two at a
-# time with OMP_NUM_THREADS=1 on a 2-core machine. The reference figures of round 1 are the grid's
-# own `pretrained` and `scratch` cells.
+# time with OMP_NUM_THREADS=1 on a 2-core machine. The reference figures of the batch-128 levers
+# are the grid's own `pretrained` and `scratch` cells.
 set -euo pipefail
 RUNS=${1:-runs/tin10_default}
 OUT=${2:-runs/tin10_levers}
-B128=(--set finetune.batch_size=128)  # round 1 ran before batch 64 became the default
-B64=(--set finetune.batch_size=64)  # today's default, spelled out
+B128=(--set finetune.batch_size=128)  # the batch 128 recipe, the reference of the grid's cells
+B64=(--set finetune.batch_size=64)  # the default, spelled out so the figures survive a change
 
-# round 1: one change each to the first default recipe (batch 128)
+# fine-tuning levers: one change each to the fine-tuning batch 128 recipe
 for s in 0 1; do
   init=$RUNS/pretrained/seed$s/pretrain
   # layer-wise lr decay 0.75 (MAE's fine-tuning value)
@@ -38,28 +38,28 @@ for s in 0 1; do
     --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
 done
 
-# round 2: batch size, longer pre-training, scratch at equal training FLOPs
+# batch size, longer pre-training, scratch at equal training FLOPs
 for s in 0 1; do
   init=$RUNS/pretrained/seed$s/pretrain
-  # batch 64 instead of 128 (twice the optimiser steps per epoch, same lr): now the default
+  # batch 64 instead of 128 (twice the optimiser steps per epoch, same lr): the default
   vitmim finetune --out "$OUT/bs64_s$s" --init "$init" "${B64[@]}" --set finetune.seed=$s
   vitmim finetune --out "$OUT/bs64_scratch_s$s" "${B64[@]}" --set finetune.seed=$s
-  # batch 32 (pre-trained only: the session's last slot)
+  # batch 32 (pre-trained only)
   vitmim finetune --out "$OUT/bs32_s$s" --init "$init" --set finetune.batch_size=32 \
     --set finetune.seed=$s
   # scratch trained as many FLOPs as pre-train + fine-tune: 22 epochs, what
   # `vitmim run --equal-compute flops` computes for the default recipe
   vitmim finetune --out "$OUT/bs64_scratch_equal_flops_s$s" "${B64[@]}" \
     --set finetune.seed=$s --set finetune.epochs=22
-  # 60 pre-training epochs instead of 20, then 10 % of the labels for 100 epochs as in round 1
-  # (batch 128), against round 1's lowlabel100_scratch
+  # 60 pre-training epochs instead of 20, then 10 % of the labels for 100 epochs at batch 128,
+  # against lowlabel100_scratch above
   vitmim pretrain --out "$OUT/pre60_s$s" --set pretrain.seed=$s --set pretrain.epochs=60
   vitmim finetune --out "$OUT/lowlabel100_pre60_s$s" --init "$OUT/pre60_s$s" "${B128[@]}" \
     --set finetune.seed=$s --set data.label_fraction=0.1 --set finetune.epochs=100
 done
 
-# round 3: the regularisers of the long GPU recipe (and EMA, TrivialAugment) at the 15-epoch
-# default, pre-trained only: each against round 2's bs64_s<k>
+# regularisers: those of the long GPU recipe (and EMA, TrivialAugment) at the 15-epoch CPU
+# default, pre-trained only: each against bs64_s<k> above
 for s in 0 1; do
   init=$RUNS/pretrained/seed$s/pretrain
   # mixup 0.8 / cutmix 1.0 (one per batch) and random erasing 0.25, as in --preset tin10_long

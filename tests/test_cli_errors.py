@@ -24,7 +24,7 @@ from conftest import TIN_CLASSES, TIN_WORDS, image_bytes
 
 from vitmim import checkpoint, cli
 from vitmim.config import dump, load_config, to_dict
-from vitmim.grid import CELL_KEYS
+from vitmim.lab.grid import CELL_KEYS
 from vitmim.models import build_classifier, build_restorer
 
 TQDM = re.compile(r"\d+/\d+ \[")  # a progress-bar frame (data decoding), not a message
@@ -103,7 +103,7 @@ def edit_yaml(**changes) -> Callable[[Path], None]:
 
 
 BINARY = bytes(range(128, 256)) * 4  # not UTF-8
-INVALID_JSON = "model.json: model description is not valid JSON"
+INVALID_JSON = "model.json: not valid JSON"
 MODEL_JSON_DAMAGE = {  # name: (damage, text the line must contain)
     "truncated model.json": (truncate, INVALID_JSON),
     "empty model.json": (put(b""), INVALID_JSON),
@@ -161,8 +161,8 @@ for _name, (_damage, _text) in WEIGHTS_DAMAGE.items():
 CELL = "grid/scratch/seed0/cell.json"
 STAGE = "grid/scratch/seed0/finetune"
 for _name, _damage, _text in [
-    ("truncated cell.json", truncate, "cell.json: grid cell is not valid JSON"),
-    ("empty cell.json", put(b""), "cell.json: grid cell is not valid JSON"),
+    ("truncated cell.json", truncate, "cell.json: not valid JSON"),
+    ("empty cell.json", put(b""), "cell.json: not valid JSON"),
     ("cell.json a list", put(b"[]"), "cell.json: grid cell: expected a JSON object"),
     ("cell.json seed of a wrong type", edit_json(seed="0"), "key seed: expected an integer"),
     ("cell.json binary", put(BINARY), "cell.json: grid cell is not UTF-8 text"),
@@ -177,7 +177,8 @@ for _file, _name, _damage, _text in [
     ("config.yaml", "config.yaml binary", put(BINARY), "config.yaml: run config is not UTF-8"),
     ("config.yaml", "config.yaml bad value", edit_yaml(lr=float("nan")),
      "config.yaml: config key finetune.lr: expected a finite number"),
-    ("../probe_random_init.json", "truncated probe json", truncate, "probe result is not valid"),
+    ("../probe_random_init.json", "truncated probe json", truncate,
+     "probe_random_init.json: not valid JSON"),
 ]:
     CASES[f"report: {_name}"] = (lambda c: ["report", str(c["grid"])], f"{STAGE}/{_file}",
                                  _damage, _text)
@@ -267,12 +268,12 @@ def test_truncated_model_json_and_cell_json_in_real_processes(intact: dict[str, 
     proc = vitmim(*prepare("eval: truncated model.json", tmp_path / "a", intact))
     check_one_line(proc.returncode, proc.stderr, INVALID_JSON)
     proc = vitmim(*prepare("report: truncated cell.json", tmp_path / "b", intact))
-    check_one_line(proc.returncode, proc.stderr, "cell.json: grid cell is not valid JSON")
+    check_one_line(proc.returncode, proc.stderr, "cell.json: not valid JSON")
     # the grid's own job runner reads cell.json the same way
-    proc = subprocess.run([sys.executable, "-m", "vitmim.grid",
+    proc = subprocess.run([sys.executable, "-m", "vitmim.lab.grid",
                            str(tmp_path / "b" / CELL)], capture_output=True, text=True,
                           timeout=300)
-    check_one_line(proc.returncode, proc.stderr, "cell.json: grid cell is not valid JSON")
+    check_one_line(proc.returncode, proc.stderr, "cell.json: not valid JSON")
 
 
 def test_ctrl_c_in_grid_says_rerun_not_resume(tmp_path: Path, tiny_tin: Path) -> None:

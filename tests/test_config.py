@@ -66,7 +66,7 @@ def test_exponent_without_dot_is_a_number():
 
 
 def test_shipped_presets_load_and_keep_their_measured_recipes():
-    from vitmim.cli import PRESETS, preset_names
+    from vitmim.config import PRESETS, preset_names
     assert {"smoke", "tin10_long", "tin200"} <= set(preset_names())
     for name in preset_names():
         load_config([PRESETS / f"{name}.yaml"])  # every shipped file validates

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vitmim import data
 from vitmim.config import DataConfig
 from vitmim.data import (
     ImageSet,
+    cache,
     cache_root,
     download,
     label_subset,
@@ -27,6 +27,7 @@ from vitmim.data import (
     load_splits,
     pack,
     resolve_data_path,
+    sources,
 )
 from vitmim.errors import UserError
 
@@ -168,7 +169,7 @@ def test_cache_reused_without_decoding(tiny_tin, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode", boom)
+    monkeypatch.setattr(cache, "_decode", boom)
     t2, v2 = load(tiny_tin, tmp_path, classes=3)
     assert t2.fingerprint == train.fingerprint and torch.equal(t2.images, train.images)
     assert torch.equal(v2.labels, val.labels)
@@ -185,7 +186,7 @@ def test_cache_key_depends_on_selection(tiny_tin, tmp_path):
 
 
 def test_interrupted_build_leaves_nothing(tiny_tin, tmp_path, monkeypatch):
-    real = data._decode
+    real = cache._decode
     calls = []
 
     def dies(raw, size, name):
@@ -194,11 +195,11 @@ def test_interrupted_build_leaves_nothing(tiny_tin, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # like Ctrl-C halfway through
         return real(raw, size, name)
 
-    monkeypatch.setattr(data, "_decode", dies)
+    monkeypatch.setattr(cache, "_decode", dies)
     with pytest.raises(KeyboardInterrupt):
         load(tiny_tin, tmp_path)
     assert cache_entries(tmp_path) == []
-    monkeypatch.setattr(data, "_decode", real)
+    monkeypatch.setattr(cache, "_decode", real)
     assert len(load(tiny_tin, tmp_path)[0]) == 48
 
 
@@ -235,9 +236,9 @@ def test_unwritable_cache_dir(tiny_tin, tmp_path):
 
 def test_parallel_decode(tiny_tin, tmp_path, monkeypatch):
     serial, _ = load(tiny_tin, tmp_path / "s")
-    monkeypatch.setattr(data, "MIN_PARALLEL", 0)
-    monkeypatch.setattr(data, "CHUNK", 7)
-    monkeypatch.setattr(data, "_n_workers", lambda n: 2)
+    monkeypatch.setattr(cache, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cache, "CHUNK", 7)
+    monkeypatch.setattr(cache, "_n_workers", lambda n: 2)
     parallel, _ = load(tiny_tin, tmp_path / "p")
     assert torch.equal(parallel.images, serial.images)
 
@@ -246,9 +247,9 @@ def test_parallel_decode_error(tiny_tin_dir, tin_tools, tmp_path, monkeypatch):
     top = tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=8, n_val=1)
     bad = top / "train" / tin_tools.classes[1] / "images" / f"{tin_tools.classes[1]}_5.JPEG"
     bad.write_bytes(b"garbage")
-    monkeypatch.setattr(data, "MIN_PARALLEL", 0)
-    monkeypatch.setattr(data, "CHUNK", 3)
-    monkeypatch.setattr(data, "_n_workers", lambda n: 2)
+    monkeypatch.setattr(cache, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cache, "CHUNK", 3)
+    monkeypatch.setattr(cache, "_n_workers", lambda n: 2)
     with pytest.raises(UserError, match=bad.name):
         load(top, tmp_path / "cache")
     assert cache_entries(tmp_path / "cache") == []
@@ -519,7 +520,7 @@ def test_error_no_images(tmp_path):
 
 
 def test_zip_bomb_refused(tiny_tin, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1000)
     expect_error(tiny_tin, tmp_path / "c", "zip bomb")
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from vitmim import cli
 from vitmim.errors import UserError
-from vitmim.grid import load_spec, plan, run_finished
+from vitmim.lab.grid import load_spec, plan, run_finished
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "grids" / "smoke.yaml"

@@ -10,9 +10,10 @@ from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import timm_kwargs, to_timm_state
 from vitmim.models.restorer import (
+    forward_loss,
     normalize_patches,
     patchify,
-    restoration_loss,
+    restoration_metrics,
     unpatchify,
 )
 
@@ -53,11 +54,11 @@ def test_loss_counts_masked_pixels_only():
     pred = x.clone()
     visible = (1 - mask).expand_as(x).bool()
     pred[visible] += 100.0  # huge errors where nothing is masked must not count
-    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == 0.0
+    assert forward_loss(pred, x, mask, cfg.pretrain, 8).item() == 0.0
     pred = x + mask * 0.5
-    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(0.5)
+    assert forward_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(0.5)
     cfg.pretrain.loss_on = "all"
-    assert restoration_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(
+    assert forward_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(
         0.5 * mask.mean().item(), rel=1e-5)
 
 
@@ -134,4 +135,53 @@ def test_norm_pix_targets_are_standardised_per_patch():
     t = patchify(target, 8)
     assert torch.allclose(t.mean(-1), torch.zeros(4, 64), atol=1e-5)
     assert torch.allclose(t.std(-1), torch.ones(4, 64), atol=1e-3)  # unbiased, as MAE
-    assert restoration_loss(target, x, mask, cfg.pretrain, 8).item() == 0.0
+    assert forward_loss(target, x, mask, cfg.pretrain, 8).item() == 0.0
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_restoration_metrics_take_one_forward_pass_per_batch(norm_pix):
+    cfg = small(f"pretrain.norm_pix={norm_pix}")
+    model = build_restorer(cfg.model, cfg.pretrain).eval()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    x, mask = batch(cfg, n=5)
+    metrics = restoration_metrics(model, x, mask, cfg, batch=2)  # batches of 2, 2 and 1 images
+    assert len(calls) == 3
+    assert set(metrics) == {"val_l1", "val_psnr"}
+
+
+@pytest.mark.parametrize("mask_patch,fast", [(4, False), (8, False), (8, True)])
+def test_forward_is_the_decoder_after_the_encoder(mask_patch, fast):
+    cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}")
+    model = build_restorer(cfg.model, cfg.pretrain).eval()
+    x, mask = batch(cfg)
+    with torch.no_grad():
+        latent, keep = model.forward_encoder(x, mask)
+        assert (keep is not None) == model.fast
+        n_tokens = int(keep[0].sum()) if model.fast else 64  # fast: only the visible tokens
+        assert latent.shape == (4, n_tokens, 64)
+        patches = model.forward_decoder(latent, keep)
+        assert patches.shape == (4, 64, 8 * 8 * 3)
+        assert torch.equal(model(x, mask), unpatchify(patches, 8))
+
+@pytest.mark.parametrize("arch", ["vit", "unet-vit"])
+def test_backbones_and_the_classifier_share_the_backbone_contract(arch):
+    from vitmim.engine import param_groups
+    cfg = small(f"model.arch={arch}", "model.unet_channels=[8,16,32]",
+                "finetune.layer_decay=0.5")
+    classifier = build_classifier(cfg.model, 5)
+    backbone = classifier.backbone
+    assert (classifier.depth, classifier.embed_dim) == (backbone.depth, backbone.embed_dim) == (
+        2, 64)
+    assert classifier.no_weight_decay() == {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    assert classifier.layer_id("head.weight") == classifier.depth + 1
+    assert classifier.forward_features(torch.randn(2, 3, 64, 64)).shape[-1] == 64
+    # fine-tuning decays the lr per layer; pre-training a restorer has no layer decay
+    assert {g["lr_scale"] for g in param_groups(classifier, cfg.finetune)} == {
+        0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
+    restorer = build_restorer(cfg.model, cfg.pretrain)
+    groups = param_groups(restorer, cfg.pretrain)
+    assert {g["lr_scale"] for g in groups} == {1.0}
+    no_decay = {n for n, p in restorer.named_parameters()
+                if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])}
+    assert "backbone.pos_embed" in no_decay

@@ -13,7 +13,7 @@ import pytest
 
 from vitmim import cli
 from vitmim.errors import UserError
-from vitmim.report import build_report, compare, mean_std
+from vitmim.lab.report import build_report, compare, mean_std
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +115,7 @@ def test_html_renders_offline_in_chromium(report, tmp_path):
 
 
 def test_cells_with_different_axes_are_plotted_one_point_per_cell():
-    from vitmim.report import CELL_AXIS, Row, _series, _x_axis
+    from vitmim.lab.report import CELL_AXIS, Row, _series, _x_axis
     mixed = [Row("arch=vit", "variant", {"model.arch": "vit"}, 1.0, []),
              Row("arch=unet-vit,skips=none", "variant",
                  {"model.arch": "unet-vit", "model.skips": "none"}, 1.0, [])]

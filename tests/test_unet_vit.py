@@ -15,7 +15,7 @@ from vitmim.engine import param_groups
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
-from vitmim.models.restorer import restoration_loss
+from vitmim.models.restorer import forward_loss
 from vitmim.models.unet_vit import ConvBlock, UNetViTEncoder
 from vitmim.models.vit import Block
 from vitmim.predict import evaluate_run, reconstruct
@@ -133,7 +133,7 @@ def test_layer_ids_and_no_weight_decay_fit_the_engine() -> None:
     assert scales == {0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
 
 
-def test_unet_vit_restoration_loss_decreases() -> None:
+def test_unet_vit_forward_loss_decreases() -> None:
     torch.manual_seed(0)
     cfg = load_config(overrides=SMALL + ["model.arch=unet-vit", "model.rezero=true",
                                          "model.img_size=32"])  # 32 px keeps 20 CPU steps quick
@@ -144,7 +144,7 @@ def test_unet_vit_restoration_loss_decreases() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
-        loss = restoration_loss(model(x, mask), x, mask, cfg.pretrain, cfg.model.patch_size)
+        loss = forward_loss(model(x, mask), x, mask, cfg.pretrain, cfg.model.patch_size)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,4 +1,8 @@
-"""Command line: ``vitmim <command>``. Each command is a small function over the library."""
+"""Command line: ``vitmim <command>``. Each command is a small function over the library.
+
+Nothing imports this module. The library (torch and all) is imported inside the command functions,
+so ``vitmim --help`` and a mistyped option answer at once instead of after the imports.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from vitmim.config import Config, load_config
+from vitmim.config import Config, load_config, preset_file, preset_names
 from vitmim.errors import UserError
-
-PRESETS = Path(__file__).parent / "configs"
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,17 +27,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                                   "(default: $VITMIM_DATA)")
 
 
-def preset_names() -> list[str]:
-    return sorted(f.stem for f in PRESETS.glob("*.yaml"))
+def add_run_args(p: argparse.ArgumentParser, what: str) -> None:
+    """A finished run, measured on the data it was trained on unless ``--data`` says otherwise."""
+    p.add_argument("run", help=what)
+    p.add_argument("--data", help="data set (default: the one it was trained on)")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    files = []
-    if getattr(args, "preset", None):
-        preset = PRESETS / f"{args.preset}.yaml"
-        if not preset.exists():
-            raise UserError(f"--preset {args.preset}: unknown (known: {', '.join(preset_names())})")
-        files.append(preset)
+    files = [preset_file(args.preset)] if getattr(args, "preset", None) else []
     files += args.config
     overrides = list(args.overrides)
     if getattr(args, "data", None):
@@ -43,35 +42,31 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return load_config(files, overrides)
 
 
-def env_for(cfg: Config):
-    import torch
-
-    from vitmim.engine import setup_env
-    torch.set_float32_matmul_precision("high")
-    return setup_env(cfg.device, cfg.amp)
-
-
 # ---------------------------------------------------------------------------------------------
 # commands
 
 
 def cmd_pretrain(args) -> None:
+    from vitmim.engine import env_for
     from vitmim.stages import pretrain
     cfg = resolve_config(args)
     pretrain(cfg, Path(args.out), env_for(cfg), resume=args.resume)
 
 
 def cmd_finetune(args) -> None:
+    from vitmim.engine import env_for
     from vitmim.stages import finetune
     cfg = resolve_config(args)
     finetune(cfg, Path(args.out), env_for(cfg), init=args.init, resume=args.resume)
 
 
 def cmd_run(args) -> None:
-    from vitmim.pipeline import run_all
+    from vitmim.engine import env_for
+    from vitmim.stages import BASELINES, run_all
     cfg = resolve_config(args)
+    equal = [kind for kind, by in BASELINES.items() if by and by == args.equal_compute]
     run_all(cfg, Path(args.out), env_for(cfg), resume=args.resume,
-            equal_compute_by=args.equal_compute)
+            baselines=("scratch", *equal))
 
 
 def cmd_eval(args) -> None:
@@ -110,6 +105,27 @@ def cmd_data_pack(args) -> None:
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(train.classes)} classes)")
 
 
+def cmd_grid(args) -> None:
+    from vitmim.lab.grid import load_spec, run_grid, slurm_params
+    spec = load_spec(args.spec)
+    out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
+    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+    run_grid(spec, out, args.executor, overrides, slurm_params(args.slurm), args.wait,
+             args.dry_run)
+
+
+def cmd_report(args) -> None:
+    from vitmim.lab.report import build_report
+    path = build_report(args.runs_dir, args.out)
+    print((path.parent / "report.md").read_text().split("\n## ")[0].strip())
+    print(f"\nwrote {path.parent}/report.{{md,csv,html}}, runs.csv and plots/")
+
+
+def cmd_probe(args) -> None:
+    from vitmim.probe import probe_run
+    print(json.dumps(probe_run(args.run, args.data, args.device, args.k), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitmim", description="Masked-pixel pre-training of vision transformers for small "
@@ -139,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
-    p.add_argument("run", help="fine-tuned run folder or model.safetensors")
-    p.add_argument("--data", help="data set (default: the one it was trained on)")
+    add_run_args(p, "fine-tuned run folder or model.safetensors")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k class names for images")
@@ -176,25 +191,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data_pack)
 
-    for name, fn in extra_commands():
-        fn(sub, name)
+    add_lab_commands(sub)
     return parser
 
 
-def extra_commands():
-    """Commands that live beside the modules they drive: ``register(subparsers, name)``."""
-    from vitmim import grid, probe, report
-    return [("grid", grid.register), ("report", report.register), ("probe", probe.register)]
+def add_lab_commands(sub) -> None:
+    """grid, report and probe: experiments over many runs."""
+    p = sub.add_parser("grid", help="run a grid of pre-training variants, seeds and baselines")
+    p.add_argument("spec", help="grid spec YAML (see configs/grids/)")
+    p.add_argument("--out", help="grid folder (default: the spec's `out`, else runs/<spec name>)")
+    p.add_argument("--executor", choices=["local", "inline", "slurm", "submitit-local"],
+                   default="local", help="local: one subprocess per run, one after another; "
+                   "inline: in this process; slurm: a submitit job array (submitit-local: the "
+                   "same through submitit's LocalExecutor)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit/Slurm parameter, e.g. --slurm slurm_partition=gpu "
+                        "--slurm gpus_per_node=1 --slurm timeout_min=600")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="wait for submitted jobs (default: yes except for slurm)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override for every run, e.g. --set model.depth=4")
+    p.add_argument("--data", help="data set for every run (default: the spec's, or $VITMIM_DATA)")
+    p.set_defaults(fn=cmd_grid)
+
+    p = sub.add_parser("report", help="tables, plots and an HTML page from a grid's run folders")
+    p.add_argument("runs_dir", help="the grid folder (`vitmim grid --out`)")
+    p.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("probe", help="k-NN and linear-probe accuracy of a run's frozen backbone")
+    add_run_args(p, "pre-trained or fine-tuned run folder (writes probe.json there)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    # probe.KNN_K, written out: importing probe would load torch for every --help
+    p.add_argument("--k", type=int, default=20, help="neighbours in the k-NN vote")
+    p.set_defaults(fn=cmd_probe)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vitmim.errors import input_error_line, one_line
+    from vitmim.errors import fold_lines, input_error_line
     args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
         args.fn(args)
     except UserError as e:
-        print(f"vitmim: error: {one_line(e)}", file=sys.stderr)
+        print(f"vitmim: error: {fold_lines(e)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:  # how to continue: training resumes by flag, a grid by rerunning
         hint = {"grid": "; rerun the same command to continue (finished runs are kept)",

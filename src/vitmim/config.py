@@ -8,6 +8,7 @@ naming the key, the value and what was expected.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -427,8 +428,8 @@ def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{p}: {what} is not valid JSON ({e.msg} at line {e.lineno}; "
-                        f"truncated?)") from None
+        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated "
+                        f"{what}?)") from None
     except RecursionError:
         raise UserError(f"{p}: {what} nests too deeply") from None
     if not isinstance(data, dict):
@@ -510,12 +511,7 @@ def overrides_to_dict(overrides: list[str]) -> dict:
     out: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {_clip(text)}: {k} is not a section")
-        node[keys[-1]] = value
+        out = set_keys(out, {".".join(keys): value}, where=f"--set {_clip(text)}")
     return out
 
 
@@ -604,3 +600,46 @@ def to_dict(cfg: Any) -> dict:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# dotted keys and shipped presets
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested or dotted mapping -> {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def set_keys(values: dict, dotted: dict[str, Any], where: str | None = None) -> dict:
+    """Deep copy of ``values`` with each dotted key set (sections created as needed); a key
+    through a non-section is refused, naming ``where`` (default: the key)."""
+    out = copy.deepcopy(values)
+    for key, v in dotted.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{where or 'config key ' + key}: {part} is not a section")
+        node[last] = v
+    return out
+
+
+PRESETS = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(f.stem for f in PRESETS.glob("*.yaml"))
+
+
+def preset_file(name: str) -> Path:
+    """The YAML of a shipped preset; an unknown name is refused listing the known ones."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"--preset {name}: unknown (known: {', '.join(preset_names())})")
+    return path

@@ -11,9 +11,6 @@ therefore needs only weights, optimiser state and the step number.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import math
 import os
 import time
@@ -31,10 +28,10 @@ from vitmim.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
     unflatten_optimizer,
-    write_text,
 )
-from vitmim.config import StageConfig, read_jsonl
+from vitmim.config import Config, FinetuneConfig, StageConfig
 from vitmim.errors import UserError
+from vitmim.runs import append_metrics, last_metrics, truncate_metrics
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -99,6 +96,12 @@ def setup_env(device: str = "auto", amp: bool = True) -> Env:
     return Env(dev, amp=amp and dev.type == "cuda", rank=rank, world=world)
 
 
+def env_for(cfg: Config) -> Env:
+    """The process set-up of a command: TF32 matmuls allowed, then :func:`setup_env`."""
+    torch.set_float32_matmul_precision("high")
+    return setup_env(cfg.device, cfg.amp)
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers; distinct tuples give unrelated streams."""
     h = 1469598103934665603
@@ -116,56 +119,23 @@ def lr_at(step: int, total: int, warmup: int, st: StageConfig) -> float:
 
 
 def param_groups(model: nn.Module, st: StageConfig) -> list[dict]:
-    """AdamW groups: no decay on biases, norms and position embeddings; layer-wise lr scale."""
-    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    depth = getattr(getattr(model, "backbone", model), "depth", 0)
+    """AdamW groups: no weight decay on biases, norms and ``model.no_weight_decay()`` (position
+    embeddings, mask tokens). A fine-tune stage with ``layer_decay`` < 1 trains a classifier, a
+    :class:`~vitmim.models.vit.Backbone`: the lr of layer ``i`` is scaled by
+    ``layer_decay ** (depth + 1 - i)``."""
+    no_wd = model.no_weight_decay()
+    layer_decay = st.layer_decay if isinstance(st, FinetuneConfig) else 1.0
     groups: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd = 0.0 if p.ndim <= 1 or name in no_wd else st.weight_decay
         scale = 1.0
-        if getattr(st, "layer_decay", 1.0) < 1.0 and hasattr(model, "layer_id"):
-            scale = st.layer_decay ** (depth + 1 - model.layer_id(name))
+        if layer_decay < 1.0:
+            scale = layer_decay ** (model.depth + 1 - model.layer_id(name))
         g = groups.setdefault((wd, scale), {"params": [], "weight_decay": wd, "lr_scale": scale})
         g["params"].append(p)
     return list(groups.values())
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``run_dir/.lock``: a second process on the same folder is refused.
-    The kernel drops it when the holder dies, so a SIGKILLed run can be resumed at once."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise UserError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise UserError(f"{run_dir}: in use by another vitmim process; wait for it or "
-                            f"choose another --out") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def run_lock(run_dir: Path, env: Env):
-    """The folder lock, taken by the main process only."""
-    return RunLock(run_dir) if env.main else contextlib.nullcontext()
 
 
 class EMA:
@@ -249,7 +219,7 @@ class Trainer:
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.step, self.lr_factor = meta["step"], meta.get("lr_factor", 1.0)
         self.loss_sum = torch.tensor(meta.get("loss_sum", 0.0), device=self.env.device)
-        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        truncate_metrics(self.run_dir, self.step)
         return True
 
     def eval_model(self) -> nn.Module:
@@ -343,7 +313,7 @@ class Trainer:
                                                  enabled=self.env.amp):
                 record.update(self.task.evaluate(self.eval_model(), epoch + 1))
             record["time_s"] = time.time() - t0
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            append_metrics(self.run_dir, record)
             if self.progress:
                 print(format_record(record), flush=True)
         self.save()
@@ -373,27 +343,9 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
         trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
     while True:
         try:
-            return trainer.fit() or last_record(trainer.run_dir / "metrics.jsonl")
+            return trainer.fit() or last_metrics(trainer.run_dir)
         except _Rollback:
             continue
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one line; the file is rewritten atomically so a kill never leaves half a line."""
-    old = path.read_text() if path.exists() else ""
-    write_text(path, old + json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after ``step`` (they are recomputed after a resume)."""
-    if path.exists():
-        kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
-        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def last_record(path: Path) -> dict:
-    records = read_jsonl(path)  # [] when missing; a damaged line is a one-line UserError
-    return records[-1] if records else {}
 
 
 def format_record(r: dict) -> str:

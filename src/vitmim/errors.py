@@ -16,7 +16,13 @@ class UserError(Exception):
     exit_code = 2
 
 
-def one_line(text: object) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+
+
+def fold_lines(text: object) -> str:
     """``text`` with its line breaks folded, so a message never spans lines."""
     return " ".join(str(text).split("\n")).strip()
 
@@ -30,13 +36,13 @@ def input_error_line(e: BaseException) -> str | None:
 
     if isinstance(e, OSError) and (e.filename is not None or e.strerror):
         where = f"{e.filename}: " if e.filename is not None else ""
-        return one_line(f"{where}{e.strerror or e}")
+        return fold_lines(f"{where}{e.strerror or e}")
     if isinstance(e, json.JSONDecodeError):
-        return one_line(f"a file is not valid JSON ({e.msg} at line {e.lineno}; truncated?)")
+        return fold_lines(f"a file is not valid JSON ({e.msg} at line {e.lineno}; truncated?)")
     if isinstance(e, UnicodeDecodeError):
-        return one_line(f"a file is not UTF-8 text ({e.reason} at byte {e.start})")
+        return fold_lines(f"a file is not UTF-8 text ({e.reason} at byte {e.start})")
     if isinstance(e, yaml.YAMLError):
-        return one_line(f"not valid YAML ({str(e).splitlines()[0] if str(e) else e})")
+        return fold_lines(f"not valid YAML ({str(e).splitlines()[0] if str(e) else e})")
     if isinstance(e, SafetensorError):
-        return one_line(f"not a readable safetensors file ({e})")
+        return fold_lines(f"not a readable safetensors file ({e})")
     return None

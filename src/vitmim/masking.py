@@ -1,6 +1,6 @@
 """Mask generation: square cells of ``mask_patch`` px, exactly ``round(mask_ratio * cells)`` masked.
 
-Convention (stated once, used everywhere): ``1 = masked`` (hidden from the model, to be restored).
+Convention, the one of the whole objective (:mod:`vitmim.models.restorer`): ``1 = masked``.
 """
 
 from __future__ import annotations

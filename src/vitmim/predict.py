@@ -14,13 +14,14 @@ from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer
 from vitmim.models.classifier import timm_kwargs, to_timm_state
-from vitmim.stages import classification_metrics, read_model, restored_image
+from vitmim.runs import read_model
+from vitmim.stages import classification_metrics, restored_image
 from vitmim.stages import save_reconstruction_grid as save_grid
 
 
 def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
     """A fine-tuned classifier in eval mode, its config and its JSON description."""
-    tensors, meta = read_model(run)
+    tensors, meta, _ = read_model(run)
     if meta.get("kind") != "classifier":
         raise UserError(f"{run}: holds a {meta.get('kind')}, not a fine-tuned classifier")
     cfg = load_config(base=meta["config"])
@@ -33,7 +34,7 @@ def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
 
 
 def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, Config]:
-    tensors, meta = read_model(run)
+    tensors, meta, _ = read_model(run)
     if meta.get("kind") != "restorer":
         raise UserError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
     cfg = load_config(base=meta["config"], overrides=overrides)

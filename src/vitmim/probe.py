@@ -10,8 +10,6 @@ pre-trained restorer or a fine-tuned classifier) embeds every image once; then
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from vitmim.data import ImageSet, load_splits
 from vitmim.errors import UserError
 from vitmim.models import build_classifier, transfer
 from vitmim.models.classifier import Classifier
-from vitmim.stages import read_model
+from vitmim.runs import read_model
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07  # softens similarity into vote weights
@@ -101,7 +99,7 @@ def probe_model(model: Classifier, train: ImageSet, val: ImageSet, device: torch
 
 def model_for_probe(run: str | Path) -> tuple[Classifier, Config, list[str]]:
     """The backbone of a run folder (restorer or classifier) wrapped as a classifier."""
-    tensors, meta = read_model(run)
+    tensors, meta, _ = read_model(run)
     if meta.get("kind") not in ("restorer", "classifier"):
         raise UserError(f"{run}: holds a {meta.get('kind')}, expected a restorer or classifier")
     cfg = load_config(base=meta["config"])
@@ -160,18 +158,3 @@ def probe_random_init(cfg: Config, out: Path, device: str = "cpu", k: int = KNN_
     result = probe_model(model, train, val, torch.device(device), k)
     checkpoint.write_json(out, {**result, "init": "random", "seed": cfg.finetune.seed})
     return result
-
-
-def cmd_probe(args: argparse.Namespace) -> None:
-    result = probe_run(args.run, args.data, args.device, args.k)
-    print(json.dumps(result, indent=2))
-
-
-def register(sub, name: str) -> None:
-    """``vitmim probe RUN``: k-NN and linear probe of a run's frozen backbone."""
-    p = sub.add_parser(name, help="k-NN and linear-probe accuracy of a run's frozen backbone")
-    p.add_argument("run", help="pre-trained or fine-tuned run folder (writes probe.json there)")
-    p.add_argument("--data", help="data set (default: the one it was trained on)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--k", type=int, default=KNN_K, help="neighbours in the k-NN vote")
-    p.set_defaults(fn=cmd_probe)

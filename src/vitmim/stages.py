@@ -7,9 +7,7 @@
 from __future__ import annotations
 
 import copy
-import platform
-import subprocess
-import sys
+import math
 import time
 from pathlib import Path
 
@@ -20,13 +18,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
-from vitmim.config import Config, dump, load_config, read_json_mapping, to_dict
+from vitmim.config import Config
 from vitmim.data import ImageSet, label_subset, load_splits
-from vitmim.engine import Env, Trainer, derive_seed, run_lock, train
+from vitmim.engine import Env, Trainer, derive_seed, train
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
-from vitmim.models.restorer import normalize_patches, patchify, restoration_loss, unpatchify
+from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
+from vitmim.probe import probe_random_init, probe_run
+from vitmim.runs import finished, last_metrics, open_run, read_model, run_lock, save_final
 
 EVAL_IMAGES = 512  # validation images used for restoration metrics
 GRID_IMAGES = 8  # images shown in reconstruction grids
@@ -46,9 +46,7 @@ class PretrainTask:
         self.val_mask = self.mask(len(self.val_x), g)  # the same masks every epoch
 
     def mask(self, n: int, g: torch.Generator) -> torch.Tensor:
-        p = self.cfg.pretrain
-        return random_mask(n, self.cfg.model.img_size, p.mask_patch, p.mask_ratio, g,
-                           self.env.device)
+        return random_masking(n, self.cfg.model.img_size, self.cfg.pretrain, g, self.env.device)
 
     def make_batch(self, idx: torch.Tensor, g: torch.Generator):
         x = augment(self.images[idx], self.cfg.pretrain.augment, g)
@@ -56,8 +54,7 @@ class PretrainTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, mask = batch
-        return restoration_loss(model(x, mask), x, mask, self.cfg.pretrain,
-                                self.cfg.model.patch_size)
+        return forward_loss(model(x, mask), x, mask, self.cfg.pretrain, self.cfg.model.patch_size)
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         metrics = restoration_metrics(model, self.val_x, self.val_mask, self.cfg)
@@ -65,38 +62,6 @@ class PretrainTask:
         save_reconstruction_grid(self.run_dir / "images" / f"recon_epoch{epoch:03d}.png",
                                  x, m, restored_image(model, x, m, self.cfg))
         return metrics
-
-
-def restored_image(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
-                   ) -> torch.Tensor:
-    """Prediction in image space: (B, 3, H, W) normalised. Undoes per-patch target normalisation
-    with the true patch statistics (as MAE's visualisation does)."""
-    pred = model(x, mask).float()
-    if cfg.pretrain.norm_pix:
-        p = cfg.model.patch_size
-        t = patchify(x, p)
-        pred = patchify(pred, p) * (t.var(-1, keepdim=True) + 1e-6).sqrt() + t.mean(-1, True)
-        pred = unpatchify(pred, p)
-    return pred
-
-
-@torch.no_grad()
-def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config,
-                        batch: int = 256) -> dict[str, float]:
-    """Masked-pixel L1 (normalised units) and PSNR (dB, pixels in [0, 1]) on masked pixels."""
-    l1 = se = count = 0.0
-    for i in range(0, len(x), batch):
-        xb, mb = x[i:i + batch], mask[i:i + batch]
-        pred = restored_image(model, xb, mb, cfg)
-        target = normalize_patches(xb, cfg.model.patch_size) if cfg.pretrain.norm_pix else xb
-        raw = model(xb, mb).float() if cfg.pretrain.norm_pix else pred
-        m = mb.expand_as(xb)
-        l1 += ((raw - target).abs() * m).sum().item()
-        se += (((denormalize(pred) - denormalize(xb)) ** 2) * m).sum().item()
-        count += m.sum().item()
-    mse = se / max(count, 1.0)
-    return {"val_l1": l1 / max(count, 1.0), "val_psnr": 10 * torch.log10(
-        torch.tensor(1.0 / max(mse, 1e-12))).item()}
 
 
 def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
@@ -160,7 +125,7 @@ def classification_metrics(model: nn.Module, data: ImageSet, device: torch.devic
 
 
 # ---------------------------------------------------------------------------------------------
-# run folders
+# compute
 
 
 def forward_flops(model: nn.Module, example: tuple) -> float:
@@ -197,52 +162,8 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
     return {"params": params, "flops_per_image": flops}
 
 
-def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:
-    """Everything needed to reproduce a run."""
-    import numpy
-    import timm
-    import torchvision
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = (torch.cuda.get_device_name(env.device) if env.device.type == "cuda"
-              else platform.processor() or platform.machine())
-    return {"command": sys.argv, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": platform.python_version(),
-            "packages": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "timm": timm.__version__, "numpy": numpy.__version__},
-            "device": str(env.device), "device_name": device, "world_size": env.world,
-            "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}
-
-
-def open_run(run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None
-             ) -> None:
-    """Write config.yaml and manifest.json (main process); refuse an unwritable folder."""
-    if not env.main:
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text(run_dir / "config.yaml", dump(cfg))
-        checkpoint.write_json(run_dir / "manifest.json", manifest(cfg, env, data, extra))
-    except OSError as e:
-        raise UserError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
-
-
-def load_init(init: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """``--init``: a run folder (its model.safetensors) or a weights file."""
-    p = Path(init)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    return checkpoint.load_weights(p), str(p)
-
-
-def save_final(run_dir: Path, model: nn.Module, kind: str, cfg: Config, data: ImageSet,
-               metrics: dict) -> None:
-    checkpoint.save_weights(run_dir / "model.safetensors", model.state_dict(), meta={
-        "kind": kind, "config": to_dict(cfg), "classes": data.classes,
-        "class_names": data.class_names, "metrics": metrics})
+# ---------------------------------------------------------------------------------------------
+# the two stages, each in its run folder
 
 
 def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
@@ -289,8 +210,8 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
     extra: dict = {"stage": "finetune", "init": str(init) if init else None}
     if init:
-        source, origin = load_init(init)
-        report = transfer(source, model, origin)
+        source, _, origin = read_model(init, described=False)
+        report = transfer(source, model, str(origin))
         extra["transfer"] = {"new": report.new, "dropped": report.dropped,
                              "copied": len(report.copied)}
         if env.main:
@@ -310,22 +231,121 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     return metrics
 
 
-def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A final model (run folder or model.safetensors) and its JSON description."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    tensors = checkpoint.load_weights(p)
-    meta_path = p.with_suffix(".json")
-    if not meta_path.exists():
-        raise UserError(f"{meta_path}: missing; it describes the model in {p}")
-    meta = read_json_mapping(meta_path, "model description", {
-        "kind": str, "config": dict, "classes": list, "class_names": list})
-    if len(meta["classes"]) != len(meta["class_names"]):
-        raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes but "
-                        f"{len(meta['class_names'])} class names")
-    try:
-        load_config(base=meta["config"])
-    except UserError as e:
-        raise UserError(f"{meta_path}: {e}") from None
-    return tensors, meta
+# ---------------------------------------------------------------------------------------------
+# the run: pre-train -> fine-tune -> scratch baselines
+
+# baselines from random weights with the fine-tune recipe -> what they match pre-train +
+# fine-tune on: None = the same fine-tune epochs, else total optimisation steps or training FLOPs
+BASELINES: dict[str, str | None] = {"scratch": None, "scratch_equal_compute": "steps",
+                                    "scratch_equal_flops": "flops"}
+# stage -> its folder under ``vitmim run --out``
+RUN_DIRS = {"pretrain": "pretrain", "finetune": "finetune", "scratch": "scratch",
+            "scratch_equal_compute": "scratch_long", "scratch_equal_flops": "scratch_flops"}
+
+
+def stage_dirname(folder: str, label_fraction: float | None) -> str:
+    """``finetune`` -> ``finetune_lf0.1`` for a fine-tune on 10 % of the labels."""
+    return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
+
+
+def run_stage(name: str, run_dir: Path, fn, resume: bool, **kwargs) -> dict:
+    """Run one stage unless finished; report its metrics and wall time."""
+    if finished(run_dir):
+        print(f"== {name}: already finished in {run_dir}", flush=True)
+        return {**last_metrics(run_dir), "wall_s": None}
+    print(f"== {name} -> {run_dir}", flush=True)
+    t0 = time.time()
+    has_ckpt = any((run_dir / "checkpoints").glob("step_*.json"))  # interrupted: continue it
+    metrics = fn(run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
+    return {**metrics, "wall_s": time.time() - t0}
+
+
+def equal_compute(cfg: Config, by: str = "steps") -> Config:
+    """``cfg`` with fine-tune epochs raised so that scratch trains as much as pre-train +
+    fine-tune together, counted ``by`` optimisation steps or by training FLOPs.
+
+    Steps flatter scratch when a pre-training step is cheaper than a fine-tuning step (the
+    visible-token fast path encodes a quarter of the tokens at 75 % masking); FLOPs weigh each
+    stage's images by its model's forward FLOPs per image (torch's FLOP counter)."""
+    train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
+    pre_steps = (len(train_set) // cfg.pretrain.batch_size) * cfg.pretrain.epochs  # as Trainer
+    n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
+    per_epoch = n_labelled // cfg.finetune.batch_size
+    if per_epoch == 0:
+        raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
+                        f"than the {n_labelled} labelled training images")
+    if by == "flops":  # pre-training expressed in fine-tune steps of equal FLOPs
+        pre_flops, ft_flops = training_flops_per_image(cfg, len(train_set.classes))
+        pre_steps = pre_steps * cfg.pretrain.batch_size * pre_flops / (
+            cfg.finetune.batch_size * ft_flops)
+    long = copy.deepcopy(cfg)
+    long.finetune.epochs = cfg.finetune.epochs + math.ceil(round(pre_steps / per_epoch, 6))
+    return long
+
+
+def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
+                      ) -> tuple[Config, str]:
+    """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+    if label_fraction is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.data.label_fraction = label_fraction
+    labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
+    if kind == "finetune":
+        return cfg, f"finetune (pre-trained{labels})"
+    by = BASELINES[kind]
+    if by is None:
+        return cfg, f"scratch baseline (equal fine-tune epochs{labels})"
+    cfg = equal_compute(cfg, by)
+    return cfg, f"scratch baseline (equal {by}: {cfg.finetune.epochs} epochs{labels})"
+
+
+def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: bool = True,
+            baselines: tuple[str, ...] = ("scratch",),
+            label_fractions: tuple[float, ...] | None = None, probe: bool = False,
+            dirs: dict[str, str] | None = None) -> dict[str, dict]:
+    """The main job, one folder per stage under ``out``; a finished stage is skipped, an
+    interrupted one resumed. Writes ``out/summary.{md,json}``; returns each stage's metrics.
+
+    Args:
+        pretrained: pre-train (``out/pretrain``), then fine-tune from it (``out/finetune``).
+        baselines: keys of :data:`BASELINES`, trained from random weights.
+        label_fractions: fine-tune once per share of labels, in ``<folder>_lf<F>`` for F < 1;
+            None: once, with ``cfg.data.label_fraction``.
+        probe: k-NN + linear probe of the pre-trained model (``probe.json`` beside it) and, with
+            the ``scratch`` baseline, of random weights (``out/probe_random_init.json``).
+        dirs: folder names replacing those of :data:`RUN_DIRS`.
+    """
+    dirs = {**RUN_DIRS, **(dirs or {})}
+    results, init = {}, None
+    if pretrained:
+        init = out / dirs["pretrain"]
+        results[dirs["pretrain"]] = run_stage("pretrain", init, pretrain, resume, cfg=cfg,
+                                              env=env)
+        if probe and env.main and not (init / "probe.json").exists():
+            probe_run(init, device=str(env.device))
+    for kind in (["finetune"] if pretrained else []) + list(baselines):
+        for lf in label_fractions or [None]:
+            stage_cfg, name = _classifier_stage(cfg, kind, lf)
+            folder = stage_dirname(dirs[kind], lf)
+            results[folder] = run_stage(name, out / folder, finetune, resume, cfg=stage_cfg,
+                                        env=env, init=init if kind == "finetune" else None)
+    random_init = out / "probe_random_init.json"  # the reference the probes must beat
+    if probe and "scratch" in baselines and env.main and not random_init.exists():
+        probe_random_init(cfg, random_init, device=str(env.device))
+    if env.main:
+        table = summary_table(results)
+        print("\n" + table, flush=True)
+        checkpoint.write_text(out / "summary.md", table + "\n")
+        checkpoint.write_json(out / "summary.json", results)
+    return results
+
+
+def summary_table(results: dict[str, dict]) -> str:
+    rows = ["| run | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        def f(key, fmt="{:.2f}", r=r):
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+        rows.append(f"| {name} | {f('val_top1')} | {f('val_top5')} | {f('val_l1', '{:.4f}')} "
+                    f"| {f('val_psnr')} | {f('step', '{}')} | {f('wall_s', '{:.0f}')} |")
+    return "\n".join(rows)

@@ -7,13 +7,13 @@ from torch import nn
 from vitmim.config import ModelConfig, PretrainConfig
 from vitmim.models.classifier import Classifier, TransferReport, transfer
 from vitmim.models.restorer import Restorer
-from vitmim.models.vit import ViT
+from vitmim.models.vit import Backbone, ViT
 
-__all__ = ["Classifier", "Restorer", "TransferReport", "ViT", "build_backbone",
+__all__ = ["Backbone", "Classifier", "Restorer", "TransferReport", "ViT", "build_backbone",
            "build_classifier", "build_restorer", "transfer"]
 
 
-def build_backbone(cfg: ModelConfig, drop_path: float = 0.0) -> nn.Module:
+def build_backbone(cfg: ModelConfig, drop_path: float = 0.0) -> Backbone:
     if cfg.arch == "unet-vit":
         from vitmim.models.unet_vit import UNetViTEncoder
         return UNetViTEncoder(cfg, drop_path=drop_path)

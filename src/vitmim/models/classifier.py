@@ -9,17 +9,29 @@ from torch import nn
 
 from vitmim.config import ModelConfig
 from vitmim.errors import UserError
+from vitmim.models.vit import Backbone
 
 
 class Classifier(nn.Module):
-    """``backbone`` tokens -> mean over tokens -> linear ``head``. (B, 3, H, W) -> (B, classes)."""
+    """``backbone`` tokens -> mean over tokens -> linear ``head``. (B, 3, H, W) -> (B, classes).
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    A :class:`~vitmim.models.vit.Backbone` itself: the head counts as the top layer.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # near-zero head: start at uniform logits
         nn.init.zeros_(self.head.bias)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return self.backbone.depth
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)  # (B, N, D)

@@ -1,4 +1,17 @@
-"""Masked-pixel restorer: ViT encoder + pixel decoder, and its loss.
+"""Masked-pixel restoration, the pre-training objective, as named steps (after MAE's models_mae.py).
+
+Mask convention for every step below: ``mask`` is (B, 1, H, W) float, ``1 = masked`` (hidden from
+the model, to be restored), ``0 = visible``.
+
+A training step runs, in this order:
+
+1. :func:`random_masking` hides ``mask_ratio`` of the ``mask_patch`` px cells of each image;
+2. :meth:`Restorer.forward_encoder` encodes only what the model may see;
+3. :meth:`Restorer.forward_decoder` predicts the pixels of every patch (:func:`patchify` order);
+4. :func:`forward_loss` compares them with the true pixels (or per-patch normalised ones).
+
+:meth:`Restorer.forward` composes 2 and 3 (what the engine calls); :func:`restored_image` and
+:func:`restoration_metrics` turn a prediction back into an image and score it.
 
 Two paths give the same encoder (the part that is transferred):
 
@@ -14,9 +27,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitmim.config import ModelConfig, PretrainConfig
-from vitmim.masking import apply_fill, pixel_to_token_mask
+from vitmim.augment import denormalize
+from vitmim.config import Config, ModelConfig, PretrainConfig
+from vitmim.masking import apply_fill, pixel_to_token_mask, random_mask
 from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
+
+
+def random_masking(n: int, img_size: int, pcfg: PretrainConfig,
+                   generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` masks, each hiding exactly ``round(mask_ratio * cells)`` random ``mask_patch`` px
+    cells of an ``img_size`` px square image. -> (n, 1, H, W)."""
+    return random_mask(n, img_size, pcfg.mask_patch, pcfg.mask_ratio, generator, device)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -32,30 +54,6 @@ def unpatchify(x: torch.Tensor, p: int, c: int = 3) -> torch.Tensor:
     g = int(n ** 0.5)
     x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(b, c, g * p, g * p)
-
-
-def restoration_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                     cfg: PretrainConfig, patch_size: int) -> torch.Tensor:
-    """L1 (or L2) between predicted and true pixels, on masked pixels only by default.
-
-    Args:
-        pred, target: (B, 3, H, W) in normalised pixel units.
-        mask: (B, 1, H, W), 1 = masked.
-    """
-    if cfg.norm_pix:
-        target = normalize_patches(target, patch_size)
-    err = (pred - target).abs() if cfg.loss == "l1" else (pred - target) ** 2
-    if cfg.loss_on == "all":
-        return err.mean()
-    m = mask.expand_as(err)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
-
-
-def normalize_patches(x: torch.Tensor, p: int, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch, per-image standardisation of pixels (MAE ``norm_pix_loss`` targets)."""
-    t = patchify(x, p)  # (B, N, p*p*3)
-    t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + eps).sqrt()
-    return unpatchify(t, p, x.shape[1])
 
 
 class FastDecoder(nn.Module):
@@ -86,7 +84,7 @@ class FastDecoder(nn.Module):
 
 
 class Restorer(nn.Module):
-    """ViT restorer. ``forward(x, mask)`` -> predicted image (B, 3, H, W)."""
+    """ViT restorer: ``backbone`` (transferred) + ``decoder`` (dropped after pre-training)."""
 
     def __init__(self, cfg: ModelConfig, pcfg: PretrainConfig):
         super().__init__()
@@ -107,19 +105,100 @@ class Restorer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.pos_embed", "mask_token", "decoder.mask_token"}
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) normalised; mask: (B, 1, H, W), 1 = masked -> (B, 3, H, W)."""
+    def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode what the model may see of ``x`` (B, 3, H, W), normalised.
+
+        Returns:
+            latent: (B, N, D) every token, or on the fast path (B, n, D) the visible ones only;
+            keep: on the fast path (B, N) bool, True where a token is in ``latent``; else None.
+        """
         bb, p = self.backbone, self.patch_size
         if not self.token_masking:
-            tokens = bb.forward_features(apply_fill(x, mask))
-            return unpatchify(self.decoder(tokens), p)
+            return bb.forward_features(apply_fill(x, mask)), None
         masked = pixel_to_token_mask(mask, p)  # (B, N) bool
         # blank masked pixels first: a conv stem's receptive field crosses patch borders
         tokens = bb.embed(apply_fill(x, mask))  # (B, N, D)
         if self.fast:
             keep = ~masked
             vis = (tokens + bb.pos_embed)[keep].reshape(x.shape[0], -1, tokens.shape[-1])
-            return unpatchify(self.decoder(bb.forward_tokens(vis), keep), p)
+            return bb.forward_tokens(vis), keep
         m = masked.unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
-        return unpatchify(self.decoder(bb.forward_tokens(tokens + bb.pos_embed)), p)
+        return bb.forward_tokens(tokens + bb.pos_embed), None
+
+    def forward_decoder(self, latent: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward_encoder`'s output -> (B, N, p*p*3) predicted pixels of every patch."""
+        return self.decoder(latent, keep) if self.fast else self.decoder(latent)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) normalised -> (B, 3, H, W) prediction in the loss's target space."""
+        return unpatchify(self.forward_decoder(*self.forward_encoder(x, mask)), self.patch_size)
+
+
+def normalize_patches(x: torch.Tensor, p: int, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch, per-image standardisation of pixels (MAE ``norm_pix_loss`` targets)."""
+    t = patchify(x, p)  # (B, N, p*p*3)
+    t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + eps).sqrt()
+    return unpatchify(t, p, x.shape[1])
+
+
+def loss_target(x: torch.Tensor, pcfg: PretrainConfig, patch_size: int) -> torch.Tensor:
+    """What the model learns to predict: ``x`` itself, or with ``norm_pix`` ``x`` standardised per
+    ``patch_size`` px patch. (B, 3, H, W) -> (B, 3, H, W)."""
+    return normalize_patches(x, patch_size) if pcfg.norm_pix else x
+
+
+def forward_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, pcfg: PretrainConfig,
+                 patch_size: int) -> torch.Tensor:
+    """L1 (or L2) between prediction and :func:`loss_target`, on masked pixels only by default.
+
+    Args:
+        pred: (B, 3, H, W) the restorer's output.
+        x: (B, 3, H, W) the true images, normalised.
+        mask: (B, 1, H, W).
+    """
+    target = loss_target(x, pcfg, patch_size)
+    err = (pred - target).abs() if pcfg.loss == "l1" else (pred - target) ** 2
+    if pcfg.loss_on == "all":
+        return err.mean()
+    m = mask.expand_as(err)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def to_image(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cfg: Config
+             ) -> torch.Tensor:
+    """A prediction in the loss's target space -> (B, 3, H, W) normalised image. Undoes per-patch
+    target normalisation with the true patch statistics (as MAE's visualisation does)."""
+    if not cfg.pretrain.norm_pix:
+        return pred
+    p = cfg.model.patch_size
+    t = patchify(x, p)
+    pred = patchify(pred, p) * (t.var(-1, keepdim=True) + 1e-6).sqrt() + t.mean(-1, True)
+    return unpatchify(pred, p)
+
+
+def restored_image(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
+                   ) -> torch.Tensor:
+    """The restorer's prediction as an image: (B, 3, H, W) normalised."""
+    return to_image(model(x, mask).float(), x, mask, cfg)
+
+
+@torch.no_grad()
+def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config,
+                        batch: int = 256) -> dict[str, float]:
+    """Masked-pixel L1 (normalised units) and PSNR (dB, pixels in [0, 1]) on masked pixels; one
+    forward pass per batch of ``batch`` images."""
+    l1 = se = count = 0.0
+    for i in range(0, len(x), batch):
+        xb, mb = x[i:i + batch], mask[i:i + batch]
+        raw = model(xb, mb).float()
+        pred = to_image(raw, xb, mb, cfg)
+        target = loss_target(xb, cfg.pretrain, cfg.model.patch_size)
+        m = mb.expand_as(xb)
+        l1 += ((raw - target).abs() * m).sum().item()
+        se += (((denormalize(pred) - denormalize(xb)) ** 2) * m).sum().item()
+        count += m.sum().item()
+    mse = se / max(count, 1.0)
+    return {"val_l1": l1 / max(count, 1.0), "val_psnr": 10 * torch.log10(
+        torch.tensor(1.0 / max(mse, 1e-12))).item()}

@@ -138,7 +138,7 @@ class UNetDecoder(nn.Module):
 
 
 class UNetViTRestorer(nn.Module):
-    """U-Net-ViT restorer. ``forward(x, mask)`` -> predicted image (B, 3, H, W).
+    """U-Net-ViT restorer, with the steps of :class:`vitmim.models.restorer.Restorer`.
 
     Masked pixels are filled with 0 (the data-set mean); every pixel is predicted, the loss picks
     the masked ones. ``pretrain.fast`` does not apply: convolutions need the whole image.
@@ -152,7 +152,16 @@ class UNetViTRestorer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.pos_embed"}
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) normalised; mask: (B, 1, H, W), 1 = masked -> (B, 3, H, W)."""
-        tokens, feats = self.backbone.forward_skips(apply_fill(x, mask))
+    def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, 3, H, W) normalised; mask: (B, 1, H, W), 1 = masked -> bottleneck tokens
+        (B, N, D) and skip maps, finest first (:meth:`UNetViTEncoder.forward_skips`)."""
+        return self.backbone.forward_skips(apply_fill(x, mask))
+
+    def forward_decoder(self, tokens: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward_encoder`'s output -> (B, 3, H, W) predicted pixels."""
         return self.decoder(tokens, feats)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) normalised -> (B, 3, H, W) prediction in the loss's target space."""
+        return self.forward_decoder(*self.forward_encoder(x, mask))

@@ -8,6 +8,7 @@ plain rename. Attention and MLP are timm's layers (fused scaled-dot-product atte
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from timm.layers import Attention as TimmAttention
@@ -15,6 +16,27 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from vitmim.config import ModelConfig
+
+
+class Backbone(Protocol):
+    """The encoder contract that the classifier, the weight transfer and the engine rely on.
+
+    :class:`ViT` and :class:`~vitmim.models.unet_vit.UNetViTEncoder` implement it, and so does
+    :class:`~vitmim.models.classifier.Classifier` (through its backbone), so layer-wise lr decay
+    treats a classifier like the encoder it wraps.
+    """
+
+    embed_dim: int  # D, the token width
+    depth: int  # transformer blocks: layer ids run from 0 (embedding) to depth + 1 (top)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, N, D) normalised tokens."""
+
+    def layer_id(self, name: str) -> int:
+        """Depth index of parameter ``name`` for layer-wise lr decay, in [0, depth + 1]."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (besides biases and norms) kept free of weight decay."""
 
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:

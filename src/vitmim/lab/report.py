@@ -11,7 +11,6 @@ With 2-3 seeds this is a screen against seed noise, not a significance test.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -22,7 +21,10 @@ from pathlib import Path
 
 from vitmim import checkpoint, config
 from vitmim.errors import UserError
-from vitmim.grid import BASELINES, CELL_KEYS, DEFAULT_BASELINES, baseline_axes
+from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
+from vitmim.lab.grid import CELL_KEYS
+from vitmim.runs import finished, read_metrics
+from vitmim.stages import BASELINES
 
 BASELINE_LABEL = {"scratch": "scratch (equal fine-tune epochs)",
                   "scratch_equal_compute": "scratch (equal total steps)",
@@ -74,10 +76,6 @@ class Row:
 # reading run folders
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return config.read_jsonl(path)
-
-
 def _read_json(path: Path) -> dict:
     return config.read_json_mapping(path, "probe result") if path.exists() else {}
 
@@ -91,10 +89,6 @@ def _read_run_config(path: Path) -> dict:
         raise UserError(f"{path}: {e}") from None
 
 
-def finished(stage_dir: Path) -> bool:
-    return (stage_dir / "model.json").exists() and (stage_dir / "model.safetensors").exists()
-
-
 def collect(runs_dir: Path) -> list[RunRecord]:
     """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
     records = []
@@ -102,12 +96,12 @@ def collect(runs_dir: Path) -> list[RunRecord]:
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
         seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
-        pre_curve = read_jsonl(pre / "metrics.jsonl") if finished(pre) else []
+        pre_curve = read_metrics(pre) if finished(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
             cfg = _read_run_config(ft)
-            curve = read_jsonl(ft.parent / "metrics.jsonl")
+            curve = read_metrics(ft.parent)
             records.append(RunRecord(
                 job["cell"], job["kind"], job["axes"], job["seed"],
                 float(cfg["data"]["label_fraction"]), ft.parent,
@@ -385,7 +379,7 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
     """What pre-training alone learned: k-NN, linear probe, masked L1, PSNR vs the x axis."""
     lf = max(r.label_fraction for r in rows)  # pre-training does not depend on labels
     variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
-    random_init = [r for r in rows if r.kind == BASELINES[0] and r.label_fraction == lf]
+    random_init = [r for r in rows if r.kind == "scratch" and r.label_fraction == lf]
     x_key = _x_axis(variants)
     fig, axes = _figure(2, 2)
     panels = [("knn", "k-NN top-1 % (frozen)", random_init),
@@ -508,16 +502,3 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     checkpoint.write_text(out / "runs.csv", runs_csv_text(records))
     checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons))
     return out / "report.html"
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    path = build_report(args.runs_dir, args.out)
-    print((path.parent / "report.md").read_text().split("\n## ")[0].strip())
-    print(f"\nwrote {path.parent}/report.{{md,csv,html}}, runs.csv and plots/")
-
-
-def register(sub, name: str) -> None:
-    p = sub.add_parser(name, help="tables, plots and an HTML page from a grid's run folders")
-    p.add_argument("runs_dir", help="the grid folder (`vitmim grid --out`)")
-    p.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
-    p.set_defaults(fn=cmd_report)

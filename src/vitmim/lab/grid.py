@@ -6,6 +6,7 @@ A spec names the runs; every run is one folder and one job::
     OUT/<cell>/seed<k>/status.json      running | done | failed (with the error line)
     OUT/<cell>/seed<k>/pretrain/        variants only: the restorer (+ probe.json)
     OUT/<cell>/seed<k>/finetune[_lfF]/  one classifier per label fraction F (< 1 only in the name)
+    OUT/<cell>/seed<k>/summary.md       the run's table, as ``vitmim run`` writes it (+ .json)
     OUT/grid.json                       every run's status after the last invocation
 
 Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equal_compute`` (as
@@ -14,13 +15,11 @@ many optimisation steps as pre-train + fine-tune together) and, when a spec asks
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on. Jobs run as subprocesses here (``local``), or through submitit as
 a job array (``slurm``, or ``submitit-local`` to try the same path on this machine). One run can
-be repeated by hand with ``python -m vitmim.grid OUT/<cell>/seed<k>/cell.json``.
+be repeated by hand with ``python -m vitmim.lab.grid OUT/<cell>/seed<k>/cell.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import itertools
 import json
 import subprocess
@@ -33,20 +32,22 @@ from pathlib import Path
 import yaml
 
 from vitmim import checkpoint
-from vitmim.config import load_config, read_json_mapping, read_yaml_mapping, to_dict
-from vitmim.errors import UserError
+from vitmim.config import (
+    PRESETS,
+    flatten,
+    load_config,
+    overrides_to_dict,
+    read_json_mapping,
+    read_yaml_mapping,
+    set_keys,
+    to_dict,
+)
+from vitmim.engine import env_for
+from vitmim.errors import UserError, one_line
+from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
+from vitmim.runs import finished
+from vitmim.stages import BASELINES, run_all, stage_dirname
 
-BASELINES = ("scratch", "scratch_equal_compute", "scratch_equal_flops")
-DEFAULT_BASELINES = BASELINES[:2]
-EQUAL_COMPUTE_BY = {"scratch_equal_compute": "steps", "scratch_equal_flops": "flops"}
-# model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
-RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
-# pre-training keys that change how many steps the equal-compute baseline must match
-STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
-# ... and what else changes the restorer's FLOPs per image, for the equal-FLOPs baseline
-FLOP_KEYS = (*STEP_KEYS, "pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
-             *RESTORER_KEYS)
-SHARED_KEYS = {"scratch": (), "scratch_equal_compute": STEP_KEYS, "scratch_equal_flops": FLOP_KEYS}
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
              "probe": bool, "config": dict}
@@ -87,13 +88,13 @@ class Run:
 
     def stage_dirs(self) -> list[Path]:
         dirs = [self.dir / "pretrain"] if self.kind == "variant" else []
-        return dirs + [self.dir / finetune_dirname(lf) for lf in self.label_fractions]
+        return dirs + [self.dir / stage_dirname("finetune", lf) for lf in self.label_fractions]
 
     def extra_files(self) -> list[Path]:
         """Outputs besides the models whose absence means the run is unfinished."""
         if self.probe and self.kind == "variant":
             return [self.dir / "pretrain" / "probe.json"]
-        if self.probe and self.kind == BASELINES[0]:
+        if self.probe and self.kind == "scratch":
             return [self.dir / "probe_random_init.json"]  # the reference the probes must beat
         return []
 
@@ -101,10 +102,6 @@ class Run:
         return {"cell": self.cell, "kind": self.kind, "axes": self.axes, "seed": self.seed,
                 "label_fractions": self.label_fractions, "probe": self.probe,
                 "config": self.config}
-
-
-def finetune_dirname(label_fraction: float) -> str:
-    return "finetune" if label_fraction == 1.0 else f"finetune_lf{label_fraction:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +148,7 @@ def _check_variants(variants, p: Path) -> list[dict]:
     for i, cell in enumerate(variants):
         _expect(isinstance(cell, dict) and cell, p, f"variants[{i}]",
                 "a non-empty mapping of config keys to values")
-        flat = _flatten(cell)
+        flat = flatten(cell)
         _expect(flat not in cells, p, f"variants[{i}]", "a cell not listed before")
         cells.append(flat)
     return cells
@@ -177,35 +174,11 @@ def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
 
 
 def _base_files(spec: GridSpec) -> list[Path]:
-    from vitmim.cli import PRESETS
     files = []
     for item in spec.base:
         preset = PRESETS / f"{item}.yaml"
         files.append(preset if "/" not in item and preset.exists() else spec.path.parent / item)
     return files
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """Nested or dotted mapping -> {dotted key: value}."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _set(values: dict, dotted: dict[str, object]) -> dict:
-    """Deep copy of ``values`` with each dotted key set (sections created as needed)."""
-    out = copy.deepcopy(values)
-    for key, v in dotted.items():
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"config key {key}: {part} is not a section")
-        node[last] = v
-    return out
 
 
 def cell_name(axes: dict) -> str:
@@ -218,14 +191,6 @@ def cell_name(axes: dict) -> str:
         value = "x".join(map(str, axes[key])) if isinstance(axes[key], list) else axes[key]
         parts.append(f"{name}={value}".replace("/", "_").replace(" ", ""))
     return ",".join(parts)
-
-
-def baseline_axes(kind: str, axes: dict) -> dict:
-    """The axes of a variant that its ``kind`` baseline shares: a baseline varies only with what
-    changes it: the keys outside pre-training and the restorer, and for equal compute also the
-    keys that change the pre-training steps (or FLOPs) it must match."""
-    return {k: v for k, v in axes.items() if k in SHARED_KEYS[kind] or (
-        k not in RESTORER_KEYS and not k.startswith("pretrain."))}
 
 
 def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
@@ -244,14 +209,13 @@ def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
 
 def plan(spec: GridSpec, out: Path, overrides: list[str] = ()) -> list[Run]:
     """Every run of the grid with its resolved config; bad values are refused before any work."""
-    from vitmim.config import overrides_to_dict
     base = to_dict(load_config(_base_files(spec)))
-    base = _set(base, _flatten(spec.config))
-    base = _set(base, _flatten(overrides_to_dict(list(overrides))))
+    base = set_keys(base, flatten(spec.config))
+    base = set_keys(base, flatten(overrides_to_dict(list(overrides))))
     runs = []
     for cell, kind, axes in _cells(spec):
         for seed in spec.seeds:
-            values = _set(base, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
+            values = set_keys(base, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             try:
                 cfg = load_config(base=values)
             except UserError as e:
@@ -266,8 +230,7 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = ()) -> list[Run]:
 
 
 def run_finished(run: Run) -> bool:
-    from vitmim.pipeline import stage_done
-    return (all(stage_done(d) for d in run.stage_dirs())
+    return (all(finished(d) for d in run.stage_dirs())
             and all(f.exists() for f in run.extra_files()))
 
 
@@ -283,11 +246,6 @@ def read_status(run_dir: Path) -> dict:
 def _write_status(run_dir: Path, status: str, **extra) -> None:
     checkpoint.write_json(run_dir / "status.json", {"status": status, **extra,
                                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
 
 
 def run_job(cell_json: str | Path) -> dict:
@@ -308,34 +266,18 @@ def run_job(cell_json: str | Path) -> dict:
 
 
 def _execute(job: dict, run_dir: Path) -> dict:
-    from vitmim.cli import env_for
-    from vitmim.pipeline import equal_compute, run_stage
-    from vitmim.probe import probe_random_init, probe_run
-    from vitmim.stages import finetune, pretrain
+    """The cell's part of ``vitmim run``: a variant pre-trains and fine-tunes, a baseline cell
+    trains its one baseline; each fine-tune once per label fraction, in ``finetune[_lfF]``."""
     cfg = load_config(base=job["config"])
-    env = env_for(cfg)
-    results, init = {}, None
-    if job["kind"] == "variant":
-        init = run_dir / "pretrain"
-        results["pretrain"] = run_stage("pretrain", init, pretrain, False, cfg=cfg, env=env)
-        if job["probe"] and not (init / "probe.json").exists():
-            results["probe"] = probe_run(init, device=str(env.device))
-    for lf in job["label_fractions"]:
-        ft_cfg = copy.deepcopy(cfg)
-        ft_cfg.data.label_fraction = lf
-        if job["kind"] in EQUAL_COMPUTE_BY:
-            ft_cfg = equal_compute(ft_cfg, EQUAL_COMPUTE_BY[job["kind"]])
-        name = finetune_dirname(lf)
-        results[name] = run_stage(f"{job['cell']} {name}", run_dir / name, finetune, False,
-                                  cfg=ft_cfg, env=env, init=init)
-    probe_file = run_dir / "probe_random_init.json"
-    if job["kind"] == BASELINES[0] and job["probe"] and not probe_file.exists():
-        results["probe"] = probe_random_init(cfg, probe_file, device=str(env.device))
-    return results
+    variant = job["kind"] == "variant"
+    return run_all(cfg, run_dir, env_for(cfg), pretrained=variant,
+                   baselines=() if variant else (job["kind"],),
+                   label_fractions=tuple(job["label_fractions"]), probe=job["probe"],
+                   dirs=None if variant else {job["kind"]: "finetune"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vitmim.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
+    """``python -m vitmim.lab.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
     args = sys.argv[1:] if argv is None else argv
     try:
         run_job(args[0])
@@ -370,7 +312,7 @@ def launch_sequential(runs: list[Run], one) -> dict[Path, dict]:
 def in_subprocess(run: Run, cell_json: Path) -> bool:
     """``local``: a process per run, so a crash or leak ends there; output to ``log.txt``."""
     with open(run.dir / "log.txt", "a") as log:
-        return subprocess.run([sys.executable, "-m", "vitmim.grid", str(cell_json)],
+        return subprocess.run([sys.executable, "-m", "vitmim.lab.grid", str(cell_json)],
                               stdout=log, stderr=subprocess.STDOUT).returncode == 0
 
 
@@ -488,37 +430,15 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
     return rows
 
 
-def cmd_grid(args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
-    out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
-    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    slurm = {}
-    for text in args.slurm:
+def slurm_params(texts: list[str]) -> dict:
+    """``["slurm_partition=gpu", "timeout_min=600"]`` -> parameters (values read as YAML)."""
+    params = {}
+    for text in texts:
         if "=" not in text:
             raise UserError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
         key, value = text.split("=", 1)
-        slurm[key.strip()] = yaml.safe_load(value)
-    run_grid(spec, out, args.executor, overrides, slurm, args.wait, args.dry_run)
-
-
-def register(sub, name: str) -> None:
-    p = sub.add_parser(name, help="run a grid of pre-training variants, seeds and baselines")
-    p.add_argument("spec", help="grid spec YAML (see configs/grids/)")
-    p.add_argument("--out", help="grid folder (default: the spec's `out`, else runs/<spec name>)")
-    p.add_argument("--executor", choices=["local", "inline", "slurm", "submitit-local"],
-                   default="local", help="local: one subprocess per run, one after another; "
-                   "inline: in this process; slurm: a submitit job array (submitit-local: the "
-                   "same through submitit's LocalExecutor)")
-    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit/Slurm parameter, e.g. --slurm slurm_partition=gpu "
-                        "--slurm gpus_per_node=1 --slurm timeout_min=600")
-    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                   help="wait for submitted jobs (default: yes except for slurm)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="override for every run, e.g. --set model.depth=4")
-    p.add_argument("--data", help="data set for every run (default: the spec's, or $VITMIM_DATA)")
-    p.set_defaults(fn=cmd_grid)
+        params[key.strip()] = yaml.safe_load(value)
+    return params
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""Archive tools: download the official Tiny ImageNet zip, pack decoded splits into a small one."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from vitmim.data.cache import ImageSet, cache_root
+from vitmim.data.sources import ARCHIVE_NAME, one_line
+from vitmim.errors import UserError
+
+OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+PACK_QUALITY = 95  # JPEG quality of packed images (4:4:4): a few grey levels off the source
+
+
+# ---------------------------------------------------------------------------------------------
+# where the data is
+
+
+def default_download_path(cache_dir: str | None = None) -> Path:
+    """Where ``vitmim data download`` puts the official archive."""
+    return cache_root(cache_dir) / ARCHIVE_NAME
+
+
+def resolve_data_path(path: str | None, cache_dir: str | None = None) -> Path:
+    """``path`` (--data), else ``$VITMIM_DATA``, else the default download location."""
+    raw = path or os.environ.get("VITMIM_DATA")
+    p = Path(raw).expanduser() if raw else default_download_path(cache_dir)
+    if not p.exists():
+        raise UserError(f"{p}: data not found; pass --data, set VITMIM_DATA, "
+                        "or run `vitmim data download`")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Stream ``url`` to ``dest`` (temp file + rename); check ``sha256`` when given.
+
+    On any failure nothing is left at ``dest`` (an existing file there is not touched).
+    """
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = _stream(url, fd, progress)
+        if sha256 and digest != sha256.strip().lower():
+            raise UserError(f"{url}: sha256 mismatch (got {digest}, expected "
+                            f"{sha256.strip().lower()}); nothing saved to {dest}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _stream(url: str, fd: int, progress: bool) -> str:
+    """Copy ``url`` into the open file ``fd``; return the sha256 hex digest."""
+    h = hashlib.sha256()
+    got = 0
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, desc=f"downloading {url.rsplit('/', 1)[-1]}", unit="B",
+                      unit_scale=True, disable=not progress, file=sys.stderr) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"{url}: download failed ({one_line(reason)})") from None
+    if total is not None and got != total:
+        raise UserError(f"{url}: download incomplete ({got} of {total} bytes)")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# pack
+
+
+def _jpeg(img: torch.Tensor) -> bytes:
+    """(3, H, W) uint8 -> JPEG bytes at PACK_QUALITY, no chroma subsampling."""
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(
+        buf, format="JPEG", quality=PACK_QUALITY, subsampling=0)
+    return buf.getvalue()
+
+
+def pack(train: ImageSet, val: ImageSet | None, dest: Path) -> Path:
+    """Write the splits as a small zip in the official Tiny ImageNet layout.
+
+    Images are re-encoded as JPEG (quality 95, 4:4:4; a few grey levels off the source), so
+    ten classes (5,500 images) take about 25 MB. ``load_splits`` (source auto or tin) reads the
+    result; an unlabelled ``train`` (no classes) is written as a plain folder of images.
+    """
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    top = (dest.stem or "data") + "/"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        # JPEGs do not deflate: store them, which also keeps reading the pack cheap.
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            if train.classes:
+                _pack_tin(zf, top, train, val)
+            else:
+                for i, img in enumerate(train.images):
+                    zf.writestr(f"{top}images/{i:06d}.JPEG", _jpeg(img))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | None) -> None:
+    classes = train.classes
+    for c in classes:
+        if not c or c != c.strip() or any(ch in c for ch in "\t\n\r/"):
+            raise UserError(f"cannot pack class id {c!r}: ids must be non-empty, without "
+                            "tabs, line breaks, '/' or surrounding spaces")
+    if val is not None and val.classes != classes:
+        raise ValueError("pack: train and val have different class lists")
+    counts = torch.bincount(train.labels.clamp(min=0), minlength=len(classes))
+    if (train.labels < 0).any() or (train.labels >= len(classes)).any():
+        raise ValueError("pack: train labels must be in 0..len(classes)-1")
+    for c, n in zip(classes, counts.tolist()):
+        if n == 0:
+            raise UserError(f"cannot pack class {c}: it has no training images")
+    zf.writestr(top + "wnids.txt", "".join(f"{c}\n" for c in classes))
+    zf.writestr(top + "words.txt",
+                "".join(f"{c}\t{n}\n" for c, n in zip(classes, train.class_names)))
+    seen = [0] * len(classes)
+    for img, y in zip(train.images, train.labels.tolist()):
+        c = classes[y]
+        # Zero-padded so the loader's sorted listing gives back the packed order.
+        zf.writestr(f"{top}train/{c}/images/{c}_{seen[y]:06d}.JPEG", _jpeg(img))
+        seen[y] += 1
+    if val is None:
+        return
+    lines = []
+    for i, (img, y) in enumerate(zip(val.images, val.labels.tolist())):
+        if not 0 <= y < len(classes):
+            raise ValueError("pack: val labels must be in 0..len(classes)-1")
+        h, w = img.shape[1:]
+        lines.append(f"val_{i:06d}.JPEG\t{classes[y]}\t0\t0\t{w - 1}\t{h - 1}\n")
+        zf.writestr(f"{top}val/images/val_{i:06d}.JPEG", _jpeg(img))
+    zf.writestr(top + "val/val_annotations.txt", "".join(lines))

@@ -1,0 +1,324 @@
+"""Decoding and the uint8 cache: every source is decoded once, then memory-mapped.
+
+The cache lives under ``cache_root()/<key>/`` (``train_images.npy`` (N, 3, H, W),
+``train_labels.npy`` (N,), the same for ``val``, and ``meta.json``) and is reopened with
+``np.load(mmap_mode="c")``, so a second run starts in about a second and the 1.3 GB of decoded
+Tiny ImageNet pixels are shared through the page cache. The key hashes the source's
+fingerprint, the class selection and the image size; a build runs under a file lock in a temp
+folder that is renamed into place, so concurrent ranks decode once and a killed build leaves
+nothing that looks like a cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from vitmim.data.sources import Plan, Tree, one_line, tree_for
+from vitmim.errors import UserError
+
+CACHE_VERSION = 1  # bump when the cache layout or decoding changes
+CHUNK = 500  # images per decode task: small enough for a smooth progress bar
+MIN_PARALLEL = 2000  # below this many images, worker start-up costs more than it saves
+MAX_WORKERS = 8
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split.
+
+    ``images``: (N, 3, H, W) uint8 on the CPU, usually a copy-on-write memory map of the cache
+    file (writes stay private to the process). ``labels``: (N,) int64, -1 when unlabelled.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]  # class ids in label order (wnids for TIN, folder names otherwise)
+    class_names: list[str]  # human-readable names (first synonym in words.txt, else the ids)
+    fingerprint: str  # hex digest of source + class selection + image size + split
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """``cache_dir``, else ``$VITMIM_CACHE``, else ``~/.cache/vitmim``."""
+    raw = cache_dir or os.environ.get("VITMIM_CACHE") or "~/.cache/vitmim"
+    return Path(raw).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _decode(data: bytes, img_size: int, name: str) -> np.ndarray:
+    """Encoded image bytes -> (3, img_size, img_size) uint8 RGB; UserError naming ``name``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.size != (img_size, img_size):  # header only: checked before decoding
+                w, h = im.size
+                raise UserError(f"{name}: image is {w}x{h} px, expected {img_size}x{img_size} "
+                                "(set model.img_size, or resize the data set)")
+            rgb = im.convert("RGB")  # L, P, CMYK, RGBA ... -> RGB
+    except UserError:
+        raise
+    except Exception as e:  # PIL raises many types for bad data; all mean "not an image"
+        raise UserError(f"{name}: not a readable image ({one_line(e)})") from None
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+def _decode_into(tree: Tree, out_path: str, start: int, rels: list[str],
+                 img_size: int) -> str | None:
+    """Decode ``rels`` into rows ``start...`` of the .npy at ``out_path``; an error message."""
+    out = np.load(out_path, mmap_mode="r+")
+    try:
+        for i, rel in enumerate(rels):
+            out[start + i] = _decode(tree.read(rel), img_size, tree.display(rel))
+    except UserError as e:
+        return str(e)
+    finally:
+        out.flush()
+        del out
+    return None
+
+
+def _worker(task: tuple) -> tuple[int, str | None]:
+    spec, out_path, start, rels, img_size = task
+    try:
+        return len(rels), _decode_into(tree_for(spec), out_path, start, rels, img_size)
+    except UserError as e:
+        return len(rels), str(e)
+
+
+def _n_workers(n_images: int) -> int:
+    if n_images < MIN_PARALLEL:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def _mp_context() -> mp.context.BaseContext:
+    # fork starts in milliseconds and the workers only use PIL and numpy (no torch threads);
+    # elsewhere the platform default (spawn) re-imports this module, which also works.
+    if sys.platform.startswith("linux"):
+        return mp.get_context("fork")
+    return mp.get_context()
+
+
+def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], img_size: int,
+                progress: bool) -> None:
+    """Decode each (out .npy path, files) job; raise UserError on the first bad image."""
+    tasks = [(tree.spec, out, s, files[s:s + CHUNK], img_size)
+             for out, files in jobs for s in range(0, len(files), CHUNK)]
+    total = sum(len(f) for _, f in jobs)
+    workers = _n_workers(total)
+    if workers == 1:
+        with _bar(total, progress) as bar:
+            for _, out, s, rels, size in tasks:
+                err = _decode_into(tree, out, s, rels, size)
+                if err:
+                    raise UserError(err)
+                bar.update(len(rels))
+        return
+    # Workers start before the progress bar's monitor thread exists; a dead worker (OOM kill)
+    # surfaces as BrokenProcessPool instead of a hang.
+    ex = ProcessPoolExecutor(workers, mp_context=_mp_context())
+    ok = False
+    try:
+        futures = [ex.submit(_worker, t) for t in tasks]
+        with _bar(total, progress) as bar:
+            for fut in as_completed(futures):
+                n, err = fut.result()
+                if err:
+                    raise UserError(err)
+                bar.update(n)
+        ok = True
+    finally:
+        ex.shutdown(wait=ok, cancel_futures=not ok)
+
+
+def _bar(total: int, progress: bool) -> tqdm:
+    return tqdm(total=total, desc="decoding images", unit="img", disable=not progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache
+
+
+def _cache_key(tree: Tree, plan: Plan, img_size: int) -> str:
+    desc = {"version": CACHE_VERSION, "tree": tree.fingerprint(), "kind": plan.kind,
+            "root": plan.root, "classes": plan.classes, "img_size": img_size}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _split_fingerprint(key: str, split: str) -> str:
+    return hashlib.sha256(f"{key}:{split}".encode()).hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``path`` while building, so concurrent ranks do not decode twice.
+
+    The OS drops the lock when its holder dies, so a killed build never blocks the next one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename alone keeps the cache consistent
+        yield
+        return
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_split(d: Path, split: str, meta: dict) -> ImageSet:
+    n = meta["counts"][split]
+    # "c" = copy-on-write: writeable (no torch warning), shared pages, the file is never changed.
+    images = np.load(d / f"{split}_images.npy", mmap_mode="c")
+    labels = np.load(d / f"{split}_labels.npy")
+    s = meta["img_size"]
+    if images.shape != (n, 3, s, s) or images.dtype != np.uint8 or labels.shape != (n,):
+        raise ValueError(f"{d}: {split} arrays do not match meta.json")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
+                    list(meta["classes"]), list(meta["class_names"]),
+                    meta["fingerprints"][split])
+
+
+def _open_cache(d: Path) -> tuple[ImageSet, ImageSet | None] | None:
+    """The cached splits, or None when ``d`` is absent or not a complete cache of this version."""
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("version") != CACHE_VERSION:
+            return None
+        train = _open_split(d, "train", meta)
+        val = _open_split(d, "val", meta) if meta["counts"].get("val") is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return train, val
+
+
+def _alloc_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """Create a uint8 .npy of ``shape`` with its disk blocks reserved.
+
+    Reserving up front turns a full disk into an OSError here instead of a SIGBUS when a
+    worker later writes into the memory map.
+    """
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del arr  # workers reopen it by path
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # e.g. tmpfs: no reservation
+                raise
+        finally:
+            os.close(fd)
+
+
+def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, img_size: int,
+                 progress: bool) -> None:
+    """Decode every image of ``plan`` into the empty folder ``tmp``."""
+    splits = {"train": plan.train, "val": plan.val}
+    jobs = []
+    for name, sp in splits.items():
+        if sp is None:
+            continue
+        out = tmp / f"{name}_images.npy"
+        _alloc_npy(out, (len(sp.files), 3, img_size, img_size))
+        np.save(tmp / f"{name}_labels.npy", sp.labels)
+        jobs.append((str(out), sp.files))
+    _decode_all(tree, jobs, img_size, progress)
+    meta = {
+        "version": CACHE_VERSION, "key": key, "source": tree.display(plan.root),
+        "kind": plan.kind, "img_size": img_size, "classes": plan.classes,
+        "class_names": plan.class_names,
+        "counts": {k: (None if v is None else len(v.files)) for k, v in splits.items()},
+        "fingerprints": {k: _split_fingerprint(key, k) for k in splits},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # meta.json last: a folder without it is never taken for a cache.
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
+                 progress: bool) -> None:
+    """Build in a temp folder beside ``final`` and rename it into place (atomic)."""
+    root = final.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f".{key}.lock"):
+            _build_locked(tree, plan, key, final, img_size, progress)
+    except OSError as e:  # read-only or full disk: the user's to fix
+        raise UserError(f"{root}: cannot write the data cache ({one_line(e.strerror or e)}); "
+                        "free space or set data.cache_dir / VITMIM_CACHE") from None
+
+
+def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, img_size: int,
+                  progress: bool) -> None:
+    """Build under the lock: reuse a finished cache, clear debris, decode, rename."""
+    root = final.parent
+    if _open_cache(final) is not None:  # another process finished it while we waited
+        return
+    # We hold the lock, so any temp folder of this key is left over from a killed build.
+    for stale in root.glob(f".tmp-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # incomplete or of another version: replace
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+    try:
+        _write_cache(tree, plan, key, tmp, img_size, progress)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # without a lock (no fcntl) another process may have won
+            if _open_cache(final) is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+
+def cached_splits(tree: Tree, plan: Plan, img_size: int, root: Path,
+                  progress: bool) -> tuple[ImageSet, ImageSet | None]:
+    """(train, val) of ``plan`` from its cache under ``root``, building it first if needed."""
+    key = _cache_key(tree, plan, img_size)
+    final = root / key
+    opened = _open_cache(final)
+    if opened is None:
+        _build_cache(tree, plan, key, final, img_size, progress)
+        opened = _open_cache(final)
+        if opened is None:
+            raise UserError(f"{final}: cache could not be read back after building; "
+                            "delete the folder and retry")
+    return opened

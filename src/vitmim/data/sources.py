@@ -1,0 +1,446 @@
+"""Where images come from: folders and zip archives, and which files of them form each split.
+
+Sources (``DataConfig.source``):
+
+- ``tin``: the official Tiny ImageNet layout, as the zip or an extracted folder (``wnids.txt``,
+  ``words.txt``, ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``,
+  ``val/images/*.JPEG``); ``test/`` is ignored. What :func:`vitmim.data.pack` writes is in this
+  layout.
+- ``folder``: ``train/<class>/**/*.jpg|png|...`` and optionally ``val/<class>/**/*``.
+- ``unlabelled``: every image under the folder (recursively); labels are -1 and there is no val.
+- ``auto``: ``wnids.txt`` -> tin, a ``train/`` folder -> folder, else unlabelled.
+
+Zip archives are never extracted: members are read into memory one at a time, so a hostile
+member name cannot write anywhere (zip-slip) and oversized members are refused (zip bombs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitmim.config import DataConfig
+from vitmim.errors import UserError
+
+ARCHIVE_NAME = "tiny-imagenet-200.zip"
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                        ".ppm", ".pgm"})
+MAX_MEMBER_BYTES = 64 << 20  # a larger zip member (image or text file) is refused: zip-bomb guard
+MAX_ARCHIVE_BYTES = 64 << 30  # sum of uncompressed member sizes we accept in one archive
+
+
+# ---------------------------------------------------------------------------------------------
+# a read-only file tree: a folder or a zip archive
+
+
+def _visible(rel: str) -> bool:
+    """False for hidden files/folders and macOS zip debris, which are never data."""
+    return "/." not in "/" + rel and "__MACOSX" not in rel  # string ops: runs 100k times
+
+
+def _is_image(rel: str) -> bool:
+    ext = rel[rel.rfind("."):].lower()
+    return ext in IMAGE_EXTS and "/" not in ext and _visible(rel)
+
+
+class Tree:
+    """Files by relative POSIX path, read into memory; ``spec`` reopens it in a worker."""
+
+    spec: tuple[str, str]
+
+    @property
+    def files(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def dirs(self) -> set[str]:
+        raise NotImplementedError
+
+    def read(self, rel: str) -> bytes:
+        raise NotImplementedError
+
+    def display(self, rel: str) -> str:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def has_file(self, rel: str) -> bool:
+        return rel in self._file_set
+
+    def listdir(self, prefix: str) -> tuple[set[str], set[str]]:
+        """(child folder names, child file names) directly under ``prefix`` ("" or "a/b/")."""
+        memo = self.__dict__.setdefault("_listdir_memo", {})
+        if prefix not in memo:
+            memo[prefix] = self._listdir(prefix)
+        return memo[prefix]
+
+    def _listdir(self, prefix: str) -> tuple[set[str], set[str]]:
+        dirs: set[str] = set()
+        files: set[str] = set()
+        for rel in self.files:
+            if rel.startswith(prefix):
+                head, sep, _ = rel[len(prefix):].partition("/")
+                (dirs if sep else files).add(head)
+        for d in self.dirs:
+            if d.startswith(prefix) and len(d) > len(prefix):
+                dirs.add(d[len(prefix):].partition("/")[0])
+        return dirs, files
+
+    @property
+    def _file_set(self) -> set[str]:
+        if getattr(self, "_fs", None) is None:
+            self._fs = set(self.files)
+        return self._fs
+
+
+class DirTree(Tree):
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.spec = ("dir", str(self.root))
+        self._files: list[str] | None = None  # listed lazily: workers only read
+        self._stats: dict[str, tuple[int, int]] = {}
+        self._dirs: set[str] = set()
+
+    def _walk(self) -> None:
+        files = []
+        for d, dnames, fnames in os.walk(self.root, followlinks=True):
+            rel_d = os.path.relpath(d, self.root).replace(os.sep, "/")
+            rel_d = "" if rel_d == "." else rel_d + "/"
+            self._dirs.update(rel_d + n for n in dnames)
+            for n in fnames:
+                rel = rel_d + n
+                with contextlib.suppress(OSError):  # a dangling link is not data
+                    st = os.stat(os.path.join(d, n))
+                    self._stats[rel] = (st.st_size, st.st_mtime_ns)
+                    files.append(rel)
+        self._files = sorted(files)
+
+    @property
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._walk()
+        return self._files
+
+    @property
+    def dirs(self) -> set[str]:
+        if self._files is None:
+            self._walk()
+        return self._dirs
+
+    def read(self, rel: str) -> bytes:
+        try:
+            return (self.root / rel).read_bytes()
+        except OSError as e:
+            raise UserError(f"{self.display(rel)}: cannot read ({e.strerror or e})") from None
+
+    def display(self, rel: str) -> str:
+        return str(self.root / rel) if rel else str(self.root)
+
+    def fingerprint(self) -> str:
+        # Paths, sizes and mtimes: an edited or replaced file gives a new cache.
+        h = hashlib.sha256(b"dir\n")
+        for rel in self.files:
+            size, mtime = self._stats[rel]
+            h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        return h.hexdigest()
+
+
+class ZipTree(Tree):
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+        self.spec = ("zip", str(self.path))
+        try:
+            self.zf = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise UserError(f"{path}: not a readable zip archive ({one_line(e)})") from None
+        self._infos = {}
+        self._dirs = set()
+        total = 0
+        for info in self.zf.infolist():
+            name = info.filename
+            # Names that could escape a target folder are never data; skip rather than trust.
+            if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+                continue
+            if info.is_dir():
+                self._dirs.add(name.rstrip("/"))
+                continue
+            total += info.file_size
+            self._infos[name] = info
+        if total > MAX_ARCHIVE_BYTES:
+            raise UserError(f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
+                            f"{MAX_ARCHIVE_BYTES >> 30} GiB accepted (zip bomb?)")
+        self._files = sorted(self._infos)
+
+    @property
+    def files(self) -> list[str]:
+        return self._files
+
+    @property
+    def dirs(self) -> set[str]:
+        return self._dirs
+
+    def read(self, rel: str) -> bytes:
+        info = self._infos.get(rel) or self.zf.getinfo(rel)
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise UserError(f"{self.display(rel)}: member expands to {info.file_size} bytes, "
+                            f"more than the {MAX_MEMBER_BYTES} accepted (zip bomb?)")
+        try:
+            return self.zf.read(info)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+                NotImplementedError) as e:
+            raise UserError(f"{self.display(rel)}: unreadable zip member ({one_line(e)}); "
+                            "the archive may be truncated or corrupt") from None
+
+    def display(self, rel: str) -> str:
+        return f"{self.path}:{rel}" if rel else str(self.path)
+
+    def fingerprint(self) -> str:
+        # Names + CRCs + sizes, not the archive bytes: path-independent, cheap (no data read),
+        # and the stored and the deflated archive of the same images share one cache.
+        h = hashlib.sha256(b"zip\n")
+        body = "\n".join(f"{n}\0{i.CRC}\0{i.file_size}" for n, i in self._infos.items())
+        h.update(body.encode())
+        return h.hexdigest()
+
+
+def open_tree(path: Path) -> Tree:
+    if path.is_dir():
+        return DirTree(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data not found; pass --data, set VITMIM_DATA, "
+                        "or run `vitmim data download`")
+    if not zipfile.is_zipfile(path):  # also what a truncated download looks like
+        raise UserError(f"{path}: not a zip archive (or a truncated one); expected "
+                        f"{ARCHIVE_NAME}, a packed subset, or a folder")
+    return ZipTree(path)
+
+
+_WORKER_TREE: tuple[tuple[str, str], int, Tree] | None = None
+
+
+def tree_for(spec: tuple[str, str]) -> Tree:
+    """The tree for ``spec`` opened by this process (a forked zip handle shares its offset)."""
+    global _WORKER_TREE
+    if _WORKER_TREE is None or _WORKER_TREE[:2] != (spec, os.getpid()):
+        kind, path = spec
+        tree = DirTree(Path(path)) if kind == "dir" else ZipTree(Path(path))
+        _WORKER_TREE = (spec, os.getpid(), tree)
+    return _WORKER_TREE[2]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# listing a source: which files, which labels
+
+
+@dataclass
+class Split:
+    files: list[str]  # tree-relative paths
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
+class Plan:
+    kind: str
+    root: str  # tree prefix of the data set ("" or "top/")
+    classes: list[str]
+    class_names: list[str]
+    train: Split
+    val: Split | None
+
+
+def one_line(e: BaseException | str) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _read_text(tree: Tree, rel: str) -> str:
+    try:
+        return tree.read(rel).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{tree.display(rel)}: not UTF-8 text") from None
+
+
+def _find_root(tree: Tree, markers: tuple[str, ...]) -> str:
+    """Prefix of the data set: descend single wrapping folders (``tiny-imagenet-200/``)."""
+    prefix = ""
+    for _ in range(4):
+        dirs, files = tree.listdir(prefix)
+        if any(m in dirs or m in files for m in markers):
+            return prefix
+        dirs = {d for d in dirs if _visible(d)}
+        if len(dirs) != 1 or any(_visible(f) for f in files):
+            break
+        prefix += dirs.pop() + "/"
+    return ""
+
+
+def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
+    """Apply ``cfg.classes`` / ``cfg.class_seed`` to the ordered class ids of the source."""
+    sel = cfg.classes
+    if sel is None:
+        return list(ids)
+    if isinstance(sel, int):
+        if sel <= 0 or sel > len(ids):
+            raise UserError(f"config key data.classes: asked for {sel} classes, but {where} "
+                            f"has {len(ids)}")
+        if cfg.class_seed is None:
+            return ids[:sel]
+        # Keep the drawn classes in source order, so the set (not the draw order) is what counts.
+        picked = sorted(random.Random(cfg.class_seed).sample(range(len(ids)), sel))
+        return [ids[i] for i in picked]
+    known = set(ids)
+    for c in sel:
+        if c not in known:
+            raise UserError(f"config key data.classes: unknown class id {c!r} (not in {where})")
+    if len(set(sel)) != len(sel):
+        raise UserError(f"config key data.classes: class ids repeat in {sel}")
+    if not sel:
+        raise UserError("config key data.classes: empty list; give ids, a count, or null")
+    return list(sel)
+
+
+def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
+    """wnid -> first synonym from words.txt (optional file)."""
+    if not tree.has_file(rel):
+        return {}
+    names = {}
+    for line in _read_text(tree, rel).splitlines():
+        wnid, _, words = line.partition("\t")
+        if wnid in wanted:
+            names[wnid] = words.split(",")[0].strip() or wnid
+    return names
+
+
+def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
+    wn = root + "wnids.txt"
+    if not tree.has_file(wn):
+        raise UserError(f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
+                        "(wnids.txt, words.txt, train/, val/)")
+    wnids = [w.strip() for w in _read_text(tree, wn).splitlines() if w.strip()]
+    if not wnids:
+        raise UserError(f"{tree.display(wn)}: no class ids (expected one wnid a line)")
+    if len(set(wnids)) != len(wnids):
+        raise UserError(f"{tree.display(wn)}: a class id appears twice")
+    classes = _select_classes(wnids, cfg, tree.display(wn))
+    names = _words(tree, root + "words.txt", set(classes))
+    index = {c: i for i, c in enumerate(classes)}
+    per_class: dict[str, list[str]] = {c: [] for c in classes}
+    tp = root + "train/"
+    for rel in tree.files:
+        if rel.startswith(tp):
+            parts = rel[len(tp):].split("/")
+            if len(parts) == 3 and parts[1] == "images" and parts[0] in index \
+                    and _is_image(parts[2]):
+                per_class[parts[0]].append(rel)
+    for c, fs in per_class.items():
+        if not fs:
+            raise UserError(f"{tree.display(tp + c + '/images')}: no images "
+                            "(missing or empty class folder)")
+    train = Split([f for c in classes for f in per_class[c]],
+                   np.concatenate([np.full(len(per_class[c]), index[c], np.int64)
+                                   for c in classes]))
+    # No val/ at all (e.g. a pack of train only) -> no val split; val/ without its
+    # annotations is a broken copy and an error.
+    has_val = "val" in tree.listdir(root)[0]
+    val = _plan_tin_val(tree, root, set(wnids), index) if has_val else None
+    return Plan("tin", root, classes, [names.get(c, c) for c in classes], train, val)
+
+
+def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int]) -> Split:
+    ann = root + "val/val_annotations.txt"
+    if not tree.has_file(ann):
+        raise UserError(f"{tree.display(ann)}: not found; expected lines "
+                        "'file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1'")
+    files, labels = [], []
+    for no, line in enumerate(_read_text(tree, ann).splitlines(), 1):
+        if not line.strip():
+            continue
+        # Tab-separated as in the official file; any whitespace when there is no tab.
+        fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
+        if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
+            raise UserError(f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
+                            f"got {line.strip()[:80]!r}")
+        name, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in wnids:
+            raise UserError(f"{tree.display(ann)}:{no}: class {wnid!r} is not in wnids.txt")
+        if wnid not in index:
+            continue
+        rel = root + "val/images/" + name
+        if not tree.has_file(rel):
+            raise UserError(f"{tree.display(ann)}:{no}: image {name} not found in val/images")
+        files.append(rel)
+        labels.append(index[wnid])
+    return Split(files, np.asarray(labels, np.int64))
+
+
+def _class_files(tree: Tree, prefix: str, classes: list[str]) -> dict[str, list[str]]:
+    """Images anywhere under ``prefix + class + "/"`` for each class."""
+    out: dict[str, list[str]] = {c: [] for c in classes}
+    for rel in tree.files:
+        if rel.startswith(prefix) and _is_image(rel):
+            head, sep, _ = rel[len(prefix):].partition("/")
+            if sep and head in out:
+                out[head].append(rel)
+    return out
+
+
+def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
+    tp = root + "train/"
+    found = sorted(d for d in tree.listdir(tp)[0] if _visible(d))
+    if not found:
+        raise UserError(f"{tree.display(tp)}: no class folders (expected train/<class>/<image>)")
+    classes = _select_classes(found, cfg, tree.display(tp))
+    index = {c: i for i, c in enumerate(classes)}
+    per_class = _class_files(tree, tp, classes)
+    for c, fs in per_class.items():
+        if not fs:
+            raise UserError(f"{tree.display(tp + c)}: no images (empty class folder)")
+    train = Split([f for c in classes for f in per_class[c]],
+                   np.asarray([index[c] for c in classes for _ in per_class[c]], np.int64))
+    val = None
+    vp = root + "val/"
+    if "val" in tree.listdir(root)[0]:
+        for d in sorted(x for x in tree.listdir(vp)[0] if _visible(x)):
+            if d not in found:
+                raise UserError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
+        vfiles = _class_files(tree, vp, classes)
+        val = Split([f for c in classes for f in vfiles[c]],
+                     np.asarray([index[c] for c in classes for _ in vfiles[c]], np.int64))
+    return Plan("folder", root, classes, list(classes), train, val)
+
+
+def _plan_unlabelled(tree: Tree) -> Plan:
+    files = [f for f in tree.files if _is_image(f)]
+    if not files:
+        raise UserError(f"{tree.display('')}: no images found (looked for "
+                        f"{', '.join(sorted(IMAGE_EXTS))})")
+    return Plan("unlabelled", "", [], [], Split(files, np.full(len(files), -1, np.int64)),
+                 None)
+
+
+def plan_source(tree: Tree, cfg: DataConfig) -> Plan:
+    source = cfg.source
+    if source == "unlabelled":
+        return _plan_unlabelled(tree)
+    root = _find_root(tree, ("wnids.txt", "train"))
+    if source == "auto":
+        dirs, files = tree.listdir(root)
+        source = "tin" if "wnids.txt" in files else "folder" if "train" in dirs else "unlabelled"
+    if source == "tin":
+        return _plan_tin(tree, root, cfg)
+    if source == "folder":
+        if "train" not in tree.listdir(root)[0]:
+            raise UserError(f"{tree.display(root + 'train')}: not found; expected "
+                            "train/<class>/<image> (and optionally val/<class>/<image>)")
+        return _plan_folder(tree, root, cfg)
+    return _plan_unlabelled(tree)
+
