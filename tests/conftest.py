@@ -163,3 +163,35 @@ def smoke_grid(tmp_path_factory: pytest.TempPathFactory, tiny_tin: Path) -> Path
     assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
                      "--set", "data.classes=null", "--executor", "inline"]) == 0
     return out
+
+
+REAL_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
+
+
+@pytest.fixture(scope="session")
+def tin2(tiny_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two classes of the real Tiny ImageNet archive (the generated one where it is absent):
+    its path, the dotted overrides of a seconds-long smoke run on it, and 4 of its validation
+    images as JPEG files."""
+    import zipfile
+    real = REAL_TIN.exists()
+    path = REAL_TIN if real else tiny_tin
+    batch = 64 if real else 8
+    overrides = {"data.classes": 2, "pretrain.batch_size": batch, "finetune.batch_size": batch}
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(n for n in zf.namelist() if "/val/images/" in n and n.endswith(".JPEG"))
+        images = [Path(zf.extract(n, path=tmp_path_factory.mktemp("tin2-images")))
+                  for n in names[:4]]
+    return SimpleNamespace(path=path, overrides=overrides, images=images)
+
+
+@pytest.fixture(scope="session")
+def tin2_runs(tin2: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A smoke pre-training and a fine-tune from it on ``tin2``, through the Python API."""
+    import vitmim
+    out = tmp_path_factory.mktemp("tin2-runs")
+    pre = vitmim.pretrain(data=tin2.path, out=out / "pre", preset="smoke",
+                          overrides=tin2.overrides, progress=False)
+    ft = vitmim.finetune(init=pre.run_dir, data=tin2.path, out=out / "ft", preset="smoke",
+                         overrides=tin2.overrides, progress=False, finetune__epochs=2)
+    return SimpleNamespace(pre=pre, ft=ft)

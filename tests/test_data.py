@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import io
 import shutil
 import threading
@@ -21,7 +19,6 @@ from vitmim.data import (
     ImageSet,
     cache,
     cache_root,
-    download,
     label_subset,
     load_images,
     load_splits,
@@ -346,50 +343,6 @@ def test_resolve_data_path(tiny_tin, tmp_path, monkeypatch):
     (tmp_path / "tiny-imagenet-200.zip").write_bytes(tiny_tin.read_bytes())
     assert resolve_data_path(None) == tmp_path / "tiny-imagenet-200.zip"
     assert len(load_splits(DataConfig(classes=1), progress=False)[0]) == 12
-
-
-# ---------------------------------------------------------------------------------------------
-# download
-
-
-@pytest.fixture()
-def http_server(tiny_tin):
-    """Serve the fake archive's folder on 127.0.0.1; yields the base URL."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(tiny_tin.parent), **k)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_download_ok(http_server, tiny_tin, tmp_path):
-    digest = hashlib.sha256(tiny_tin.read_bytes()).hexdigest()
-    dest = download(f"{http_server}/{tiny_tin.name}", tmp_path / "d" / "t.zip", sha256=digest,
-                    progress=False)
-    assert dest.read_bytes() == tiny_tin.read_bytes()
-    assert [p.name for p in dest.parent.iterdir()] == ["t.zip"]
-
-
-def test_download_checksum_mismatch(http_server, tiny_tin, tmp_path):
-    dest = tmp_path / "t.zip"
-    with pytest.raises(UserError, match="sha256 mismatch"):
-        download(f"{http_server}/{tiny_tin.name}", dest, sha256="0" * 64, progress=False)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_download_http_error(http_server, tmp_path):
-    with pytest.raises(UserError, match="missing.zip: download failed"):
-        download(f"{http_server}/missing.zip", tmp_path / "t.zip", progress=False)
-    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------

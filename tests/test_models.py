@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 
+from vitmim.augment import denormalize
 from vitmim.config import Config, load_config
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
@@ -14,7 +15,9 @@ from vitmim.models.restorer import (
     normalize_patches,
     patchify,
     restoration_metrics,
+    restored_image,
     unpatchify,
+    visible_patch_stats,
 )
 
 SMALL = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
@@ -185,3 +188,50 @@ def test_backbones_and_the_classifier_share_the_backbone_contract(arch):
     no_decay = {n for n, p in restorer.named_parameters()
                 if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])}
     assert "backbone.pos_embed" in no_decay
+
+
+@pytest.mark.parametrize("setup", [["pretrain.fast=true"], ["pretrain.fast=false"],
+                                   ["pretrain.mask_patch=4"],
+                                   ["model.arch=unet-vit", "model.unet_channels=[8,16,32]"]],
+                         ids=["vit-fast", "vit-full", "vit-pixel-fill", "unet-vit"])
+def test_restored_image_never_reads_masked_pixels(setup):
+    """With per-patch normalised targets the restored image and the PSNR use only what the model
+    saw: whatever the masked pixels hold (zeros or loud noise), the restoration is the same."""
+    cfg = small("pretrain.norm_pix=true", *setup)
+    model = build_restorer(cfg.model, cfg.pretrain).eval()
+    x, mask = batch(cfg)
+    zeros = x * (1 - mask)
+    noisy = zeros + 10 * torch.randn_like(x) * mask
+    with torch.no_grad():
+        blind = restored_image(model, zeros, mask, cfg)
+        assert torch.equal(blind, restored_image(model, noisy, mask, cfg))
+        # the PSNR scores that blind restoration against the true masked pixels
+        m = mask.expand_as(x)
+        mse = (((denormalize(blind) - denormalize(x)) ** 2) * m).sum() / m.sum()
+        psnr = restoration_metrics(model, x, mask, cfg)["val_psnr"]
+    assert psnr == pytest.approx(10 * torch.log10(1 / mse).item(), abs=1e-4)
+
+
+def test_visible_patch_stats_recover_a_stationary_image():
+    """One random 8x8 patch tiled over the image: every patch has its mean and variance, and so
+    must the estimate, both near visible patches and (falling back to the whole image) far
+    from them; the masked pixels themselves hold garbage."""
+    tile = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = tile.repeat(2, 1, 8, 8)
+    mask = torch.ones(2, 1, 64, 64)
+    mask[0, :, :8, :8] = 0  # image 0: only the top-left patch is visible
+    mask[1, :, 24:40, 24:40] = 0  # image 1: a 2x2 block of patches in the middle
+    mean, var = visible_patch_stats(x + 100 * torch.randn_like(x) * mask, mask, 8)
+    assert mean.shape == var.shape == (2, 64, 1)
+    assert torch.allclose(mean, tile.mean().expand_as(mean), atol=1e-5)
+    assert torch.allclose(var, tile.var().expand_as(var), atol=1e-4)
+
+
+def test_visible_patch_stats_follow_the_neighbourhood():
+    """Left half dark, right half bright: a masked patch takes its mean from its own side."""
+    x = torch.cat([torch.full((1, 3, 64, 32), -1.0), torch.full((1, 3, 64, 32), 1.0)], dim=3)
+    mask = random_mask(1, 64, 8, 0.25, torch.Generator().manual_seed(0))
+    mean, _ = visible_patch_stats(x, mask, 8)
+    side = torch.tensor([-1.0] * 3 + [1.0] * 3)  # the three columns of patches nearest each edge
+    cols = mean.view(8, 8)[:, [0, 1, 2, 5, 6, 7]]
+    assert torch.allclose(cols, side.expand_as(cols))

@@ -13,12 +13,12 @@ import torch
 from vitmim.config import Config, load_config
 from vitmim.engine import param_groups
 from vitmim.errors import UserError
+from vitmim.inference import evaluate_run, reconstruct
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss
 from vitmim.models.unet_vit import ConvBlock, UNetViTEncoder
 from vitmim.models.vit import Block
-from vitmim.predict import evaluate_run, reconstruct
 
 SMALL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
          "model.decoder_depth=1", "model.unet_channels=[8,16,32]"]
@@ -178,3 +178,16 @@ def test_cli_run_with_unet_vit(tiny_tin: Path, tiny_tin_dir: Path, tmp_path: Pat
     some = sorted((tiny_tin_dir / "val" / "images").glob("*.JPEG"))[:2]
     grid = reconstruct(out / "pretrain", [str(p) for p in some], tmp_path / "recon.png")
     assert grid.stat().st_size > 0
+
+
+def test_unet_vit_forward_is_the_decoder_after_the_encoder() -> None:
+    cfg = small_config(arch="unet-vit")
+    restorer = build_restorer(cfg.model, cfg.pretrain).eval()
+    x, mask = images()
+    with torch.no_grad():
+        tokens, feats = restorer.forward_encoder(x, mask)
+        assert tokens.shape == (2, 64, 32) and len(feats) == 3
+        # the encoder sees the filled image: what the masked pixels held does not reach it
+        noisy_tokens, _ = restorer.forward_encoder(x + 10 * torch.randn_like(x) * mask, mask)
+        assert torch.equal(tokens, noisy_tokens)
+        assert torch.equal(restorer(x, mask), restorer.forward_decoder(tokens, feats))

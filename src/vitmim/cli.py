@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vitmim.config import Config, load_config, preset_file, preset_names
 from vitmim.errors import UserError
+from vitmim.tracking import BACKENDS, LOG_EVERY, tracking
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,15 @@ def add_run_args(p: argparse.ArgumentParser, what: str) -> None:
     """A finished run, measured on the data it was trained on unless ``--data`` says otherwise."""
     p.add_argument("run", help=what)
     p.add_argument("--data", help="data set (default: the one it was trained on)")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--log", choices=BACKENDS, help="also mirror metrics, the training "
+                   "loss and reconstructions to RUN/tensorboard/ (metrics.jsonl stays the record)")
+    p.add_argument("--log-every", type=int, default=LOG_EVERY, metavar="N",
+                   help=f"optimisation steps between training-loss points (default: {LOG_EVERY})")
+
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -70,25 +80,25 @@ def cmd_run(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vitmim.predict import evaluate_run
+    from vitmim.inference import evaluate_run
     print(json.dumps(evaluate_run(args.run, args.data), indent=2))
 
 
 def cmd_predict(args) -> None:
-    from vitmim.predict import predict
+    from vitmim.inference import predict
     for path, top in zip(args.images, predict(args.run, args.images, args.topk)):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 
 
 def cmd_reconstruct(args) -> None:
-    from vitmim.predict import reconstruct
+    from vitmim.inference import reconstruct
     out = reconstruct(args.run, args.images, Path(args.out), args.overrides, args.seed)
     print(f"wrote {out}")
 
 
 def cmd_export(args) -> None:
-    from vitmim.predict import export
-    print(f"wrote {export(args.run, Path(args.out))}")
+    from vitmim.inference import export
+    print(f"wrote {export(args.run, args.out, args.format, args.encoder)}")
 
 
 def cmd_data_download(args) -> None:
@@ -126,32 +136,43 @@ def cmd_probe(args) -> None:
     print(json.dumps(probe_run(args.run, args.data, args.device, args.k), indent=2))
 
 
+class VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (importlib.metadata costs 0.13 s)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from vitmim import __version__
+        print(f"vitmim {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitmim", description="Masked-pixel pre-training of vision transformers for small "
         "image data sets: pre-train, fine-tune, compare with a scratch baseline.")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="pre-train, fine-tune, train the baseline, print a summary")
     add_config_args(p)
     p.add_argument("--out", default="runs/run", help="folder for the three runs")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
                    help="also train scratch as long as pre-train + fine-tune together, counted "
                    "in optimisation steps (the default) or in training FLOPs")
+    add_training_args(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("pretrain", help="masked-pixel pre-training of a restorer")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true")
+    add_training_args(p)
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a classifier (scratch without --init)")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", help="pre-trained run folder or .safetensors weights")
-    p.add_argument("--resume", action="store_true")
+    add_training_args(p)
     p.set_defaults(fn=cmd_finetune)
 
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
@@ -173,10 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. --set pretrain.mask_ratio=0.4 (mask_patch must stay compatible)")
     p.set_defaults(fn=cmd_reconstruct)
 
-    p = sub.add_parser("export", help="classifier weights that timm's VisionTransformer loads")
-    p.add_argument("run", help="fine-tuned run folder or model.safetensors")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json with timm's "
-                                                "constructor arguments is written beside it)")
+    p = sub.add_parser("export", help="weights that timm loads (a file or a model folder)")
+    p.add_argument("run", help="fine-tuned run folder or model.safetensors (with --encoder: a "
+                               "pre-trained one too)")
+    p.add_argument("--out", required=True, help="file: output .safetensors (timm's constructor "
+                   "arguments in a .json beside it); timm: the model folder")
+    p.add_argument("--format", choices=["file", "timm"], default="file",
+                   help="timm: model.safetensors + config.json, loaded by timm.create_model("
+                        "'local-dir:OUT', pretrained=True) and uploadable to the Hugging Face Hub")
+    p.add_argument("--encoder", action="store_true",
+                   help="the backbone alone, no head (timm num_classes=0: pooled features)")
     p.set_defaults(fn=cmd_export)
 
     data = sub.add_parser("data", help="download or pack data sets").add_subparsers(
@@ -233,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
-        args.fn(args)
+        with tracking(getattr(args, "log", None), getattr(args, "log_every", LOG_EVERY)):
+            args.fn(args)
     except UserError as e:
         print(f"vitmim: error: {fold_lines(e)}", file=sys.stderr)
         return UserError.exit_code

@@ -32,6 +32,10 @@ class DataConfig:
     class_seed: int | None = None  # with an int `classes`: draw K classes with this seed instead
     label_fraction: float = 1.0  # share of training labels the classifier sees (per class)
     cache_dir: str | None = None  # else $VITMIM_CACHE, else ~/.cache/vitmim
+    # How an image that is not img_size x img_size enters the cache: fit (scale, aspect lost),
+    # pad (letterbox on white), crop (centre), error (refuse). auto: error for Tiny ImageNet,
+    # whose images are all 64x64 (another size means a damaged copy), fit for other sources.
+    resize: Literal["auto", "fit", "pad", "crop", "error"] = "auto"
 
 
 @dataclass
@@ -191,6 +195,7 @@ RANGES: dict[str, Range] = {
     "DataConfig.class_seed": SEED,
     "DataConfig.label_fraction": Range(0, 1, lo_open=True),
     "DataConfig.cache_dir": PATH,
+    "DataConfig.resize": ANY,
     "ModelConfig.arch": ANY,
     "ModelConfig.img_size": Range(1, 4096, text="an integer in [1, 4096] (px)"),
     "ModelConfig.patch_size": COUNT,

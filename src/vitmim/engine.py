@@ -21,8 +21,9 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
+from vitmim import tracking
 from vitmim.checkpoint import (
     flatten_optimizer,
     latest_checkpoint,
@@ -251,6 +252,7 @@ class Trainer:
                     self.loss_sum += loss.detach()
                     self.step += 1
                     bar.update()
+                    tracking.on_step(self, loss)
                     # at an epoch's end, end_epoch saves after writing the epoch's record, so no
                     # checkpoint stands for an epoch whose record is missing
                     if self.checkpoint_every and self.step % self.checkpoint_every == 0 \
@@ -314,6 +316,7 @@ class Trainer:
                 record.update(self.task.evaluate(self.eval_model(), epoch + 1))
             record["time_s"] = time.time() - t0
             append_metrics(self.run_dir, record)
+            tracking.on_epoch(self, record)
             if self.progress:
                 print(format_record(record), flush=True)
         self.save()

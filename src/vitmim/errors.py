@@ -22,6 +22,18 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
 
 
+class ConfigError(UserError):
+    """A config file, preset, override or option value that cannot be used."""
+
+
+class DataError(UserError):
+    """A data set or image that is missing, unreadable or in an unknown layout."""
+
+
+class CheckpointError(UserError):
+    """A run folder or weights file that is missing, unreadable or of the wrong kind."""
+
+
 def fold_lines(text: object) -> str:
     """``text`` with its line breaks folded, so a message never spans lines."""
     return " ".join(str(text).split("\n")).strip()

@@ -1,17 +1,16 @@
 """Image data: Tiny ImageNet (zip or folder), class-per-folder sets and unlabelled folders.
 
-``sources`` lists what a folder or zip holds and which files form each split, ``cache`` decodes
-them once into a memory-mapped uint8 cache, ``archive`` downloads and packs archives. This
-module is the public API: :func:`load_splits` ties the three together.
+``sources`` lists what a folder or zip holds and which files form each split, ``images`` turns
+one file into img_size x img_size RGB (any mode, any size: ``data.resize``), ``cache`` decodes
+every file once into a memory-mapped uint8 cache, ``archive`` downloads and packs archives.
+This module is the public API: :func:`load_splits` ties them together.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from vitmim.config import DataConfig
 from vitmim.data.archive import (
@@ -22,12 +21,17 @@ from vitmim.data.archive import (
     resolve_data_path,
 )
 from vitmim.data.cache import ImageSet, cache_root, cached_splits
+from vitmim.data.images import BACKGROUND, RESIZE_MODES, decode_image
 from vitmim.data.sources import ARCHIVE_NAME, IMAGE_EXTS, one_line, open_tree, plan_source
 from vitmim.errors import UserError
 
-__all__ = ["ARCHIVE_NAME", "IMAGE_EXTS", "OFFICIAL_URL", "ImageSet", "cache_root",
-           "default_download_path", "download", "label_subset", "load_images", "load_splits",
-           "pack", "resolve_data_path"]
+__all__ = ["ARCHIVE_NAME", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL", "RESIZE_MODES",
+           "ImageSet", "cache_root", "decode_image", "default_download_path", "download",
+           "label_subset", "load_images", "load_splits", "pack", "resolve_data_path"]
+
+# data.resize = auto: Tiny ImageNet images are all 64x64, so another size there is a damaged
+# copy or a wrong model.img_size and is refused; other sources come in any size.
+AUTO_RESIZE = {"tin": "error", "folder": "fit", "unlabelled": "fit"}
 
 
 def load_splits(cfg: DataConfig, img_size: int = 64,
@@ -36,14 +40,16 @@ def load_splits(cfg: DataConfig, img_size: int = 64,
 
     Applies the class selection (labels 0..K-1 in the order of the selected classes), not
     ``label_fraction``. ``val`` is None for an unlabelled source or a folder set without val/.
-    Images are (N, 3, img_size, img_size) uint8; another image size is a UserError.
+    Images are (N, 3, img_size, img_size) uint8, brought to that size by ``cfg.resize``
+    (see :mod:`vitmim.data.images`) when the cache is built.
     """
     if img_size <= 0:
         raise UserError(f"model.img_size: expected a positive size, got {img_size}")
     path = resolve_data_path(cfg.path, cfg.cache_dir)
     tree = open_tree(path)
     plan = plan_source(tree, cfg)
-    return cached_splits(tree, plan, img_size, cache_root(cfg.cache_dir), progress)
+    resize = cfg.resize if cfg.resize != "auto" else AUTO_RESIZE[plan.kind]
+    return cached_splits(tree, plan, (img_size, resize), cache_root(cfg.cache_dir), progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,11 +83,12 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
 # single image files (predict, reconstruct)
 
 
-def load_images(paths: list[str | Path], img_size: int = 64) -> torch.Tensor:
+def load_images(paths: list[str | Path], img_size: int = 64,
+                resize: str = "crop") -> torch.Tensor:
     """(N, 3, img_size, img_size) uint8 RGB from image files (for predict / reconstruct).
 
-    An image of another size is scaled (shorter side) and centre-cropped; a square one is
-    just resized.
+    Decoded like the cache (every mode to RGB, EXIF orientation); an image of another size is
+    brought to img_size by ``resize`` (default: shorter side scaled, centre crop).
     """
     out = torch.empty((len(paths), 3, img_size, img_size), dtype=torch.uint8)
     for i, p in enumerate(paths):
@@ -89,12 +96,8 @@ def load_images(paths: list[str | Path], img_size: int = 64) -> torch.Tensor:
         if not p.is_file():
             raise UserError(f"{p}: image not found" + (" (a folder)" if p.is_dir() else ""))
         try:
-            with Image.open(p) as im:
-                rgb = im.convert("RGB")
-        except Exception as e:  # PIL raises many types for bad data
-            raise UserError(f"{p}: not a readable image ({one_line(e)})") from None
-        if rgb.size != (img_size, img_size):
-            rgb = ImageOps.fit(rgb, (img_size, img_size), Image.Resampling.BICUBIC)
-        out[i] = torch.from_numpy(np.asarray(rgb).transpose(2, 0, 1).copy())
+            data = p.read_bytes()
+        except OSError as e:
+            raise UserError(f"{p}: cannot read ({one_line(e.strerror or e)})") from None
+        out[i] = torch.from_numpy(decode_image(data, img_size, resize, str(p))[0].copy())
     return out
-

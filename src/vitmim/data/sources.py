@@ -16,12 +16,14 @@ member name cannot write anywhere (zip-slip) and oversized members are refused (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
+import stat
+import sys
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,18 +113,29 @@ class DirTree(Tree):
         self._dirs: set[str] = set()
 
     def _walk(self) -> None:
-        files = []
+        """List regular files (links followed); skip everything else with one line."""
+        files: list[str] = []
+        skipped: Counter[str] = Counter()
+        seen = {_dir_id(self.root)}
         for d, dnames, fnames in os.walk(self.root, followlinks=True):
             rel_d = os.path.relpath(d, self.root).replace(os.sep, "/")
             rel_d = "" if rel_d == "." else rel_d + "/"
+            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)]
             self._dirs.update(rel_d + n for n in dnames)
             for n in fnames:
-                rel = rel_d + n
-                with contextlib.suppress(OSError):  # a dangling link is not data
+                try:
                     st = os.stat(os.path.join(d, n))
-                    self._stats[rel] = (st.st_size, st.st_mtime_ns)
-                    files.append(rel)
+                except OSError:
+                    skipped["broken link"] += 1
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    # A FIFO would block its reader forever; sockets and devices are no data.
+                    skipped[_kind(st.st_mode)] += 1
+                    continue
+                self._stats[rel_d + n] = (st.st_size, st.st_mtime_ns)
+                files.append(rel_d + n)
         self._files = sorted(files)
+        _say_skipped(self.display(""), skipped)
 
     @property
     def files(self) -> list[str]:
@@ -137,8 +150,13 @@ class DirTree(Tree):
         return self._dirs
 
     def read(self, rel: str) -> bytes:
+        # Non-blocking open and a type check: a file swapped for a FIFO cannot hang a worker.
         try:
-            return (self.root / rel).read_bytes()
+            fd = os.open(self.root / rel, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise UserError(f"{self.display(rel)}: not a regular file")
+                return f.read()
         except OSError as e:
             raise UserError(f"{self.display(rel)}: cannot read ({e.strerror or e})") from None
 
@@ -165,6 +183,7 @@ class ZipTree(Tree):
         self._infos = {}
         self._dirs = set()
         total = 0
+        skipped: Counter[str] = Counter()
         for info in self.zf.infolist():
             name = info.filename
             # Names that could escape a target folder are never data; skip rather than trust.
@@ -173,12 +192,17 @@ class ZipTree(Tree):
             if info.is_dir():
                 self._dirs.add(name.rstrip("/"))
                 continue
+            mode = info.external_attr >> 16  # Unix file type, when a Unix zip tool wrote it
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+                skipped["link" if stat.S_ISLNK(mode) else _kind(mode)] += 1
+                continue
             total += info.file_size
             self._infos[name] = info
         if total > MAX_ARCHIVE_BYTES:
             raise UserError(f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
                             f"{MAX_ARCHIVE_BYTES >> 30} GiB accepted (zip bomb?)")
         self._files = sorted(self._infos)
+        _say_skipped(str(path), skipped)
 
     @property
     def files(self) -> list[str]:
@@ -210,6 +234,40 @@ class ZipTree(Tree):
         body = "\n".join(f"{n}\0{i.CRC}\0{i.file_size}" for n, i in self._infos.items())
         h.update(body.encode())
         return h.hexdigest()
+
+
+def _dir_id(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _first_visit(path: str, seen: set[tuple[int, int]]) -> bool:
+    """False for a folder already listed (a symlink loop or a second link to it)."""
+    try:
+        key = _dir_id(path)
+    except OSError:
+        return False
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _say_skipped(where: str, skipped: Counter[str]) -> None:
+    if skipped:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
+        print(f"{where}: skipped {sum(skipped.values())} entries that are not regular files "
+              f"({kinds})", file=sys.stderr)
 
 
 def open_tree(path: Path) -> Tree:
@@ -269,6 +327,18 @@ def _read_text(tree: Tree, rel: str) -> str:
         raise UserError(f"{tree.display(rel)}: not UTF-8 text") from None
 
 
+def _plain_name(name: str, where: str, what: str) -> str:
+    """``name`` when it is one path component that stays in its folder, else a UserError.
+
+    Class ids and file names read from text files become parts of paths; ``/``, ``\\``,
+    ``..``, absolute paths and control characters could point anywhere, so they are refused.
+    """
+    if name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        raise UserError(f"{where}: {what} {name!r} is not a plain name (no '/', '\\', '..' "
+                        "or control characters)")
+    return name
+
+
 def _find_root(tree: Tree, markers: tuple[str, ...]) -> str:
     """Prefix of the data set: descend single wrapping folders (``tiny-imagenet-200/``)."""
     prefix = ""
@@ -309,14 +379,19 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
 
 
 def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
-    """wnid -> first synonym from words.txt (optional file)."""
+    """wnid -> first synonym from words.txt (optional file).
+
+    Only lines whose wnid is one of ``wanted`` (plain names from wnids.txt) are used; a name is
+    display text, never a path, and loses control characters so it cannot drive a terminal.
+    """
     if not tree.has_file(rel):
         return {}
     names = {}
     for line in _read_text(tree, rel).splitlines():
         wnid, _, words = line.partition("\t")
         if wnid in wanted:
-            names[wnid] = words.split(",")[0].strip() or wnid
+            name = "".join(ch for ch in words.split(",")[0] if ch.isprintable()).strip()
+            names[wnid] = name or wnid
     return names
 
 
@@ -325,7 +400,10 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     if not tree.has_file(wn):
         raise UserError(f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
                         "(wnids.txt, words.txt, train/, val/)")
-    wnids = [w.strip() for w in _read_text(tree, wn).splitlines() if w.strip()]
+    wnids = []
+    for no, line in enumerate(_read_text(tree, wn).splitlines(), 1):
+        if line.strip():
+            wnids.append(_plain_name(line.strip(), f"{tree.display(wn)}:{no}", "class id"))
     if not wnids:
         raise UserError(f"{tree.display(wn)}: no class ids (expected one wnid a line)")
     if len(set(wnids)) != len(wnids):
@@ -369,7 +447,8 @@ def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int])
         if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
             raise UserError(f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
                             f"got {line.strip()[:80]!r}")
-        name, wnid = fields[0].strip(), fields[1].strip()
+        name = _plain_name(fields[0].strip(), f"{tree.display(ann)}:{no}", "file name")
+        wnid = fields[1].strip()
         if wnid not in wnids:
             raise UserError(f"{tree.display(ann)}:{no}: class {wnid!r} is not in wnids.txt")
         if wnid not in index:

@@ -349,7 +349,11 @@ def _log_tail(run_dir: Path) -> str:
 
 def make_executor(kind: str, folder: Path, params: dict):
     """A submitit executor: LocalExecutor (``submitit-local``) or Slurm via AutoExecutor."""
-    import submitit
+    try:
+        import submitit
+    except ImportError:  # an optional dependency: the `slurm` extra
+        raise UserError(f"--executor {kind}: needs submitit (pip install 'vitmim[slurm]')"
+                        ) from None
     if kind == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
         params = {k: v for k, v in params.items() if k == "timeout_min"}  # the rest is Slurm's

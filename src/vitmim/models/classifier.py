@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vitmim.augment import MEAN, STD
 from vitmim.config import ModelConfig
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError, UserError
 from vitmim.models.vit import Backbone
 
 
@@ -117,10 +118,29 @@ def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     return kw
 
 
+# (embed_dim, num_heads) of timm's named ViT sizes
+TIMM_SIZES = {(192, 3): "tiny", (384, 6): "small", (768, 12): "base", (1024, 16): "large"}
+
+
+def timm_architecture(cfg: ModelConfig) -> str:
+    """A registered timm model name for a model folder's ``config.json``.
+
+    Every such name builds timm's ``VisionTransformer`` and the folder's ``model_args`` set every
+    shape, so the name only labels the family: the nearest size, with the model's patch size
+    where timm registers one.
+    """
+    import timm
+    size = TIMM_SIZES.get((cfg.embed_dim, cfg.num_heads), "base")
+    for name in (f"vit_{size}_patch{cfg.patch_size}_224", f"vit_base_patch{cfg.patch_size}_224"):
+        if timm.is_model(name):
+            return name
+    return "vit_base_patch16_224"
+
+
 def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Classifier weights renamed for timm's ``VisionTransformer(**timm_kwargs(...))``."""
     if cfg.arch != "vit" or cfg.conv_stem:
-        raise UserError("export: timm export needs model.arch=vit and model.conv_stem=false")
+        raise ConfigError("export: timm export needs model.arch=vit and model.conv_stem=false")
     out = {}
     for key, value in classifier.state_dict().items():
         name = key.removeprefix("backbone.")
@@ -130,3 +150,63 @@ def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.T
             value = value.expand(cfg.embed_dim)
         out[name] = value.detach().clone().contiguous()
     return out
+
+
+def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str]
+                ) -> dict:
+    """timm's ``config.json`` for a model folder (the layout ``timm.models.push_to_hf_hub``
+    writes): the architecture, its ``model_args`` (``timm_kwargs``), the labels (none for an
+    encoder) and the preprocessing. ``timm.create_model("local-dir:DIR", pretrained=True)``
+    reads it."""
+    size = cfg.img_size
+    num_classes = kwargs["num_classes"]
+    config = {
+        "architecture": timm_architecture(cfg),
+        "num_classes": num_classes,
+        "num_features": cfg.embed_dim,
+        "global_pool": kwargs["global_pool"],
+        "model_args": kwargs,
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "fixed_input_size": True,
+            # vitmim trains and predicts on whole images at img_size: no crop margin, and other
+            # sizes are scaled with bicubic resampling (vitmim.data.load_images)
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": list(MEAN),
+            "std": list(STD),
+            "num_classes": num_classes,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+    }
+    if num_classes:
+        config["label_names"] = classes
+        config["label_descriptions"] = dict(zip(classes, class_names))
+    return config
+
+
+def model_card(m: ModelConfig, num_classes: int, metrics: dict) -> str:
+    """A short Hugging Face model card for a model folder: what it is, the run's validation
+    metrics, how to load it."""
+    what = (f"an image classifier over {num_classes} classes" if num_classes else
+            "the backbone alone (pooled features, no head)")
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k.startswith("val_") and isinstance(v, (int, float)))
+    return f"""---
+library_name: timm
+tags: [image-classification, timm, vitmim]
+---
+# vitmim ViT ({m.embed_dim}-d, {m.depth} blocks, {m.patch_size} px patches, {m.img_size} px input)
+
+Trained with vitmim (masked-pixel pre-training of vision transformers for small image data
+sets); this is {what}. Validation metrics of the run: {metrics or 'none recorded'}.
+
+```python
+import timm
+model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # or "local-dir:PATH"
+cfg = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**cfg)
+```
+"""

@@ -11,7 +11,8 @@ A training step runs, in this order:
 4. :func:`forward_loss` compares them with the true pixels (or per-patch normalised ones).
 
 :meth:`Restorer.forward` composes 2 and 3 (what the engine calls); :func:`restored_image` and
-:func:`restoration_metrics` turn a prediction back into an image and score it.
+:func:`restoration_metrics` turn a prediction back into an image and score it, from the visible
+pixels alone: a restoration figure never uses the true values or statistics of masked pixels.
 
 Two paths give the same encoder (the part that is transferred):
 
@@ -25,6 +26,7 @@ Two paths give the same encoder (the part that is transferred):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitmim.augment import denormalize
@@ -166,29 +168,81 @@ def forward_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, pcfg: 
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
+STATS_WINDOW = 3  # side, in patches, of the neighbourhood whose visible pixels stand in for a patch
+
+
+def visible_patch_stats(x: torch.Tensor, mask: torch.Tensor, p: int, window: int = STATS_WINDOW
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each ``p`` px patch's pixel mean and variance, estimated from visible pixels only.
+
+    The estimate pools the visible pixels of the ``window`` x ``window`` patches centred on the
+    patch: their mean, and their within-patch variance (each patch's scatter about its own mean,
+    so steps between neighbouring patches do not inflate it). Where that neighbourhood shows less
+    than one patch's worth of pixels, the whole image's visible pixels are pooled instead. On an
+    image whose patches all share one distribution the estimate is that distribution's.
+
+    Args:
+        x: (B, C, H, W) normalised; masked pixels are never read.
+        mask: (B, 1, H, W).
+
+    Returns:
+        mean, var: (B, N, 1) each, per patch in :func:`patchify` order; var unbiased, as
+        :func:`normalize_patches` uses.
+    """
+    vis = (1.0 - mask).expand_as(x)
+    xv = x * vis  # masked pixels are 0 whatever they held
+
+    def patch_sum(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H/p, W/p)
+        return F.avg_pool2d(t.sum(1, keepdim=True), p, divisor_override=1)
+
+    n, s1 = patch_sum(vis), patch_sum(xv)
+    ss = patch_sum(xv * xv) - s1 ** 2 / n.clamp_min(1)  # sum of squares about the patch's mean
+    sums = torch.cat([n, s1, ss, (n - 1).clamp_min(0)], 1)  # (B, 4, g, g)
+    local = F.avg_pool2d(sums, window, 1, window // 2, divisor_override=1)
+    enough = local[:, :1] >= p * p * x.shape[1]
+    n, s1, ss, dof = torch.where(enough, local, sums.sum((2, 3), keepdim=True)).unbind(1)
+    mean = s1 / n.clamp_min(1)  # nothing visible at all: the data-set mean, 0
+    var = (ss / dof.clamp_min(1)).clamp_min(0)
+    return mean.flatten(1).unsqueeze(-1), var.flatten(1).unsqueeze(-1)
+
+
 def to_image(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cfg: Config
              ) -> torch.Tensor:
-    """A prediction in the loss's target space -> (B, 3, H, W) normalised image. Undoes per-patch
-    target normalisation with the true patch statistics (as MAE's visualisation does)."""
+    """A prediction in the loss's target space -> (B, 3, H, W) normalised image, using only what
+    the model saw (the visible pixels of ``x``).
+
+    With per-patch normalised targets the prediction of a patch is its standardised pixels; they
+    are scaled back with :func:`visible_patch_stats`. The true statistics of a masked patch would
+    hand the restoration its mean colour and contrast, which no model output carries; an estimate
+    from visible neighbours costs two pooling passes and needs no extra output or loss, so
+    training and checkpoints are those of the plain objective.
+    """
     if not cfg.pretrain.norm_pix:
         return pred
     p = cfg.model.patch_size
-    t = patchify(x, p)
-    pred = patchify(pred, p) * (t.var(-1, keepdim=True) + 1e-6).sqrt() + t.mean(-1, True)
-    return unpatchify(pred, p)
+    mean, var = visible_patch_stats(x, mask, p)
+    return unpatchify(patchify(pred, p) * (var + 1e-6).sqrt() + mean, p)
 
 
 def restored_image(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
                    ) -> torch.Tensor:
-    """The restorer's prediction as an image: (B, 3, H, W) normalised."""
+    """The restorer's prediction as an image: (B, 3, H, W) normalised. Depends on the visible
+    pixels of ``x`` only (:func:`to_image`); paste them over it to show a restoration."""
     return to_image(model(x, mask).float(), x, mask, cfg)
 
 
 @torch.no_grad()
 def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config,
                         batch: int = 256) -> dict[str, float]:
-    """Masked-pixel L1 (normalised units) and PSNR (dB, pixels in [0, 1]) on masked pixels; one
-    forward pass per batch of ``batch`` images."""
+    """Restoration figures over masked pixels, one forward pass per ``batch`` images.
+
+    Returns:
+        val_l1: mean absolute error in the loss's target space (normalised pixels, or with
+            ``norm_pix`` per-patch standardised ones), as the default loss measures it; not
+            comparable between runs with and without ``norm_pix``.
+        val_psnr: dB, in pixel space ([0, 1], clipped) between the true images and
+            :func:`restored_image`, which uses only what the model saw: comparable across runs.
+    """
     l1 = se = count = 0.0
     for i in range(0, len(x), batch):
         xb, mb = x[i:i + batch], mask[i:i + batch]

@@ -1,0 +1,148 @@
+"""Using finished runs: evaluate, predict, reconstruct, export to timm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vitmim import checkpoint
+from vitmim.augment import MEAN, STD, normalize
+from vitmim.config import Config, load_config
+from vitmim.data import load_images, load_splits
+from vitmim.errors import CheckpointError, ConfigError, DataError
+from vitmim.masking import random_mask
+from vitmim.models import build_classifier, build_restorer, transfer
+from vitmim.models.classifier import (
+    model_card,
+    timm_config,
+    timm_kwargs,
+    to_timm_state,
+)
+from vitmim.models.restorer import restored_image
+from vitmim.runs import read_model
+from vitmim.stages import classification_metrics
+from vitmim.stages import save_reconstruction_grid as save_grid
+
+
+def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
+    """A fine-tuned classifier in eval mode, its config and its JSON description."""
+    tensors, meta, _ = read_model(run)
+    if meta.get("kind") != "classifier":
+        raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a fine-tuned classifier")
+    cfg = load_config(base=meta["config"])
+    model = build_classifier(cfg.model, len(meta["classes"]))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{run}: weights do not fit the model it describes "
+                              f"({str(e).splitlines()[1].strip()})") from None
+    return model.eval(), cfg, meta
+
+
+def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, Config]:
+    tensors, meta, _ = read_model(run)
+    if meta.get("kind") != "restorer":
+        raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
+    cfg = load_config(base=meta["config"], overrides=overrides)
+    model = build_restorer(cfg.model, cfg.pretrain)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("mask_token")]:
+        raise ConfigError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
+                          f"multiple of model.patch_size as it was trained")
+    return model.eval(), cfg
+
+
+def evaluate_run(run: str | Path, data: str | None = None) -> dict[str, float]:
+    model, cfg, meta = load_classifier(run)
+    if data:
+        cfg.data.path = data
+    cfg.data.classes = meta["classes"]  # the classes it was trained on, in its label order
+    _, val = load_splits(cfg.data, cfg.model.img_size)
+    if val is None:
+        raise DataError(f"{cfg.data.path}: has no labelled validation split")
+    return classification_metrics(model, val, torch.device("cpu"))
+
+
+@torch.no_grad()
+def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) per image."""
+    if topk < 1:
+        raise ConfigError(f"--topk {topk}: expected an integer >= 1")
+    model, cfg, meta = load_classifier(run)
+    x = normalize(load_images(images, cfg.model.img_size))
+    probs = model(x).softmax(-1)
+    top = probs.topk(min(topk, probs.shape[1]), dim=1)
+    names = meta["class_names"]
+    return [[(names[j], p) for p, j in zip(ps.tolist(), js.tolist())]
+            for ps, js in zip(top.values, top.indices)]
+
+
+@torch.no_grad()
+def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
+                seed: int = 0) -> Path:
+    """PNG grid of original | masked | restored for the given images."""
+    model, cfg = load_restorer(run, overrides)
+    x = normalize(load_images(images, cfg.model.img_size))
+    g = torch.Generator().manual_seed(seed)
+    p = cfg.pretrain
+    mask = random_mask(len(x), cfg.model.img_size, p.mask_patch, p.mask_ratio, g)
+    save_grid(out, x, mask, restored_image(model, x, mask, cfg))
+    return out
+
+
+FORMATS = ("file", "timm")
+
+
+def timm_weights(run: str | Path, encoder: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], dict, Config, dict]:
+    """(timm state dict, timm constructor kwargs, the run's config, its JSON description).
+
+    A classifier is exported whole; with ``encoder`` the head is left out and any run that holds
+    a backbone (restorer or classifier) will do, checked as strictly as fine-tuning's transfer.
+    """
+    if not encoder:
+        model, cfg, meta = load_classifier(run)
+        return (to_timm_state(model, cfg.model), timm_kwargs(cfg.model, len(meta["classes"])),
+                cfg, meta)
+    tensors, meta, _ = read_model(run)
+    cfg = load_config(base=meta["config"])
+    model = build_classifier(cfg.model, 1)
+    transfer(tensors, model, str(run))
+    state = {k: v for k, v in to_timm_state(model, cfg.model).items()
+             if not k.startswith("head.")}
+    return state, timm_kwargs(cfg.model, 0), cfg, meta
+
+
+def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = False) -> Path:
+    """Write ``run``'s model for timm; returns ``out``.
+
+    ``fmt="file"``: one ``.safetensors`` of timm ``VisionTransformer`` weights, the constructor
+    arguments in a ``.json`` beside it (``VisionTransformer(**kwargs)`` loads it strictly).
+    ``fmt="timm"``: a model folder as timm and the Hugging Face Hub lay them out,
+    ``model.safetensors`` + ``config.json`` + ``README.md``, which
+    ``timm.create_model("local-dir:OUT", pretrained=True)`` loads and ``hf upload USER/NAME OUT``
+    (huggingface_hub's CLI) publishes. ``encoder``: the backbone alone (timm ``num_classes=0``,
+    pooled features), from a pre-training or a fine-tuned run.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: unknown (known: {', '.join(FORMATS)})")
+    out = Path(out)
+    state, kwargs, cfg, meta = timm_weights(run, encoder)
+    classes, names = ([], []) if encoder else (meta["classes"], meta["class_names"])
+    if fmt == "file":
+        checkpoint.save_weights(out, state, meta={
+            "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
+            "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
+        return out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; --format timm writes a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    checkpoint.save_weights(out / "model.safetensors", state)
+    checkpoint.write_json(out / "config.json", timm_config(cfg.model, kwargs, classes, names))
+    checkpoint.write_text(out / "README.md", model_card(cfg.model, len(classes),
+                                                        meta.get("metrics") or {}))
+    return out

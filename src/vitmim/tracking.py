@@ -1,0 +1,108 @@
+"""Optional experiment tracking: a run's progress mirrored to TensorBoard.
+
+``metrics.jsonl`` stays the record of a run; tracking only copies it to a viewer. Inside
+``with tracking("tensorboard", every=50):`` each training run's main process writes to
+``RUN/tensorboard/``:
+
+- every scalar of each epoch record (``pretrain/val_psnr``, ``finetune/val_top1``, ...),
+- the training loss every ``every`` optimisation steps (``pretrain/train_loss_step``),
+- the epoch's reconstruction grid while pre-training (``pretrain/reconstruction``).
+
+The x axis is the optimisation step. The engine calls :func:`on_step` and :func:`on_epoch`; both
+return at once when tracking is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitmim.errors import ConfigError
+
+BACKENDS = ("tensorboard",)
+LOG_EVERY = 50  # optimisation steps between training-loss points
+
+
+@dataclass
+class _Tracker:
+    every: int
+    writers: dict[Path, Any] = field(default_factory=dict)  # run folder -> SummaryWriter
+    last_step: dict[Path, int] = field(default_factory=dict)
+
+    def writer(self, run_dir: Path, step: int):
+        """The run's writer, opened at its first event with ``purge_step`` so that TensorBoard
+        drops what an earlier attempt (before a resume) wrote from that step on; reopened the
+        same way when the steps go back (a rollback)."""
+        from torch.utils.tensorboard import SummaryWriter
+        w = self.writers.get(run_dir)
+        if w is None or step < self.last_step.get(run_dir, -1):
+            if w is not None:
+                w.close()
+            w = self.writers[run_dir] = SummaryWriter(str(run_dir / "tensorboard"),
+                                                      purge_step=step)
+        self.last_step[run_dir] = step
+        return w
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+_active: _Tracker | None = None
+
+
+@contextlib.contextmanager
+def tracking(backend: str | None, every: int = LOG_EVERY) -> Iterator[None]:
+    """Mirror every training run inside the block to ``backend`` (None: no tracking)."""
+    global _active
+    if backend is None:
+        yield
+        return
+    if backend not in BACKENDS:
+        raise ConfigError(f"--log {backend}: unknown (known: {', '.join(BACKENDS)})")
+    if every < 1:
+        raise ConfigError(f"--log-every {every}: must be a positive number of steps")
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("--log tensorboard: needs the tensorboard package "
+                          "(pip install 'vitmim[tensorboard]')") from None
+    outer, _active = _active, _Tracker(every)
+    try:
+        yield
+    finally:
+        _active.close()
+        _active = outer
+
+
+def on_step(trainer, loss) -> None:
+    """After an optimisation step (``trainer.step`` already counts it). The loss is read, a host
+    sync on a GPU, only every ``every`` steps."""
+    t = _active
+    if t is None or not trainer.env.main or trainer.step % t.every:
+        return
+    t.writer(trainer.run_dir, trainer.step).add_scalar(
+        f"{trainer.stage}/train_loss_step", loss.item(), trainer.step)
+
+
+def on_epoch(trainer, record: dict) -> None:
+    """After an epoch's record is written to metrics.jsonl (main process)."""
+    t = _active
+    if t is None:
+        return
+    step = record["step"]
+    w = t.writer(trainer.run_dir, step)
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            w.add_scalar(f"{trainer.stage}/{key}", value, step)
+    grid = trainer.run_dir / "images" / f"recon_epoch{record['epoch']:03d}.png"
+    if grid.exists():
+        import numpy as np
+        from PIL import Image
+        with Image.open(grid) as im:
+            w.add_image(f"{trainer.stage}/reconstruction", np.asarray(im.convert("RGB")), step,
+                        dataformats="HWC")
+    w.flush()

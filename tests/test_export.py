@@ -1,0 +1,91 @@
+"""Export to timm: a model folder that timm.create_model("local-dir:...") loads and that gives
+vitmim's outputs on real images; the backbone alone with --encoder; the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vitmim import cli
+from vitmim.augment import normalize
+from vitmim.config import load_config
+from vitmim.data import load_images
+from vitmim.inference import load_classifier
+from vitmim.models import build_classifier, transfer
+from vitmim.runs import read_model
+
+
+def timm_inputs(model: torch.nn.Module, images) -> torch.Tensor:
+    """Images preprocessed the timm way: the folder's pretrained_cfg -> timm's eval transform."""
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+
+
+def test_timm_folder_loads_with_labels_and_gives_vitmim_logits(tin2_runs, tin2, tmp_path):
+    out = tmp_path / "model"
+    assert cli.main(["export", str(tin2_runs.ft.run_dir), "--format", "timm",
+                     "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
+                                                     "model.safetensors"]
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    ours, _, meta = load_classifier(tin2_runs.ft.run_dir)
+    assert model.pretrained_cfg["label_names"] == meta["classes"]
+    assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.num_classes == 2
+    x = timm_inputs(model, tin2.images)
+    assert torch.equal(x, normalize(load_images(tin2.images)))  # same preprocessing
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ours(x), atol=1e-5, rtol=0)
+
+
+def test_encoder_folder_gives_the_pretrained_backbone_features(tin2_runs, tin2, tmp_path):
+    out = tmp_path / "encoder"
+    assert cli.main(["export", str(tin2_runs.pre.run_dir), "--format", "timm", "--encoder",
+                     "--out", str(out)]) == 0
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_classes"] == 0 and "label_names" not in config
+    tensors, meta, _ = read_model(tin2_runs.pre.run_dir)
+    ours = build_classifier(load_config(base=meta["config"]).model, 1).eval()
+    transfer(tensors, ours)
+    x = timm_inputs(model, tin2.images)
+    with torch.no_grad():
+        tokens = ours.forward_features(x)
+        torch.testing.assert_close(model.forward_features(x), tokens, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(x), ours.forward_head(tokens, pre_logits=True),
+                                   atol=1e-5, rtol=0)
+
+
+def test_file_format_stays_the_default(tin2_runs, tmp_path):
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["export", str(tin2_runs.pre.run_dir), "--encoder", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    model = timm.models.vision_transformer.VisionTransformer(**meta["kwargs"])
+    model.load_state_dict(load_file(out), strict=True)
+    assert meta["kwargs"]["num_classes"] == 0 and meta["classes"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "not a fine-tuned classifier"),  # a pre-training run without --encoder
+    (["--format", "timm"], "is a file"),  # --out names an existing file
+])
+def test_export_refusals_are_one_line_user_errors(tin2_runs, tmp_path, capsys, args, message):
+    out = tmp_path / "taken"
+    out.write_text("")
+    assert cli.main(["export", str(tin2_runs.pre.run_dir), "--out", str(out), *args,
+                     *(["--encoder"] if "--format" in args else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_runs_of_the_wrong_kind_are_checkpoint_errors(tin2_runs, tin2, tmp_path):
+    import vitmim
+    with pytest.raises(vitmim.CheckpointError, match="not a fine-tuned classifier"):
+        vitmim.export(tin2_runs.pre.run_dir, tmp_path / "x", format="timm")
+    with pytest.raises(vitmim.CheckpointError, match="not a pre-trained restorer"):
+        vitmim.reconstruct(tin2_runs.ft.run_dir, tin2.images[:1], tmp_path / "r.png")
+    assert not (tmp_path / "x").exists()
