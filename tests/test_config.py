@@ -109,7 +109,7 @@ def test_scratch_section_holds_typed_finetune_overrides(tmp_path):
     ("scratch.pretrain.epochs=3", "config key scratch.pretrain.epochs: expected a finetune"),
     ("scratch.finetune.seed=3", "config key scratch.finetune.seed: expected a finetune"),
     ("scratch=3", "config key scratch: expected a mapping"),
-    ("scratch.finetune.epochs=0", "finetune.epochs: expected a positive integer, got 0 "
+    ("scratch.finetune.epochs=0", "finetune.epochs: expected an integer >= 1, got 0 "
                                   r"\(in config section scratch\)"),
 ])
 def test_bad_scratch_recipes_are_refused(override, message):
@@ -123,3 +123,51 @@ def test_bad_scratch_recipe_stops_vitmim_run_before_any_work(tmp_path, capsys):
     assert cli.main(["run", "--out", str(out), "--set", "scratch.finetune.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scratch.finetune.lrr" in err and not out.exists()
+
+
+def test_base_may_list_files_and_share_a_common_one(tmp_path):
+    """A diamond (two bases building on one file) is not a cycle; later bases win."""
+    (tmp_path / "common.yaml").write_text("model: {depth: 3}\npretrain: {epochs: 7}\n")
+    (tmp_path / "a.yaml").write_text("base: common.yaml\npretrain: {epochs: 4}\n")
+    (tmp_path / "b.yaml").write_text("base: common.yaml\nfinetune: {epochs: 9}\n")
+    (tmp_path / "top.yaml").write_text("base: [a.yaml, b.yaml]\nmodel: {depth: 2}\n")
+    cfg = load_config([tmp_path / "top.yaml"])
+    assert (cfg.model.depth, cfg.pretrain.epochs, cfg.finetune.epochs) == (2, 7, 9)
+
+
+def test_base_chains_have_a_depth_limit(tmp_path):
+    from vitmim.config import MAX_BASE_DEPTH
+    for i in range(MAX_BASE_DEPTH + 2):
+        (tmp_path / f"f{i}.yaml").write_text(f"base: f{i + 1}.yaml\n")
+    (tmp_path / f"f{MAX_BASE_DEPTH + 2}.yaml").write_text("model: {depth: 2}\n")
+    with pytest.raises(UserError, match=f"nest deeper than {MAX_BASE_DEPTH}"):
+        load_config([tmp_path / "f0.yaml"])
+
+
+def test_validate_checks_configs_built_in_python():
+    from vitmim.config import validate
+    cfg = Config()
+    cfg.finetune.augment.erasing = 1.5
+    with pytest.raises(UserError, match=r"finetune.augment.erasing: expected a number in "
+                                        r"\[0, 1\], got 1.5"):
+        validate(cfg)
+    cfg = Config()
+    cfg.pretrain.epochs = True  # a bool is not a count
+    with pytest.raises(UserError, match="pretrain.epochs: expected an integer, got true"):
+        validate(cfg)
+
+
+def test_json_readers(tmp_path):
+    from vitmim.config import read_json_mapping, read_jsonl
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+    log = tmp_path / "m.jsonl"
+    log.write_text('{"step": 1}\n\n{"step": 2}\n')
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
+    meta = tmp_path / "m.json"
+    meta.write_text('{"kind": "classifier", "seed": true}')
+    assert read_json_mapping(meta, "model description", {"kind": str})["kind"] == "classifier"
+    with pytest.raises(UserError, match="m.json: run: key seed: expected an integer, got true"):
+        read_json_mapping(meta, "run", {"seed": int})
+    meta.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(UserError, match="m.json: run nests too deeply"):
+        read_json_mapping(meta, "run")

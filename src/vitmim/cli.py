@@ -263,17 +263,26 @@ def add_lab_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vitmim.errors import fold_lines, input_error_line
     args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
         with tracking(getattr(args, "log", None), getattr(args, "log_every", LOG_EVERY)):
             args.fn(args)
     except UserError as e:
-        print(f"vitmim: error: {e}", file=sys.stderr)
+        print(f"vitmim: error: {fold_lines(e)}", file=sys.stderr)
         return UserError.exit_code
-    except KeyboardInterrupt:
-        print("vitmim: interrupted; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # how to continue: training resumes by flag, a grid by rerunning
+        hint = {"grid": "; rerun the same command to continue (finished runs are kept)",
+                **dict.fromkeys(("run", "pretrain", "finetune"), "; continue with --resume")}
+        print(f"vitmim: interrupted{hint.get(args.command, '')}", file=sys.stderr)
         return 130
+    except Exception as e:  # a damaged or unreadable input that no reader anticipated
+        line = input_error_line(e)
+        if line is None:
+            raise
+        print(f"vitmim: error: {line}", file=sys.stderr)
+        return UserError.exit_code
     if args.command in ("run", "pretrain", "finetune") and os.environ.get("RANK", "0") == "0":
         print(f"done in {time.time() - t0:.0f} s", flush=True)
     return 0

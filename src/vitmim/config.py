@@ -1,14 +1,18 @@
 """Typed configuration: dataclasses, YAML files, dotted ``--set key=value`` overrides.
 
 One :class:`Config` describes a whole experiment (data, model, both training stages); each command
-reads the sections it needs. Every value is checked against its annotation before any work
-starts, and a bad one is refused with one line naming the key and what was expected.
+reads the sections it needs. Every value is checked against its annotation and its declared range
+(:data:`RANGES`, one per key) before any work starts, and a bad one is refused with one line
+naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -121,7 +125,170 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------
+# declared ranges: what each key accepts beyond its annotation
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a key accepts beyond its type: bounds on numbers (list items included), a
+    pattern for strings (list items included), and for lists non-emptiness and distinct items.
+    Floats are always refused when NaN or infinite, whatever the bounds."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is refused
+    hi_open: bool = False  # hi itself is refused
+    pattern: str | None = None  # a string must match it whole
+    nonempty: bool = False  # a list needs at least one item
+    distinct: bool = False  # a list's items may not repeat
+    text: str = ""  # what is expected, when the bounds alone would not say it
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        if self.lo is not None and self.hi is not None:
+            return (f"a number in {'(' if self.lo_open else '['}{self.lo:g}, "
+                    f"{self.hi:g}{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"a number {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"a number {'<' if self.hi_open else '<='} {self.hi:g}"
+        return "any value of its type"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or value is None:
+            return True  # the annotation alone decides
+        if isinstance(value, (int, float)):
+            return self._in_bounds(value)
+        if isinstance(value, str):
+            return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+        if isinstance(value, list):
+            if (self.nonempty and not value) or (
+                    self.distinct and len(set(map(repr, value))) < len(value)):
+                return False
+            return all(self.accepts(v) for v in value)
+        return True
+
+    def _in_bounds(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
+            return False
+        return self.hi is None or not (x > self.hi or (self.hi_open and x == self.hi))
+
+
+ANY = Range()  # the annotation says it all: true/false, one of a few names
+POSITIVE = Range(lo=0, lo_open=True)
+NON_NEGATIVE = Range(lo=0)
+COUNT = Range(lo=1, text="an integer >= 1")
+FRACTION_OPEN = Range(0, 1, hi_open=True)  # [0, 1): 1 would leave nothing (decay, drop rate)
+# Model sizes far beyond any accelerator's memory are typos (1920000 for 192): refused here rather
+# than as an allocation failure minutes later.
+SIZE = Range(1, 16384, text="an integer in [1, 16384]")
+LAYERS = Range(1, 1024, text="an integer in [1, 1024]")
+BETA = Range(0, 1e38)  # a Beta(a, a) parameter; torchvision draws it in float32 (max 3.4e38)
+SEED = Range(0, 2**63 - 1, text=f"an integer in [0, {2**63 - 1}]")  # torch.manual_seed's range
+PATH = Range(pattern=r"[^\x00]+", text="a non-empty path (or null)")
+
+# Every key of every section, as "Section.field" (inherited fields are found through the base
+# class). A key missing here has no declared range: tests/test_validation.py fails on it.
+RANGES: dict[str, Range] = {
+    "DataConfig.source": ANY,
+    "DataConfig.path": PATH,
+    "DataConfig.classes": Range(lo=1, pattern=r"[^\x00]+", nonempty=True, distinct=True,
+                                text="a count >= 1, a non-empty list of distinct class ids, "
+                                     "or null (all classes)"),
+    "DataConfig.class_seed": SEED,
+    "DataConfig.label_fraction": Range(0, 1, lo_open=True),
+    "DataConfig.cache_dir": PATH,
+    "DataConfig.resize": ANY,
+    "DataConfig.class_subset": Range(lo=0, text="0 (the first data.classes) or a block >= 1"),
+    "ModelConfig.arch": ANY,
+    "ModelConfig.img_size": Range(1, 4096, text="an integer in [1, 4096] (px)"),
+    "ModelConfig.patch_size": COUNT,
+    "ModelConfig.embed_dim": SIZE,
+    "ModelConfig.depth": LAYERS,
+    "ModelConfig.num_heads": COUNT,
+    "ModelConfig.mlp_ratio": Range(0, 64, lo_open=True),
+    "ModelConfig.conv_stem": ANY,
+    "ModelConfig.rezero": ANY,
+    "ModelConfig.decoder_dim": SIZE,
+    "ModelConfig.decoder_depth": Range(0, 1024, text="an integer in [0, 1024]"),  # 0: linear
+    "ModelConfig.unet_channels": Range(1, 16384, nonempty=True,
+                                       text="a non-empty list of positive channel counts "
+                                            "(at most 16384)"),
+    "ModelConfig.skips": ANY,
+    "AugmentConfig.crop_pad": Range(lo=0, text="an integer >= 0"),
+    "AugmentConfig.flip": ANY,
+    "AugmentConfig.trivial_augment": ANY,
+    "AugmentConfig.mixup": BETA,
+    "AugmentConfig.cutmix": BETA,
+    "AugmentConfig.erasing": Range(0, 1),
+    "StageConfig.epochs": COUNT,
+    "StageConfig.batch_size": COUNT,
+    "StageConfig.lr": POSITIVE,
+    "StageConfig.min_lr": NON_NEGATIVE,
+    "StageConfig.weight_decay": NON_NEGATIVE,
+    "StageConfig.warmup_epochs": NON_NEGATIVE,
+    "StageConfig.grad_clip": NON_NEGATIVE,
+    "StageConfig.drop_path": FRACTION_OPEN,
+    "StageConfig.ema": FRACTION_OPEN,
+    "StageConfig.seed": SEED,
+    "StageConfig.nan_policy": ANY,
+    "PretrainConfig.mask_patch": COUNT,
+    "PretrainConfig.mask_ratio": Range(0, 1, lo_open=True, hi_open=True),
+    "PretrainConfig.fast": ANY,
+    "PretrainConfig.loss": ANY,
+    "PretrainConfig.loss_on": ANY,
+    "PretrainConfig.norm_pix": ANY,
+    "FinetuneConfig.label_smoothing": FRACTION_OPEN,
+    "FinetuneConfig.layer_decay": Range(0, 1, lo_open=True),
+    "Config.device": Range(pattern=r"auto|cpu|cuda|cuda:[0-9]+|mps",
+                           text="auto, cpu, cuda, cuda:N or mps"),
+    "Config.amp": ANY,
+    "Config.compile": ANY,
+    "Config.checkpoint_every": Range(lo=0, text="an integer >= 0 (0 = once per epoch)"),
+    "Config.scratch": ANY,  # its keys are finetune.* keys, each checked by tuned_scratch
+}
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The declared range of field ``name`` of section ``cls`` (or of the class it extends)."""
+    for c in cls.__mro__:
+        if f"{c.__name__}.{name}" in RANGES:
+            return RANGES[f"{c.__name__}.{name}"]
+    return None
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, Range | None]]:
+    """Every leaf key of ``cls`` as (dotted key, annotation, declared range or None)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += config_keys(hints[f.name], key)
+        else:
+            out.append((key, hints[f.name], range_of(cls, f.name)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # type checking of values against annotations
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to one short line (a value may be a long list or a deep mapping)."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower().replace("none", "null")  # as YAML spells them
+    try:
+        return _clip(repr(value), limit)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -133,20 +300,20 @@ def _check(value: Any, tp: Any, key: str) -> Any:
                 return _check(value, option, key)
             except UserError:
                 continue
-        raise UserError(f"config key {key}: expected {_describe(tp)}, got {value!r}")
+        raise UserError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
     if origin is Literal:
-        if value in typing.get_args(tp):
+        if isinstance(value, str) and value in typing.get_args(tp):
             return value
         choices = ", ".join(repr(c) for c in typing.get_args(tp))
-        raise UserError(f"config key {key}: expected one of {choices}, got {value!r}")
+        raise UserError(f"config key {key}: expected one of {choices}, got {_show(value)}")
     if origin is dict:  # a section of dotted overrides (``scratch``), checked where it is used
-        if value is None or isinstance(value, dict):
-            return flatten(value or {})
+        if isinstance(value, dict):
+            return flatten(value)
         raise UserError(f"config key {key}: expected a mapping of dotted keys, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config key {key}: expected a list, got {value!r}")
+            raise UserError(f"config key {key}: expected a list, got {_show(value)}")
         return [_check(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
         if value is None:
@@ -158,19 +325,28 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        return _to_float(value, key)
     elif tp is str:
         if isinstance(value, str):
             return value
     else:
         raise TypeError(f"unsupported annotation {tp} for {key}")
-    raise UserError(f"config key {key}: expected {_describe(tp)}, got {value!r}")
+    raise UserError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
+
+
+def _to_float(value: Any, key: str) -> float:
+    """A finite float from a number, or from text (YAML 1.1 reads 1e-4, without a dot, as text)."""
+    x = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except (ValueError, OverflowError):
+            x = None if not isinstance(value, int) else math.inf  # an int beyond float range
+    if x is None:
+        raise UserError(f"config key {key}: expected a number, got {_show(value)}")
+    if not math.isfinite(x):
+        raise UserError(f"config key {key}: expected a finite number, got {_show(value)}")
+    return x
 
 
 def _describe(tp: Any) -> str:
@@ -179,6 +355,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(t) for t in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
     return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
             str: "a string"}.get(tp, str(tp))
 
@@ -186,19 +364,22 @@ def _describe(tp: Any) -> str:
 def _build(cls: type, values: dict, prefix: str) -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, refusing unknown keys."""
     if not isinstance(values, dict):
-        raise UserError(f"config key {prefix or '<root>'}: expected a mapping, got {values!r}")
+        raise UserError(f"config key {prefix or '<root>'}: expected a mapping, "
+                        f"got {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else k
-            raise UserError(f"unknown config key {where} (known: {', '.join(sorted(names))})")
+            raise UserError(f"unknown config key {_clip(str(where))} "
+                            f"(known: {', '.join(sorted(names))})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, values.get(f.name, {}) or {}, key)
+            section = values.get(f.name, {})
+            kwargs[f.name] = _build(tp, {} if section is None else section, key)
         elif f.name in values:
             kwargs[f.name] = _check(values[f.name], tp, key)
     return cls(**kwargs)
@@ -214,52 +395,148 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
-    """A YAML file whose top level is a mapping, or a one-line UserError naming the file."""
+# ---------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    """UTF-8 text of a file the user named, or a one-line UserError saying why not."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: expected a {what}, found a folder")
     if not p.is_file():
         raise UserError(f"{p}: {what} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        return p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                        f"offset {e.start}; a binary file?)") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot read the {what} ({e.strerror})") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping, or a one-line UserError naming the file."""
+    p = Path(path)
+    text = _read_text(p, what)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{p}: {what} nests too deeply to be a config") from None
+    if data is None:
+        raise UserError(f"{p}: {what} is empty (expected a mapping of keys)")
     if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping of keys at the top level")
+        raise UserError(f"{p}: expected a mapping of keys at the top level, got {_show(data)}")
     return data
 
 
-def _read_yaml(path: str | Path) -> dict:
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+              float: "a number", bool: "true/false"}
+
+
+def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None = None
+                      ) -> dict:
+    """A JSON file whose top level is a mapping holding ``keys`` (name -> type), or a
+    one-line UserError naming the file: truncated, not JSON, wrong types, a folder."""
     p = Path(path)
-    data = read_yaml_mapping(p)
-    base = data.pop("base", None)  # a preset may build on another file, relative to itself
-    if base:
-        data = _merge(_read_yaml(p.parent / base), data)
+    text = _read_text(p, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated "
+                        f"{what}?)") from None
+    except RecursionError:
+        raise UserError(f"{p}: {what} nests too deeply") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: {what}: expected a JSON object, got {_show(data)}")
+    for name, tp in (keys or {}).items():
+        if not isinstance(data.get(name), tp) or (tp is int and isinstance(data[name], bool)):
+            raise UserError(f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, "
+                            f"got {_show(data.get(name))}")
     return data
+
+
+def read_jsonl(path: str | Path, what: str = "metrics log") -> list[dict]:
+    """One JSON object per line (blank lines skipped; a missing file is empty), or a one-line
+    UserError naming the file and line."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for i, line in enumerate(_read_text(p, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(f"{p}:{i}: {what}: expected one JSON object per line, got "
+                            f"{_clip(line.strip(), 40)!r}")
+        records.append(record)
+    return records
+
+
+MAX_BASE_DEPTH = 32  # files building on files; deeper is a mistake, not a design
+
+
+def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file merged over the file(s) its ``base:`` names (relative to itself)."""
+    p = Path(path)
+    here = p.resolve()
+    if here in chain:
+        names = " -> ".join(str(c) for c in (*chain, here))
+        raise UserError(f"{p}: base files include each other ({names})")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise UserError(f"{p}: base files nest deeper than {MAX_BASE_DEPTH} levels")
+    data = read_yaml_mapping(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = [base] if isinstance(base, str) else base
+    if not (isinstance(bases, list) and bases
+            and all(isinstance(b, str) and b and "\x00" not in b for b in bases)):
+        raise UserError(f"{p}: key base: expected a file name or a list of them, "
+                        f"got {_show(base)}")
+    merged: dict = {}
+    for b in bases:
+        merged = _merge(merged, _read_yaml(p.parent / b, (*chain, here)))
+    return _merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"pretrain.mask_ratio=0.4"`` -> (["pretrain", "mask_ratio"], 0.4); values are YAML."""
     if "=" not in text:
-        raise UserError(f"--set {text}: expected key=value, e.g. pretrain.mask_ratio=0.4")
+        raise UserError(f"--set {_clip(text)}: expected key=value, e.g. pretrain.mask_ratio=0.4")
     key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise UserError(f"--set {_clip(text)}: expected a dotted key, e.g. "
+                        f"pretrain.mask_ratio=0.4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    except RecursionError:
+        raise UserError(f"--set {key.strip()}: value nests too deeply") from None
+    return keys, value
 
 
 def overrides_to_dict(overrides: list[str]) -> dict:
     out: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
-        out = set_keys(out, {".".join(keys): value}, where=f"--set {text}")
+        out = set_keys(out, {".".join(keys): value}, where=f"--set {_clip(text)}")
     return out
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = (),
                 base: dict | None = None) -> Config:
     """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
+    if base is not None and not isinstance(base, dict):
+        raise UserError(f"config: expected a mapping of keys, got {_show(base)}")
     values: dict = dict(base or {})
     for f in files:
         values = _merge(values, _read_yaml(f))
@@ -269,41 +546,33 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------
+# validation: every key in its range, then what keys demand of each other
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that annotations cannot express."""
-    m, p = cfg.model, cfg.pretrain
-    if m.img_size % m.patch_size:
-        raise UserError(f"config key model.patch_size: {m.patch_size} does not divide "
-                        f"model.img_size {m.img_size}")
-    if m.embed_dim % m.num_heads:
-        raise UserError(f"config key model.num_heads: {m.num_heads} does not divide "
-                        f"model.embed_dim {m.embed_dim}")
-    if p.mask_patch <= 0 or m.img_size % p.mask_patch:
-        raise UserError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
-                        f"the {m.img_size} px image")
-    if not 0.0 < p.mask_ratio < 1.0:
-        raise UserError(f"config key pretrain.mask_ratio: expected a number in (0, 1), "
-                        f"got {p.mask_ratio}")
-    if not 0.0 < cfg.data.label_fraction <= 1.0:
-        raise UserError(f"config key data.label_fraction: expected a number in (0, 1], "
-                        f"got {cfg.data.label_fraction}")
-    if isinstance(cfg.data.classes, int) and cfg.data.classes <= 0:
-        raise UserError(f"config key data.classes: expected a positive count, "
-                        f"got {cfg.data.classes}")
-    _validate_subset(cfg.data)
-    if m.arch == "unet-vit" and (not m.unet_channels or min(m.unet_channels) <= 0):
-        raise UserError(f"config key model.unet_channels: expected a non-empty list of positive "
-                        f"channel counts, got {m.unet_channels}")
-    if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
-        raise UserError("config key model.unet_channels: 2^len must divide model.img_size")
+    """Check every key against its annotation and declared range (:data:`RANGES`), then the
+    constraints between keys; the first problem is raised as a one-line UserError."""
+    for key, tp, rule in config_keys():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        _check(value, tp, key)
+        if rule is not None and not rule.accepts(value):
+            raise UserError(f"config key {key}: expected {rule.describe()}, "
+                            f"got {_show(value)}")
+    _check_model(cfg.model)
+    _check_masking(cfg.model.img_size, cfg.pretrain)
     for name in ("pretrain", "finetune"):
         st: StageConfig = getattr(cfg, name)
-        for k in ("epochs", "batch_size"):
-            if getattr(st, k) <= 0:
-                raise UserError(f"config key {name}.{k}: expected a positive integer, "
-                                f"got {getattr(st, k)}")
-        if st.lr <= 0:
-            raise UserError(f"config key {name}.lr: expected a positive number, got {st.lr}")
+        if st.min_lr > st.lr:
+            raise UserError(f"config key {name}.min_lr: {st.min_lr:g} is above {name}.lr "
+                            f"{st.lr:g}; expected a floor at or below the peak")
+        if st.augment.crop_pad >= cfg.model.img_size:
+            raise UserError(f"config key {name}.augment.crop_pad: {st.augment.crop_pad} px; "
+                            f"expected less than model.img_size {cfg.model.img_size} "
+                            f"(reflect padding)")
+    _validate_subset(cfg.data)
     if cfg.scratch:  # kept as the recipe applies them (YAML 1.1 reads 2e-3 as text)
         tuned = flatten(to_dict(tuned_scratch(cfg)))
         cfg.scratch = {k: tuned[k] for k in cfg.scratch}
@@ -344,6 +613,43 @@ def tuned_scratch(cfg: Config) -> Config:
         raise UserError(f"{e} (in config section scratch)") from None
     out.scratch = dict(cfg.scratch)  # the tuned stage's config.yaml records its recipe
     return out
+
+
+def _check_model(m: ModelConfig) -> None:
+    """Shapes the model code needs: token grids, head splits, sine-cosine position widths."""
+    def refuse(key: str, text: str) -> None:
+        raise UserError(f"config key model.{key}: {text}")
+    if m.img_size % m.patch_size:
+        refuse("patch_size", f"{m.patch_size} does not divide model.img_size {m.img_size}")
+    if m.embed_dim % 4:
+        refuse("embed_dim", f"{m.embed_dim}; expected a multiple of 4 (sine-cosine positions)")
+    if int(m.embed_dim * m.mlp_ratio) < 1:
+        refuse("mlp_ratio", f"{m.mlp_ratio:g} gives MLPs of {int(m.embed_dim * m.mlp_ratio)} "
+                            f"units at model.embed_dim {m.embed_dim}; expected at least 1")
+    if m.embed_dim % m.num_heads:
+        refuse("num_heads", f"{m.num_heads} does not divide model.embed_dim {m.embed_dim}")
+    heads = max(1, m.decoder_dim // 32)  # the fast-path decoder's 32-wide heads
+    if m.decoder_dim % 4 or m.decoder_dim % heads:
+        refuse("decoder_dim", f"{m.decoder_dim}; expected a multiple of 4 that splits into "
+                              f"{heads} equal heads (e.g. 32, 64, 128)")
+    if m.conv_stem and m.arch == "vit" and (m.patch_size & (m.patch_size - 1)
+                                             or m.embed_dim < m.patch_size):
+        refuse("patch_size", f"{m.patch_size} with model.conv_stem; expected a power of two "
+                             f"no larger than model.embed_dim {m.embed_dim}")
+    if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
+        refuse("unet_channels", f"{m.unet_channels} halves the image {len(m.unet_channels)} "
+                                f"times; 2^len must divide model.img_size {m.img_size}")
+
+
+def _check_masking(img_size: int, p: PretrainConfig) -> None:
+    if img_size % p.mask_patch:
+        raise UserError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
+                        f"the {img_size} px image")
+    cells = (img_size // p.mask_patch) ** 2
+    k = round(p.mask_ratio * cells)
+    if not 0 < k < cells:
+        raise UserError(f"config key pretrain.mask_ratio: {p.mask_ratio:g} of {cells} cells "
+                        f"masks {k}; expected at least one masked and one visible cell")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,9 +1,13 @@
-"""The one exception type a user can cause.
+"""The one exception type a user can cause, and the one line the CLI prints for it.
 
 Anything the user can get wrong (a path, a file layout, a config value, a checkpoint that does not
 fit) raises :class:`UserError`; the CLI prints its message on one line and exits with code 2.
-Everything else is a bug and is allowed to raise with a traceback.
+A few library errors are just as surely the input's fault (a file the OS refuses, a damaged JSON,
+YAML or safetensors file, bytes that are not text): :func:`input_error_line` turns those into one
+line too. Everything else is a bug and is allowed to raise with a traceback.
 """
+
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -28,3 +32,29 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A run folder or weights file that is missing, unreadable or of the wrong kind."""
+
+
+def fold_lines(text: object) -> str:
+    """``text`` with its line breaks folded, so a message never spans lines."""
+    return " ".join(str(text).split("\n")).strip()
+
+
+def input_error_line(e: BaseException) -> str | None:
+    """One line for an error a damaged or unreadable input causes, or None for a bug."""
+    import json
+
+    import yaml
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError) and (e.filename is not None or e.strerror):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return fold_lines(f"{where}{e.strerror or e}")
+    if isinstance(e, json.JSONDecodeError):
+        return fold_lines(f"a file is not valid JSON ({e.msg} at line {e.lineno}; truncated?)")
+    if isinstance(e, UnicodeDecodeError):
+        return fold_lines(f"a file is not UTF-8 text ({e.reason} at byte {e.start})")
+    if isinstance(e, yaml.YAMLError):
+        return fold_lines(f"not valid YAML ({str(e).splitlines()[0] if str(e) else e})")
+    if isinstance(e, SafetensorError):
+        return fold_lines(f"not a readable safetensors file ({e})")
+    return None

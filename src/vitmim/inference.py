@@ -67,6 +67,8 @@ def evaluate_run(run: str | Path, data: str | None = None) -> dict[str, float]:
 @torch.no_grad()
 def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image."""
+    if topk < 1:
+        raise ConfigError(f"--topk {topk}: expected an integer >= 1")
     model, cfg, meta = load_classifier(run)
     x = normalize(load_images(images, cfg.model.img_size))
     probs = model(x).softmax(-1)

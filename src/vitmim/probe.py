@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from vitmim import checkpoint
 from vitmim.augment import normalize
-from vitmim.config import Config, load_config
+from vitmim.config import RANGES, Config, load_config
 from vitmim.data import ImageSet, load_splits
 from vitmim.errors import UserError
 from vitmim.models import build_classifier, transfer
@@ -120,14 +120,30 @@ def labelled_splits(cfg: Config, classes: list[str] | None = None
     return train, val
 
 
+def probe_device(device: str) -> torch.device:
+    """``--device``, checked like the config key ``device`` and present on this machine."""
+    rule = RANGES["Config.device"]
+    if not rule.accepts(device):
+        raise UserError(f"--device {device}: expected {rule.describe()}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.split(":")[0], True):
+        raise UserError(f"--device {device}: not available on this machine")
+    return torch.device(device)
+
+
 def probe_run(run: str | Path, data: str | None = None, device: str = "cpu",
               k: int = KNN_K) -> dict:
     """Probe a run folder's model and write ``probe.json`` beside it; returns the result."""
+    if k < 1:
+        raise UserError(f"--k {k}: expected an integer >= 1 (neighbours in the vote)")
+    dev = probe_device(device)
     model, cfg, classes = model_for_probe(run)
     if data:
         cfg.data.path = data
     train, val = labelled_splits(cfg, classes)
-    result = probe_model(model, train, val, torch.device(device), k)
+    result = probe_model(model, train, val, dev, k)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     checkpoint.write_json(run_dir / "probe.json", result)
     return result

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vitmim import checkpoint
-from vitmim.config import Config, dump, to_dict
+from vitmim.config import Config, dump, load_config, read_json_mapping, read_jsonl, to_dict
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -125,17 +125,14 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop records written after ``step`` (they are recomputed after a resume)."""
     path = run_dir / METRICS
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["step"] <= step]
-        checkpoint.write_text(path, "".join(ln + "\n" for ln in lines))
+        kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        checkpoint.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every epoch record of a run, oldest first; empty when there is none yet."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    """Every epoch record of a run, oldest first; empty when there is none yet. A damaged line
+    is a one-line UserError naming the file and line."""
+    return read_jsonl(run_dir / METRICS)
 
 
 def last_metrics(run_dir: Path) -> dict:
@@ -177,7 +174,13 @@ def read_model(path: str | Path, described: bool = True
         if described:
             raise UserError(f"{meta_path}: missing; it describes the model in {p}")
         return tensors, {}, p
+    meta = read_json_mapping(meta_path, "model description", {
+        "kind": str, "config": dict, "classes": list, "class_names": list})
+    if len(meta["classes"]) != len(meta["class_names"]):
+        raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes but "
+                        f"{len(meta['class_names'])} class names")
     try:
-        return tensors, json.loads(meta_path.read_text()), p
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_path}: not valid JSON ({e})") from None
+        load_config(base=meta["config"])
+    except UserError as e:
+        raise UserError(f"{meta_path}: {e}") from None
+    return tensors, meta, p

@@ -40,6 +40,7 @@ from vitmim.config import (
     flatten,
     load_config,
     overrides_to_dict,
+    read_json_mapping,
     read_yaml_mapping,
     set_keys,
     to_dict,
@@ -50,6 +51,9 @@ from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.runs import finished
 from vitmim.stages import BASELINES, run_all, stage_dirname
 
+# what cell.json must hold (name -> type) to be run or reported
+CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
+             "probe": bool, "config": dict}
 SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label_fractions",
              "probe", "out", "slurm"}
 
@@ -260,9 +264,10 @@ def run_finished(run: Run) -> bool:
 def read_status(run_dir: Path) -> dict:
     path = run_dir / "status.json"
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
+        status = json.loads(path.read_text()) if path.exists() else {}
+    except (ValueError, OSError):  # damaged or unreadable: the run is redone like a failed one
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _write_status(run_dir: Path, status: str, **extra) -> None:
@@ -275,7 +280,7 @@ def run_job(cell_json: str | Path) -> dict:
     beside it; raises what the run raised. Returns each stage's final metrics."""
     path = Path(cell_json)
     run_dir = path.parent
-    job = json.loads(path.read_text())
+    job = read_json_mapping(path, "grid cell", CELL_KEYS)
     t0 = time.time()
     _write_status(run_dir, "running")
     try:

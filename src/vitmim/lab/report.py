@@ -21,17 +21,16 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from vitmim import checkpoint
+from vitmim import checkpoint, config
 from vitmim.errors import UserError
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
-from vitmim.lab.grid import cell_name
+from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.runs import finished, last_metrics, read_metrics
 from vitmim.stages import BASELINES, RUN_DIRS, summary_table
 
@@ -89,14 +88,24 @@ class Row:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return config.read_json_mapping(path, "probe result") if path.exists() else {}
+
+
+def _read_run_config(path: Path) -> dict:
+    """A stage's config.yaml, checked like any config (its values label the tables)."""
+    raw = config.read_yaml_mapping(path, "run config")
+    try:
+        return config.to_dict(config.load_config(base=raw))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def collect(runs_dir: Path) -> list[RunRecord]:
     """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
     records = []
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
-        job, seed_dir = json.loads(cell_json.read_text()), cell_json.parent
+        job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
+        seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
         pre_curve = read_metrics(pre) if finished(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
@@ -115,7 +124,7 @@ def collect(runs_dir: Path) -> list[RunRecord]:
 def _record(stage_dir: Path, cell: str, kind: str, axes: dict, seed: int,
             pre_curve: list[dict], probe: dict, recipe: dict) -> RunRecord:
     """The record of one fine-tune stage folder (finished or not)."""
-    cfg = yaml.safe_load((stage_dir / "config.yaml").read_text())
+    cfg = _read_run_config(stage_dir / "config.yaml")
     curve = read_metrics(stage_dir)
     return RunRecord(cell, kind, axes, seed, float(cfg["data"]["label_fraction"]), stage_dir,
                      curve[-1] if curve and finished(stage_dir) else {}, curve,
@@ -139,7 +148,7 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
     pre_curve = read_metrics(pre) if finished(pre) else []
     records = []
     for cfg_path in sorted(run_dir.glob("*/config.yaml")):
-        folder, cfg = cfg_path.parent.name, yaml.safe_load(cfg_path.read_text())
+        folder, cfg = cfg_path.parent.name, _read_run_config(cfg_path)
         kind = RUN_KINDS.get(folder.split("_lf")[0])
         if kind is None:  # the restorer, or a folder vitmim run does not write
             continue
@@ -752,7 +761,7 @@ def _run_table(run_dir: Path) -> str:
     """The stages of one ``vitmim run`` with their wall times, as the run printed them."""
     summary = run_dir / "summary.json"
     if summary.exists():
-        return summary_table(json.loads(summary.read_text()))
+        return summary_table(config.read_json_mapping(summary, "run summary"))
     return summary_table({d.name: last_metrics(d) for d in sorted(run_dir.iterdir())
                           if (d / "config.yaml").exists()})
 
