@@ -145,3 +145,52 @@ def test_smoke_preset_on_real_tin10(tmp_path):
     assert summary["finetune"]["val_top1"] > 10.0  # 10 classes: above chance after one epoch
     assert len(json.loads((tmp_path / "finetune" / "model.json").read_text())["classes"]) == 10
     assert "done in" in proc.stdout
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def files_under(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "run"])
+def test_folder_of_user_files_is_refused_before_anything_is_written(command, tiny_tin, tmp_path):
+    out = tmp_path / "mine"
+    (out / "photos").mkdir(parents=True)
+    (out / "notes.txt").write_text("not a run\n")
+    proc = vitmim(command, "--data", tiny_tin, "--out", out, *TINY, check=False)
+    assert "holds files that are not a vitmim run" in one_error_line(proc)
+    assert sorted(p.name for p in out.rglob("*")) == ["notes.txt", "photos"]
+
+
+def test_outputs_never_replace_the_files_of_a_run(trained, tmp_path):
+    out, _ = trained
+    pre, ft = out / "pretrain", out / "finetune"
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    user_folder = tmp_path / "exports"
+    (user_folder / "old.txt").parent.mkdir()
+    (user_folder / "old.txt").write_text("mine\n")
+    before = files_under(out) | files_under(user_folder)
+    refused = {  # arguments: what the one line must say
+        ("export", ft, "--out", ft / "model.safetensors"): "would replace a file of the run",
+        ("export", ft, "--out", ft / "manifest.safetensors"): "manifest.json: would replace",
+        ("export", ft, "--out", ft / "checkpoints" / "a.safetensors"): "would replace",
+        ("export", ft, "--out", ft / "config.yaml"): "would replace",
+        ("export", ft, "--out", tmp_path / "weights.json"): "name a .safetensors file",
+        ("export", ft, "--out", user_folder): "is a folder",
+        ("reconstruct", pre, img, "--out", pre / "metrics.jsonl"): "would replace",
+        ("reconstruct", pre, img, "--out", pre / "images" / "recon_epoch001.png"): "would replace",
+        ("reconstruct", pre, img, "--out", out / "summary.md"): "would replace",
+        ("reconstruct", pre, img, "--out", user_folder): "is a folder",
+    }
+    for args, message in refused.items():
+        assert message in one_error_line(vitmim(*args, check=False)), args
+    assert files_under(out) | files_under(user_folder) == before
+    # a new name beside the run's own files is fine
+    vitmim("reconstruct", pre, img, "--out", pre / "my_grid.png")
+    assert (pre / "my_grid.png").is_file()
+    (pre / "my_grid.png").unlink()

@@ -14,7 +14,7 @@ from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer
 from vitmim.models.classifier import timm_kwargs, to_timm_state
-from vitmim.runs import read_model
+from vitmim.runs import check_output, read_model
 from vitmim.stages import classification_metrics, restored_image
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -73,6 +73,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tupl
 def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
                 seed: int = 0) -> Path:
     """PNG grid of original | masked | restored for the given images."""
+    check_output(out)
     model, cfg = load_restorer(run, overrides)
     x = normalize(load_images(images, cfg.model.img_size))
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +84,13 @@ def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[s
 
 
 def export(run: str | Path, out: Path) -> Path:
-    """Weights + constructor arguments for ``timm.models.VisionTransformer`` (strict load)."""
+    """Weights + constructor arguments for ``timm.models.VisionTransformer`` (strict load):
+    ``out`` (.safetensors) and the JSON beside it."""
+    check_output(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: export writes safetensors weights and a .json beside them; "
+                        f"name a .safetensors file")
+    check_output(out.with_suffix(".json"))
     model, cfg, meta = load_classifier(run)
     kwargs = timm_kwargs(cfg.model, len(meta["classes"]))
     checkpoint.save_weights(out, to_timm_state(model, cfg.model), meta={

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 from torch import nn
 
 from vitmim import checkpoint
@@ -35,6 +36,14 @@ if TYPE_CHECKING:  # engine imports this module
 
 METRICS = "metrics.jsonl"
 MODEL = "model.safetensors"
+# what vitmim writes in a run folder (and, for summary/cell/status, in a folder of runs): an
+# output path that would replace one of these is refused
+OWN_FILES = frozenset({MODEL, "model.json", "config.yaml", "manifest.json", METRICS, ".lock",
+                       "probe.json", "probe_random_init.json", "summary.md", "summary.json",
+                       "cell.json", "status.json", "log.txt"})
+OWN_FOLDERS = frozenset({"checkpoints", "images"})
+# written into a folder of stage folders (`vitmim run --out`, a grid cell) before its stages
+PARENT_MARKERS = ("summary.json", "cell.json")
 
 
 class RunLock:
@@ -71,6 +80,71 @@ class RunLock:
 def run_lock(run_dir: Path, env: Env):
     """The folder lock, taken by the main process only."""
     return RunLock(run_dir) if env.main else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# whose folder is it
+
+
+def _json_keys(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def is_run(folder: Path) -> bool:
+    """``folder`` holds a vitmim run: its manifest, config, checkpoints or final model."""
+    ckpt = next(folder.glob("checkpoints/step_*.json"), None)
+    return ({"data_fingerprint", "packages"} <= _json_keys(folder / "manifest.json")
+            or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(
+                folder / "config.yaml"))
+            or ckpt is not None and {"stage", "sha256"} <= _json_keys(ckpt)
+            or "sha256" in _json_keys(folder / "model.json"))
+
+
+def _yaml_mapping(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError as e:
+        raise UserError(f"{folder}: cannot read the run folder ({e.strerror})") from None
+    return (names <= {".lock"}  # new, or a run stopped before it wrote its config
+            or is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS)
+            or any((folder / s).is_dir() and _is_ours(folder / s, ()) for s in stages))
+
+
+def claim(folder: Path, stages: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is written there, to train in a folder that holds files but no
+    vitmim run: a run folder, or with ``stages`` a folder of stage folders (``vitmim run``)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a run folder; choose another --out")
+    if folder.is_dir() and not _is_ours(folder, stages):
+        raise UserError(f"{folder}: holds files that are not a vitmim run; choose a new or "
+                        f"empty --out")
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output file that names a folder, or that would replace a file of a run."""
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; --out names the file to write")
+    for folder in out.absolute().parents:
+        if is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS):
+            rel = out.absolute().relative_to(folder)
+            if rel.parts[0] in OWN_FOLDERS or str(rel) in OWN_FILES:
+                raise UserError(f"{out}: would replace a file of the run in {folder}; choose "
+                                f"another --out")
 
 
 # ---------------------------------------------------------------------------------------------

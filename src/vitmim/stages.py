@@ -26,7 +26,15 @@ from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import normalize_patches, patchify, restoration_loss, unpatchify
 from vitmim.probe import probe_random_init, probe_run
-from vitmim.runs import finished, last_metrics, open_run, read_model, run_lock, save_final
+from vitmim.runs import (
+    claim,
+    finished,
+    last_metrics,
+    open_run,
+    read_model,
+    run_lock,
+    save_final,
+)
 
 EVAL_IMAGES = 512  # validation images used for restoration metrics
 GRID_IMAGES = 8  # images shown in reconstruction grids
@@ -204,6 +212,7 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
 def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
              progress: bool = True) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
+    claim(run_dir)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
@@ -237,6 +246,7 @@ def scratch_recipe(cfg: Config) -> Config:
 def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
+    claim(run_dir)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
@@ -351,6 +361,10 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         dirs: folder names replacing those of :data:`RUN_DIRS`.
     """
     dirs = {**RUN_DIRS, **(dirs or {})}
+    classifiers = [(kind, lf, stage_dirname(dirs[kind], lf))
+                   for kind in (["finetune"] if pretrained else []) + list(baselines)
+                   for lf in label_fractions or [None]]
+    claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
     results, init = {}, None
     if pretrained:
         init = out / dirs["pretrain"]
@@ -358,12 +372,10 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
                                               env=env)
         if probe and env.main and not (init / "probe.json").exists():
             probe_run(init, device=str(env.device))
-    for kind in (["finetune"] if pretrained else []) + list(baselines):
-        for lf in label_fractions or [None]:
-            stage_cfg, name = _classifier_stage(cfg, kind, lf)
-            folder = stage_dirname(dirs[kind], lf)
-            results[folder] = run_stage(name, out / folder, finetune, resume, cfg=stage_cfg,
-                                        env=env, init=init if kind == "finetune" else None)
+    for kind, lf, folder in classifiers:
+        stage_cfg, name = _classifier_stage(cfg, kind, lf)
+        results[folder] = run_stage(name, out / folder, finetune, resume, cfg=stage_cfg,
+                                    env=env, init=init if kind == "finetune" else None)
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
