@@ -72,7 +72,8 @@ def test_pretrained_and_scratch_differ_only_by_init(trained):
 
 def test_rerun_skips_finished_stages(trained, tiny_tin):
     out, _ = trained
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
+                  "--set", "finetune.layer_decay=0.8")  # the same command as the first run
     assert proc.stdout.count("already finished") == 3
 
 
@@ -194,3 +195,58 @@ def test_outputs_never_replace_the_files_of_a_run(trained, tmp_path):
     vitmim("reconstruct", pre, img, "--out", pre / "my_grid.png")
     assert (pre / "my_grid.png").is_file()
     (pre / "my_grid.png").unlink()
+
+
+@pytest.mark.parametrize("change, key", [
+    ("pretrain.mask_ratio=0.5", "pretrain.mask_ratio=0.75, not 0.5"),
+    ("finetune.epochs=3", "finetune.epochs=2, not 3"),
+    ("model.depth=1", "model.depth=2, not 1"),
+    ("data.classes=2", "data.classes=None, not 2"),
+    ("pretrain.seed=1", "pretrain.seed=0, not 1"),
+])
+def test_rerun_or_resume_with_other_settings_is_refused_naming_the_key(trained, tiny_tin, change,
+                                                                        key):
+    out, _ = trained
+    before = files_under(out)
+    same = [*TINY, "--set", "finetune.layer_decay=0.8"]
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *same, "--set", change, check=False)
+    assert key in one_error_line(proc) and "pretrain" in proc.stderr
+    proc = vitmim("finetune", "--data", tiny_tin, "--out", out / "finetune", "--init",
+                  out / "pretrain", "--resume", *same, "--set", change, check=False)
+    assert key in one_error_line(proc) and "finetune" in proc.stderr
+    assert files_under(out) == before
+
+
+def test_rerun_on_other_data_is_refused(trained, tiny_tin, tin_tools, tmp_path):
+    out, _ = trained
+    other = tin_tools.zip_dir(tin_tools.write_tin(tmp_path, n_train=13), tmp_path / "other.zip")
+    before = files_under(out)
+    proc = vitmim("run", "--data", other, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8",
+                  check=False)
+    assert f"holds a run on other data (made from {tiny_tin})" in one_error_line(proc)
+    assert files_under(out) == before
+    # the same data at another path is the same run
+    moved = tmp_path / "moved.zip"
+    shutil.copy(tiny_tin, moved)
+    proc = vitmim("run", "--data", moved, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8")
+    assert proc.stdout.count("already finished") == 3
+
+
+def test_run_folder_records_absolute_data_and_fingerprints(trained, tiny_tin, tmp_path):
+    out, _ = trained
+    manifest = json.loads((out / "pretrain" / "manifest.json").read_text())
+    assert manifest["data"] == {"path": str(tiny_tin), "fingerprint": manifest["data_fingerprint"]}
+    assert len(manifest["config_fingerprint"]) == 64
+    # a relative --data is stored absolute, so the run evaluates from any working folder
+    run = tmp_path / "scratch"
+    subprocess.run([sys.executable, "-m", "vitmim.cli", "finetune", "--data", tiny_tin.name,
+                    "--out", run, *TINY, "--set", "finetune.epochs=1"], cwd=tiny_tin.parent,
+                   check=True, capture_output=True, timeout=600)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["path"] == str(tiny_tin)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", "eval", run], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0 <= json.loads(proc.stdout)["val_top1"] <= 100

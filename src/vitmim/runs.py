@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -27,7 +29,8 @@ import yaml
 from torch import nn
 
 from vitmim import checkpoint
-from vitmim.config import Config, dump, to_dict
+from vitmim.config import Config, dump, flatten, to_dict
+from vitmim.data import resolve_data_path
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -148,7 +151,53 @@ def check_output(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# config and manifest
+# config and manifest: what the run is, and refusing to continue it as something else
+
+# where and how fast a run trains, not what it learns: a run may continue on another device, or
+# with its data at another path (the data's content fingerprint is compared instead)
+SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data.path",
+                           "data.cache_dir"})
+
+
+def absolute_data(cfg: Config) -> Config:
+    """``cfg`` with ``data.path`` the absolute path of the data it reads (``$VITMIM_DATA`` or the
+    default download resolved), so that a run folder names its data from any working folder."""
+    path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
+    if cfg.data.path == path:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.data.path = path
+    return out
+
+
+def _run_keys(cfg: Config | dict) -> dict:
+    values = flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    return {k: v for k, v in values.items() if k not in SETTINGS_KEYS}
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """sha256 of the config's keys that define the run (not :data:`SETTINGS_KEYS`)."""
+    return hashlib.sha256(json.dumps(_run_keys(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def check_same_run(run_dir: Path, cfg: Config, data_fingerprint: str) -> None:
+    """Refuse to continue or reuse the run in ``run_dir`` with another config (naming the first
+    differing key) or other data; a folder without a config holds nothing to compare."""
+    saved = _yaml_mapping(run_dir / "config.yaml")
+    if not saved:
+        return
+    old, new = _run_keys(saved), _run_keys(cfg)
+    for key in dict.fromkeys([*new, *old]):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, '<unset>')!r}"
+                            f", not {new.get(key, '<unset>')!r}; use the same settings to "
+                            f"continue it, or choose another --out")
+    recorded = json.loads((run_dir / "manifest.json").read_text()) \
+        if (run_dir / "manifest.json").is_file() else {}
+    if recorded.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+        where = recorded.get("data", {}).get("path") or saved["data"].get("path")
+        raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "
+                        f"same data to continue it, or choose another --out")
 
 
 def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:
@@ -168,6 +217,8 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
             "packages": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__},
             "device": str(env.device), "device_name": device, "world_size": env.world,
+            "config_fingerprint": config_fingerprint(cfg),
+            "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
             "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}
 
 

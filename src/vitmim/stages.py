@@ -27,6 +27,8 @@ from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import normalize_patches, patchify, restoration_loss, unpatchify
 from vitmim.probe import probe_random_init, probe_run
 from vitmim.runs import (
+    absolute_data,
+    check_same_run,
     claim,
     finished,
     last_metrics,
@@ -213,7 +215,9 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
              progress: bool = True) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     claim(run_dir)
+    cfg = absolute_data(cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    check_same_run(run_dir, cfg, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
     task = PretrainTask(train_set, val_set, cfg, env, run_dir)
@@ -247,10 +251,12 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
              resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
     claim(run_dir)
+    cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")
+    check_same_run(run_dir, cfg, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
     extra: dict = {"stage": "finetune", "init": str(init) if init else None}
@@ -264,7 +270,6 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     if env.main:
         x = normalize(train_set.images[:2])
         extra["model"] = describe_model(model, (x,), "classifier")
-    cfg = scratch_recipe(cfg) if not init else cfg
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
         trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
@@ -293,15 +298,18 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
-def run_stage(name: str, run_dir: Path, fn, resume: bool, **kwargs) -> dict:
-    """Run one stage unless finished; report its metrics and wall time."""
+def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, **kwargs) -> dict:
+    """Run one stage unless finished (with this config and data); report its metrics and wall
+    time."""
     if finished(run_dir):
+        train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
+        check_same_run(run_dir, cfg, train_set.fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
     print(f"== {name} -> {run_dir}", flush=True)
     t0 = time.time()
     has_ckpt = any((run_dir / "checkpoints").glob("step_*.json"))  # interrupted: continue it
-    metrics = fn(run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
+    metrics = fn(cfg=cfg, run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
     return {**metrics, "wall_s": time.time() - t0}
 
 
@@ -337,7 +345,7 @@ def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
-    by = BASELINES[kind]
+    cfg, by = scratch_recipe(cfg), BASELINES[kind]
     if by is None:
         return cfg, f"scratch baseline (equal fine-tune epochs{labels})"
     cfg = equal_compute(cfg, by)
@@ -361,6 +369,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         dirs: folder names replacing those of :data:`RUN_DIRS`.
     """
     dirs = {**RUN_DIRS, **(dirs or {})}
+    cfg = absolute_data(cfg)
     classifiers = [(kind, lf, stage_dirname(dirs[kind], lf))
                    for kind in (["finetune"] if pretrained else []) + list(baselines)
                    for lf in label_fractions or [None]]
