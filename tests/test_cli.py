@@ -250,3 +250,19 @@ def test_run_folder_records_absolute_data_and_fingerprints(trained, tiny_tin, tm
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 0 <= json.loads(proc.stdout)["val_top1"] <= 100
+
+
+def test_corrupted_final_model_is_refused_on_load(trained, tiny_tin, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    for stage in ("pretrain", "finetune"):
+        weights = out / stage / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    proc = vitmim("eval", out / "finetune", check=False)
+    assert "sha256 differs" in one_error_line(proc) and "finetune" in proc.stderr
+    proc = vitmim("finetune", "--data", tiny_tin, "--out", tmp_path / "ft", *TINY,
+                  "--init", out / "pretrain", check=False)
+    assert "sha256 differs" in one_error_line(proc) and "pretrain" in proc.stderr
+    assert not (tmp_path / "ft" / "checkpoints").exists()

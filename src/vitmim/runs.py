@@ -291,18 +291,19 @@ def read_model(path: str | Path, described: bool = True
 
     Returns the tensors, the JSON description beside the weights (empty when ``described`` is
     False and there is none) and the weights file's path. With ``described`` a missing
-    description is refused: the kind, config and classes of the model come from it.
+    description is refused: the kind, config and classes of the model come from it. The weights
+    must match the sha256 that the description recorded.
     """
     p = Path(path)
     if p.is_dir():
         p = p / MODEL
-    tensors = checkpoint.load_weights(p)
     meta_path = p.with_suffix(".json")
-    if not meta_path.exists():
-        if described:
-            raise UserError(f"{meta_path}: missing; it describes the model in {p}")
-        return tensors, {}, p
-    try:
-        return tensors, json.loads(meta_path.read_text()), p
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = {}
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{meta_path}: not valid JSON ({e})") from None
+    elif described and p.exists():
+        raise UserError(f"{meta_path}: missing; it describes the model in {p}")
+    return checkpoint.load_weights(p, meta.get("sha256")), meta, p
