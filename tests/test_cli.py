@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_pretrained_and_scratch_differ_only_by_init(trained):
     assert recipes["finetune"].pop("layer_decay") == 0.8
     assert recipes["scratch"].pop("layer_decay") == 1.0
     assert recipes["finetune"] == recipes["scratch"]
+
+
+def test_run_announces_each_stage_with_an_eta(trained):
+    _, proc = trained
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("== stage")]
+    assert [ln.split(":")[0] for ln in lines] == ["== stage 1/3", "== stage 2/3", "== stage 3/3"]
+    assert "ETA" not in lines[0]  # no pace measured before the first stage ends
+    assert all(re.search(r"\(ETA \d\d:\d\d, about \d+ (s|min) left\)$", ln)
+               for ln in lines[1:])
 
 
 def test_rerun_skips_finished_stages(trained, tiny_tin):

@@ -111,7 +111,7 @@ def cmd_grid(args) -> None:
     out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     run_grid(spec, out, args.executor, overrides, slurm_params(args.slurm), args.wait,
-             args.dry_run)
+             args.dry_run, args.jobs)
 
 
 def cmd_report(args) -> None:
@@ -209,6 +209,9 @@ def add_lab_commands(sub) -> None:
                         "--slurm gpus_per_node=1 --slurm timeout_min=600")
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                    help="wait for submitted jobs (default: yes except for slurm)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local executor: N runs at once on the one device, each its own process "
+                        "(on a CPU each gets 1/N of the cores)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="override for every run, e.g. --set model.depth=4")
@@ -228,6 +231,13 @@ def add_lab_commands(sub) -> None:
     p.set_defaults(fn=cmd_probe)
 
 
+# how to pick up an interrupted command where it stopped
+CONTINUE = {"run": "; continue with --resume", "pretrain": "; continue with --resume",
+            "finetune": "; continue with --resume",
+            "grid": "; run the same command again to continue: finished runs are skipped and "
+                    "interrupted ones resume from their checkpoints"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.time()
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitmim: error: {e}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
-        print("vitmim: interrupted; continue with --resume", file=sys.stderr)
+        print(f"vitmim: interrupted{CONTINUE.get(args.command, '')}", file=sys.stderr)
         return 130
     if args.command in ("run", "pretrain", "finetune") and os.environ.get("RANK", "0") == "0":
         print(f"done in {time.time() - t0:.0f} s", flush=True)

@@ -217,6 +217,7 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
             "packages": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__},
             "device": str(env.device), "device_name": device, "world_size": env.world,
+            "threads": torch.get_num_threads(),
             "config_fingerprint": config_fingerprint(cfg),
             "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
             "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}

@@ -298,19 +298,34 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
-def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, **kwargs) -> dict:
+def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, note: str = "",
+              **kwargs) -> dict:
     """Run one stage unless finished (with this config and data); report its metrics and wall
-    time."""
+    time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
         train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
         check_same_run(run_dir, cfg, train_set.fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
-    print(f"== {name} -> {run_dir}", flush=True)
+    print(f"== {name} -> {run_dir}{note}", flush=True)
     t0 = time.time()
     has_ckpt = any((run_dir / "checkpoints").glob("step_*.json"))  # interrupted: continue it
     metrics = fn(cfg=cfg, run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
     return {**metrics, "wall_s": time.time() - t0}
+
+
+def eta_text(seconds: float) -> str:
+    """`` (ETA 16:05, about 12 min left)`` for work expected to take ``seconds`` more."""
+    at = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+    left = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return f" (ETA {at}, about {left} left)"
+
+
+def steps_per_epoch(cfg: Config, train_set: ImageSet) -> tuple[int, int]:
+    """Optimisation steps per epoch of pre-training and of fine-tuning (on the labelled share),
+    as the Trainer counts them: the last partial batch is dropped."""
+    n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
+    return len(train_set) // cfg.pretrain.batch_size, n_labelled // cfg.finetune.batch_size
 
 
 def equal_compute(cfg: Config, by: str = "steps") -> Config:
@@ -321,10 +336,11 @@ def equal_compute(cfg: Config, by: str = "steps") -> Config:
     visible-token fast path encodes a quarter of the tokens at 75 % masking); FLOPs weigh each
     stage's images by its model's forward FLOPs per image (torch's FLOP counter)."""
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-    pre_steps = (len(train_set) // cfg.pretrain.batch_size) * cfg.pretrain.epochs  # as Trainer
-    n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
-    per_epoch = n_labelled // cfg.finetune.batch_size
+    pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
+    pre_steps = pre_per_epoch * cfg.pretrain.epochs
     if per_epoch == 0:
+        n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction,
+                                      cfg.finetune.seed))
         raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
                         f"than the {n_labelled} labelled training images")
     if by == "flops":  # pre-training expressed in fine-tune steps of equal FLOPs
@@ -374,17 +390,19 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
                    for kind in (["finetune"] if pretrained else []) + list(baselines)
                    for lf in label_fractions or [None]]
     claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
-    results, init = {}, None
-    if pretrained:
-        init = out / dirs["pretrain"]
-        results[dirs["pretrain"]] = run_stage("pretrain", init, pretrain, resume, cfg=cfg,
-                                              env=env)
-        if probe and env.main and not (init / "probe.json").exists():
-            probe_run(init, device=str(env.device))
-    for kind, lf, folder in classifiers:
-        stage_cfg, name = _classifier_stage(cfg, kind, lf)
-        results[folder] = run_stage(name, out / folder, finetune, resume, cfg=stage_cfg,
-                                    env=env, init=init if kind == "finetune" else None)
+    stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
+    results: dict[str, dict] = {}
+    trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
+    for k, (name, run_dir, fn, stage_cfg, steps, kwargs) in enumerate(stages, 1):
+        steps_left = sum(s[4] for s in stages[k - 1:])
+        note = eta_text(trained_s / trained_steps * steps_left) if trained_steps else ""
+        result = run_stage(f"stage {k}/{len(stages)}: {name}", run_dir, fn, resume, stage_cfg,
+                           note, env=env, **kwargs)
+        results[run_dir.name] = result
+        if result["wall_s"] is not None:
+            trained_s, trained_steps = trained_s + result["wall_s"], trained_steps + steps
+        if fn is pretrain and probe and env.main and not (run_dir / "probe.json").exists():
+            probe_run(run_dir, device=str(env.device))
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
@@ -394,6 +412,24 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         checkpoint.write_text(out / "summary.md", table + "\n")
         checkpoint.write_json(out / "summary.json", results)
     return results
+
+
+def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
+            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str) -> list[tuple]:
+    """(printed name, folder, stage function, config, optimisation steps, keyword arguments) of
+    each stage of :func:`run_all`, in order."""
+    train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
+    init = out / pretrain_dir if pretrained else None
+    stages = []
+    if pretrained:
+        steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
+        stages.append(("pretrain", init, pretrain, cfg, steps, {}))
+    for kind, lf, folder in classifiers:
+        stage_cfg, name = _classifier_stage(cfg, kind, lf)
+        steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
+        stages.append((name, out / folder, finetune, stage_cfg, steps,
+                       {"init": init if kind == "finetune" else None}))
+    return stages
 
 
 def summary_table(results: dict[str, dict]) -> str:
