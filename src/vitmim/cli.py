@@ -232,8 +232,8 @@ def add_lab_commands(sub) -> None:
 
 
 # how to pick up an interrupted command where it stopped
-CONTINUE = {"run": "; continue with --resume", "pretrain": "; continue with --resume",
-            "finetune": "; continue with --resume",
+RESUME = "; continue with --resume"
+CONTINUE = {"run": RESUME, "pretrain": RESUME, "finetune": RESUME,
             "grid": "; run the same command again to continue: finished runs are skipped and "
                     "interrupted ones resume from their checkpoints"}
 

@@ -89,22 +89,23 @@ def run_lock(run_dir: Path, env: Env):
 # whose folder is it
 
 
-def _json_keys(path: Path) -> set[str]:
+def _json_object(path: Path) -> dict:
+    """A JSON file's top-level object; empty when missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return set()
-    return set(data) if isinstance(data, dict) else set()
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def is_run(folder: Path) -> bool:
     """``folder`` holds a vitmim run: its manifest, config, checkpoints or final model."""
     ckpt = next(folder.glob("checkpoints/step_*.json"), None)
-    return ({"data_fingerprint", "packages"} <= _json_keys(folder / "manifest.json")
+    return ({"data_fingerprint", "packages"} <= set(_json_object(folder / "manifest.json"))
             or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(
                 folder / "config.yaml"))
-            or ckpt is not None and {"stage", "sha256"} <= _json_keys(ckpt)
-            or "sha256" in _json_keys(folder / "model.json"))
+            or ckpt is not None and {"stage", "sha256"} <= set(_json_object(ckpt))
+            or "sha256" in _json_object(folder / "model.json"))
 
 
 def _yaml_mapping(path: Path) -> dict:
@@ -180,22 +181,25 @@ def config_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(_run_keys(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def check_same_run(run_dir: Path, cfg: Config, data_fingerprint: str) -> None:
-    """Refuse to continue or reuse the run in ``run_dir`` with another config (naming the first
-    differing key) or other data; a folder without a config holds nothing to compare."""
+def check_same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
+    differing key; a folder without a config holds nothing to compare."""
     saved = _yaml_mapping(run_dir / "config.yaml")
-    if not saved:
-        return
+    unset = "<unset>"  # a key one of the two configs does not have
     old, new = _run_keys(saved), _run_keys(cfg)
-    for key in dict.fromkeys([*new, *old]):
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
-            raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, '<unset>')!r}"
-                            f", not {new.get(key, '<unset>')!r}; use the same settings to "
-                            f"continue it, or choose another --out")
-    recorded = json.loads((run_dir / "manifest.json").read_text()) \
-        if (run_dir / "manifest.json").is_file() else {}
+    for key in dict.fromkeys([*new, *old]) if saved else ():
+        if old.get(key, unset) != new.get(key, unset):
+            raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, unset)!r}, "
+                            f"not {new.get(key, unset)!r}; use the same settings to continue "
+                            f"it, or choose another --out")
+
+
+def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
+    """Refuse to continue or reuse the run in ``run_dir`` on other data (by content: the same
+    data at another path is the same run)."""
+    recorded = _json_object(run_dir / "manifest.json")
     if recorded.get("data_fingerprint", data_fingerprint) != data_fingerprint:
-        where = recorded.get("data", {}).get("path") or saved["data"].get("path")
+        where = recorded.get("data", {}).get("path", "another data set")
         raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "
                         f"same data to continue it, or choose another --out")
 

@@ -28,7 +28,8 @@ from vitmim.models.restorer import normalize_patches, patchify, restoration_loss
 from vitmim.probe import probe_random_init, probe_run
 from vitmim.runs import (
     absolute_data,
-    check_same_run,
+    check_same_config,
+    check_same_data,
     claim,
     finished,
     last_metrics,
@@ -216,8 +217,9 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     claim(run_dir)
     cfg = absolute_data(cfg)
+    check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
-    check_same_run(run_dir, cfg, train_set.fingerprint)
+    check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
     task = PretrainTask(train_set, val_set, cfg, env, run_dir)
@@ -252,11 +254,12 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
     claim(run_dir)
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
+    check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")
-    check_same_run(run_dir, cfg, train_set.fingerprint)
+    check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
     extra: dict = {"stage": "finetune", "init": str(init) if init else None}
@@ -303,8 +306,9 @@ def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, note: str
     """Run one stage unless finished (with this config and data); report its metrics and wall
     time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
+        check_same_config(run_dir, cfg)
         train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-        check_same_run(run_dir, cfg, train_set.fingerprint)
+        check_same_data(run_dir, train_set.fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
     print(f"== {name} -> {run_dir}{note}", flush=True)
@@ -352,16 +356,22 @@ def equal_compute(cfg: Config, by: str = "steps") -> Config:
     return long
 
 
-def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
-                      ) -> tuple[Config, str]:
-    """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
+    """The fine-tune recipe of a classifier stage, but for an equal-compute baseline's length."""
     if label_fraction is not None:
         cfg = copy.deepcopy(cfg)
         cfg.data.label_fraction = label_fraction
+    return cfg if kind == "finetune" else scratch_recipe(cfg)
+
+
+def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
+                      ) -> tuple[Config, str]:
+    """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+    cfg = _recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
-    cfg, by = scratch_recipe(cfg), BASELINES[kind]
+    by = BASELINES[kind]
     if by is None:
         return cfg, f"scratch baseline (equal fine-tune epochs{labels})"
     cfg = equal_compute(cfg, by)
@@ -390,6 +400,12 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
                    for kind in (["finetune"] if pretrained else []) + list(baselines)
                    for lf in label_fractions or [None]]
     claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
+    # refuse a changed config before the data (whose decoding shows progress) is read
+    if pretrained:
+        check_same_config(out / dirs["pretrain"], cfg)
+    for kind, lf, folder in classifiers:
+        if BASELINES.get(kind) is None:  # an equal-compute length needs the data
+            check_same_config(out / folder, _recipe(cfg, kind, lf))
     stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
