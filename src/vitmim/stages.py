@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -409,16 +411,16 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
-    for k, (name, run_dir, fn, stage_cfg, steps, kwargs) in enumerate(stages, 1):
-        steps_left = sum(s[4] for s in stages[k - 1:])
+    for k, st in enumerate(stages, 1):
+        steps_left = sum(later.steps for later in stages[k - 1:])
         note = eta_text(trained_s / trained_steps * steps_left) if trained_steps else ""
-        result = run_stage(f"stage {k}/{len(stages)}: {name}", run_dir, fn, resume, stage_cfg,
-                           note, env=env, **kwargs)
-        results[run_dir.name] = result
+        result = run_stage(f"stage {k}/{len(stages)}: {st.name}", st.dir, st.fn, resume, st.cfg,
+                           note, env=env, **st.kwargs)
+        results[st.dir.name] = result
         if result["wall_s"] is not None:
-            trained_s, trained_steps = trained_s + result["wall_s"], trained_steps + steps
-        if fn is pretrain and probe and env.main and not (run_dir / "probe.json").exists():
-            probe_run(run_dir, device=str(env.device))
+            trained_s, trained_steps = trained_s + result["wall_s"], trained_steps + st.steps
+        if st.fn is pretrain and probe and env.main and not (st.dir / "probe.json").exists():
+            probe_run(st.dir, device=str(env.device))
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
@@ -430,21 +432,31 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     return results
 
 
+class Stage(NamedTuple):
+    """One stage of :func:`run_all`."""
+
+    name: str  # as printed
+    dir: Path
+    fn: Callable[..., dict]  # pretrain or finetune
+    cfg: Config
+    steps: int  # optimisation steps it takes, for the ETA
+    kwargs: dict  # more arguments of ``fn``
+
+
 def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
-            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str) -> list[tuple]:
-    """(printed name, folder, stage function, config, optimisation steps, keyword arguments) of
-    each stage of :func:`run_all`, in order."""
+            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str) -> list[Stage]:
+    """The stages of :func:`run_all`, in order."""
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
     init = out / pretrain_dir if pretrained else None
     stages = []
     if pretrained:
         steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
-        stages.append(("pretrain", init, pretrain, cfg, steps, {}))
+        stages.append(Stage("pretrain", init, pretrain, cfg, steps, {}))
     for kind, lf, folder in classifiers:
         stage_cfg, name = _classifier_stage(cfg, kind, lf)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
-        stages.append((name, out / folder, finetune, stage_cfg, steps,
-                       {"init": init if kind == "finetune" else None}))
+        stages.append(Stage(name, out / folder, finetune, stage_cfg, steps,
+                            {"init": init if kind == "finetune" else None}))
     return stages
 
 
