@@ -64,6 +64,14 @@ def test_damaged_checkpoint_falls_back_to_previous_with_warning(tmp_path: Path, 
     assert meta["step"] == 2 and torch.equal(tensors["model.w"], torch.full((64,), 2.0))
 
 
+def test_no_good_checkpoint_left_is_a_user_error_not_a_fresh_start(tmp_path: Path) -> None:
+    save_steps(tmp_path, (2, 4))
+    for step in (2, 4):
+        flip_byte(tmp_path / "checkpoints" / f"step_{step:08d}.safetensors")
+    with pytest.warns(UserWarning), pytest.raises(UserError, match="every checkpoint is corrupt"):
+        latest_checkpoint(tmp_path)
+
+
 def test_keeps_two_checkpoints_and_clears_leftovers_of_a_killed_save(tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoints"
     save_steps(tmp_path, (1, 2))

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,9 +71,19 @@ def test_pretrained_and_scratch_differ_only_by_init(trained):
     assert recipes["finetune"] == recipes["scratch"]
 
 
+def test_run_announces_each_stage_with_an_eta(trained):
+    _, proc = trained
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("== stage")]
+    assert [ln.split(":")[0] for ln in lines] == ["== stage 1/3", "== stage 2/3", "== stage 3/3"]
+    assert "ETA" not in lines[0]  # no pace measured before the first stage ends
+    assert all(re.search(r"\(ETA \d\d:\d\d, about \d+ (s|min) left\)$", ln)
+               for ln in lines[1:])
+
+
 def test_rerun_skips_finished_stages(trained, tiny_tin):
     out, _ = trained
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY)
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
+                  "--set", "finetune.layer_decay=0.8")  # the same command as the first run
     assert proc.stdout.count("already finished") == 3
 
 
@@ -145,3 +156,125 @@ def test_smoke_preset_on_real_tin10(tmp_path):
     assert summary["finetune"]["val_top1"] > 10.0  # 10 classes: above chance after one epoch
     assert len(json.loads((tmp_path / "finetune" / "model.json").read_text())["classes"]) == 10
     assert "done in" in proc.stdout
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def files_under(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "run"])
+def test_folder_of_user_files_is_refused_before_anything_is_written(command, tiny_tin, tmp_path):
+    out = tmp_path / "mine"
+    (out / "photos").mkdir(parents=True)
+    (out / "notes.txt").write_text("not a run\n")
+    proc = vitmim(command, "--data", tiny_tin, "--out", out, *TINY, check=False)
+    assert "holds files that are not a vitmim run" in one_error_line(proc)
+    assert sorted(p.name for p in out.rglob("*")) == ["notes.txt", "photos"]
+
+
+def test_outputs_never_replace_the_files_of_a_run(trained, tmp_path):
+    out, _ = trained
+    pre, ft = out / "pretrain", out / "finetune"
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    user_folder = tmp_path / "exports"
+    (user_folder / "old.txt").parent.mkdir()
+    (user_folder / "old.txt").write_text("mine\n")
+    before = files_under(out) | files_under(user_folder)
+    refused = {  # arguments: what the one line must say
+        ("export", ft, "--out", ft / "model.safetensors"): "would replace a file of the run",
+        ("export", ft, "--out", ft / "manifest.safetensors"): "manifest.json: would replace",
+        ("export", ft, "--out", ft / "checkpoints" / "a.safetensors"): "would replace",
+        ("export", ft, "--out", ft / "config.yaml"): "would replace",
+        ("export", ft, "--out", tmp_path / "weights.json"): "name a .safetensors file",
+        ("export", ft, "--out", user_folder): "is a folder",
+        ("reconstruct", pre, img, "--out", pre / "metrics.jsonl"): "would replace",
+        ("reconstruct", pre, img, "--out", pre / "images" / "recon_epoch001.png"): "would replace",
+        ("reconstruct", pre, img, "--out", out / "summary.md"): "would replace",
+        ("reconstruct", pre, img, "--out", user_folder): "is a folder",
+    }
+    for args, message in refused.items():
+        assert message in one_error_line(vitmim(*args, check=False)), args
+    assert files_under(out) | files_under(user_folder) == before
+    # a new name beside the run's own files is fine
+    vitmim("reconstruct", pre, img, "--out", pre / "my_grid.png")
+    assert (pre / "my_grid.png").is_file()
+    (pre / "my_grid.png").unlink()
+
+
+@pytest.mark.parametrize("change, key", [
+    ("pretrain.mask_ratio=0.5", "pretrain.mask_ratio=0.75, not 0.5"),
+    ("finetune.epochs=3", "finetune.epochs=2, not 3"),
+    ("model.depth=1", "model.depth=2, not 1"),
+    ("data.classes=2", "data.classes=None, not 2"),
+    ("pretrain.seed=1", "pretrain.seed=0, not 1"),
+])
+def test_rerun_or_resume_with_other_settings_is_refused_naming_the_key(trained, tiny_tin, change,
+                                                                        key):
+    out, _ = trained
+    before = files_under(out)
+    same = [*TINY, "--set", "finetune.layer_decay=0.8"]
+    proc = vitmim("run", "--data", tiny_tin, "--out", out, *same, "--set", change, check=False)
+    assert key in one_error_line(proc) and "pretrain" in proc.stderr
+    proc = vitmim("finetune", "--data", tiny_tin, "--out", out / "finetune", "--init",
+                  out / "pretrain", "--resume", *same, "--set", change, check=False)
+    assert key in one_error_line(proc) and "finetune" in proc.stderr
+    assert files_under(out) == before
+
+
+def test_rerun_on_other_data_is_refused(trained, tiny_tin, tin_tools, tmp_path):
+    out, _ = trained
+    other = tin_tools.zip_dir(tin_tools.write_tin(tmp_path, n_train=13), tmp_path / "other.zip")
+    before = files_under(out)
+    proc = vitmim("run", "--data", other, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8",
+                  check=False)
+    # the new data is decoded (with its progress bar) to learn its fingerprint; then one line
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"holds a run on other data (made from {tiny_tin})" in proc.stderr.splitlines()[-1]
+    assert files_under(out) == before
+    # the same data at another path is the same run
+    moved = tmp_path / "moved.zip"
+    shutil.copy(tiny_tin, moved)
+    proc = vitmim("run", "--data", moved, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8")
+    assert proc.stdout.count("already finished") == 3
+
+
+def test_run_folder_records_absolute_data_and_fingerprints(trained, tiny_tin, tmp_path):
+    out, _ = trained
+    manifest = json.loads((out / "pretrain" / "manifest.json").read_text())
+    assert manifest["data"] == {"path": str(tiny_tin), "fingerprint": manifest["data_fingerprint"]}
+    assert len(manifest["config_fingerprint"]) == 64
+    # a relative --data is stored absolute, so the run evaluates from any working folder
+    run = tmp_path / "scratch"
+    subprocess.run([sys.executable, "-m", "vitmim.cli", "finetune", "--data", tiny_tin.name,
+                    "--out", run, *TINY, "--set", "finetune.epochs=1"], cwd=tiny_tin.parent,
+                   check=True, capture_output=True, timeout=600)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["path"] == str(tiny_tin)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", "eval", run], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0 <= json.loads(proc.stdout)["val_top1"] <= 100
+
+
+def test_corrupted_final_model_is_refused_on_load(trained, tiny_tin, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    for stage in ("pretrain", "finetune"):
+        weights = out / stage / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    proc = vitmim("eval", out / "finetune", check=False)
+    assert "sha256 differs" in one_error_line(proc) and "finetune" in proc.stderr
+    proc = vitmim("finetune", "--data", tiny_tin, "--out", tmp_path / "ft", *TINY,
+                  "--init", out / "pretrain", check=False)
+    assert "sha256 differs" in one_error_line(proc) and "pretrain" in proc.stderr
+    assert not (tmp_path / "ft" / "checkpoints").exists()

@@ -6,7 +6,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +278,54 @@ def test_every_shipped_grid_spec_plans(tmp_path, spec):
     runs = plan(grid, tmp_path / "out")
     assert runs and all(r.seed in grid.seeds for r in runs)
     assert len({r.dir for r in runs}) == len(runs)  # no two runs share a folder
+
+
+def test_jobs_run_cells_at_once_each_with_its_share_of_the_cores(tmp_path, tiny_tin, capsys):
+    spec = write_spec(tmp_path / "two.yaml", variants={"pretrain.mask_ratio": [0.4, 0.6]},
+                      seeds=[0], baselines=[], probe=False)
+    out = tmp_path / "out"
+    args = ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--jobs", "2"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    started = [i for i, ln in enumerate(lines) if re.match(r"\[\d/2\] .* -> ", ln)]
+    ended = [i for i, ln in enumerate(lines) if re.match(r"\[\d/2\] .* done in \d+ s", ln)]
+    assert len(started) == len(ended) == 2 and max(started) < min(ended)  # both ran at once
+    assert "ETA" in lines[ended[0]] and "ETA" not in lines[ended[1]]  # nothing left after
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for cell in ("mask_ratio=0.4", "mask_ratio=0.6"):
+        for stage in ("pretrain", "finetune"):
+            manifest = json.loads((out / cell / "seed0" / stage / "manifest.json").read_text())
+            assert manifest["threads"] == threads
+    assert cli.main(args) == 0  # resumable as ever: nothing left to do
+    assert "grid: 2 runs, 2 already finished" in capsys.readouterr().out
+    assert cli.main([*args, "--executor", "inline"]) == 2
+    assert "--jobs 2: " in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_tin):
+    spec = write_spec(tmp_path / "slow.yaml", variants={"pretrain.mask_ratio": [0.4, 0.6]},
+                      seeds=[0], baselines=[], probe=False,
+                      config={**TINY, "pretrain.epochs": 30})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out", str(out),
+           "--data", str(tiny_tin), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = [out / c / "seed0" / "status.json" for c in ("mask_ratio=0.4", "mask_ratio=0.6")]
+    deadline = time.time() + 300
+    while not all(p.exists() for p in started) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # both jobs are running; Ctrl-C reaches the grid alone
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "rerun the same command to continue" in err.splitlines()[-1]
+    assert "--resume" not in err.splitlines()[-1]
+    assert not any((out / c / "seed0" / "finetune" / "model.json").exists()
+                   for c in ("mask_ratio=0.4", "mask_ratio=0.6"))
+    refused = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["status"] for r in grid_rows(out)] == ["done", "done"]
+    for cell in ("mask_ratio=0.4", "mask_ratio=0.6"):  # each epoch recorded once, resumed
+        metrics = (out / cell / "seed0" / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(ln)["epoch"] for ln in metrics] == list(range(1, 31))

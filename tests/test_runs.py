@@ -25,19 +25,24 @@ def test_metrics_append_truncate_and_read(tmp_path: Path) -> None:
     assert runs.last_metrics(tmp_path)["step"] == 20
 
 
-def test_final_model_marks_the_run_finished_and_reads_back(tmp_path: Path, tiny_tin: Path
-                                                            ) -> None:
+def save_classifier(run_dir: Path, tiny_tin: Path) -> tuple[torch.nn.Module, list[str]]:
     cfg = load_config(overrides=["model.embed_dim=32", "model.depth=1", "model.num_heads=2",
                                  f"data.path={tiny_tin}", "data.classes=null"])
     train, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
     model = build_classifier(cfg.model, len(train.classes))
+    runs.save_final(run_dir, model, "classifier", cfg, train, {"val_top1": 50.0})
+    return model, train.classes
+
+
+def test_final_model_marks_the_run_finished_and_reads_back(tmp_path: Path, tiny_tin: Path
+                                                            ) -> None:
     assert not runs.finished(tmp_path)
-    runs.save_final(tmp_path, model, "classifier", cfg, train, {"val_top1": 50.0})
+    model, classes = save_classifier(tmp_path, tiny_tin)
     assert runs.finished(tmp_path)
     for where in (tmp_path, tmp_path / "model.safetensors"):
         tensors, meta, path = runs.read_model(where)
         assert path == tmp_path / "model.safetensors"
-        assert meta["kind"] == "classifier" and meta["classes"] == train.classes
+        assert meta["kind"] == "classifier" and meta["classes"] == classes
         assert meta["metrics"] == {"val_top1": 50.0}
         assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
 
@@ -52,3 +57,14 @@ def test_bare_weights_read_only_when_no_description_is_needed(tmp_path: Path) ->
     (tmp_path / "weights.json").write_text("{not json")
     with pytest.raises(UserError, match="weights.json: not valid JSON"):
         runs.read_model(path)
+
+
+def test_weights_must_match_their_recorded_sha256(tmp_path: Path, tiny_tin: Path) -> None:
+    save_classifier(tmp_path, tiny_tin)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # the file still parses; only the checksum tells
+    weights.write_bytes(bytes(data))
+    for described in (True, False):  # --init reads the description too when there is one
+        with pytest.raises(UserError, match="sha256 differs from the one recorded in model.json"):
+            runs.read_model(tmp_path, described)

@@ -76,8 +76,10 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None
     return digest
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; refuse pickles (they can run code) and unreadable files."""
+def load_weights(path: str | Path, expected_sha256: str | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; refuse pickles (they can run code), unreadable files and, given
+    ``expected_sha256`` (recorded when it was written), a file whose checksum differs."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: weights file not found")
@@ -85,9 +87,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{p}: refusing a pickle-based file (loading it could execute code); "
                         f"vitmim reads only .safetensors weights")
     try:
-        return load_file(str(p))
+        tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{p}: not a readable safetensors file ({e})") from None
+    # a readable file can still be damaged (a flipped byte in a tensor) or replaced
+    if expected_sha256 is not None and sha256(p) != expected_sha256:
+        raise UserError(f"{p}: sha256 differs from the one recorded in "
+                        f"{p.with_suffix('.json').name}; the file is corrupted or was replaced")
+    return tensors
 
 
 def _looks_like_pickle(p: Path) -> bool:
@@ -161,4 +168,7 @@ def latest_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | N
             return load_weights(weights), meta
         warnings.warn(f"{weights}: checkpoint corrupted or incomplete, using an older one",
                       stacklevel=2)
+    if any(ckpt_dir.glob("step_*.json")):  # none left to fall back to: never start afresh
+        raise UserError(f"{ckpt_dir}: every checkpoint is corrupted or incomplete (none matches "
+                        f"its recorded sha256); remove the folder to start the run afresh")
     return None

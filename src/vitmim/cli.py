@@ -121,7 +121,7 @@ def cmd_grid(args) -> None:
     out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     run_grid(spec, out, args.executor, overrides, slurm_params(args.slurm), args.wait,
-             args.dry_run, args.config)
+             args.dry_run, args.config, args.jobs)
 
 
 def cmd_report(args) -> None:
@@ -238,6 +238,9 @@ def add_lab_commands(sub) -> None:
                         "--slurm gpus_per_node=1 --slurm timeout_min=600")
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                    help="wait for submitted jobs (default: yes except for slurm)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="local executor: N runs at once on the one device, each its own process "
+                        "(on a CPU each gets 1/N of the cores)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
     p.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
                    help="config file(s) for every run, over the spec's config, e.g. the tuned "
@@ -262,6 +265,13 @@ def add_lab_commands(sub) -> None:
     p.set_defaults(fn=cmd_probe)
 
 
+# how to pick up an interrupted command where it stopped
+RESUME = "; continue with --resume"
+CONTINUE = {"run": RESUME, "pretrain": RESUME, "finetune": RESUME,
+            "grid": "; rerun the same command to continue: finished runs are skipped and "
+                    "interrupted ones resume from their checkpoints"}
+
+
 def main(argv: list[str] | None = None) -> int:
     from vitmim.errors import fold_lines, input_error_line
     args = build_parser().parse_args(argv)
@@ -272,10 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"vitmim: error: {fold_lines(e)}", file=sys.stderr)
         return UserError.exit_code
-    except KeyboardInterrupt:  # how to continue: training resumes by flag, a grid by rerunning
-        hint = {"grid": "; rerun the same command to continue (finished runs are kept)",
-                **dict.fromkeys(("run", "pretrain", "finetune"), "; continue with --resume")}
-        print(f"vitmim: interrupted{hint.get(args.command, '')}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"vitmim: interrupted{CONTINUE.get(args.command, '')}", file=sys.stderr)
         return 130
     except Exception as e:  # a damaged or unreadable input that no reader anticipated
         line = input_error_line(e)

@@ -20,7 +20,7 @@ from vitmim.models.classifier import (
     to_timm_state,
 )
 from vitmim.models.restorer import restored_image
-from vitmim.runs import read_model
+from vitmim.runs import check_output, read_model
 from vitmim.stages import classification_metrics
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -82,6 +82,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tupl
 def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
                 seed: int = 0) -> Path:
     """PNG grid of original | masked | restored for the given images."""
+    check_output(out)
     model, cfg = load_restorer(run, overrides)
     x = normalize(load_images(images, cfg.model.img_size))
     g = torch.Generator().manual_seed(seed)
@@ -114,6 +115,26 @@ def timm_weights(run: str | Path, encoder: bool = False
     return state, timm_kwargs(cfg.model, 0), cfg, meta
 
 
+EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+def check_export_folder(out: Path) -> None:
+    """Refuse a model folder that would replace a run's files or the user's own: only an empty
+    folder or an earlier export (nothing but :data:`EXPORT_FILES`, config.json naming a timm
+    architecture) may be written."""
+    for name in EXPORT_FILES:
+        check_output(out / name)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    config = out / "config.json"
+    ours = config.is_file() and '"architecture"' in config.read_text(errors="replace")
+    if others or not ours:
+        shown = ", ".join(others[:3]) or "files that are not an earlier export"
+        raise ConfigError(f"--out {out}: holds {shown}; --format timm writes into an empty "
+                          f"folder or over an earlier export")
+
+
 def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = False) -> Path:
     """Write ``run``'s model for timm; returns ``out``.
 
@@ -131,12 +152,18 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     state, kwargs, cfg, meta = timm_weights(run, encoder)
     classes, names = ([], []) if encoder else (meta["classes"], meta["class_names"])
     if fmt == "file":
+        check_output(out)
+        if out.suffix != ".safetensors":
+            raise ConfigError(f"{out}: export writes safetensors weights and a .json beside "
+                              f"them; name a .safetensors file")
+        check_output(out.with_suffix(".json"))
         checkpoint.save_weights(out, state, meta={
             "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
             "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
         return out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; --format timm writes a folder")
+    check_export_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -23,10 +25,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 from torch import nn
 
 from vitmim import checkpoint
-from vitmim.config import Config, dump, load_config, read_json_mapping, read_jsonl, to_dict
+from vitmim.config import (
+    Config,
+    dump,
+    flatten,
+    load_config,
+    read_json_mapping,
+    read_jsonl,
+    to_dict,
+)
+from vitmim.data import resolve_data_path
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -35,6 +47,14 @@ if TYPE_CHECKING:  # engine imports this module
 
 METRICS = "metrics.jsonl"
 MODEL = "model.safetensors"
+# what vitmim writes in a run folder (and, for summary/cell/status, in a folder of runs): an
+# output path that would replace one of these is refused
+OWN_FILES = frozenset({MODEL, "model.json", "config.yaml", "manifest.json", METRICS, ".lock",
+                       "probe.json", "probe_random_init.json", "summary.md", "summary.json",
+                       "cell.json", "status.json", "log.txt"})
+OWN_FOLDERS = frozenset({"checkpoints", "images"})
+# written into a folder of stage folders (`vitmim run --out`, a grid cell) before its stages
+PARENT_MARKERS = ("summary.json", "cell.json")
 
 
 class RunLock:
@@ -74,7 +94,122 @@ def run_lock(run_dir: Path, env: Env):
 
 
 # ---------------------------------------------------------------------------------------------
-# config and manifest
+# whose folder is it
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON file's top-level object; empty when missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_run(folder: Path) -> bool:
+    """``folder`` holds a vitmim run: its manifest, config, checkpoints or final model."""
+    ckpt = next(folder.glob("checkpoints/step_*.json"), None)
+    return ({"data_fingerprint", "packages"} <= set(_json_object(folder / "manifest.json"))
+            or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(
+                folder / "config.yaml"))
+            or ckpt is not None and {"stage", "sha256"} <= set(_json_object(ckpt))
+            or "sha256" in _json_object(folder / "model.json"))
+
+
+def _yaml_mapping(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError as e:
+        raise UserError(f"{folder}: cannot read the run folder ({e.strerror})") from None
+    return (names <= {".lock"}  # new, or a run stopped before it wrote its config
+            or is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS)
+            or any((folder / s).is_dir() and _is_ours(folder / s, ()) for s in stages))
+
+
+def claim(folder: Path, stages: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything is written there, to train in a folder that holds files but no
+    vitmim run: a run folder, or with ``stages`` a folder of stage folders (``vitmim run``)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a run folder; choose another --out")
+    if folder.is_dir() and not _is_ours(folder, stages):
+        raise UserError(f"{folder}: holds files that are not a vitmim run; choose a new or "
+                        f"empty --out")
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output file that names a folder, or that would replace a file of a run."""
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; --out names the file to write")
+    for folder in out.absolute().parents:
+        if is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS):
+            rel = out.absolute().relative_to(folder)
+            if rel.parts[0] in OWN_FOLDERS or str(rel) in OWN_FILES:
+                raise UserError(f"{out}: would replace a file of the run in {folder}; choose "
+                                f"another --out")
+
+
+# ---------------------------------------------------------------------------------------------
+# config and manifest: what the run is, and refusing to continue it as something else
+
+# where and how fast a run trains, not what it learns: a run may continue on another device, or
+# with its data at another path (the data's content fingerprint is compared instead)
+SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data.path",
+                           "data.cache_dir"})
+
+
+def absolute_data(cfg: Config) -> Config:
+    """``cfg`` with ``data.path`` the absolute path of the data it reads (``$VITMIM_DATA`` or the
+    default download resolved), so that a run folder names its data from any working folder."""
+    path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
+    if cfg.data.path == path:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.data.path = path
+    return out
+
+
+def _run_keys(cfg: Config | dict) -> dict:
+    values = flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    return {k: v for k, v in values.items() if k not in SETTINGS_KEYS}
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """sha256 of the config's keys that define the run (not :data:`SETTINGS_KEYS`)."""
+    return hashlib.sha256(json.dumps(_run_keys(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def check_same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
+    differing key; a folder without a config holds nothing to compare."""
+    saved = _yaml_mapping(run_dir / "config.yaml")
+    unset = "<unset>"  # a key one of the two configs does not have
+    old, new = _run_keys(saved), _run_keys(cfg)
+    for key in dict.fromkeys([*new, *old]) if saved else ():
+        if old.get(key, unset) != new.get(key, unset):
+            raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, unset)!r}, "
+                            f"not {new.get(key, unset)!r}; use the same settings to continue "
+                            f"it, or choose another --out")
+
+
+def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
+    """Refuse to continue or reuse the run in ``run_dir`` on other data (by content: the same
+    data at another path is the same run)."""
+    recorded = _json_object(run_dir / "manifest.json")
+    if recorded.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+        where = recorded.get("data", {}).get("path", "another data set")
+        raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "
+                        f"same data to continue it, or choose another --out")
 
 
 def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:
@@ -94,6 +229,9 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
             "packages": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "timm": timm.__version__, "numpy": numpy.__version__},
             "device": str(env.device), "device_name": device, "world_size": env.world,
+            "threads": torch.get_num_threads(),
+            "config_fingerprint": config_fingerprint(cfg),
+            "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
             "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}
 
 
@@ -163,24 +301,24 @@ def read_model(path: str | Path, described: bool = True
 
     Returns the tensors, the JSON description beside the weights (empty when ``described`` is
     False and there is none) and the weights file's path. With ``described`` a missing
-    description is refused: the kind, config and classes of the model come from it.
+    description is refused: the kind, config and classes of the model come from it. The weights
+    must match the sha256 that the description recorded.
     """
     p = Path(path)
     if p.is_dir():
         p = p / MODEL
-    tensors = checkpoint.load_weights(p)
     meta_path = p.with_suffix(".json")
-    if not meta_path.exists():
-        if described:
-            raise UserError(f"{meta_path}: missing; it describes the model in {p}")
-        return tensors, {}, p
-    meta = read_json_mapping(meta_path, "model description", {
-        "kind": str, "config": dict, "classes": list, "class_names": list})
-    if len(meta["classes"]) != len(meta["class_names"]):
-        raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes but "
-                        f"{len(meta['class_names'])} class names")
-    try:
-        load_config(base=meta["config"])
-    except UserError as e:
-        raise UserError(f"{meta_path}: {e}") from None
-    return tensors, meta, p
+    meta: dict = {}
+    if meta_path.exists():
+        meta = read_json_mapping(meta_path, "model description", {
+            "kind": str, "config": dict, "classes": list, "class_names": list})
+        if len(meta["classes"]) != len(meta["class_names"]):
+            raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes "
+                            f"but {len(meta['class_names'])} class names")
+        try:
+            load_config(base=meta["config"])
+        except UserError as e:
+            raise UserError(f"{meta_path}: {e}") from None
+    elif described and p.exists():
+        raise UserError(f"{meta_path}: missing; it describes the model in {p}")
+    return checkpoint.load_weights(p, meta.get("sha256")), meta, p

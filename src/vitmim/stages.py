@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,18 @@ from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
 from vitmim.probe import probe_random_init, probe_run
-from vitmim.runs import finished, last_metrics, open_run, read_model, run_lock, save_final
+from vitmim.runs import (
+    absolute_data,
+    check_same_config,
+    check_same_data,
+    claim,
+    finished,
+    last_metrics,
+    open_run,
+    read_model,
+    run_lock,
+    save_final,
+)
 
 EVAL_IMAGES = 512  # validation images used for restoration metrics
 GRID_IMAGES = 8  # images shown in reconstruction grids
@@ -169,7 +182,11 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
 def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
              progress: bool = True) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
+    claim(run_dir)
+    cfg = absolute_data(cfg)
+    check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
     task = PretrainTask(train_set, val_set, cfg, env, run_dir)
@@ -202,10 +219,14 @@ def scratch_recipe(cfg: Config) -> Config:
 def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
+    claim(run_dir)
+    cfg = absolute_data(cfg if init else scratch_recipe(cfg))
+    check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")
+    check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
     extra: dict = {"stage": "finetune", "init": str(init) if init else None}
@@ -219,7 +240,6 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     if env.main:
         x = normalize(train_set.images[:2])
         extra["model"] = describe_model(model, (x,), "classifier")
-    cfg = scratch_recipe(cfg) if not init else cfg
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
         trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
@@ -252,16 +272,35 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
-def run_stage(name: str, run_dir: Path, fn, resume: bool, **kwargs) -> dict:
-    """Run one stage unless finished; report its metrics and wall time."""
+def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, note: str = "",
+              **kwargs) -> dict:
+    """Run one stage unless finished (with this config and data); report its metrics and wall
+    time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
+        check_same_config(run_dir, cfg)
+        train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
+        check_same_data(run_dir, train_set.fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
-    print(f"== {name} -> {run_dir}", flush=True)
+    print(f"== {name} -> {run_dir}{note}", flush=True)
     t0 = time.time()
     has_ckpt = any((run_dir / "checkpoints").glob("step_*.json"))  # interrupted: continue it
-    metrics = fn(run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
+    metrics = fn(cfg=cfg, run_dir=run_dir, resume=resume or has_ckpt, **kwargs)
     return {**metrics, "wall_s": time.time() - t0}
+
+
+def eta_text(seconds: float) -> str:
+    """`` (ETA 16:05, about 12 min left)`` for work expected to take ``seconds`` more."""
+    at = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+    left = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return f" (ETA {at}, about {left} left)"
+
+
+def steps_per_epoch(cfg: Config, train_set: ImageSet) -> tuple[int, int]:
+    """Optimisation steps per epoch of pre-training and of fine-tuning (on the labelled share),
+    as the Trainer counts them: the last partial batch is dropped."""
+    n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
+    return len(train_set) // cfg.pretrain.batch_size, n_labelled // cfg.finetune.batch_size
 
 
 def equal_compute(cfg: Config, by: str = "steps") -> Config:
@@ -272,10 +311,11 @@ def equal_compute(cfg: Config, by: str = "steps") -> Config:
     visible-token fast path encodes a quarter of the tokens at 75 % masking); FLOPs weigh each
     stage's images by its model's forward FLOPs per image (torch's FLOP counter)."""
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-    pre_steps = (len(train_set) // cfg.pretrain.batch_size) * cfg.pretrain.epochs  # as Trainer
-    n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
-    per_epoch = n_labelled // cfg.finetune.batch_size
+    pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
+    pre_steps = pre_per_epoch * cfg.pretrain.epochs
     if per_epoch == 0:
+        n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction,
+                                      cfg.finetune.seed))
         raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
                         f"than the {n_labelled} labelled training images")
     if by == "flops":  # pre-training expressed in fine-tune steps of equal FLOPs
@@ -287,17 +327,24 @@ def equal_compute(cfg: Config, by: str = "steps") -> Config:
     return long
 
 
-def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
-                      ) -> tuple[Config, str]:
-    """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
+    """The fine-tune recipe of a classifier stage, but for an equal-compute baseline's length."""
     if label_fraction is not None:
         cfg = copy.deepcopy(cfg)
         cfg.data.label_fraction = label_fraction
+    if kind == "scratch_tuned":
+        cfg = tuned_scratch(cfg)
+    return cfg if kind == "finetune" else scratch_recipe(cfg)
+
+
+def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
+                      ) -> tuple[Config, str]:
+    """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+    cfg = _recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
     if kind == "scratch_tuned":
-        cfg = tuned_scratch(cfg)
         return cfg, f"scratch, tuned recipe ({cfg.finetune.epochs} epochs{labels})"
     by = BASELINES[kind]
     if by is None:
@@ -324,23 +371,34 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         dirs: folder names replacing those of :data:`RUN_DIRS`.
     """
     dirs = {**RUN_DIRS, **(dirs or {})}
-    results, init = {}, None
+    cfg = absolute_data(cfg)
+    classifiers = [(kind, lf, stage_dirname(dirs[kind], lf))
+                   for kind in (["finetune"] if pretrained else []) + list(baselines)
+                   for lf in label_fractions or [None]]
+    untrained = [c for c in classifiers if c[0] == "scratch_tuned" and not cfg.scratch]
+    classifiers = [c for c in classifiers if c not in untrained]
+    claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
+    # refuse a changed config before the data (whose decoding shows progress) is read
     if pretrained:
-        init = out / dirs["pretrain"]
-        results[dirs["pretrain"]] = {"description": "pre-train (restorer)", **run_stage(
-            "pretrain", init, pretrain, resume, cfg=cfg, env=env)}
-        if probe and env.main and not (init / "probe.json").exists():
-            probe_run(init, device=str(env.device))
-    for kind in (["finetune"] if pretrained else []) + list(baselines):
-        for lf in label_fractions or [None]:
-            folder = stage_dirname(dirs[kind], lf)
-            if kind == "scratch_tuned" and not cfg.scratch:
-                results[folder] = {"description": NO_TUNED_RECIPE}
-                continue
-            stage_cfg, name = _classifier_stage(cfg, kind, lf)
-            results[folder] = {"description": name, **run_stage(
-                name, out / folder, finetune, resume, cfg=stage_cfg, env=env,
-                init=init if kind == "finetune" else None)}
+        check_same_config(out / dirs["pretrain"], cfg)
+    for kind, lf, folder in classifiers:
+        if BASELINES.get(kind) is None:  # an equal-compute length needs the data
+            check_same_config(out / folder, _recipe(cfg, kind, lf))
+    stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
+    results: dict[str, dict] = {folder: {"description": NO_TUNED_RECIPE}
+                                for kind, _, folder in untrained}
+    trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
+    for k, st in enumerate(stages, 1):
+        steps_left = sum(later.steps for later in stages[k - 1:])
+        note = eta_text(trained_s / trained_steps * steps_left) if trained_steps else ""
+        result = run_stage(f"stage {k}/{len(stages)}: {st.name}", st.dir, st.fn, resume, st.cfg,
+                           note, env=env, **st.kwargs)
+        description = "pre-train (restorer)" if st.fn is pretrain else st.name
+        results[st.dir.name] = {"description": description, **result}
+        if result["wall_s"] is not None:
+            trained_s, trained_steps = trained_s + result["wall_s"], trained_steps + st.steps
+        if st.fn is pretrain and probe and env.main and not (st.dir / "probe.json").exists():
+            probe_run(st.dir, device=str(env.device))
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
@@ -350,6 +408,34 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         checkpoint.write_text(out / "summary.md", table + "\n")
         checkpoint.write_json(out / "summary.json", results)
     return results
+
+
+class Stage(NamedTuple):
+    """One stage of :func:`run_all`."""
+
+    name: str  # as printed
+    dir: Path
+    fn: Callable[..., dict]  # pretrain or finetune
+    cfg: Config
+    steps: int  # optimisation steps it takes, for the ETA
+    kwargs: dict  # more arguments of ``fn``
+
+
+def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
+            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str) -> list[Stage]:
+    """The stages of :func:`run_all`, in order."""
+    train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
+    init = out / pretrain_dir if pretrained else None
+    stages = []
+    if pretrained:
+        steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
+        stages.append(Stage("pretrain", init, pretrain, cfg, steps, {}))
+    for kind, lf, folder in classifiers:
+        stage_cfg, name = _classifier_stage(cfg, kind, lf)
+        steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
+        stages.append(Stage(name, out / folder, finetune, stage_cfg, steps,
+                            {"init": init if kind == "finetune" else None}))
+    return stages
 
 
 def summary_table(results: dict[str, dict]) -> str:

@@ -16,15 +16,19 @@ many optimisation steps as pre-train + fine-tune together) and, when a spec asks
 left out, with a note, where no recipe is set). ``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
-recorded while the others go on. Jobs run as subprocesses here (``local``), or through submitit as
-a job array (``slurm``, or ``submitit-local`` to try the same path on this machine). One run can
-be repeated by hand with ``python -m vitmim.lab.grid OUT/<cell>/seed<k>/cell.json``.
+recorded while the others go on: an interrupted grid continues when the same command runs again.
+Jobs run as subprocesses here (``local``, ``--jobs N`` of them at once on the one device), or
+through submitit as a job array (``slurm``, or ``submitit-local`` to try the same path on this
+machine). One run can be repeated by hand with
+``python -m vitmim.lab.grid OUT/<cell>/seed<k>/cell.json``.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +36,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from vitmim import checkpoint
@@ -49,7 +54,7 @@ from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.runs import finished
-from vitmim.stages import BASELINES, run_all, stage_dirname
+from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
@@ -324,47 +329,104 @@ def _prepare(run: Run) -> Path:
     return path
 
 
-def launch_sequential(runs: list[Run], one) -> dict[Path, dict]:
-    """Runs one after another; ``one(run, cell_json) -> bool`` executes a run (True: success)."""
+class Progress:
+    """``[done/total]`` after each run, with an ETA from the wall times of finished runs."""
+
+    def __init__(self, total: int, jobs: int, walls: list[float]):
+        self.total, self.jobs, self.walls, self.done = total, jobs, list(walls), 0
+
+    def outcome(self, run: Run, ok: bool, wall_s: float) -> dict:
+        """Status of a finished job: ``status.json`` if the job got to write it, else the log
+        tail; printed with the progress of the whole grid."""
+        status = read_status(run.dir)
+        if ok and run_finished(run):
+            result = {"status": "done", "wall_s": wall_s}
+            self.walls.append(wall_s)
+        else:
+            error = status.get("error") if status.get("status") == "failed" else None
+            result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
+        self.done += 1
+        left = self.total - self.done
+        eta = eta_text(sum(self.walls) / len(self.walls) * left / self.jobs) \
+            if left and self.walls else ""
+        note = f": {result['error']}" if "error" in result else ""
+        print(f"[{self.done}/{self.total}] {run.cell} seed{run.seed} {result['status']} in "
+              f"{wall_s:.0f} s{note}{eta}", flush=True)
+        return result
+
+
+def _start_line(i: int, runs: list[Run], run: Run) -> None:
+    print(f"[{i}/{len(runs)}] {run.cell} seed{run.seed} -> {run.dir}", flush=True)
+
+
+def launch_inline(runs: list[Run], progress: Progress) -> dict[Path, dict]:
+    """``inline``: one after another in this process: no start-up cost and no isolation (tests,
+    debugging)."""
     results = {}
     for i, run in enumerate(runs, 1):
         cell_json = _prepare(run)
-        print(f"[{i}/{len(runs)}] {run.cell} seed{run.seed} -> {run.dir}", flush=True)
+        _start_line(i, runs, run)
         t0 = time.time()
-        ok = one(run, cell_json)
-        results[run.dir] = _outcome(run, ok, time.time() - t0)
+        try:
+            run_job(cell_json)
+            ok = True
+        except Exception as e:
+            if not isinstance(e, UserError):  # a bug: show where
+                traceback.print_exc()
+            ok = False
+        results[run.dir] = progress.outcome(run, ok, time.time() - t0)
     return results
 
 
-def in_subprocess(run: Run, cell_json: Path) -> bool:
-    """``local``: a process per run, so a crash or leak ends there; output to ``log.txt``."""
-    with open(run.dir / "log.txt", "a") as log:
-        return subprocess.run([sys.executable, "-m", "vitmim.lab.grid", str(cell_json)],
-                              stdout=log, stderr=subprocess.STDOUT).returncode == 0
+def job_env(run: Run, jobs: int) -> dict[str, str]:
+    """A job's environment: on a CPU each of ``jobs`` simultaneous jobs gets its share of the
+    cores (OpenMP threads, which torch follows), so that together they do not oversubscribe
+    them."""
+    env = dict(os.environ)
+    device = run.config["device"]
+    on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
+    if jobs > 1 and on_cpu:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return env
 
 
-def in_process(run: Run, cell_json: Path) -> bool:
-    """``inline``: no start-up cost and no isolation (tests, debugging)."""
+def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, dict]:
+    """``local``: each run in its own process (a crash or leak ends there; output to
+    ``log.txt``), ``jobs`` of them at once. On Ctrl-C the running jobs are interrupted too; their
+    checkpoints stay for the next invocation."""
+    queue, running, results = list(runs), {}, {}
     try:
-        run_job(cell_json)
-        return True
-    except Exception as e:
-        if not isinstance(e, UserError):  # a bug: show where
-            traceback.print_exc()
-        return False
+        while queue or running:
+            while queue and len(running) < jobs:
+                run = queue.pop(0)
+                cell_json = _prepare(run)
+                _start_line(len(runs) - len(queue), runs, run)
+                with open(run.dir / "log.txt", "a") as log:
+                    proc = subprocess.Popen([sys.executable, "-m", "vitmim.lab.grid",
+                                             str(cell_json)], stdout=log,
+                                            stderr=subprocess.STDOUT, env=job_env(run, jobs))
+                running[proc] = (run, time.time())
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                run, t0 = running.pop(proc)
+                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0)
+    except KeyboardInterrupt:
+        _interrupt(list(running))
+        raise
+    return results
 
 
-def _outcome(run: Run, ok: bool, wall_s: float) -> dict:
-    """Status of a finished job: ``status.json`` if the job got to write it, else the log tail."""
-    status = read_status(run.dir)
-    if ok and run_finished(run):
-        result = {"status": "done", "wall_s": wall_s}
-    else:
-        error = status.get("error") if status.get("status") == "failed" else None
-        result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
-    note = f": {result['error']}" if "error" in result else ""
-    print(f"    {result['status']} in {wall_s:.0f} s{note}", flush=True)
-    return result
+def _interrupt(procs: list[subprocess.Popen]) -> None:
+    """Ctrl-C for jobs that did not get it from the terminal; killed if they linger."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _log_tail(run_dir: Path) -> str:
@@ -393,8 +455,8 @@ def make_executor(kind: str, folder: Path, params: dict):
     return executor
 
 
-def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: bool
-                    ) -> dict[Path, dict]:
+def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: bool,
+                    progress: Progress) -> dict[Path, dict]:
     """Submit all runs as one job array; with ``wait``, collect each job's outcome."""
     executor = make_executor(kind, out / ".submitit", params)
     paths = [str(_prepare(run)) for run in runs]
@@ -412,12 +474,9 @@ def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: b
             ok = True
         except Exception:  # the job's own status.json carries the error line
             ok = False
-        print(f"{run.cell} seed{run.seed}:", end="")
-        results[run.dir] = {**_outcome(run, ok, time.time() - t0), "job_id": job.job_id}
+        results[run.dir] = {**progress.outcome(run, ok, time.time() - t0),
+                            "job_id": job.job_id}
     return results
-
-
-LAUNCHERS = {"local": in_subprocess, "inline": in_process}
 
 
 def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict]) -> Path:
@@ -434,8 +493,12 @@ def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict]) -> 
 
 def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list[str] = (),
              slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False,
-             files: list[str] = ()) -> list[dict]:
-    """Plan, skip finished runs, launch the rest; returns the rows of ``grid.json``."""
+             files: list[str] = (), jobs: int = 1) -> list[dict]:
+    """Plan, skip finished runs, launch the rest (``jobs`` at once with the local executor);
+    returns the rows of ``grid.json``. An interrupted grid continues when called again."""
+    if jobs < 1 or jobs > 1 and executor != "local":
+        raise UserError(f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
+                        f"--executor local (a job array runs as its scheduler decides)")
     runs = plan(spec, out, overrides, files)
     if "scratch_tuned" in spec.baselines and all(r.kind != "scratch_tuned" for r in runs):
         print("note: baseline scratch_tuned left out: no tuned scratch recipe is set (config "
@@ -450,12 +513,18 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
         return []
     results = {r.dir: {"status": "skipped"} for r in runs if r.dir not in pending}
     print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
-    if todo and executor in LAUNCHERS:
-        results.update(launch_sequential(todo, LAUNCHERS[executor]))
+    walls = [read_status(d).get("wall_s") for d in results]  # what earlier invocations took
+    progress = Progress(len(todo), len(todo) if executor not in ("local", "inline") else jobs,
+                        [w for w in walls if w])
+    if todo and executor == "local":
+        results.update(launch_local(todo, jobs, progress))
+    elif todo and executor == "inline":
+        results.update(launch_inline(todo, progress))
     elif todo:
         params = {**spec.slurm, **(slurm or {})}
         results.update(launch_submitit(todo, executor, out, params,
-                                       wait if wait is not None else executor != "slurm"))
+                                       wait if wait is not None else executor != "slurm",
+                                       progress))
     rows = json.loads(write_grid_status(out, runs, results).read_text())["runs"]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
