@@ -269,3 +269,40 @@ def test_report_of_one_run_folder(one_run):
     assert "Tuned scratch recipe: finetune.epochs=2, finetune.lr=0.002." in text
     page = (report / "report.html").read_text()
     assert "<script" not in page and len(re.findall(r"<img [^>]*src='data:image/png", page)) == 3
+
+
+def test_published_reference_figures_stand_beside_the_grid(smoke_grid, tmp_path):
+    """A spec's ``reference`` reaches the report through grid.json: the paper's scratch and best
+    top-1 beside this grid's, rerunning the finished grid only records it."""
+    runs_dir = tmp_path / "grid"
+    shutil.copytree(smoke_grid, runs_dir)
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "grids"
+                           / "smoke.yaml").read_text())
+    spec["reference"] = {"source": "Terentiev & Ivanenko 2024", "scratch": 40.0, "best": 44.7}
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cell = next(runs_dir.glob("*/seed0/cell.json"))
+    data = yaml.safe_load(cell.read_text())["config"]["data"]["path"]  # JSON is YAML
+    assert cli.main(["grid", str(path), "--out", str(runs_dir), "--data", data,
+                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert cli.main(["report", str(runs_dir)]) == 0
+    rows = section((runs_dir / "report" / "report.md").read_text(),
+                   "Beside the published figures")
+    assert "Terentiev & Ivanenko 2024" in rows[0]
+    assert rows[2].startswith("| scratch | 40.0 | ") and "(n=2)" in rows[2]
+    assert rows[3].startswith("| best pre-trained | 44.7 | ") and "mask_ratio=" in rows[3]
+    assert rows[4].startswith("| best - scratch | +4.7 | ")
+
+
+@pytest.mark.parametrize("reference", [
+    {"source": "x", "scratch": 40.0},  # best missing
+    {"source": "x", "scratch": "40", "best": 44.7},
+    {"source": "x", "scratch": 40.0, "best": 144.7},
+    [40.0, 44.7],
+])
+def test_bad_reference_is_refused_naming_the_key(tmp_path, reference):
+    from vitmim.lab.grid import load_spec
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"base": "smoke", "reference": reference}))
+    with pytest.raises(UserError, match="key reference"):
+        load_spec(path)

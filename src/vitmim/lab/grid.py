@@ -60,7 +60,10 @@ from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
              "probe": bool, "config": dict}
 SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label_fractions",
-             "probe", "out", "slurm"}
+             "probe", "out", "slurm", "reference"}
+# published figures a grid reproduces, shown beside its own by the report: top-1 % of scratch
+# and of the best pre-trained cell, and where they come from
+REFERENCE_KEYS = {"source": str, "scratch": (int, float), "best": (int, float)}
 
 
 @dataclass
@@ -79,6 +82,7 @@ class GridSpec:
     probe: bool = True  # k-NN + linear probe of each pre-trained model
     out: str | None = None
     slurm: dict = field(default_factory=dict)  # submitit executor parameters
+    reference: dict = field(default_factory=dict)  # see REFERENCE_KEYS
 
 
 @dataclass
@@ -139,7 +143,19 @@ def load_spec(path: str | Path) -> GridSpec:
         setattr(spec, key, value)
     spec.variants = _cross(_check_variants(raw.get("variants") or {}, p), raw.get("cross"), p)
     _check_lists(raw, spec, p)
+    spec.reference = _check_reference(raw.get("reference"), p)
     return spec
+
+
+def _check_reference(ref, p: Path) -> dict:
+    if ref is None:
+        return {}
+    what = "a mapping with source (text), scratch and best (top-1 %, numbers in [0, 100])"
+    _expect(isinstance(ref, dict) and set(ref) == set(REFERENCE_KEYS), p, "reference", what)
+    for key, tp in REFERENCE_KEYS.items():
+        ok = isinstance(ref[key], tp) and not isinstance(ref[key], bool)
+        _expect(ok and (key == "source" or 0 <= ref[key] <= 100), p, f"reference.{key}", what)
+    return dict(ref)
 
 
 def _check_variants(variants, p: Path) -> list[dict]:
@@ -479,15 +495,18 @@ def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: b
     return results
 
 
-def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict]) -> Path:
-    """``OUT/grid.json``: each run's cell, seed, folder and status after this invocation."""
+def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict],
+                      reference: dict | None = None) -> Path:
+    """``OUT/grid.json``: each run's cell, seed, folder and status after this invocation, and
+    the spec's published reference figures for the report."""
     rows = []
     for run in runs:
         r = results.get(run.dir) or {"status": "done" if run_finished(run) else "pending"}
         rows.append({"cell": run.cell, "kind": run.kind, "seed": run.seed,
                      "dir": str(run.dir.relative_to(out)), **r})
     path = out / "grid.json"
-    checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows})
+    checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows,
+                                 **({"reference": reference} if reference else {})})
     return path
 
 
@@ -513,6 +532,8 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
         return []
     results = {r.dir: {"status": "skipped"} for r in runs if r.dir not in pending}
     print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_grid_status(out, runs, results, spec.reference)  # reportable while it runs
     walls = [read_status(d).get("wall_s") for d in results]  # what earlier invocations took
     progress = Progress(len(todo), len(todo) if executor not in ("local", "inline") else jobs,
                         [w for w in walls if w])
@@ -525,7 +546,7 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
         results.update(launch_submitit(todo, executor, out, params,
                                        wait if wait is not None else executor != "slurm",
                                        progress))
-    rows = json.loads(write_grid_status(out, runs, results).read_text())["runs"]
+    rows = json.loads(write_grid_status(out, runs, results, spec.reference).read_text())["runs"]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         raise UserError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "

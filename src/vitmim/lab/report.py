@@ -721,6 +721,30 @@ def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]]
     return "\n".join(lines) + "\n"
 
 
+def reference_section(runs_dir: Path, summary: list[dict]) -> list[tuple[str, str]]:
+    """Published figures the grid reproduces (its spec's ``reference``, kept in grid.json) beside
+    this grid's: scratch, the best pre-trained cell and their difference, full labels only."""
+    status = runs_dir / "grid.json"
+    ref = config.read_json_mapping(status, "grid status").get("reference") \
+        if status.is_file() else None
+    if not ref:
+        return []
+    full = [d for d in summary if d["label_fraction"] == 1.0 and d["top1_mean"] is not None]
+    scratch = next((d for d in full if d["kind"] == "scratch"), None)
+    best = max((d for d in full if d["kind"] == "variant"), key=lambda d: d["top1_mean"],
+               default=None)
+    def ours(d: dict | None) -> str:
+        return "not run" if d is None else f"{_pm(d['top1_mean'], d['top1_std'])} (n={d['n']})"
+    gain = "-" if scratch is None or best is None else \
+        f"{best['top1_mean'] - scratch['top1_mean']:+.2f}"
+    lines = [f"| top-1 % | {ref['source']} | this grid |", "| --- | ---: | ---: |",
+             f"| scratch | {ref['scratch']:.1f} | {ours(scratch)} |",
+             f"| best pre-trained | {ref['best']:.1f} | {ours(best)}"
+             f"{'' if best is None else ' ' + best['cell']} |",
+             f"| best - scratch | {ref['best'] - ref['scratch']:+.1f} | {gain} |"]
+    return [("Beside the published figures", "\n".join(lines))]
+
+
 def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.md, report.csv, runs.csv, report.html and plots/ into ``out``
     (default ``RUNS_DIR/report``) for a grid folder or one ``vitmim run`` folder; returns the
@@ -733,7 +757,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     records = collect_run(runs_dir) if single else collect(runs_dir)
     rows = group(records)
     summary = summarise(rows)
-    sections = [("Baselines", recipe_note(records))]
+    sections = [*reference_section(runs_dir, summary), ("Baselines", recipe_note(records))]
     if single:
         sections.insert(0, ("Stages", _run_table(runs_dir)))
     plots = [] if single else [("fine-tuned accuracy vs masking",
