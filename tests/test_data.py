@@ -19,14 +19,14 @@ from vitmim.data import (
     ImageSet,
     cache,
     cache_root,
-    label_subset,
-    load_images,
     load_splits,
     pack,
     resolve_data_path,
     sources,
 )
 from vitmim.errors import UserError
+from vitmim.inference import load_images
+from vitmim.stages import label_subset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
 

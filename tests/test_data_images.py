@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from vitmim.config import DataConfig
-from vitmim.data import BACKGROUND, load_images, load_splits
+from vitmim.data import BACKGROUND, load_splits
 from vitmim.errors import UserError
+from vitmim.inference import load_images
 
 WHITE = list(BACKGROUND)
 assert WHITE == [255, 255, 255]  # the README's "transparent pixels become white"

@@ -11,8 +11,9 @@ from PIL import Image
 
 from vitmim import cli
 from vitmim.config import DataConfig, load_config
-from vitmim.data import BACKGROUND, cache, load_images, load_splits
+from vitmim.data import BACKGROUND, cache, load_splits
 from vitmim.errors import UserError
+from vitmim.inference import load_images
 
 
 def write(path: Path, img: Image.Image, fmt: str | None = None) -> Path:

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from vitmim import cli
 from vitmim.augment import normalize
 from vitmim.config import load_config
-from vitmim.data import load_images
-from vitmim.inference import load_classifier
+from vitmim.inference import load_classifier, load_images
 from vitmim.models import build_classifier, transfer
 from vitmim.runs import read_model
 

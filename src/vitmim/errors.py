@@ -35,8 +35,10 @@ class CheckpointError(UserError):
 
 
 def fold_lines(text: object) -> str:
-    """``text`` with its line breaks folded, so a message never spans lines."""
-    return " ".join(str(text).split("\n")).strip()
+    """``text`` (a message or an exception) on one line: line breaks and runs of spaces folded;
+    an exception without a message gives its type's name."""
+    folded = " ".join(str(text).split())
+    return folded or (type(text).__name__ if isinstance(text, BaseException) else "")
 
 
 def input_error_line(e: BaseException) -> str | None:

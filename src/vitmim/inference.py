@@ -9,8 +9,9 @@ import torch
 from vitmim import checkpoint
 from vitmim.augment import MEAN, STD, normalize
 from vitmim.config import Config, load_config
-from vitmim.data import load_images, load_splits
-from vitmim.errors import CheckpointError, ConfigError, DataError
+from vitmim.data import load_splits
+from vitmim.data.images import decode_image
+from vitmim.errors import CheckpointError, ConfigError, DataError, fold_lines
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import (
@@ -23,6 +24,35 @@ from vitmim.models.restorer import restored_image
 from vitmim.runs import check_output, read_model
 from vitmim.stages import classification_metrics
 from vitmim.stages import save_reconstruction_grid as save_grid
+
+# ---------------------------------------------------------------------------------------------
+# single image files
+
+
+def single_image_resize(cfg: Config) -> str:
+    """How files of another size reach the model: as its training images did, where the run
+    chose a way (``data.resize``); else (``auto``, ``error``) shorter side scaled, centre crop."""
+    return cfg.data.resize if cfg.data.resize in ("fit", "pad", "crop") else "crop"
+
+
+def load_images(paths: list[str | Path], img_size: int = 64,
+                resize: str = "crop") -> torch.Tensor:
+    """(N, 3, img_size, img_size) uint8 RGB from image files (for predict / reconstruct).
+
+    Decoded like the cache (every mode to RGB, EXIF orientation); an image of another size is
+    brought to img_size by ``resize`` (default: shorter side scaled, centre crop).
+    """
+    out = torch.empty((len(paths), 3, img_size, img_size), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        p = Path(p).expanduser()
+        if not p.is_file():
+            raise DataError(f"{p}: image not found" + (" (a folder)" if p.is_dir() else ""))
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise DataError(f"{p}: cannot read ({fold_lines(e.strerror or e)})") from None
+        out[i] = torch.from_numpy(decode_image(data, img_size, resize, str(p))[0].copy())
+    return out
 
 
 def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
@@ -70,7 +100,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tupl
     if topk < 1:
         raise ConfigError(f"--topk {topk}: expected an integer >= 1")
     model, cfg, meta = load_classifier(run)
-    x = normalize(load_images(images, cfg.model.img_size))
+    x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
     probs = model(x).softmax(-1)
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     names = meta["class_names"]
@@ -84,7 +114,7 @@ def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[s
     """PNG grid of original | masked | restored for the given images."""
     check_output(out)
     model, cfg = load_restorer(run, overrides)
-    x = normalize(load_images(images, cfg.model.img_size))
+    x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
     g = torch.Generator().manual_seed(seed)
     p = cfg.pretrain
     mask = random_mask(len(x), cfg.model.img_size, p.mask_patch, p.mask_ratio, g)

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
 from vitmim.config import Config, tuned_scratch
-from vitmim.data import ImageSet, label_subset, load_splits
+from vitmim.data import ImageSet, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, train
 from vitmim.errors import UserError
 from vitmim.masking import random_mask
@@ -87,6 +87,33 @@ def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
     rows = torch.stack([orig, shown, restored], dim=1).flatten(0, 1)  # (3B, 3, H, W)
     checkpoint.atomic_write(path, lambda p: save_image(rows.cpu(), p, nrow=3, padding=2,
                                                       format="png"))
+
+
+# ---------------------------------------------------------------------------------------------
+# label fraction: which training labels the classifier sees (fine-tuning and its baselines)
+
+
+def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted (M,) int64 indices keeping round(fraction * n_c) (>= 1) images of each class c.
+
+    ``labels``: (N,) int; entries < 0 (unlabelled) are never kept. The choice depends only
+    on ``seed`` and the labels.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"config key data.label_fraction: expected a number in (0, 1], "
+                        f"got {fraction}")
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    g = torch.Generator().manual_seed(int(seed))
+    keep = []
+    for c in torch.unique(labels).tolist():
+        if c < 0:
+            continue
+        idx = torch.nonzero(labels == c).flatten()
+        k = max(1, round(fraction * len(idx)))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    if not keep:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.sort(torch.cat(keep)).values.to(torch.int64)
 
 
 class FinetuneTask:

@@ -19,8 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from vitmim.data.cache import ImageSet, cache_root
-from vitmim.data.sources import ARCHIVE_NAME, one_line
-from vitmim.errors import UserError
+from vitmim.data.sources import ARCHIVE_NAME
+from vitmim.errors import UserError, fold_lines
 
 OFFICIAL_URL = "https://cs231n.stanford.edu/tiny-imagenet-200.zip"
 # Either checksum proves a tiny-imagenet-200.zip genuine: the sha256 of the copy this project is
@@ -159,7 +159,7 @@ def _stream(url: str, fd: int, progress: bool, allow_local_http: bool) -> dict[s
                     bar.update(len(chunk))
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
         reason = getattr(e, "reason", None) or e
-        raise UserError(f"{url}: download failed ({one_line(reason)})") from None
+        raise UserError(f"{url}: download failed ({fold_lines(reason)})") from None
     if total is not None and got != total:
         raise UserError(f"{url}: download incomplete ({got} of {total} bytes)")
     return {alg: h.hexdigest() for alg, h in hashes.items()}

@@ -41,8 +41,8 @@ import torch
 from tqdm import tqdm
 
 from vitmim.data.images import decode_image
-from vitmim.data.sources import Plan, Tree, one_line, tree_for
-from vitmim.errors import UserError
+from vitmim.data.sources import Plan, Tree, tree_for
+from vitmim.errors import UserError, fold_lines
 
 CACHE_VERSION = 2  # bump when the cache layout or decoding changes
 CHUNK = 500  # images per decode task: small enough for a smooth progress bar
@@ -332,7 +332,7 @@ def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[in
         with _locked(root / f".{key}.lock"):
             _build_locked(tree, plan, key, final, target, progress)
     except OSError as e:  # read-only or full disk: the user's to fix
-        raise UserError(f"{root}: cannot write the data cache ({one_line(e.strerror or e)}); "
+        raise UserError(f"{root}: cannot write the data cache ({fold_lines(e.strerror or e)}); "
                         "free space or set data.cache_dir / VITMIM_CACHE") from None
 
 

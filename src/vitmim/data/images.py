@@ -21,8 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from vitmim.data.sources import one_line
-from vitmim.errors import UserError
+from vitmim.errors import UserError, fold_lines
 
 RESIZE_MODES = ("fit", "pad", "crop", "error")
 BACKGROUND = (255, 255, 255)  # white: what transparent pixels and letterbox bars become
@@ -70,7 +69,7 @@ def _unreadable(name: str, e: Exception) -> UserError:
     """The one line for bytes PIL cannot decode; never PIL's in-memory buffer repr."""
     if isinstance(e, Image.UnidentifiedImageError):
         return UserError(f"{name}: not a readable image (unknown or unsupported format)")
-    return UserError(f"{name}: not a readable image ({_BUFFER_REPR.sub('data', one_line(e))})")
+    return UserError(f"{name}: not a readable image ({_BUFFER_REPR.sub('data', fold_lines(e))})")
 
 
 def decode_image(data: bytes, size: int, resize: str, name: str) -> tuple[np.ndarray, bool]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vitmim.config import DataConfig
-from vitmim.errors import UserError
+from vitmim.errors import UserError, fold_lines
 
 ARCHIVE_NAME = "tiny-imagenet-200.zip"
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -179,7 +179,7 @@ class ZipTree(Tree):
         try:
             self.zf = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise UserError(f"{path}: not a readable zip archive ({one_line(e)})") from None
+            raise UserError(f"{path}: not a readable zip archive ({fold_lines(e)})") from None
         self._infos = {}
         self._dirs = set()
         total = 0
@@ -221,7 +221,7 @@ class ZipTree(Tree):
             return self.zf.read(info)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
                 NotImplementedError) as e:
-            raise UserError(f"{self.display(rel)}: unreadable zip member ({one_line(e)}); "
+            raise UserError(f"{self.display(rel)}: unreadable zip member ({fold_lines(e)}); "
                             "the archive may be truncated or corrupt") from None
 
     def display(self, rel: str) -> str:
@@ -314,10 +314,6 @@ class Plan:
     class_names: list[str]
     train: Split
     val: Split | None
-
-
-def one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _read_text(tree: Tree, rel: str) -> str:

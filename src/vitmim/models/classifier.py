@@ -170,7 +170,7 @@ def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names:
             "input_size": [3, size, size],
             "fixed_input_size": True,
             # vitmim trains and predicts on whole images at img_size: no crop margin, and other
-            # sizes are scaled with bicubic resampling (vitmim.data.load_images)
+            # sizes are scaled with bicubic resampling (vitmim.inference.load_images)
             "interpolation": "bicubic",
             "crop_pct": 1.0,
             "crop_mode": "center",
