@@ -144,8 +144,9 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
     equal = [kind for kind, by in BASELINES.items() if by and by == equal_compute]
     with tracking(log, log_every):
         results = run_all(cfg, Path(out), _env(cfg), resume=resume,
-                          baselines=("scratch", *equal))
-    runs = {name: RunResult(Path(out) / name, metrics) for name, metrics in results.items()}
+                          baselines=("scratch", "scratch_tuned", *equal))
+    runs = {name: RunResult(Path(out) / name, metrics) for name, metrics in results.items()
+            if "step" in metrics}  # a stage that did not train (no tuned recipe) is in .summary
     return PipelineResult(Path(out), runs, summary_table(results))
 
 

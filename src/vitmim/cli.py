@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import vitmim
 from vitmim.config import Config, load_config, preset_file, preset_names
 from vitmim.errors import UserError
-from vitmim.tracking import BACKENDS, LOG_EVERY, tracking
+from vitmim.tracking import BACKENDS, LOG_EVERY
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -56,49 +57,41 @@ def resolve_config(args: argparse.Namespace) -> Config:
 # commands
 
 
+def _training(args) -> dict:
+    """The keyword arguments every training function of the API takes, from the options."""
+    return {"out": args.out, "data": args.data, "preset": args.preset, "config": args.config,
+            "overrides": list(args.overrides), "resume": args.resume, "log": args.log,
+            "log_every": args.log_every}
+
+
 def cmd_pretrain(args) -> None:
-    from vitmim.engine import env_for
-    from vitmim.stages import pretrain
-    cfg = resolve_config(args)
-    pretrain(cfg, Path(args.out), env_for(cfg), resume=args.resume)
+    vitmim.pretrain(**_training(args))
 
 
 def cmd_finetune(args) -> None:
-    from vitmim.engine import env_for
-    from vitmim.stages import finetune
-    cfg = resolve_config(args)
-    finetune(cfg, Path(args.out), env_for(cfg), init=args.init, resume=args.resume)
+    vitmim.finetune(init=args.init, **_training(args))
 
 
 def cmd_run(args) -> None:
-    from vitmim.engine import env_for
-    from vitmim.stages import BASELINES, run_all
-    cfg = resolve_config(args)
-    equal = [kind for kind, by in BASELINES.items() if by and by == args.equal_compute]
-    run_all(cfg, Path(args.out), env_for(cfg), resume=args.resume,
-            baselines=("scratch", "scratch_tuned", *equal))
+    vitmim.run(equal_compute=args.equal_compute, **_training(args))
 
 
 def cmd_eval(args) -> None:
-    from vitmim.inference import evaluate_run
-    print(json.dumps(evaluate_run(args.run, args.data), indent=2))
+    print(json.dumps(vitmim.evaluate(args.run, args.data), indent=2))
 
 
 def cmd_predict(args) -> None:
-    from vitmim.inference import predict
-    for path, top in zip(args.images, predict(args.run, args.images, args.topk)):
+    for path, top in zip(args.images, vitmim.predict(args.run, args.images, args.topk)):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 
 
 def cmd_reconstruct(args) -> None:
-    from vitmim.inference import reconstruct
-    out = reconstruct(args.run, args.images, Path(args.out), args.overrides, args.seed)
+    out = vitmim.reconstruct(args.run, args.images, args.out, args.seed, list(args.overrides))
     print(f"wrote {out}")
 
 
 def cmd_export(args) -> None:
-    from vitmim.inference import export
-    print(f"wrote {export(args.run, args.out, args.format, args.encoder)}")
+    print(f"wrote {vitmim.export(args.run, args.out, args.format, args.encoder)}")
 
 
 def cmd_data_download(args) -> None:
@@ -125,8 +118,7 @@ def cmd_grid(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from vitmim.lab.report import build_report
-    path = build_report(args.runs_dir, args.out)
+    path = vitmim.report(args.runs_dir, args.out)
     print((path.parent / "report.md").read_text().split("\n## Plots")[0].strip())
     print(f"\nwrote {path.parent}/report.{{md,csv,html}}, runs.csv and plots/")
 
@@ -277,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.time()
     try:
-        with tracking(getattr(args, "log", None), getattr(args, "log_every", LOG_EVERY)):
-            args.fn(args)
+        args.fn(args)
     except UserError as e:
         print(f"vitmim: error: {fold_lines(e)}", file=sys.stderr)
         return UserError.exit_code
