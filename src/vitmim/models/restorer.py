@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitmim.augment import denormalize
-from vitmim.config import Config, ModelConfig, PretrainConfig
+from vitmim.config import Config, ModelConfig, PretrainConfig, uses_fast_path
 from vitmim.masking import apply_fill, num_masked, pixel_to_token_mask, random_mask
 from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
 
@@ -108,7 +108,7 @@ class Restorer(nn.Module):
         self.backbone = ViT(cfg, drop_path=pcfg.drop_path)
         self.patch_size = p = cfg.patch_size
         self.token_masking = pcfg.mask_patch % p == 0  # every token wholly masked or visible
-        self.fast = pcfg.fast and self.token_masking
+        self.fast = uses_fast_path(cfg, pcfg)
         if self.fast:
             cells = (cfg.img_size // pcfg.mask_patch) ** 2
             tokens_per_cell = (pcfg.mask_patch // p) ** 2
