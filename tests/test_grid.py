@@ -19,9 +19,11 @@ import pytest
 import yaml
 
 from vitmim import cli
+from vitmim.config import load_config
 from vitmim.errors import UserError
 from vitmim.lab.grid import load_spec, plan, run_finished
 from vitmim.lab.report import baseline_row, collect, group
+from vitmim.stages import training_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
@@ -136,8 +138,9 @@ def test_full_path_grid_plans_one_equal_flops_baseline(tmp_path):
                       variants={"pretrain.mask_patch": [8, 16], "pretrain.mask_ratio": [0.4, 0.6]})
     runs = plan(load_spec(spec), tmp_path / "out")
     assert sum(r.kind == "variant" for r in runs) == 4 * 2
-    assert flops_cells(runs) == ["scratch_equal_flops"]
-    assert [r.axes for r in runs if r.kind == "scratch_equal_flops"] == [{}, {}]
+    assert flops_cells(runs) == ["scratch_equal_flops,fast=False"]
+    assert [r.axes for r in runs if r.kind == "scratch_equal_flops"] == [
+        {"pretrain.fast": False}] * 2
 
 
 def test_fast_path_grid_plans_one_equal_flops_baseline_per_masking(tmp_path):
@@ -146,7 +149,7 @@ def test_fast_path_grid_plans_one_equal_flops_baseline_per_masking(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"],
                       variants={"pretrain.mask_patch": [4, 8], "pretrain.mask_ratio": [0.4, 0.6]})
     assert flops_cells(plan(load_spec(spec), tmp_path / "out")) == [
-        "scratch_equal_flops", "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+        "scratch_equal_flops,fast=False", "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
         "scratch_equal_flops,mask_patch=8,mask_ratio=0.6"]
 
 
@@ -254,15 +257,18 @@ def test_report_pairs_each_variant_with_its_equal_flops_baseline(tmp_path, tiny_
     rows = group(collect(out))
     paired = {r.cell: baseline_row(r, "scratch_equal_flops", rows).cell
               for r in rows if r.kind == "variant"}
-    assert paired == {
-        "mask_patch=4,mask_ratio=0.4": "scratch_equal_flops",
-        "mask_patch=4,mask_ratio=0.6": "scratch_equal_flops",
-        "mask_patch=8,mask_ratio=0.4": "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
-        "mask_patch=8,mask_ratio=0.6": "scratch_equal_flops,mask_patch=8,mask_ratio=0.6"}
-    epochs = {c: yaml.safe_load((out / c / "seed0" / "finetune" / "config.yaml").read_text())
-              ["finetune"]["epochs"] for c in set(paired.values())}
-    assert epochs["scratch_equal_flops,mask_patch=8,mask_ratio=0.4"] >= epochs[
-        "scratch_equal_flops,mask_patch=8,mask_ratio=0.6"]  # fewer tokens masked, more FLOPs
+    full, fast4, fast6 = ("scratch_equal_flops,fast=False",
+                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.6")
+    assert paired == {"mask_patch=4,mask_ratio=0.4": full, "mask_patch=4,mask_ratio=0.6": full,
+                      "mask_patch=8,mask_ratio=0.4": fast4, "mask_patch=8,mask_ratio=0.6": fast6}
+    # each baseline trains at its variants' restorer FLOPs per image, although the base config's
+    # 8 px cells would put the 4 px cells' baseline on the fast path
+    configs = {c: load_config(base=json.loads((out / c / "seed0" / "cell.json").read_text())
+                              ["config"]) for c in [*paired, full, fast4, fast6]}
+    flops = {c: training_flops_per_image(cfg, 4)[0] for c, cfg in configs.items()}
+    assert all(flops[v] == flops[b] for v, b in paired.items())
+    assert len({flops[full], flops[fast4], flops[fast6]}) == 3
     assert cli.main(["report", str(out)]) == 0
     assert "Δ scratch equal-FLOPs" in (out / "report" / "report.md").read_text()
 

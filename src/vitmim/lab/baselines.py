@@ -35,11 +35,17 @@ def baseline_axes(kind: str, axes: dict, cfg: Config) -> dict:
         cfg: the variant's resolved config: whether it pre-trains on the fast path.
     """
     shared = SHARED_KEYS[kind]
-    if kind == "scratch_equal_flops" and not uses_fast_path(cfg.model, cfg.pretrain):
+    full_path = kind == "scratch_equal_flops" and not uses_fast_path(cfg.model, cfg.pretrain)
+    if full_path:
         shared = tuple(k for k in shared if k not in FAST_PATH_KEYS)
-    return {k: v for k, v in axes.items() if k in shared or (
+    out = {k: v for k, v in axes.items() if k in shared or (
         k not in RESTORER_KEYS and not k.startswith("pretrain.")
         and (kind == "scratch_tuned" or not k.startswith(TUNED_PREFIX)))}
+    if full_path and cfg.model.arch == "vit":
+        # the baseline counts the full path's FLOPs even where its own mask cell (the grid's
+        # base config) would take the fast path
+        out["pretrain.fast"] = False
+    return out
 
 
 def variant_axes(axes: dict) -> dict:
