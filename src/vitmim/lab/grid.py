@@ -13,7 +13,10 @@ Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equ
 many optimisation steps as pre-train + fine-tune together) and, when a spec asks for it,
 ``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together) and
 ``scratch_tuned`` (random weights with the scratch side's own recipe, config section ``scratch``;
-left out, with a note, where no recipe is set). ``cross: {key: [values]}`` crosses every cell
+left out, with a note, where no recipe is set). Each baseline is planned once per distinct value
+of what changes it (:func:`vitmim.lab.baselines.baseline_axes`): the equal-FLOPs one follows the
+mask cell and ratio only on the fast path, where they change the FLOPs.
+``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on: an interrupted grid continues when the same command runs again.
