@@ -7,7 +7,7 @@
 #   4. bench/step_profile.py and bench/throughput.py --device cuda --no-reference on the grid's
 #      model: operators and CUDA kernels per step, images/s and model FLOP utilisation per stage;
 #   5. vitmim grid configs/grids/paper_tin200.yaml --executor inline, cut at the deadline (the
-#      8 repeats of the equal-FLOPs baseline come last, so a cut there loses no distinct run);
+#      one equal-FLOPs baseline, the longest run, comes last);
 #   6. vitmim report; results (no weights, no checkpoints) copied to $OUT.
 #
 #   on the GPU:  bash scripts/gpu_paper.sh [RUNS_DIR]     (default runs/paper_tin200)

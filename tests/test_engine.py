@@ -104,14 +104,16 @@ def test_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_gpu_steps_never_wait_for_the_device(tmp_path: Path, stage: str):
-    """TrivialAugment, erasing, mixup/cutmix, masks, bf16, grad clipping, fused AdamW and EMA:
-    no step after the first makes the host wait (a blocking copy to the device would too)."""
+@pytest.mark.parametrize("stage,fast", [("pretrain", False), ("pretrain", True),
+                                        ("finetune", False)])
+def test_gpu_steps_never_wait_for_the_device(tmp_path: Path, stage: str, fast: bool):
+    """TrivialAugment, erasing, mixup/cutmix, masks, bf16, grad clipping, fused AdamW and EMA,
+    on both pre-training paths: no step after the first makes the host wait (a blocking copy to
+    the device would too)."""
     aug = {f"{stage}.augment.trivial_augment": True, f"{stage}.augment.erasing": 0.25,
            f"{stage}.ema": 0.99, f"{stage}.grad_clip": 1.0, f"{stage}.batch_size": 16,
            "finetune.augment.mixup": 0.8, "finetune.augment.cutmix": 1.0,
-           "pretrain.fast": False}  # the fast path gathers a data-dependent number of tokens
+           "pretrain.fast": fast}
     cfg = tiny_config(**aug)
     env = Env(torch.device("cuda"), amp=True)
     if stage == "pretrain":

@@ -19,8 +19,11 @@ import pytest
 import yaml
 
 from vitmim import cli
+from vitmim.config import load_config
 from vitmim.errors import UserError
 from vitmim.lab.grid import load_spec, plan, run_finished
+from vitmim.lab.report import baseline_row, collect, group
+from vitmim.stages import training_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
@@ -124,6 +127,32 @@ def test_equal_flops_baseline_varies_with_what_changes_the_restorers_flops(tmp_p
     assert "scratch_equal_flops,mask_ratio=0.6,decoder_depth=2" in cells
 
 
+def flops_cells(runs) -> list[str]:
+    return sorted({r.cell for r in runs if r.kind == "scratch_equal_flops"})
+
+
+def test_full_path_grid_plans_one_equal_flops_baseline(tmp_path):
+    """On the full-token path the restorer's FLOPs are the same at every cell size and ratio."""
+    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"], seeds=[0, 1],
+                      config={**TINY, "pretrain.fast": False},
+                      variants={"pretrain.mask_patch": [8, 16], "pretrain.mask_ratio": [0.4, 0.6]})
+    runs = plan(load_spec(spec), tmp_path / "out")
+    assert sum(r.kind == "variant" for r in runs) == 4 * 2
+    assert flops_cells(runs) == ["scratch_equal_flops,fast=False"]
+    assert [r.axes for r in runs if r.kind == "scratch_equal_flops"] == [
+        {"pretrain.fast": False}] * 2
+
+
+def test_fast_path_grid_plans_one_equal_flops_baseline_per_masking(tmp_path):
+    """Cells of 8 px (the patch) pre-train on the fast path, whose FLOPs follow the ratio; 4 px
+    cells do not, and share one baseline."""
+    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"],
+                      variants={"pretrain.mask_patch": [4, 8], "pretrain.mask_ratio": [0.4, 0.6]})
+    assert flops_cells(plan(load_spec(spec), tmp_path / "out")) == [
+        "scratch_equal_flops,fast=False", "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+        "scratch_equal_flops,mask_patch=8,mask_ratio=0.6"]
+
+
 def test_scratch_tuned_baseline_varies_only_with_its_recipe(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch", "scratch_tuned"],
                       variants={"pretrain.mask_ratio": [0.4, 0.6],
@@ -216,6 +245,32 @@ def test_equal_flops_cell_runs_and_reports(tmp_path, tiny_tin):
     assert cli.main(["report", str(out)]) == 0
     table = (out / "report" / "report.md").read_text()
     assert "Δ scratch equal-FLOPs" in table and "scratch (equal training FLOPs)" in table
+
+
+def test_report_pairs_each_variant_with_its_equal_flops_baseline(tmp_path, tiny_tin):
+    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"], probe=False,
+                      seeds=[0], variants={"pretrain.mask_patch": [4, 8],
+                                           "pretrain.mask_ratio": [0.4, 0.6]})
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
+                     "--executor", "inline"]) == 0
+    rows = group(collect(out))
+    paired = {r.cell: baseline_row(r, "scratch_equal_flops", rows).cell
+              for r in rows if r.kind == "variant"}
+    full, fast4, fast6 = ("scratch_equal_flops,fast=False",
+                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.6")
+    assert paired == {"mask_patch=4,mask_ratio=0.4": full, "mask_patch=4,mask_ratio=0.6": full,
+                      "mask_patch=8,mask_ratio=0.4": fast4, "mask_patch=8,mask_ratio=0.6": fast6}
+    # each baseline trains at its variants' restorer FLOPs per image, although the base config's
+    # 8 px cells would put the 4 px cells' baseline on the fast path
+    configs = {c: load_config(base=json.loads((out / c / "seed0" / "cell.json").read_text())
+                              ["config"]) for c in [*paired, full, fast4, fast6]}
+    flops = {c: training_flops_per_image(cfg, 4)[0] for c, cfg in configs.items()}
+    assert all(flops[v] == flops[b] for v, b in paired.items())
+    assert len({flops[full], flops[fast4], flops[fast6]}) == 3
+    assert cli.main(["report", str(out)]) == 0
+    assert "Δ scratch equal-FLOPs" in (out / "report" / "report.md").read_text()
 
 
 def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, tiny_tin,

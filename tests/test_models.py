@@ -7,7 +7,7 @@ import torch
 from vitmim.augment import denormalize
 from vitmim.config import Config, load_config
 from vitmim.errors import UserError
-from vitmim.masking import random_mask
+from vitmim.masking import apply_fill, pixel_to_token_mask, random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import timm_kwargs, to_timm_state
 from vitmim.models.restorer import (
@@ -159,11 +159,12 @@ def test_forward_is_the_decoder_after_the_encoder(mask_patch, fast):
     model = build_restorer(cfg.model, cfg.pretrain).eval()
     x, mask = batch(cfg)
     with torch.no_grad():
-        latent, keep = model.forward_encoder(x, mask)
-        assert (keep is not None) == model.fast
-        n_tokens = int(keep[0].sum()) if model.fast else 64  # fast: only the visible tokens
+        latent, ids = model.forward_encoder(x, mask)
+        assert (ids is not None) == model.fast
+        visible = int((~pixel_to_token_mask(mask, 8)[0]).sum())
+        n_tokens = visible if model.fast else 64  # fast: only the visible tokens
         assert latent.shape == (4, n_tokens, 64)
-        patches = model.forward_decoder(latent, keep)
+        patches = model.forward_decoder(latent, ids)
         assert patches.shape == (4, 64, 8 * 8 * 3)
         assert torch.equal(model(x, mask), unpatchify(patches, 8))
 
@@ -235,3 +236,58 @@ def test_visible_patch_stats_follow_the_neighbourhood():
     side = torch.tensor([-1.0] * 3 + [1.0] * 3)  # the three columns of patches nearest each edge
     cols = mean.view(8, 8)[:, [0, 1, 2, 5, 6, 7]]
     assert torch.allclose(cols, side.expand_as(cols))
+
+
+def boolean_index_forward(model, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The fast path written with boolean indexing (data-dependent shapes): the reference."""
+    bb, dec = model.backbone, model.decoder
+    keep = ~pixel_to_token_mask(mask, model.patch_size)
+    tokens = bb.embed(apply_fill(x, mask)) + bb.pos_embed
+    latent = bb.forward_tokens(tokens[keep].reshape(len(x), -1, tokens.shape[-1]))
+    v = dec.embed(latent)
+    full = dec.mask_token.expand(len(x), keep.shape[1], -1).clone()
+    full[keep] = v.reshape(-1, v.shape[-1])
+    full = full + dec.pos_embed
+    for blk in dec.blocks:
+        full = blk(full)
+    return unpatchify(dec.pred(dec.norm(full)), model.patch_size)
+
+
+@pytest.mark.parametrize("mask_patch,ratio", [(8, 0.75), (8, 0.3), (16, 0.5), (32, 0.25)])
+def test_fast_path_gather_equals_boolean_indexing(mask_patch, ratio):
+    """Visible tokens are gathered in row-major order: outputs and gradients are bit-identical to
+    selecting them with a boolean mask."""
+    cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.mask_ratio={ratio}")
+    model = build_restorer(cfg.model, cfg.pretrain)
+    assert model.fast
+    for seed in range(3):
+        x, mask = batch(cfg, n=6, seed=seed)
+        out = model(x, mask)
+        ref = boolean_index_forward(model, x, mask)
+        assert torch.equal(out, ref)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        ref_grads = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_path_never_waits_for_the_device():
+    cfg = small()
+    model = build_restorer(cfg.model, cfg.pretrain).cuda()
+    x, mask = (t.cuda() for t in batch(cfg, n=8))
+    model(x, mask).sum().backward()  # first call: kernels load, caches fill
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(x, mask).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_fast_path_compiles_to_one_graph():
+    """No data-dependent shape on the fast path: torch.compile needs no graph break."""
+    cfg = small()
+    model = build_restorer(cfg.model, cfg.pretrain).eval()
+    x, mask = batch(cfg, n=2)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, mask), model(x, mask))

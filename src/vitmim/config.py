@@ -98,6 +98,12 @@ class PretrainConfig(StageConfig):
     norm_pix: bool = True  # per-patch normalised targets (MAE's norm_pix_loss)
 
 
+def uses_fast_path(model: ModelConfig, pretrain: PretrainConfig) -> bool:
+    """Whether pre-training encodes only the visible tokens (MAE's path): asked for, on a ViT
+    (convolutions need the whole image), with mask cells that cover whole patches."""
+    return pretrain.fast and model.arch == "vit" and pretrain.mask_patch % model.patch_size == 0
+
+
 @dataclass
 class FinetuneConfig(StageConfig):
     # batch 64 (twice the steps per epoch of 128, same lr) measured on TIN-10 (README, "Results"):

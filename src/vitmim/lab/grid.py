@@ -13,7 +13,10 @@ Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equ
 many optimisation steps as pre-train + fine-tune together) and, when a spec asks for it,
 ``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together) and
 ``scratch_tuned`` (random weights with the scratch side's own recipe, config section ``scratch``;
-left out, with a note, where no recipe is set). ``cross: {key: [values]}`` crosses every cell
+left out, with a note, where no recipe is set). Each baseline is planned once per distinct value
+of what changes it (:func:`vitmim.lab.baselines.baseline_axes`): the equal-FLOPs one follows the
+mask cell and ratio only on the fast path, where they change the FLOPs.
+``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on: an interrupted grid continues when the same command runs again.
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ import yaml
 from vitmim import checkpoint
 from vitmim.config import (
     PRESETS,
+    Config,
     flatten,
     load_config,
     overrides_to_dict,
@@ -231,17 +236,20 @@ def cell_name(axes: dict) -> str:
     return ",".join(parts)
 
 
-def _cells(spec: GridSpec) -> list[tuple[str, str, dict]]:
-    """(cell name, kind, axes) for every variant and every distinct baseline."""
+def _cells(spec: GridSpec, resolve: Callable[[str, dict], Config]
+           ) -> list[tuple[str, str, dict]]:
+    """(cell name, kind, axes) for every variant and every distinct baseline.
+    ``resolve(cell, axes)``: the config of a cell, which decides what its baselines share."""
     combos = [dict(cell) for cell in spec.variants]
     cells: list[tuple[str, str, dict]] = []
     for a in map(variant_axes, combos):  # the tuned scratch recipe's axes do not pre-train
         if not any(c[2] == a for c in cells):
             cells.append((cell_name(a) or "pretrained", "variant", a))
+    configs = [resolve(cell_name(variant_axes(a)) or "pretrained", a) for a in combos]
     for kind in spec.baselines:
         seen: list[dict] = []
-        for a in combos:
-            proj = baseline_axes(kind, a)
+        for a, cfg in zip(combos, configs):
+            proj = baseline_axes(kind, a, cfg)
             if proj not in seen:
                 seen.append(proj)
                 cells.append((kind + (f",{cell_name(proj)}" if proj else ""), kind, proj))
@@ -258,14 +266,17 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] 
     if files:
         base = to_dict(load_config(files, base=base))
     base = set_keys(base, flatten(overrides_to_dict(list(overrides))))
+
+    def resolve(cell: str, axes: dict) -> Config:
+        try:
+            return load_config(base=set_keys(base, axes))
+        except UserError as e:
+            raise UserError(f"{spec.path}: cell {cell}: {e}") from None
+
     runs = []
-    for cell, kind, axes in _cells(spec):
+    for cell, kind, axes in _cells(spec, resolve):
         for seed in spec.seeds:
-            values = set_keys(base, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
-            try:
-                cfg = load_config(base=values)
-            except UserError as e:
-                raise UserError(f"{spec.path}: cell {cell}: {e}") from None
+            cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             if kind == "scratch_tuned" and not cfg.scratch:
                 continue
             runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),

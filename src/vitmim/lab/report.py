@@ -54,6 +54,7 @@ class RunRecord:
     cell: str
     kind: str  # "variant" or a baseline kind
     axes: dict
+    config: config.Config  # the cell's resolved config: what its baselines share (baseline_axes)
     seed: int
     label_fraction: float
     dir: Path  # the fine-tune stage folder
@@ -74,6 +75,7 @@ class Row:
     axes: dict
     label_fraction: float
     runs: list[RunRecord]
+    config: config.Config | None = None  # the cell's resolved config (RunRecord.config)
 
     def values(self, get) -> list[float]:
         out = [get(r) for r in self.runs]
@@ -91,11 +93,12 @@ def _read_json(path: Path) -> dict:
     return config.read_json_mapping(path, "probe result") if path.exists() else {}
 
 
-def _read_run_config(path: Path) -> dict:
-    """A stage's config.yaml, checked like any config (its values label the tables)."""
-    raw = config.read_yaml_mapping(path, "run config")
+def _read_run_config(path: Path, raw: dict | None = None) -> config.Config:
+    """A stage's config.yaml (or ``raw``, the config that ``path`` holds), checked like any
+    config (its values label the tables)."""
+    raw = config.read_yaml_mapping(path, "run config") if raw is None else raw
     try:
-        return config.to_dict(config.load_config(base=raw))
+        return config.load_config(base=raw)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
 
@@ -111,8 +114,9 @@ def collect(runs_dir: Path) -> list[RunRecord]:
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
         recipe = job["config"].get("scratch", {}) if job["kind"] == "scratch_tuned" else {}
+        cell_cfg = _read_run_config(cell_json, job["config"])
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
-            records.append(_record(ft.parent, job["cell"], job["kind"], job["axes"],
+            records.append(_record(ft.parent, job["cell"], job["kind"], job["axes"], cell_cfg,
                                    job["seed"], pre_curve, probe, recipe))
     if not records:
         raise UserError(f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
@@ -121,13 +125,14 @@ def collect(runs_dir: Path) -> list[RunRecord]:
     return records
 
 
-def _record(stage_dir: Path, cell: str, kind: str, axes: dict, seed: int,
-            pre_curve: list[dict], probe: dict, recipe: dict) -> RunRecord:
-    """The record of one fine-tune stage folder (finished or not)."""
+def _record(stage_dir: Path, cell: str, kind: str, axes: dict, cell_cfg: config.Config | None,
+            seed: int, pre_curve: list[dict], probe: dict, recipe: dict) -> RunRecord:
+    """The record of one fine-tune stage folder (finished or not); ``cell_cfg``: the cell's
+    config, by default the stage's."""
     cfg = _read_run_config(stage_dir / "config.yaml")
     curve = read_metrics(stage_dir)
-    return RunRecord(cell, kind, axes, seed, float(cfg["data"]["label_fraction"]), stage_dir,
-                     curve[-1] if curve and finished(stage_dir) else {}, curve,
+    return RunRecord(cell, kind, axes, cell_cfg or cfg, seed, float(cfg.data.label_fraction),
+                     stage_dir, curve[-1] if curve and finished(stage_dir) else {}, curve,
                      pre_curve[-1] if pre_curve else {}, pre_curve, probe, recipe)
 
 
@@ -153,10 +158,10 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
         if kind is None:  # the restorer, or a folder vitmim run does not write
             continue
         variant = kind == "variant"
-        records.append(_record(run_dir / folder, folder.split("_lf")[0], kind, {},
-                               cfg["finetune"]["seed"], pre_curve if variant else [],
+        records.append(_record(run_dir / folder, folder.split("_lf")[0], kind, {}, cfg,
+                               cfg.finetune.seed, pre_curve if variant else [],
                                _read_json(pre / "probe.json") if variant else {},
-                               cfg.get("scratch") or {} if kind == "scratch_tuned" else {}))
+                               cfg.scratch or {} if kind == "scratch_tuned" else {}))
     if not records:
         raise UserError(f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
                         f"scratch/, ... as `vitmim run` writes them)")
@@ -175,7 +180,7 @@ def group(records: list[RunRecord]) -> list[Row]:
     rows: dict[tuple[str, float], Row] = {}
     for r in sorted(records, key=lambda r: r.seed):
         key = (r.cell, r.label_fraction)
-        row = rows.setdefault(key, Row(r.cell, r.kind, r.axes, r.label_fraction, []))
+        row = rows.setdefault(key, Row(r.cell, r.kind, r.axes, r.label_fraction, [], r.config))
         if r.final:
             row.runs.append(r)
     return sorted(rows.values(), key=lambda w: (-w.label_fraction, w.kind != "variant", w.kind,
@@ -224,7 +229,7 @@ METRICS = {  # column -> how to read it from a run; None where the run has no su
 
 def baseline_row(row: Row, kind: str, rows: list[Row]) -> Row | None:
     """The ``kind`` baseline that ``row`` is compared with: same shared axes, same labels."""
-    want = baseline_axes(kind, row.axes)
+    want = baseline_axes(kind, row.axes, row.config)
     for b in rows:
         if b.kind == kind and b.axes == want and b.label_fraction == row.label_fraction:
             return b
@@ -356,7 +361,7 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
     for v in (r for r in done if r.kind == "variant"):
         rest = cell_name({k: x for k, x in v.axes.items() if k != key}) or "pre-trained"
         for kind in BASELINES:
-            want = baseline_axes(kind, v.axes)
+            want = baseline_axes(kind, v.axes, v.config)
             b = next((r for r in done if r.kind == kind and r.axes == want and r.seed == v.seed
                       and r.label_fraction == v.label_fraction), None)
             if b is not None:

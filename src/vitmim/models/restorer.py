@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitmim.augment import denormalize
-from vitmim.config import Config, ModelConfig, PretrainConfig
-from vitmim.masking import apply_fill, pixel_to_token_mask, random_mask
+from vitmim.config import Config, ModelConfig, PretrainConfig, uses_fast_path
+from vitmim.masking import apply_fill, num_masked, pixel_to_token_mask, random_mask
 from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
 
 
@@ -48,6 +48,20 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // p, p, w // p, p)
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def visible_ids(masked: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Indices of the visible tokens, in row-major order: (B, N) bool, True = masked ->
+    (B, n_keep) long. Every row must show exactly ``n_keep`` tokens, as :func:`random_masking`'s
+    masks do; a count fixed ahead keeps the shapes static, so neither the host waits on the device
+    nor torch.compile breaks its graph, as indexing by a boolean mask would make them."""
+    # a stable sort puts the visible (0) tokens first, each group in its original order
+    return torch.argsort(masked.to(torch.uint8), dim=1, stable=True)[:, :n_keep]
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) tokens, (B, n) indices -> (B, n, D) the tokens at ``ids``."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def unpatchify(x: torch.Tensor, p: int, c: int = 3) -> torch.Tensor:
@@ -73,12 +87,13 @@ class FastDecoder(nn.Module):
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, visible: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """visible: (B, n, D) encoded visible tokens; keep: (B, N) bool -> (B, N, p*p*3)."""
+    def forward(self, visible: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """visible: (B, n, D) encoded visible tokens; ids: (B, n) their token indices
+        (:func:`visible_ids`) -> (B, N, p*p*3)."""
         v = self.embed(visible)  # (B, n, d)
-        b, n_all = keep.shape
-        x = self.mask_token.to(v.dtype).expand(b, n_all, -1).clone()
-        x[keep] = v.reshape(-1, v.shape[-1])  # visible tokens back in their places
+        b, n_all = v.shape[0], self.pos_embed.shape[1]
+        x = self.mask_token.to(v.dtype).expand(b, n_all, -1)
+        x = x.scatter(1, ids.unsqueeze(-1).expand_as(v), v)  # visible tokens back in their places
         x = x + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
@@ -93,8 +108,12 @@ class Restorer(nn.Module):
         self.backbone = ViT(cfg, drop_path=pcfg.drop_path)
         self.patch_size = p = cfg.patch_size
         self.token_masking = pcfg.mask_patch % p == 0  # every token wholly masked or visible
-        self.fast = pcfg.fast and self.token_masking
+        self.fast = uses_fast_path(cfg, pcfg)
         if self.fast:
+            cells = (cfg.img_size // pcfg.mask_patch) ** 2
+            tokens_per_cell = (pcfg.mask_patch // p) ** 2
+            # visible tokens per image: a Python int, so the fast path's shapes are static
+            self.n_keep = (cells - num_masked(cells, pcfg.mask_ratio)) * tokens_per_cell
             self.decoder = FastDecoder(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_depth,
                                        cfg.num_heads, self.backbone.grid, p)
         else:
@@ -112,8 +131,13 @@ class Restorer(nn.Module):
         """Encode what the model may see of ``x`` (B, 3, H, W), normalised.
 
         Returns:
-            latent: (B, N, D) every token, or on the fast path (B, n, D) the visible ones only;
-            keep: on the fast path (B, N) bool, True where a token is in ``latent``; else None.
+            latent: (B, N, D) every token, or on the fast path (B, n, D) the visible ones only,
+                in row-major order;
+            ids: on the fast path (B, n) long, the token index of each row of ``latent``;
+                else None.
+
+        On the fast path ``mask`` must hide exactly ``round(mask_ratio * cells)`` cells of each
+        image, as :func:`random_masking` does: ``n`` is fixed by the config.
         """
         bb, p = self.backbone, self.patch_size
         if not self.token_masking:
@@ -122,16 +146,15 @@ class Restorer(nn.Module):
         # blank masked pixels first: a conv stem's receptive field crosses patch borders
         tokens = bb.embed(apply_fill(x, mask))  # (B, N, D)
         if self.fast:
-            keep = ~masked
-            vis = (tokens + bb.pos_embed)[keep].reshape(x.shape[0], -1, tokens.shape[-1])
-            return bb.forward_tokens(vis), keep
+            ids = visible_ids(masked, self.n_keep)
+            return bb.forward_tokens(gather_tokens(tokens + bb.pos_embed, ids)), ids
         m = masked.unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
         return bb.forward_tokens(tokens + bb.pos_embed), None
 
-    def forward_decoder(self, latent: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward_encoder`'s output -> (B, N, p*p*3) predicted pixels of every patch."""
-        return self.decoder(latent, keep) if self.fast else self.decoder(latent)
+        return self.decoder(latent, ids) if self.fast else self.decoder(latent)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) normalised -> (B, 3, H, W) prediction in the loss's target space."""
