@@ -354,13 +354,24 @@ def equal_compute(cfg: Config, by: str = "steps") -> Config:
     return long
 
 
+def without_tuned_recipe(cfg: Config) -> Config:
+    """``cfg`` with the ``scratch`` section emptied: it shapes only the ``scratch_tuned`` stage,
+    so setting or changing it later adds that stage without touching the finished others."""
+    if not cfg.scratch:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.scratch = {}
+    return out
+
+
 def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
     """The fine-tune recipe of a classifier stage, but for an equal-compute baseline's length."""
     if label_fraction is not None:
         cfg = copy.deepcopy(cfg)
         cfg.data.label_fraction = label_fraction
     if kind == "scratch_tuned":
-        cfg = tuned_scratch(cfg)
+        return scratch_recipe(tuned_scratch(cfg))
+    cfg = without_tuned_recipe(cfg)
     return cfg if kind == "finetune" else scratch_recipe(cfg)
 
 
@@ -407,7 +418,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
     # refuse a changed config before the data (whose decoding shows progress) is read
     if pretrained:
-        check_same_config(out / dirs["pretrain"], cfg)
+        check_same_config(out / dirs["pretrain"], without_tuned_recipe(cfg))
     for kind, lf, folder in classifiers:
         if BASELINES.get(kind) is None:  # an equal-compute length needs the data
             check_same_config(out / folder, _recipe(cfg, kind, lf))
@@ -456,7 +467,7 @@ def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
     stages = []
     if pretrained:
         steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
-        stages.append(Stage("pretrain", init, pretrain, cfg, steps, {}))
+        stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}))
     for kind, lf, folder in classifiers:
         stage_cfg, name = _classifier_stage(cfg, kind, lf)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
