@@ -369,6 +369,7 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
     deadline = time.time() + 300
     while not all(p.exists() for p in started) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, "the grid ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)  # both jobs are running; Ctrl-C reaches the grid alone
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
