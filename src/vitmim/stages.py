@@ -423,8 +423,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
         if BASELINES.get(kind) is None:  # an equal-compute length needs the data
             check_same_config(out / folder, _recipe(cfg, kind, lf))
     stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
-    results: dict[str, dict] = {folder: {"description": NO_TUNED_RECIPE}
-                                for kind, _, folder in untrained}
+    results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
     for k, st in enumerate(stages, 1):
         steps_left = sum(later.steps for later in stages[k - 1:])
@@ -437,6 +436,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
             trained_s, trained_steps = trained_s + result["wall_s"], trained_steps + st.steps
         if st.fn is pretrain and probe and env.main and not (st.dir / "probe.json").exists():
             probe_run(st.dir, device=str(env.device))
+    results.update({folder: {"description": NO_TUNED_RECIPE} for _, _, folder in untrained})
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
     if probe and "scratch" in baselines and env.main and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
