@@ -75,8 +75,8 @@ def test_run_returns_every_stage_and_the_summary(tin2, tmp_path):
 
 @pytest.mark.parametrize("kwargs, error", [
     ({"preset": "nope"}, vitmim.ConfigError),
-    ({"overrides": {"pretrain.mask_ratio": 1.5}}, vitmim.UserError),
-    ({"pretrain__no_such_key": 1}, vitmim.UserError),
+    ({"overrides": {"pretrain.mask_ratio": 1.5}}, vitmim.ConfigError),
+    ({"pretrain__no_such_key": 1}, vitmim.ConfigError),
 ])
 def test_bad_arguments_raise_before_any_work(tin2, tmp_path, kwargs, error):
     with pytest.raises(error):
@@ -106,3 +106,12 @@ def test_report_writes_the_html_page(smoke_grid, tmp_path):
     shutil.copytree(smoke_grid, grid, ignore=shutil.ignore_patterns("report"))
     page = vitmim.report(grid)
     assert page == grid / "report" / "report.html" and "<table" in page.read_text()
+
+
+def test_data_and_checkpoint_errors_are_typed(tin2, tmp_path):
+    with pytest.raises(vitmim.DataError):
+        vitmim.pretrain(data=tmp_path / "no-such-archive.zip", out=tmp_path / "x", preset="smoke")
+    (tmp_path / "w.safetensors").write_bytes(b"not weights")
+    with pytest.raises(vitmim.CheckpointError):
+        vitmim.finetune(init=tmp_path / "w.safetensors", data=tin2.path, out=tmp_path / "y",
+                        preset="smoke", overrides=tin2.overrides)

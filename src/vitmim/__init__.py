@@ -82,12 +82,7 @@ def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
 
 def _preset_file(name: str) -> Path:
     from vitmim.config import preset_file
-    try:
-        return preset_file(name)
-    except ConfigError:
-        raise
-    except UserError as e:
-        raise ConfigError(str(e)) from None
+    return preset_file(name)
 
 
 def _env(cfg):

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from vitmim.errors import UserError
+from vitmim.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 KEEP = 2  # checkpoints kept per run: the newest and one fallback
@@ -42,7 +42,7 @@ def atomic_write(path: Path, write) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
                         "if any, is kept") from None
     finally:
         if tmp is not None:
@@ -82,17 +82,17 @@ def load_weights(path: str | Path, expected_sha256: str | None = None
     ``expected_sha256`` (recorded when it was written), a file whose checksum differs."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{p}: weights file not found")
+        raise CheckpointError(f"{p}: weights file not found")
     if p.suffix in PICKLE_SUFFIXES or _looks_like_pickle(p):
-        raise UserError(f"{p}: refusing a pickle-based file (loading it could execute code); "
+        raise CheckpointError(f"{p}: refusing a pickle-based file (loading it could execute code); "
                         f"vitmim reads only .safetensors weights")
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{p}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
     # a readable file can still be damaged (a flipped byte in a tensor) or replaced
     if expected_sha256 is not None and sha256(p) != expected_sha256:
-        raise UserError(f"{p}: sha256 differs from the one recorded in "
+        raise CheckpointError(f"{p}: sha256 differs from the one recorded in "
                         f"{p.with_suffix('.json').name}; the file is corrupted or was replaced")
     return tensors
 
@@ -169,6 +169,6 @@ def latest_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | N
         warnings.warn(f"{weights}: checkpoint corrupted or incomplete, using an older one",
                       stacklevel=2)
     if any(ckpt_dir.glob("step_*.json")):  # none left to fall back to: never start afresh
-        raise UserError(f"{ckpt_dir}: every checkpoint is corrupted or incomplete (none matches "
-                        f"its recorded sha256); remove the folder to start the run afresh")
+        raise CheckpointError(f"{ckpt_dir}: every checkpoint is corrupted or incomplete (none "
+                              f"matches its recorded sha256); remove the folder to start afresh")
     return None

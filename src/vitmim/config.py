@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError, UserError
 
 
 @dataclass
@@ -306,20 +306,20 @@ def _check(value: Any, tp: Any, key: str) -> Any:
                 return _check(value, option, key)
             except UserError:
                 continue
-        raise UserError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
+        raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
     if origin is Literal:
         if isinstance(value, str) and value in typing.get_args(tp):
             return value
         choices = ", ".join(repr(c) for c in typing.get_args(tp))
-        raise UserError(f"config key {key}: expected one of {choices}, got {_show(value)}")
+        raise ConfigError(f"config key {key}: expected one of {choices}, got {_show(value)}")
     if origin is dict:  # a section of dotted overrides (``scratch``), checked where it is used
         if isinstance(value, dict):
             return flatten(value)
-        raise UserError(f"config key {key}: expected a mapping of dotted keys, got {value!r}")
+        raise ConfigError(f"config key {key}: expected a mapping of dotted keys, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config key {key}: expected a list, got {_show(value)}")
+            raise ConfigError(f"config key {key}: expected a list, got {_show(value)}")
         return [_check(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
         if value is None:
@@ -337,7 +337,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return value
     else:
         raise TypeError(f"unsupported annotation {tp} for {key}")
-    raise UserError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
+    raise ConfigError(f"config key {key}: expected {_describe(tp)}, got {_show(value)}")
 
 
 def _to_float(value: Any, key: str) -> float:
@@ -349,9 +349,9 @@ def _to_float(value: Any, key: str) -> float:
         except (ValueError, OverflowError):
             x = None if not isinstance(value, int) else math.inf  # an int beyond float range
     if x is None:
-        raise UserError(f"config key {key}: expected a number, got {_show(value)}")
+        raise ConfigError(f"config key {key}: expected a number, got {_show(value)}")
     if not math.isfinite(x):
-        raise UserError(f"config key {key}: expected a finite number, got {_show(value)}")
+        raise ConfigError(f"config key {key}: expected a finite number, got {_show(value)}")
     return x
 
 
@@ -370,14 +370,14 @@ def _describe(tp: Any) -> str:
 def _build(cls: type, values: dict, prefix: str) -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, refusing unknown keys."""
     if not isinstance(values, dict):
-        raise UserError(f"config key {prefix or '<root>'}: expected a mapping, "
+        raise ConfigError(f"config key {prefix or '<root>'}: expected a mapping, "
                         f"got {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else k
-            raise UserError(f"unknown config key {_clip(str(where))} "
+            raise ConfigError(f"unknown config key {_clip(str(where))} "
                             f"(known: {', '.join(sorted(names))})")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -409,16 +409,16 @@ def _read_text(path: str | Path, what: str) -> str:
     """UTF-8 text of a file the user named, or a one-line UserError saying why not."""
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"{p}: expected a {what}, found a folder")
+        raise ConfigError(f"{p}: expected a {what}, found a folder")
     if not p.is_file():
-        raise UserError(f"{p}: {what} not found")
+        raise ConfigError(f"{p}: {what} not found")
     try:
         return p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"{p}: {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+        raise ConfigError(f"{p}: {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
                         f"offset {e.start}; a binary file?)") from None
     except OSError as e:
-        raise UserError(f"{p}: cannot read the {what} ({e.strerror})") from None
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror})") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
@@ -428,13 +428,13 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except RecursionError:
-        raise UserError(f"{p}: {what} nests too deeply to be a config") from None
+        raise ConfigError(f"{p}: {what} nests too deeply to be a config") from None
     if data is None:
-        raise UserError(f"{p}: {what} is empty (expected a mapping of keys)")
+        raise ConfigError(f"{p}: {what} is empty (expected a mapping of keys)")
     if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping of keys at the top level, got {_show(data)}")
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {_show(data)}")
     return data
 
 
@@ -451,15 +451,15 @@ def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated "
+        raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated "
                         f"{what}?)") from None
     except RecursionError:
-        raise UserError(f"{p}: {what} nests too deeply") from None
+        raise ConfigError(f"{p}: {what} nests too deeply") from None
     if not isinstance(data, dict):
-        raise UserError(f"{p}: {what}: expected a JSON object, got {_show(data)}")
+        raise ConfigError(f"{p}: {what}: expected a JSON object, got {_show(data)}")
     for name, tp in (keys or {}).items():
         if not isinstance(data.get(name), tp) or (tp is int and isinstance(data[name], bool)):
-            raise UserError(f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, "
+            raise ConfigError(f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, "
                             f"got {_show(data.get(name))}")
     return data
 
@@ -479,7 +479,7 @@ def read_jsonl(path: str | Path, what: str = "metrics log") -> list[dict]:
         except (json.JSONDecodeError, RecursionError):
             record = None
         if not isinstance(record, dict):
-            raise UserError(f"{p}:{i}: {what}: expected one JSON object per line, got "
+            raise ConfigError(f"{p}:{i}: {what}: expected one JSON object per line, got "
                             f"{_clip(line.strip(), 40)!r}")
         records.append(record)
     return records
@@ -494,9 +494,9 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
     here = p.resolve()
     if here in chain:
         names = " -> ".join(str(c) for c in (*chain, here))
-        raise UserError(f"{p}: base files include each other ({names})")
+        raise ConfigError(f"{p}: base files include each other ({names})")
     if len(chain) >= MAX_BASE_DEPTH:
-        raise UserError(f"{p}: base files nest deeper than {MAX_BASE_DEPTH} levels")
+        raise ConfigError(f"{p}: base files nest deeper than {MAX_BASE_DEPTH} levels")
     data = read_yaml_mapping(p)
     base = data.pop("base", None)
     if base is None:
@@ -504,7 +504,7 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
     bases = [base] if isinstance(base, str) else base
     if not (isinstance(bases, list) and bases
             and all(isinstance(b, str) and b and "\x00" not in b for b in bases)):
-        raise UserError(f"{p}: key base: expected a file name or a list of them, "
+        raise ConfigError(f"{p}: key base: expected a file name or a list of them, "
                         f"got {_show(base)}")
     merged: dict = {}
     for b in bases:
@@ -515,18 +515,18 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"pretrain.mask_ratio=0.4"`` -> (["pretrain", "mask_ratio"], 0.4); values are YAML."""
     if "=" not in text:
-        raise UserError(f"--set {_clip(text)}: expected key=value, e.g. pretrain.mask_ratio=0.4")
+        raise ConfigError(f"--set {_clip(text)}: expected key=value, e.g. pretrain.mask_ratio=0.4")
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     if not all(keys):
-        raise UserError(f"--set {_clip(text)}: expected a dotted key, e.g. "
+        raise ConfigError(f"--set {_clip(text)}: expected a dotted key, e.g. "
                         f"pretrain.mask_ratio=0.4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     except RecursionError:
-        raise UserError(f"--set {key.strip()}: value nests too deeply") from None
+        raise ConfigError(f"--set {key.strip()}: value nests too deeply") from None
     return keys, value
 
 
@@ -542,7 +542,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),
                 base: dict | None = None) -> Config:
     """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
     if base is not None and not isinstance(base, dict):
-        raise UserError(f"config: expected a mapping of keys, got {_show(base)}")
+        raise ConfigError(f"config: expected a mapping of keys, got {_show(base)}")
     values: dict = dict(base or {})
     for f in files:
         values = _merge(values, _read_yaml(f))
@@ -565,17 +565,17 @@ def validate(cfg: Config) -> None:
             value = getattr(value, part)
         _check(value, tp, key)
         if rule is not None and not rule.accepts(value):
-            raise UserError(f"config key {key}: expected {rule.describe()}, "
+            raise ConfigError(f"config key {key}: expected {rule.describe()}, "
                             f"got {_show(value)}")
     _check_model(cfg.model)
     _check_masking(cfg.model.img_size, cfg.pretrain)
     for name in ("pretrain", "finetune"):
         st: StageConfig = getattr(cfg, name)
         if st.min_lr > st.lr:
-            raise UserError(f"config key {name}.min_lr: {st.min_lr:g} is above {name}.lr "
+            raise ConfigError(f"config key {name}.min_lr: {st.min_lr:g} is above {name}.lr "
                             f"{st.lr:g}; expected a floor at or below the peak")
         if st.augment.crop_pad >= cfg.model.img_size:
-            raise UserError(f"config key {name}.augment.crop_pad: {st.augment.crop_pad} px; "
+            raise ConfigError(f"config key {name}.augment.crop_pad: {st.augment.crop_pad} px; "
                             f"expected less than model.img_size {cfg.model.img_size} "
                             f"(reflect padding)")
     _validate_subset(cfg.data)
@@ -586,13 +586,13 @@ def validate(cfg: Config) -> None:
 
 def _validate_subset(d: DataConfig) -> None:
     if d.class_subset < 0:
-        raise UserError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
+        raise ConfigError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
                         f"block number >= 1, got {d.class_subset}")
     if d.class_subset and not isinstance(d.classes, int):
-        raise UserError(f"config key data.class_subset: needs a class count in data.classes, "
+        raise ConfigError(f"config key data.class_subset: needs a class count in data.classes, "
                         f"got {d.classes!r}")
     if d.class_subset and d.class_seed is not None:
-        raise UserError("config key data.class_subset: set either it or data.class_seed, "
+        raise ConfigError("config key data.class_subset: set either it or data.class_seed, "
                         "not both")
 
 
@@ -606,7 +606,7 @@ def tuned_scratch(cfg: Config) -> Config:
     """
     for key in cfg.scratch:
         if not key.startswith("finetune.") or key == "finetune.seed":
-            raise UserError(f"config key scratch.{key}: expected a finetune.* key other than "
+            raise ConfigError(f"config key scratch.{key}: expected a finetune.* key other than "
                             f"finetune.seed (the section overrides the fine-tune recipe)")
     values = set_keys(to_dict(cfg.finetune), {k.split(".", 1)[1]: v
                                                for k, v in cfg.scratch.items()})
@@ -616,7 +616,7 @@ def tuned_scratch(cfg: Config) -> Config:
     try:
         validate(out)
     except UserError as e:
-        raise UserError(f"{e} (in config section scratch)") from None
+        raise ConfigError(f"{e} (in config section scratch)") from None
     out.scratch = dict(cfg.scratch)  # the tuned stage's config.yaml records its recipe
     return out
 
@@ -624,7 +624,7 @@ def tuned_scratch(cfg: Config) -> Config:
 def _check_model(m: ModelConfig) -> None:
     """Shapes the model code needs: token grids, head splits, sine-cosine position widths."""
     def refuse(key: str, text: str) -> None:
-        raise UserError(f"config key model.{key}: {text}")
+        raise ConfigError(f"config key model.{key}: {text}")
     if m.img_size % m.patch_size:
         refuse("patch_size", f"{m.patch_size} does not divide model.img_size {m.img_size}")
     if m.embed_dim % 4:
@@ -649,12 +649,12 @@ def _check_model(m: ModelConfig) -> None:
 
 def _check_masking(img_size: int, p: PretrainConfig) -> None:
     if img_size % p.mask_patch:
-        raise UserError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
+        raise ConfigError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
                         f"the {img_size} px image")
     cells = (img_size // p.mask_patch) ** 2
     k = round(p.mask_ratio * cells)
     if not 0 < k < cells:
-        raise UserError(f"config key pretrain.mask_ratio: {p.mask_ratio:g} of {cells} cells "
+        raise ConfigError(f"config key pretrain.mask_ratio: {p.mask_ratio:g} of {cells} cells "
                         f"masks {k}; expected at least one masked and one visible cell")
 
 
@@ -689,7 +689,7 @@ def set_keys(values: dict, dotted: dict[str, Any], where: str | None = None) -> 
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"{where or 'config key ' + key}: {part} is not a section")
+                raise ConfigError(f"{where or 'config key ' + key}: {part} is not a section")
         node[last] = v
     return out
 
@@ -705,5 +705,5 @@ def preset_file(name: str) -> Path:
     """The YAML of a shipped preset; an unknown name is refused listing the known ones."""
     path = PRESETS / f"{name}.yaml"
     if not path.exists():
-        raise UserError(f"--preset {name}: unknown (known: {', '.join(preset_names())})")
+        raise ConfigError(f"--preset {name}: unknown (known: {', '.join(preset_names())})")
     return path

@@ -19,7 +19,7 @@ from vitmim.data.archive import (
 from vitmim.data.cache import ImageSet, cache_root, cached_splits
 from vitmim.data.images import BACKGROUND, RESIZE_MODES, decode_image
 from vitmim.data.sources import ARCHIVE_NAME, IMAGE_EXTS, open_tree, plan_source
-from vitmim.errors import UserError
+from vitmim.errors import DataError
 
 __all__ = ["ARCHIVE_NAME", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL", "RESIZE_MODES",
            "ImageSet", "cache_root", "decode_image", "default_download_path", "download",
@@ -40,7 +40,7 @@ def load_splits(cfg: DataConfig, img_size: int = 64,
     (see :mod:`vitmim.data.images`) when the cache is built.
     """
     if img_size <= 0:
-        raise UserError(f"model.img_size: expected a positive size, got {img_size}")
+        raise DataError(f"model.img_size: expected a positive size, got {img_size}")
     path = resolve_data_path(cfg.path, cfg.cache_dir)
     tree = open_tree(path)
     plan = plan_source(tree, cfg)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vitmim.data.cache import ImageSet, cache_root
 from vitmim.data.sources import ARCHIVE_NAME
-from vitmim.errors import UserError, fold_lines
+from vitmim.errors import DataError, fold_lines
 
 OFFICIAL_URL = "https://cs231n.stanford.edu/tiny-imagenet-200.zip"
 # Either checksum proves a tiny-imagenet-200.zip genuine: the sha256 of the copy this project is
@@ -48,7 +48,7 @@ def resolve_data_path(path: str | None, cache_dir: str | None = None) -> Path:
     raw = path or os.environ.get("VITMIM_DATA")
     p = Path(raw).expanduser() if raw else default_download_path(cache_dir)
     if not p.exists():
-        raise UserError(f"{p}: data not found; pass --data, set VITMIM_DATA, "
+        raise DataError(f"{p}: data not found; pass --data, set VITMIM_DATA, "
                         "or run `vitmim data download`")
     return p
 
@@ -88,7 +88,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         digests = _stream(url, fd, progress, allow_local_http)
         if want and not _matches(digests, want):
             expected = " or ".join(f"{alg} {hex_}" for alg, hex_ in want)
-            raise UserError(f"{url}: sha256 mismatch (got {digests['sha256']}, expected "
+            raise DataError(f"{url}: sha256 mismatch (got {digests['sha256']}, expected "
                             f"{expected}); nothing saved to {dest}")
         os.replace(tmp, dest)
     finally:
@@ -103,7 +103,7 @@ def _check_url(url: str, allow_local_http: bool) -> None:
         return
     if allow_local_http and parts.scheme == "http" and parts.hostname in LOCAL_HOSTS:
         return
-    raise UserError(f"{url}: only https downloads are accepted (an archive fetched over plain "
+    raise DataError(f"{url}: only https downloads are accepted (an archive fetched over plain "
                     "http could be swapped on the way)")
 
 
@@ -159,9 +159,9 @@ def _stream(url: str, fd: int, progress: bool, allow_local_http: bool) -> dict[s
                     bar.update(len(chunk))
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
         reason = getattr(e, "reason", None) or e
-        raise UserError(f"{url}: download failed ({fold_lines(reason)})") from None
+        raise DataError(f"{url}: download failed ({fold_lines(reason)})") from None
     if total is not None and got != total:
-        raise UserError(f"{url}: download incomplete ({got} of {total} bytes)")
+        raise DataError(f"{url}: download incomplete ({got} of {total} bytes)")
     return {alg: h.hexdigest() for alg, h in hashes.items()}
 
 
@@ -208,7 +208,7 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
     classes = train.classes
     for c in classes:
         if not c or c != c.strip() or any(ch in c for ch in "\t\n\r/"):
-            raise UserError(f"cannot pack class id {c!r}: ids must be non-empty, without "
+            raise DataError(f"cannot pack class id {c!r}: ids must be non-empty, without "
                             "tabs, line breaks, '/' or surrounding spaces")
     if val is not None and val.classes != classes:
         raise ValueError("pack: train and val have different class lists")
@@ -217,7 +217,7 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
         raise ValueError("pack: train labels must be in 0..len(classes)-1")
     for c, n in zip(classes, counts.tolist()):
         if n == 0:
-            raise UserError(f"cannot pack class {c}: it has no training images")
+            raise DataError(f"cannot pack class {c}: it has no training images")
     zf.writestr(top + "wnids.txt", "".join(f"{c}\n" for c in classes))
     zf.writestr(top + "words.txt",
                 "".join(f"{c}\t{n}\n" for c, n in zip(classes, train.class_names)))

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from vitmim.data.images import decode_image
 from vitmim.data.sources import Plan, Tree, tree_for
-from vitmim.errors import UserError, fold_lines
+from vitmim.errors import DataError, UserError, fold_lines
 
 CACHE_VERSION = 2  # bump when the cache layout or decoding changes
 CHUNK = 500  # images per decode task: small enough for a smooth progress bar
@@ -152,7 +152,7 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int
             for _, out, s, rels, _ in tasks:
                 changed, err = _decode_into(tree, out, s, rels, target)
                 if err:
-                    raise UserError(err)
+                    raise DataError(err)
                 resized += changed
                 bar.update(len(rels))
         return resized
@@ -166,7 +166,7 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int
             for fut in as_completed(futures):
                 n, changed, err = fut.result()
                 if err:
-                    raise UserError(err)
+                    raise DataError(err)
                 resized += changed
                 bar.update(n)
         ok = True
@@ -332,7 +332,7 @@ def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[in
         with _locked(root / f".{key}.lock"):
             _build_locked(tree, plan, key, final, target, progress)
     except OSError as e:  # read-only or full disk: the user's to fix
-        raise UserError(f"{root}: cannot write the data cache ({fold_lines(e.strerror or e)}); "
+        raise DataError(f"{root}: cannot write the data cache ({fold_lines(e.strerror or e)}); "
                         "free space or set data.cache_dir / VITMIM_CACHE") from None
 
 
@@ -379,6 +379,6 @@ def cached_splits(tree: Tree, plan: Plan, target: tuple[int, str], root: Path,
         _build_cache(tree, plan, key, final, target, progress)
         opened = _open_cache(final)
         if opened is None:
-            raise UserError(f"{final}: cache could not be read back after building; "
+            raise DataError(f"{final}: cache could not be read back after building; "
                             "delete the folder and retry")
     return opened

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from vitmim.errors import UserError, fold_lines
+from vitmim.errors import DataError, UserError, fold_lines
 
 RESIZE_MODES = ("fit", "pad", "crop", "error")
 BACKGROUND = (255, 255, 255)  # white: what transparent pixels and letterbox bars become
@@ -68,8 +68,8 @@ _RESIZERS: dict[str, Callable[[Image.Image, int], Image.Image]] = {
 def _unreadable(name: str, e: Exception) -> UserError:
     """The one line for bytes PIL cannot decode; never PIL's in-memory buffer repr."""
     if isinstance(e, Image.UnidentifiedImageError):
-        return UserError(f"{name}: not a readable image (unknown or unsupported format)")
-    return UserError(f"{name}: not a readable image ({_BUFFER_REPR.sub('data', fold_lines(e))})")
+        return DataError(f"{name}: not a readable image (unknown or unsupported format)")
+    return DataError(f"{name}: not a readable image ({_BUFFER_REPR.sub('data', fold_lines(e))})")
 
 
 def decode_image(data: bytes, size: int, resize: str, name: str) -> tuple[np.ndarray, bool]:
@@ -85,7 +85,7 @@ def decode_image(data: bytes, size: int, resize: str, name: str) -> tuple[np.nda
         with Image.open(io.BytesIO(data)) as im:
             if resize == "error" and im.size != (size, size):  # header only: before decoding
                 w, h = im.size
-                raise UserError(f"{name}: image is {w}x{h} px, expected {size}x{size} "
+                raise DataError(f"{name}: image is {w}x{h} px, expected {size}x{size} "
                                 "(set model.img_size, or data.resize to fit, pad or crop)")
             ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
             rgb = to_rgb(im)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vitmim.config import DataConfig
-from vitmim.errors import UserError, fold_lines
+from vitmim.errors import DataError, fold_lines
 
 ARCHIVE_NAME = "tiny-imagenet-200.zip"
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -155,10 +155,10 @@ class DirTree(Tree):
             fd = os.open(self.root / rel, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise UserError(f"{self.display(rel)}: not a regular file")
+                    raise DataError(f"{self.display(rel)}: not a regular file")
                 return f.read()
         except OSError as e:
-            raise UserError(f"{self.display(rel)}: cannot read ({e.strerror or e})") from None
+            raise DataError(f"{self.display(rel)}: cannot read ({e.strerror or e})") from None
 
     def display(self, rel: str) -> str:
         return str(self.root / rel) if rel else str(self.root)
@@ -179,7 +179,7 @@ class ZipTree(Tree):
         try:
             self.zf = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise UserError(f"{path}: not a readable zip archive ({fold_lines(e)})") from None
+            raise DataError(f"{path}: not a readable zip archive ({fold_lines(e)})") from None
         self._infos = {}
         self._dirs = set()
         total = 0
@@ -199,7 +199,7 @@ class ZipTree(Tree):
             total += info.file_size
             self._infos[name] = info
         if total > MAX_ARCHIVE_BYTES:
-            raise UserError(f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
+            raise DataError(f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
                             f"{MAX_ARCHIVE_BYTES >> 30} GiB accepted (zip bomb?)")
         self._files = sorted(self._infos)
         _say_skipped(str(path), skipped)
@@ -215,13 +215,13 @@ class ZipTree(Tree):
     def read(self, rel: str) -> bytes:
         info = self._infos.get(rel) or self.zf.getinfo(rel)
         if info.file_size > MAX_MEMBER_BYTES:
-            raise UserError(f"{self.display(rel)}: member expands to {info.file_size} bytes, "
+            raise DataError(f"{self.display(rel)}: member expands to {info.file_size} bytes, "
                             f"more than the {MAX_MEMBER_BYTES} accepted (zip bomb?)")
         try:
             return self.zf.read(info)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
                 NotImplementedError) as e:
-            raise UserError(f"{self.display(rel)}: unreadable zip member ({fold_lines(e)}); "
+            raise DataError(f"{self.display(rel)}: unreadable zip member ({fold_lines(e)}); "
                             "the archive may be truncated or corrupt") from None
 
     def display(self, rel: str) -> str:
@@ -274,10 +274,10 @@ def open_tree(path: Path) -> Tree:
     if path.is_dir():
         return DirTree(path)
     if not path.is_file():
-        raise UserError(f"{path}: data not found; pass --data, set VITMIM_DATA, "
+        raise DataError(f"{path}: data not found; pass --data, set VITMIM_DATA, "
                         "or run `vitmim data download`")
     if not zipfile.is_zipfile(path):  # also what a truncated download looks like
-        raise UserError(f"{path}: not a zip archive (or a truncated one); expected "
+        raise DataError(f"{path}: not a zip archive (or a truncated one); expected "
                         f"{ARCHIVE_NAME}, a packed subset, or a folder")
     return ZipTree(path)
 
@@ -320,7 +320,7 @@ def _read_text(tree: Tree, rel: str) -> str:
     try:
         return tree.read(rel).decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UserError(f"{tree.display(rel)}: not UTF-8 text") from None
+        raise DataError(f"{tree.display(rel)}: not UTF-8 text") from None
 
 
 def _plain_name(name: str, where: str, what: str) -> str:
@@ -330,7 +330,7 @@ def _plain_name(name: str, where: str, what: str) -> str:
     ``..``, absolute paths and control characters could point anywhere, so they are refused.
     """
     if name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
-        raise UserError(f"{where}: {what} {name!r} is not a plain name (no '/', '\\', '..' "
+        raise DataError(f"{where}: {what} {name!r} is not a plain name (no '/', '\\', '..' "
                         "or control characters)")
     return name
 
@@ -357,7 +357,7 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
         return list(ids)
     if isinstance(sel, int):
         if sel <= 0 or sel > len(ids):
-            raise UserError(f"config key data.classes: asked for {sel} classes, but {where} "
+            raise DataError(f"config key data.classes: asked for {sel} classes, but {where} "
                             f"has {len(ids)}")
         if cfg.class_subset:
             return class_block(ids, sel, cfg.class_subset, where)
@@ -369,11 +369,11 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
     known = set(ids)
     for c in sel:
         if c not in known:
-            raise UserError(f"config key data.classes: unknown class id {c!r} (not in {where})")
+            raise DataError(f"config key data.classes: unknown class id {c!r} (not in {where})")
     if len(set(sel)) != len(sel):
-        raise UserError(f"config key data.classes: class ids repeat in {sel}")
+        raise DataError(f"config key data.classes: class ids repeat in {sel}")
     if not sel:
-        raise UserError("config key data.classes: empty list; give ids, a count, or null")
+        raise DataError("config key data.classes: empty list; give ids, a count, or null")
     return list(sel)
 
 
@@ -391,7 +391,7 @@ def class_block(ids: list[str], k: int, block: int, where: str) -> list[str]:
     random.Random(SUBSET_SEED).shuffle(rest)
     blocks = len(rest) // k
     if block > blocks:
-        raise UserError(f"config key data.class_subset: {block} is past the last block; "
+        raise DataError(f"config key data.class_subset: {block} is past the last block; "
                         f"{where} has {len(ids)} classes, so {blocks} blocks of {k} after the "
                         f"first {k}")
     return [ids[i] for i in sorted(rest[(block - 1) * k:block * k])]
@@ -417,16 +417,16 @@ def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
 def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     wn = root + "wnids.txt"
     if not tree.has_file(wn):
-        raise UserError(f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
+        raise DataError(f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
                         "(wnids.txt, words.txt, train/, val/)")
     wnids = []
     for no, line in enumerate(_read_text(tree, wn).splitlines(), 1):
         if line.strip():
             wnids.append(_plain_name(line.strip(), f"{tree.display(wn)}:{no}", "class id"))
     if not wnids:
-        raise UserError(f"{tree.display(wn)}: no class ids (expected one wnid a line)")
+        raise DataError(f"{tree.display(wn)}: no class ids (expected one wnid a line)")
     if len(set(wnids)) != len(wnids):
-        raise UserError(f"{tree.display(wn)}: a class id appears twice")
+        raise DataError(f"{tree.display(wn)}: a class id appears twice")
     classes = _select_classes(wnids, cfg, tree.display(wn))
     names = _words(tree, root + "words.txt", set(classes))
     index = {c: i for i, c in enumerate(classes)}
@@ -440,7 +440,7 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
                 per_class[parts[0]].append(rel)
     for c, fs in per_class.items():
         if not fs:
-            raise UserError(f"{tree.display(tp + c + '/images')}: no images "
+            raise DataError(f"{tree.display(tp + c + '/images')}: no images "
                             "(missing or empty class folder)")
     train = Split([f for c in classes for f in per_class[c]],
                    np.concatenate([np.full(len(per_class[c]), index[c], np.int64)
@@ -455,7 +455,7 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
 def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int]) -> Split:
     ann = root + "val/val_annotations.txt"
     if not tree.has_file(ann):
-        raise UserError(f"{tree.display(ann)}: not found; expected lines "
+        raise DataError(f"{tree.display(ann)}: not found; expected lines "
                         "'file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1'")
     files, labels = [], []
     for no, line in enumerate(_read_text(tree, ann).splitlines(), 1):
@@ -464,17 +464,17 @@ def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int])
         # Tab-separated as in the official file; any whitespace when there is no tab.
         fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
         if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
-            raise UserError(f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
+            raise DataError(f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
                             f"got {line.strip()[:80]!r}")
         name = _plain_name(fields[0].strip(), f"{tree.display(ann)}:{no}", "file name")
         wnid = fields[1].strip()
         if wnid not in wnids:
-            raise UserError(f"{tree.display(ann)}:{no}: class {wnid!r} is not in wnids.txt")
+            raise DataError(f"{tree.display(ann)}:{no}: class {wnid!r} is not in wnids.txt")
         if wnid not in index:
             continue
         rel = root + "val/images/" + name
         if not tree.has_file(rel):
-            raise UserError(f"{tree.display(ann)}:{no}: image {name} not found in val/images")
+            raise DataError(f"{tree.display(ann)}:{no}: image {name} not found in val/images")
         files.append(rel)
         labels.append(index[wnid])
     return Split(files, np.asarray(labels, np.int64))
@@ -495,13 +495,13 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     tp = root + "train/"
     found = sorted(d for d in tree.listdir(tp)[0] if _visible(d))
     if not found:
-        raise UserError(f"{tree.display(tp)}: no class folders (expected train/<class>/<image>)")
+        raise DataError(f"{tree.display(tp)}: no class folders (expected train/<class>/<image>)")
     classes = _select_classes(found, cfg, tree.display(tp))
     index = {c: i for i, c in enumerate(classes)}
     per_class = _class_files(tree, tp, classes)
     for c, fs in per_class.items():
         if not fs:
-            raise UserError(f"{tree.display(tp + c)}: no images (empty class folder)")
+            raise DataError(f"{tree.display(tp + c)}: no images (empty class folder)")
     train = Split([f for c in classes for f in per_class[c]],
                    np.asarray([index[c] for c in classes for _ in per_class[c]], np.int64))
     val = None
@@ -509,7 +509,7 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     if "val" in tree.listdir(root)[0]:
         for d in sorted(x for x in tree.listdir(vp)[0] if _visible(x)):
             if d not in found:
-                raise UserError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
+                raise DataError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
         vfiles = _class_files(tree, vp, classes)
         val = Split([f for c in classes for f in vfiles[c]],
                      np.asarray([index[c] for c in classes for _ in vfiles[c]], np.int64))
@@ -519,7 +519,7 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
 def _plan_unlabelled(tree: Tree) -> Plan:
     files = [f for f in tree.files if _is_image(f)]
     if not files:
-        raise UserError(f"{tree.display('')}: no images found (looked for "
+        raise DataError(f"{tree.display('')}: no images found (looked for "
                         f"{', '.join(sorted(IMAGE_EXTS))})")
     return Plan("unlabelled", "", [], [], Split(files, np.full(len(files), -1, np.int64)),
                  None)
@@ -537,7 +537,7 @@ def plan_source(tree: Tree, cfg: DataConfig) -> Plan:
         return _plan_tin(tree, root, cfg)
     if source == "folder":
         if "train" not in tree.listdir(root)[0]:
-            raise UserError(f"{tree.display(root + 'train')}: not found; expected "
+            raise DataError(f"{tree.display(root + 'train')}: not found; expected "
                             "train/<class>/<image> (and optionally val/<class>/<image>)")
         return _plan_folder(tree, root, cfg)
     return _plan_unlabelled(tree)
