@@ -276,6 +276,12 @@ def test_truncated_model_json_and_cell_json_in_real_processes(intact: dict[str, 
     check_one_line(proc.returncode, proc.stderr, "cell.json: not valid JSON")
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a shell starts background jobs (a CI runner's, say) with
+    SIGINT ignored, and the command under test would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_grid_says_rerun_not_resume(tmp_path: Path, tiny_tin: Path) -> None:
     """grid has no --resume: an interrupted grid continues when the same command is rerun."""
     spec = tmp_path / "spec.yaml"
@@ -285,7 +291,8 @@ def test_ctrl_c_in_grid_says_rerun_not_resume(tmp_path: Path, tiny_tin: Path) ->
                                     "probe": False, "config": config}))
     proc = subprocess.Popen([sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out",
                              str(tmp_path / "g"), "--data", str(tiny_tin)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     metrics = tmp_path / "g" / "pretrained" / "seed0" / "pretrain" / "metrics.jsonl"
     deadline = time.time() + 240
     while not metrics.exists() and proc.poll() is None and time.time() < deadline:

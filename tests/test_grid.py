@@ -357,6 +357,12 @@ def test_jobs_run_cells_at_once_each_with_its_share_of_the_cores(tmp_path, tiny_
     assert "--jobs 2: " in capsys.readouterr().err
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a shell starts background jobs (a CI runner's, say) with
+    SIGINT ignored, and the grid under test would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_tin):
     spec = write_spec(tmp_path / "slow.yaml", variants={"pretrain.mask_ratio": [0.4, 0.6]},
                       seeds=[0], baselines=[], probe=False,
@@ -364,7 +370,8 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out", str(out),
            "--data", str(tiny_tin), "--jobs", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     started = [out / c / "seed0" / "pretrain" / "metrics.jsonl"  # both have trained an epoch
                for c in ("mask_ratio=0.4", "mask_ratio=0.6")]
     deadline = time.time() + 300
