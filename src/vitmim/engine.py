@@ -11,6 +11,7 @@ therefore needs only weights, optimiser state and the step number.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -264,7 +265,6 @@ class Trainer:
         """The weights to evaluate and ship: the EMA when enabled."""
         if not self.ema:
             return self.model
-        import copy
         shadow = copy.deepcopy(self.model)
         shadow.load_state_dict(self.ema.state)
         return shadow

@@ -9,6 +9,11 @@ line too. Everything else is a bug and is allowed to raise with a traceback.
 
 from __future__ import annotations
 
+import json
+
+import yaml
+from safetensors import SafetensorError
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
@@ -43,11 +48,6 @@ def fold_lines(text: object) -> str:
 
 def input_error_line(e: BaseException) -> str | None:
     """One line for an error a damaged or unreadable input causes, or None for a bug."""
-    import json
-
-    import yaml
-    from safetensors import SafetensorError
-
     if isinstance(e, OSError) and (e.filename is not None or e.strerror):
         where = f"{e.filename}: " if e.filename is not None else ""
         return fold_lines(f"{where}{e.strerror or e}")

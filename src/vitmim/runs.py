@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -214,9 +215,6 @@ def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
 
 def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:
     """Everything needed to reproduce a run."""
-    import numpy
-    import timm
-    import torchvision
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -226,8 +224,8 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
               else platform.processor() or platform.machine())
     return {"command": sys.argv, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "python": platform.python_version(),
-            "packages": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "timm": timm.__version__, "numpy": numpy.__version__},
+            "packages": {"torch": torch.__version__, **{  # read without importing them
+                name: version(name) for name in ("torchvision", "timm", "numpy")}},
             "device": str(env.device), "device_name": device, "world_size": env.world,
             "threads": torch.get_num_threads(),
             "config_fingerprint": config_fingerprint(cfg),

@@ -80,7 +80,7 @@ class PretrainTask:
 def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
                              pred: torch.Tensor) -> None:
     """PNG with one row per image: original | masked | restored (visible pixels pasted back)."""
-    from torchvision.utils import save_image
+    from torchvision.utils import save_image  # on use: torchvision costs ~1 s of start-up
     orig = denormalize(x.float())
     shown = orig * (1 - mask) + 0.5 * mask  # masked cells drawn grey
     restored = orig * (1 - mask) + denormalize(pred.float()) * mask

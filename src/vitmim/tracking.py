@@ -100,7 +100,7 @@ def on_epoch(trainer, record: dict) -> None:
             w.add_scalar(f"{trainer.stage}/{key}", value, step)
     grid = trainer.run_dir / "images" / f"recon_epoch{record['epoch']:03d}.png"
     if grid.exists():
-        import numpy as np
+        import numpy as np  # on use: the command line imports this module for --help
         from PIL import Image
         with Image.open(grid) as im:
             w.add_image(f"{trainer.stage}/reconstruction", np.asarray(im.convert("RGB")), step,

@@ -530,6 +530,8 @@ def _legend(ax, fontsize: int) -> None:
 
 
 def _figure(ncols: int, nrows: int = 1):
+    # imported on use, with a file-only backend chosen first: pyplot costs ~0.3 s and picks a
+    # screen backend when imported bare
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,6 +7,7 @@ from torch import nn
 from vitmim.config import ModelConfig, PretrainConfig
 from vitmim.models.classifier import Classifier, TransferReport, transfer
 from vitmim.models.restorer import Restorer
+from vitmim.models.unet_vit import UNetViTEncoder, UNetViTRestorer
 from vitmim.models.vit import Backbone, ViT
 
 __all__ = ["Backbone", "Classifier", "Restorer", "TransferReport", "ViT", "build_backbone",
@@ -15,14 +16,12 @@ __all__ = ["Backbone", "Classifier", "Restorer", "TransferReport", "ViT", "build
 
 def build_backbone(cfg: ModelConfig, drop_path: float = 0.0) -> Backbone:
     if cfg.arch == "unet-vit":
-        from vitmim.models.unet_vit import UNetViTEncoder
         return UNetViTEncoder(cfg, drop_path=drop_path)
     return ViT(cfg, drop_path=drop_path)
 
 
 def build_restorer(cfg: ModelConfig, pcfg: PretrainConfig) -> nn.Module:
     if cfg.arch == "unet-vit":
-        from vitmim.models.unet_vit import UNetViTRestorer
         return UNetViTRestorer(cfg, pcfg)
     return Restorer(cfg, pcfg)
 

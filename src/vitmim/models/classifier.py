@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import timm
 import torch
 from torch import nn
 
@@ -129,7 +130,6 @@ def timm_architecture(cfg: ModelConfig) -> str:
     shape, so the name only labels the family: the nearest size, with the model's patch size
     where timm registers one.
     """
-    import timm
     size = TIMM_SIZES.get((cfg.embed_dim, cfg.num_heads), "base")
     for name in (f"vit_{size}_patch{cfg.patch_size}_224", f"vit_base_patch{cfg.patch_size}_224"):
         if timm.is_model(name):
