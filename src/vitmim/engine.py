@@ -34,7 +34,7 @@ from vitmim.checkpoint import (
     unflatten_optimizer,
 )
 from vitmim.config import Config, FinetuneConfig, StageConfig
-from vitmim.errors import UserError
+from vitmim.errors import UserError, one_line
 from vitmim.runs import append_metrics, last_metrics, truncate_metrics
 
 Batch = tuple[torch.Tensor, ...]
@@ -308,9 +308,8 @@ class Trainer:
         try:
             loss = self.step_once(idx)
         except Exception as e:  # torch.compile compiles on the first call and fails there
-            print(f"{self.stage}: torch.compile failed ({type(e).__name__}: "
-                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                  f"training without compile", file=sys.stderr, flush=True)
+            print(f"{self.stage}: torch.compile failed ({one_line(e)}); training without "
+                  f"compile", file=sys.stderr, flush=True)
             self.make_batch, self.forward_backward = self.task.make_batch, \
                 self.eager_forward_backward
             loss = self.step_once(idx)  # redone from the same seeds: nothing was stepped

@@ -98,7 +98,7 @@ def run_lock(run_dir: Path, env: Env):
 # whose folder is it
 
 
-def _json_object(path: Path) -> dict:
+def json_object(path: Path) -> dict:
     """A JSON file's top-level object; empty when missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
@@ -110,11 +110,11 @@ def _json_object(path: Path) -> dict:
 def is_run(folder: Path) -> bool:
     """``folder`` holds a vitmim run: its manifest, config, checkpoints or final model."""
     ckpt = next(folder.glob("checkpoints/step_*.json"), None)
-    return ({"data_fingerprint", "packages"} <= set(_json_object(folder / "manifest.json"))
+    return ({"data_fingerprint", "packages"} <= set(json_object(folder / "manifest.json"))
             or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(
                 folder / "config.yaml"))
-            or ckpt is not None and {"stage", "sha256"} <= set(_json_object(ckpt))
-            or "sha256" in _json_object(folder / "model.json"))
+            or ckpt is not None and {"stage", "sha256"} <= set(json_object(ckpt))
+            or "sha256" in json_object(folder / "model.json"))
 
 
 def _yaml_mapping(path: Path) -> dict:
@@ -206,7 +206,7 @@ def check_same_config(run_dir: Path, cfg: Config) -> None:
 def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` on other data (by content: the same
     data at another path is the same run)."""
-    recorded = _json_object(run_dir / "manifest.json")
+    recorded = json_object(run_dir / "manifest.json")
     if recorded.get("data_fingerprint", data_fingerprint) != data_fingerprint:
         where = recorded.get("data", {}).get("path", "another data set")
         raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "

@@ -299,14 +299,13 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
-def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, note: str = "",
-              **kwargs) -> dict:
-    """Run one stage unless finished (with this config and data); report its metrics and wall
-    time. ``note`` ends the line announcing the stage."""
+def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, fingerprint: str,
+              note: str = "", **kwargs) -> dict:
+    """Run one stage unless finished (with this config and the data of ``fingerprint``); report
+    its metrics and wall time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
         check_same_config(run_dir, cfg)
-        train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-        check_same_data(run_dir, train_set.fingerprint)
+        check_same_data(run_dir, fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
     print(f"== {name} -> {run_dir}{note}", flush=True)
@@ -330,14 +329,16 @@ def steps_per_epoch(cfg: Config, train_set: ImageSet) -> tuple[int, int]:
     return len(train_set) // cfg.pretrain.batch_size, n_labelled // cfg.finetune.batch_size
 
 
-def equal_compute(cfg: Config, by: str = "steps") -> Config:
+def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = None) -> Config:
     """``cfg`` with fine-tune epochs raised so that scratch trains as much as pre-train +
     fine-tune together, counted ``by`` optimisation steps or by training FLOPs.
 
     Steps flatter scratch when a pre-training step is cheaper than a fine-tuning step (the
     visible-token fast path encodes a quarter of the tokens at 75 % masking); FLOPs weigh each
-    stage's images by its model's forward FLOPs per image (torch's FLOP counter)."""
-    train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
+    stage's images by its model's forward FLOPs per image (torch's FLOP counter). ``train_set``:
+    the training split of ``cfg.data`` where the caller holds it already."""
+    if train_set is None:
+        train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
     pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
     pre_steps = pre_per_epoch * cfg.pretrain.epochs
     if per_epoch == 0:
@@ -375,8 +376,8 @@ def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
     return cfg if kind == "finetune" else scratch_recipe(cfg)
 
 
-def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
-                      ) -> tuple[Config, str]:
+def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None,
+                      train_set: ImageSet) -> tuple[Config, str]:
     """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
     cfg = _recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
@@ -387,7 +388,7 @@ def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None
     by = BASELINES[kind]
     if by is None:
         return cfg, f"scratch, same recipe (equal fine-tune epochs{labels})"
-    cfg = equal_compute(cfg, by)
+    cfg = equal_compute(cfg, by, train_set)
     return cfg, f"scratch, same recipe (equal {by}: {cfg.finetune.epochs} epochs{labels})"
 
 
@@ -422,14 +423,14 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     for kind, lf, folder in classifiers:
         if BASELINES.get(kind) is None:  # an equal-compute length needs the data
             check_same_config(out / folder, _recipe(cfg, kind, lf))
-    stages = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
+    stages, fingerprint = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
     for k, st in enumerate(stages, 1):
         steps_left = sum(later.steps for later in stages[k - 1:])
         note = eta_text(trained_s / trained_steps * steps_left) if trained_steps else ""
         result = run_stage(f"stage {k}/{len(stages)}: {st.name}", st.dir, st.fn, resume, st.cfg,
-                           note, env=env, **st.kwargs)
+                           fingerprint, note, env=env, **st.kwargs)
         description = "pre-train (restorer)" if st.fn is pretrain else st.name
         results[st.dir.name] = {"description": description, **result}
         if result["wall_s"] is not None:
@@ -460,8 +461,9 @@ class Stage(NamedTuple):
 
 
 def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
-            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str) -> list[Stage]:
-    """The stages of :func:`run_all`, in order."""
+            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str
+            ) -> tuple[list[Stage], str]:
+    """The stages of :func:`run_all`, in order, and the fingerprint of their training data."""
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
     init = out / pretrain_dir if pretrained else None
     stages = []
@@ -469,11 +471,11 @@ def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
         steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
         stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}))
     for kind, lf, folder in classifiers:
-        stage_cfg, name = _classifier_stage(cfg, kind, lf)
+        stage_cfg, name = _classifier_stage(cfg, kind, lf, train_set)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
         stages.append(Stage(name, out / folder, finetune, stage_cfg, steps,
                             {"init": init if kind == "finetune" else None}))
-    return stages
+    return stages, train_set.fingerprint
 
 
 def summary_table(results: dict[str, dict]) -> str:

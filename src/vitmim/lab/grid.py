@@ -58,7 +58,7 @@ from vitmim.config import (
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
-from vitmim.runs import finished
+from vitmim.runs import finished, json_object
 from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
@@ -294,12 +294,8 @@ def run_finished(run: Run) -> bool:
 
 
 def read_status(run_dir: Path) -> dict:
-    path = run_dir / "status.json"
-    try:
-        status = json.loads(path.read_text()) if path.exists() else {}
-    except (ValueError, OSError):  # damaged or unreadable: the run is redone like a failed one
-        return {}
-    return status if isinstance(status, dict) else {}
+    """A run's status.json; empty when missing or damaged: the run is redone like a failed one."""
+    return json_object(run_dir / "status.json")
 
 
 def _write_status(run_dir: Path, status: str, **extra) -> None:
