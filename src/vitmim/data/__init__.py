@@ -8,6 +8,9 @@ This module is the public API: :func:`load_splits` ties them together.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 from vitmim.config import DataConfig
 from vitmim.data.archive import (
     OFFICIAL_URL,
@@ -16,14 +19,14 @@ from vitmim.data.archive import (
     pack,
     resolve_data_path,
 )
-from vitmim.data.cache import ImageSet, cache_root, cached_splits
+from vitmim.data.cache import ImageSet, cache_root, cached_splits, split_fingerprint
 from vitmim.data.images import BACKGROUND, RESIZE_MODES, decode_image
 from vitmim.data.sources import ARCHIVE_NAME, IMAGE_EXTS, open_tree, plan_source
 from vitmim.errors import DataError
 
 __all__ = ["ARCHIVE_NAME", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL", "RESIZE_MODES",
            "ImageSet", "cache_root", "decode_image", "default_download_path", "download",
-           "load_splits", "pack", "resolve_data_path"]
+           "load_splits", "pack", "resolve_data_path", "train_fingerprint"]
 
 # data.resize = auto: Tiny ImageNet images are all 64x64, so another size there is a damaged
 # copy or a wrong model.img_size and is refused; other sources come in any size.
@@ -39,10 +42,36 @@ def load_splits(cfg: DataConfig, img_size: int = 64,
     Images are (N, 3, img_size, img_size) uint8, brought to that size by ``cfg.resize``
     (see :mod:`vitmim.data.images`) when the cache is built.
     """
+    tree, plan, target = _source(cfg, img_size)
+    return cached_splits(tree, plan, target, cache_root(cfg.cache_dir), progress)
+
+
+def train_fingerprint(cfg: DataConfig, img_size: int = 64) -> str:
+    """The fingerprint :func:`load_splits` gives the train split, from the file listing alone
+    (no image is decoded): cheap enough to check every finished run a grid reuses."""
+    return split_fingerprint(*_source(cfg, img_size, _opened))
+
+
+def _opened(path: Path):
+    """:func:`open_tree`, an archive once per file state: listing a 120,000-image zip takes
+    seconds, and a grid asks for the same source once per cell. (A folder is listed each time:
+    its own mtime does not change when a file deeper down does.)"""
+    if not path.is_file():
+        return open_tree(path)
+    st = path.stat()
+    return _open_memo(path, (st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+@functools.lru_cache(maxsize=4)
+def _open_memo(path: Path, state) -> object:
+    return open_tree(path)
+
+
+def _source(cfg: DataConfig, img_size: int, opener=open_tree) -> tuple:
+    """(tree, plan, (img_size, resize mode)) of ``cfg``: what the cache is keyed by."""
     if img_size <= 0:
         raise DataError(f"model.img_size: expected a positive size, got {img_size}")
-    path = resolve_data_path(cfg.path, cfg.cache_dir)
-    tree = open_tree(path)
+    tree = opener(resolve_data_path(cfg.path, cfg.cache_dir))
     plan = plan_source(tree, cfg)
     resize = cfg.resize if cfg.resize != "auto" else AUTO_RESIZE[plan.kind]
-    return cached_splits(tree, plan, (img_size, resize), cache_root(cfg.cache_dir), progress)
+    return tree, plan, (img_size, resize)

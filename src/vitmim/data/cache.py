@@ -366,6 +366,13 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[i
               file=sys.stderr)
 
 
+def split_fingerprint(tree: Tree, plan: Plan, target: tuple[int, str], split: str = "train"
+                      ) -> str:
+    """The fingerprint ``split`` of ``plan`` will have (:attr:`ImageSet.fingerprint`), known
+    without decoding an image: what a record of a finished run is compared with."""
+    return _split_fingerprint(_cache_key(tree, plan, target), split)
+
+
 def cached_splits(tree: Tree, plan: Plan, target: tuple[int, str], root: Path,
                   progress: bool) -> tuple[ImageSet, ImageSet | None]:
     """(train, val) of ``plan`` from its cache under ``root``, building it first if needed.

@@ -55,9 +55,11 @@ from vitmim.config import (
     set_keys,
     to_dict,
 )
+from vitmim.data import train_fingerprint
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
+from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
 from vitmim.runs import finished, json_object
 from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
@@ -65,7 +67,7 @@ from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
              "probe": bool, "config": dict}
 SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label_fractions",
-             "probe", "out", "slurm", "reference"}
+             "probe", "out", "records", "slurm", "reference"}
 # published figures a grid reproduces, shown beside its own by the report: top-1 % of scratch
 # and of the best pre-trained cell, and where they come from
 REFERENCE_KEYS = {"source": str, "scratch": (int, float), "best": (int, float)}
@@ -86,6 +88,7 @@ class GridSpec:
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     probe: bool = True  # k-NN + linear probe of each pre-trained model
     out: str | None = None
+    records: str | None = None  # folder of finished runs' records (vitmim.lab.records)
     slurm: dict = field(default_factory=dict)  # submitit executor parameters
     reference: dict = field(default_factory=dict)  # see REFERENCE_KEYS
 
@@ -210,9 +213,10 @@ def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
         "a non-empty list of numbers in (0, 1]")
     probe = raw.get("probe", True)
     _expect(isinstance(probe, bool), p, "probe", "true or false")
-    out = raw.get("out")
-    _expect(out is None or isinstance(out, str), p, "out", "a folder path")
-    spec.seeds, spec.baselines, spec.probe, spec.out = seeds, baselines, probe, out
+    for key in ("out", "records"):
+        _expect(raw.get(key) is None or isinstance(raw.get(key), str), p, key, "a folder path")
+    spec.seeds, spec.baselines, spec.probe = seeds, baselines, probe
+    spec.out, spec.records = raw.get("out"), raw.get("records")
     spec.label_fractions = [float(f) for f in lfs]
 
 
@@ -293,6 +297,68 @@ def run_finished(run: Run) -> bool:
             and all(f.exists() for f in run.extra_files()))
 
 
+class Ledger:
+    """Which planned runs are done: a finished run folder that holds the same run, or a record
+    of it in the spec's ``records`` folder (:mod:`vitmim.lab.records`); it records every
+    finished run there."""
+
+    def __init__(self, records: Path | None):
+        self.records = records
+        self._fingerprints: dict[str, str] = {}
+
+    def record_dir(self, run: Run) -> Path | None:
+        return self.records / run.cell / f"seed{run.seed}" if self.records else None
+
+    def fingerprint(self, run: Run) -> str:
+        """The planned run's training data, by content (memoised per data config)."""
+        data = run.config["data"]
+        key = json.dumps([data, run.config["model"]["img_size"]], sort_keys=True)
+        if key not in self._fingerprints:
+            cfg = load_config(base=run.config)
+            self._fingerprints[key] = train_fingerprint(cfg.data, cfg.model.img_size)
+        return self._fingerprints[key]
+
+    def state(self, run: Run) -> str:
+        """``finished`` (its folder), ``recorded`` (its record) or ``todo``. A finished folder
+        that holds another run is refused: continuing would mix two grids."""
+        if run_finished(run):
+            why = mismatch(run.dir, run.job(), self.fingerprint(run))
+            if why:
+                raise UserError(f"{run.dir}: holds a finished run that is not this grid's "
+                                f"({why}); choose another --out, or delete the folder to run "
+                                f"it again")
+            return "finished"
+        rec = self.record_dir(run)
+        if rec and is_recorded(rec) and not mismatch(rec, run.job(), self.fingerprint(run)):
+            return "recorded"
+        return "todo"
+
+    def record(self, run: Run) -> None:
+        """Record a finished run, unless its record is already there."""
+        rec = self.record_dir(run)
+        if rec and not (is_recorded(rec) and not mismatch(rec, run.job(),
+                                                            self.fingerprint(run))):
+            write_record(run.dir, rec, run.stage_dirs())
+
+    def write_progress(self, runs: list[Run]) -> str | None:
+        """The study's progress line, in ``RECORDS/README.md`` (created if missing)."""
+        if not self.records:
+            return None
+        line = progress_line(self.records, [(r.cell, r.kind, r.seed) for r in runs])
+        readme = self.records / "README.md"
+        text = readme.read_text() if readme.exists() else (
+            f"# {self.records.name}\n\nRecords of finished runs (config, manifest, metrics; no "
+            f"weights), written by `vitmim grid`; `vitmim report {self.records}` rebuilds "
+            f"every table and plot from them.\n\n{PROGRESS}\n")
+        lines = [f"{PROGRESS} {line}" if ln.startswith(PROGRESS) else ln
+                 for ln in text.splitlines()]
+        checkpoint.write_text(readme, "\n".join(lines) + "\n")
+        return line
+
+
+PROGRESS = "**Progress:**"  # the line of a study README that the grid keeps current
+
+
 def read_status(run_dir: Path) -> dict:
     """A run's status.json; empty when missing or damaged: the run is redone like a failed one."""
     return json_object(run_dir / "status.json")
@@ -355,8 +421,10 @@ def _prepare(run: Run) -> Path:
 class Progress:
     """``[done/total]`` after each run, with an ETA from the wall times of finished runs."""
 
-    def __init__(self, total: int, jobs: int, walls: list[float]):
+    def __init__(self, total: int, jobs: int, walls: list[float],
+                 on_done: Callable[[Run], None] | None = None):
         self.total, self.jobs, self.walls, self.done = total, jobs, list(walls), 0
+        self.on_done = on_done  # called with each run that finished
 
     def outcome(self, run: Run, ok: bool, wall_s: float) -> dict:
         """Status of a finished job: ``status.json`` if the job got to write it, else the log
@@ -365,6 +433,8 @@ class Progress:
         if ok and run_finished(run):
             result = {"status": "done", "wall_s": wall_s}
             self.walls.append(wall_s)
+            if self.on_done:
+                self.on_done(run)
         else:
             error = status.get("error") if status.get("status") == "failed" else None
             result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
@@ -529,21 +599,32 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
     if "scratch_tuned" in spec.baselines and all(r.kind != "scratch_tuned" for r in runs):
         print("note: baseline scratch_tuned left out: no tuned scratch recipe is set (config "
               "section scratch; e.g. -c runs/scratch_search/report/scratch_recipe.yaml)")
-    todo = [r for r in runs if not run_finished(r)]
-    pending = {r.dir for r in todo}
+    ledger = Ledger(Path(spec.records) if spec.records else None)
+    states = {r.dir: ledger.state(r) for r in runs}
+    todo = [r for r in runs if states[r.dir] == "todo"]
     if dry_run:
         for r in runs:
-            state = read_status(r.dir).get("status", "pending") if r.dir in pending else "done"
+            state = read_status(r.dir).get("status", "pending") \
+                if states[r.dir] == "todo" else states[r.dir]
             print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}")
         print(f"{len(runs)} runs, {len(todo)} to do")
         return []
-    results = {r.dir: {"status": "skipped"} for r in runs if r.dir not in pending}
-    print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
+    for r in runs:
+        if states[r.dir] == "finished":
+            ledger.record(r)  # a run finished before its grid kept records
+    results = {r.dir: {"status": "skipped" if states[r.dir] == "finished" else "recorded"}
+               for r in runs if states[r.dir] != "todo"}
+    recorded = sum(s == "recorded" for s in states.values())
+    print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished"
+          + (f" ({recorded} of them from records in {ledger.records})" if recorded else ""),
+          flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_grid_status(out, runs, results, spec.reference)  # reportable while it runs
     walls = [read_status(d).get("wall_s") for d in results]  # what earlier invocations took
     progress = Progress(len(todo), len(todo) if executor not in ("local", "inline") else jobs,
-                        [w for w in walls if w])
+                        [w for w in walls if w], on_done=ledger.record)
+    if ledger.records:
+        print(f"records: {ledger.write_progress(runs)}", flush=True)
     if todo and executor == "local":
         results.update(launch_local(todo, jobs, progress))
     elif todo and executor == "inline":
@@ -554,6 +635,8 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
                                        wait if wait is not None else executor != "slurm",
                                        progress))
     rows = json.loads(write_grid_status(out, runs, results, spec.reference).read_text())["runs"]
+    if ledger.records:
+        print(f"records: {ledger.write_progress(runs)}", flush=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         raise UserError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "

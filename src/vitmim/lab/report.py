@@ -31,7 +31,8 @@ from vitmim import checkpoint, config
 from vitmim.errors import UserError
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
 from vitmim.lab.grid import CELL_KEYS, cell_name
-from vitmim.runs import finished, last_metrics, read_metrics
+from vitmim.lab.records import stage_done
+from vitmim.runs import last_metrics, read_metrics
 from vitmim.stages import BASELINES, RUN_DIRS, summary_table
 
 BASELINE_LABEL = {"scratch": "scratch, same recipe (equal fine-tune epochs)",
@@ -110,7 +111,7 @@ def collect(runs_dir: Path) -> list[RunRecord]:
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
         seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
-        pre_curve = read_metrics(pre) if finished(pre) else []
+        pre_curve = read_metrics(pre) if stage_done(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
         recipe = job["config"].get("scratch", {}) if job["kind"] == "scratch_tuned" else {}
@@ -132,7 +133,7 @@ def _record(stage_dir: Path, cell: str, kind: str, axes: dict, cell_cfg: config.
     cfg = _read_run_config(stage_dir / "config.yaml")
     curve = read_metrics(stage_dir)
     return RunRecord(cell, kind, axes, cell_cfg or cfg, seed, float(cfg.data.label_fraction),
-                     stage_dir, curve[-1] if curve and finished(stage_dir) else {}, curve,
+                     stage_dir, curve[-1] if curve and stage_done(stage_dir) else {}, curve,
                      pre_curve[-1] if pre_curve else {}, pre_curve, probe, recipe)
 
 
@@ -150,7 +151,7 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
     """The fine-tune stages of one ``vitmim run`` folder, the pre-trained one first; each is a
     cell of its own, named by its folder (``finetune_lf0.1`` for 10 % of the labels)."""
     pre = run_dir / "pretrain"
-    pre_curve = read_metrics(pre) if finished(pre) else []
+    pre_curve = read_metrics(pre) if stage_done(pre) else []
     records = []
     for cfg_path in sorted(run_dir.glob("*/config.yaml")):
         folder, cfg = cfg_path.parent.name, _read_run_config(cfg_path)
@@ -316,14 +317,16 @@ def csv_text(summary: list[dict]) -> str:
     return buf.getvalue()
 
 
-def runs_csv_text(records: list[RunRecord]) -> str:
-    """Every run's own numbers (one line per seed), for other statistics."""
+def runs_csv_text(records: list[RunRecord], base: Path) -> str:
+    """Every run's own numbers (one line per seed), for other statistics; ``dir`` relative to
+    ``base`` (the folder reported on), so that the table holds wherever the runs are."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["cell", "kind", "seed", "label_fraction", "finished", "dir",
                      *METRICS.keys()])
     for r in records:
-        writer.writerow([r.cell, r.kind, r.seed, r.label_fraction, bool(r.final), str(r.dir),
+        writer.writerow([r.cell, r.kind, r.seed, r.label_fraction, bool(r.final),
+                         r.dir.relative_to(base).as_posix(),
                          *("" if (v := get(r)) is None else v for get in METRICS.values())])
     return buf.getvalue()
 
@@ -783,7 +786,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     checkpoint.write_text(out / "report.md",
                           markdown_page(title, summary, plots, recons, out, sections))
     checkpoint.write_text(out / "report.csv", csv_text(summary))
-    checkpoint.write_text(out / "runs.csv", runs_csv_text(records))
+    checkpoint.write_text(out / "runs.csv", runs_csv_text(records, runs_dir))
     checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
     return out / "report.html"
 
