@@ -98,7 +98,8 @@ def test_explicit_variant_list_plans_exactly_those_cells(tmp_path):
 @pytest.mark.parametrize("variants, message", [
     ("mask_ratio", "key variants: expected a mapping"),
     ([{"model.arch": "vit"}, {"model.arch": "vit"}], r"key variants\[1\]: expected a cell not"),
-    ([{}], r"key variants\[0\]: expected a non-empty mapping"),
+    (["mask_ratio"], r"key variants\[0\]: expected a mapping"),
+    ([{}, {"seeds": [1]}], r"key variants\[1\]: expected a cell not"),
 ])
 def test_bad_variant_lists_are_refused(tmp_path, variants, message):
     path = tmp_path / "spec.yaml"
@@ -393,3 +394,38 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
     for cell in ("mask_ratio=0.4", "mask_ratio=0.6"):  # each epoch recorded once, resumed
         metrics = (out / cell / "seed0" / "pretrain" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(ln)["epoch"] for ln in metrics] == list(range(1, 121))
+
+
+def test_a_cell_may_name_its_own_seeds_which_its_baselines_follow(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1], baselines=["scratch"], probe=False,
+                      variants=[{"pretrain.mask_ratio": 0.4},
+                                {"pretrain.epochs": 2, "finetune.epochs": 2, "seeds": [0]}])
+    runs = plan(load_spec(spec), tmp_path / "out")
+    assert [(r.cell, r.seed) for r in runs] == [
+        ("mask_ratio=0.4", 0), ("mask_ratio=0.4", 1), ("pretrain.epochs=2,finetune.epochs=2", 0),
+        ("scratch", 0), ("scratch", 1), ("scratch,epochs=2", 0)]
+    bad = write_spec(tmp_path / "b.yaml", variants=[{"pretrain.epochs": 2, "seeds": "0"}])
+    with pytest.raises(UserError, match=r"variants\[0\].seeds"):
+        load_spec(bad)
+
+
+def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, tiny_tin, capsys):
+    """Real subprocesses, two at once: the second variant waits for the first one's restorer
+    and links it instead of pre-training again."""
+    spec = write_spec(tmp_path / "share.yaml", seeds=[0], baselines=[], probe=False,
+                      variants=[{"pretrain.mask_ratio": 0.4},
+                                {"pretrain.mask_ratio": 0.4, "data.label_fraction": 0.5,
+                                 "finetune.epochs": 2}])
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
+                     "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    first = out / "mask_ratio=0.4" / "seed0"
+    second = out / "mask_ratio=0.4,label_fraction=0.5,epochs=2" / "seed0"
+    assert f"pre-training shared with {first}" in text
+    a, b = (d / "pretrain" / "model.safetensors" for d in (first, second))
+    assert a.read_bytes() == b.read_bytes() and a.stat().st_ino == b.stat().st_ino
+    assert "already finished" in (second / "log.txt").read_text()
+    epochs = [json.loads(ln)["epoch"]
+              for ln in (second / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # its own fine-tuning, on the shared restorer

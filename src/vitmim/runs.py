@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,22 +181,33 @@ def absolute_data(cfg: Config) -> Config:
     return out
 
 
-def _run_keys(cfg: Config | dict) -> dict:
+def run_keys(cfg: Config | dict) -> dict:
+    """The dotted keys of a config that define what a run learns (not :data:`SETTINGS_KEYS`)."""
     values = flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
     return {k: v for k, v in values.items() if k not in SETTINGS_KEYS}
 
 
+def restorer_keys(cfg: Config | dict) -> dict:
+    """The keys that shape a pre-trained restorer: fine-tuning and the share of labels do not,
+    so a restorer serves every config that agrees on these (the pre-training never sees a
+    label)."""
+    return {k: v for k, v in run_keys(cfg).items()
+            if k.startswith(("data.", "model.", "pretrain.")) and k != "data.label_fraction"}
+
+
 def config_fingerprint(cfg: Config) -> str:
     """sha256 of the config's keys that define the run (not :data:`SETTINGS_KEYS`)."""
-    return hashlib.sha256(json.dumps(_run_keys(cfg), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(run_keys(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def check_same_config(run_dir: Path, cfg: Config) -> None:
+def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict], dict] = run_keys
+                      ) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
-    differing key; a folder without a config holds nothing to compare."""
+    differing key of ``keys`` (:func:`restorer_keys` for a pre-training); a folder without a
+    config holds nothing to compare."""
     saved = _yaml_mapping(run_dir / "config.yaml")
     unset = "<unset>"  # a key one of the two configs does not have
-    old, new = _run_keys(saved), _run_keys(cfg)
+    old, new = keys(saved), keys(cfg)
     for key in dict.fromkeys([*new, *old]) if saved else ():
         if old.get(key, unset) != new.get(key, unset):
             raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, unset)!r}, "

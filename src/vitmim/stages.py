@@ -37,6 +37,8 @@ from vitmim.runs import (
     last_metrics,
     open_run,
     read_model,
+    restorer_keys,
+    run_keys,
     run_lock,
     save_final,
 )
@@ -211,7 +213,7 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     claim(run_dir)
     cfg = absolute_data(cfg)
-    check_same_config(run_dir, cfg)
+    check_same_config(run_dir, cfg, restorer_keys)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
@@ -304,7 +306,7 @@ def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, fingerpri
     """Run one stage unless finished (with this config and the data of ``fingerprint``); report
     its metrics and wall time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
-        check_same_config(run_dir, cfg)
+        check_same_config(run_dir, cfg, restorer_keys if fn is pretrain else run_keys)
         check_same_data(run_dir, fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
@@ -419,7 +421,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
     # refuse a changed config before the data (whose decoding shows progress) is read
     if pretrained:
-        check_same_config(out / dirs["pretrain"], without_tuned_recipe(cfg))
+        check_same_config(out / dirs["pretrain"], cfg, restorer_keys)
     for kind, lf, folder in classifiers:
         if BASELINES.get(kind) is None:  # an equal-compute length needs the data
             check_same_config(out / folder, _recipe(cfg, kind, lf))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
-from vitmim.runs import finished, json_object
+from vitmim.runs import finished, json_object, restorer_keys
 from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
@@ -105,6 +106,9 @@ class Run:
     config: dict  # resolved, validated
     label_fractions: list[float]
     probe: bool
+    # an earlier variant run of the plan whose restorer this one shares (the same
+    # restorer_keys): its finished pre-training is linked in instead of repeated
+    donor: Path | None = None
 
     def stage_dirs(self) -> list[Path]:
         dirs = [self.dir / "pretrain"] if self.kind == "variant" else []
@@ -168,7 +172,8 @@ def _check_reference(ref, p: Path) -> dict:
 
 def _check_variants(variants, p: Path) -> list[dict]:
     """The cells of {key: [values]} (their cartesian product) or of [{key: value, ...}, ...]
-    (explicit, distinct cells)."""
+    (explicit, distinct cells, ``{}`` the base config; a cell's own ``seeds: [...]`` replaces the spec's for it and its
+    baselines, e.g. for a costly cell run with fewer seeds)."""
     if isinstance(variants, dict):
         for key, values in variants.items():
             _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
@@ -178,12 +183,25 @@ def _check_variants(variants, p: Path) -> list[dict]:
             "a mapping of keys to lists of values, or a non-empty list of mappings")
     cells = []
     for i, cell in enumerate(variants):
-        _expect(isinstance(cell, dict) and cell, p, f"variants[{i}]",
-                "a non-empty mapping of config keys to values")
+        _expect(isinstance(cell, dict), p, f"variants[{i}]",
+                "a mapping of config keys to values ({} for the base config itself)")
+        cell = dict(cell)
+        seeds = cell.pop(SEEDS, None)
+        _expect(seeds is None or _seed_list(seeds), p, f"variants[{i}].{SEEDS}",
+                "a non-empty list of distinct integers")
         flat = flatten(cell)
-        _expect(flat not in cells, p, f"variants[{i}]", "a cell not listed before")
-        cells.append(flat)
+        _expect(flat not in [{k: v for k, v in c.items() if k != SEEDS} for c in cells], p,
+                f"variants[{i}]", "a cell not listed before")
+        cells.append({**flat, **({SEEDS: seeds} if seeds is not None else {})})
     return cells
+
+
+SEEDS = "seeds"  # in a variant cell: its own seeds (never a config key: those are dotted)
+
+
+def _seed_list(seeds) -> bool:
+    return (isinstance(seeds, list) and bool(seeds) and all(type(s) is int for s in seeds)
+            and len(set(seeds)) == len(seeds))
 
 
 def _cross(cells: list[dict], cross, p: Path) -> list[dict]:
@@ -202,8 +220,7 @@ def _cross(cells: list[dict], cross, p: Path) -> list[dict]:
 
 def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
     seeds = raw.get("seeds", spec.seeds)
-    _expect(isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)
-            and len(set(seeds)) == len(seeds), p, "seeds", "a non-empty list of distinct integers")
+    _expect(_seed_list(seeds), p, "seeds", "a non-empty list of distinct integers")
     baselines = raw.get("baselines", spec.baselines) or []
     _expect(isinstance(baselines, list) and set(baselines) <= set(BASELINES), p, "baselines",
             f"a list of {', '.join(BASELINES)}")
@@ -241,22 +258,28 @@ def cell_name(axes: dict) -> str:
 
 
 def _cells(spec: GridSpec, resolve: Callable[[str, dict], Config]
-           ) -> list[tuple[str, str, dict]]:
-    """(cell name, kind, axes) for every variant and every distinct baseline.
-    ``resolve(cell, axes)``: the config of a cell, which decides what its baselines share."""
-    combos = [dict(cell) for cell in spec.variants]
-    cells: list[tuple[str, str, dict]] = []
-    for a in map(variant_axes, combos):  # the tuned scratch recipe's axes do not pre-train
-        if not any(c[2] == a for c in cells):
-            cells.append((cell_name(a) or "pretrained", "variant", a))
+           ) -> list[tuple[str, str, dict, list[int]]]:
+    """(cell name, kind, axes, seeds) for every variant and every distinct baseline (with the
+    seeds of every variant it serves). ``resolve(cell, axes)``: the config of a cell, which
+    decides what its baselines share."""
+    combos = [{k: v for k, v in cell.items() if k != SEEDS} for cell in spec.variants]
+    seeds_of = [cell.get(SEEDS, spec.seeds) for cell in spec.variants]
+    cells: list[tuple[str, str, dict, list[int]]] = []
+
+    def add(name: str, kind: str, axes: dict, seeds: list[int]) -> None:
+        for i, (_, k, a, s) in enumerate(cells):
+            if (k, a) == (kind, axes):
+                cells[i] = (name, kind, axes, s + [x for x in seeds if x not in s])
+                return
+        cells.append((name, kind, axes, list(seeds)))
+
+    for a, seeds in zip(map(variant_axes, combos), seeds_of):  # the tuned recipe does not pre-train
+        add(cell_name(a) or "pretrained", "variant", a, seeds)
     configs = [resolve(cell_name(variant_axes(a)) or "pretrained", a) for a in combos]
     for kind in spec.baselines:
-        seen: list[dict] = []
-        for a, cfg in zip(combos, configs):
+        for a, cfg, seeds in zip(combos, configs, seeds_of):
             proj = baseline_axes(kind, a, cfg)
-            if proj not in seen:
-                seen.append(proj)
-                cells.append((kind + (f",{cell_name(proj)}" if proj else ""), kind, proj))
+            add(kind + (f",{cell_name(proj)}" if proj else ""), kind, proj, seeds)
     return cells
 
 
@@ -278,13 +301,19 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] 
             raise UserError(f"{spec.path}: cell {cell}: {e}") from None
 
     runs = []
-    for cell, kind, axes in _cells(spec, resolve):
-        for seed in spec.seeds:
+    for cell, kind, axes, seeds in _cells(spec, resolve):
+        for seed in seeds:
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             if kind == "scratch_tuned" and not cfg.scratch:
                 continue
             runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),
                             spec.label_fractions, spec.probe))
+    restorers: dict[str, Path] = {}
+    for run in runs:
+        if run.kind == "variant":
+            key = json.dumps(restorer_keys(run.config), sort_keys=True)
+            run.donor = restorers.setdefault(key, run.dir)
+            run.donor = None if run.donor == run.dir else run.donor
     return runs
 
 
@@ -415,7 +444,37 @@ def main(argv: list[str] | None = None) -> int:
 def _prepare(run: Run) -> Path:
     path = run.dir / "cell.json"
     checkpoint.write_json(path, run.job())
+    share_restorer(run)
     return path
+
+
+def share_restorer(run: Run) -> bool:
+    """Link the donor's finished pre-training into ``run`` (which has not pre-trained): the same
+    restorer, trained once. Files are hard-linked where the file system allows (a finished
+    stage is never written again), else copied."""
+    src, dst = (run.donor / "pretrain", run.dir / "pretrain") if run.donor else (None, None)
+    if src is None or not finished(src) or dst.exists():
+        return False
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = dst.with_name(dst.name + ".sharing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link,
+                    ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    tmp.rename(dst)
+    print(f"{run.cell} seed{run.seed}: pre-training shared with {run.donor}", flush=True)
+    return True
+
+
+def _waits_for_donor(run: Run, unfinished: set[Path]) -> bool:
+    """A run whose donor is still to pre-train (or pre-training) waits for it."""
+    return bool(run.donor and run.donor in unfinished
+                and not finished(run.donor / "pretrain"))
 
 
 class Progress:
@@ -492,7 +551,12 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                run = queue.pop(0)
+                unfinished = {r.dir for r in queue} | {r.dir for r, _ in running.values()}
+                ready = [r for r in queue if not _waits_for_donor(r, unfinished)]
+                if not ready:
+                    break
+                run = ready[0]
+                queue.remove(run)
                 cell_json = _prepare(run)
                 _start_line(len(runs) - len(queue), runs, run)
                 with open(run.dir / "log.txt", "a") as log:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vitmim import checkpoint
 from vitmim.config import Config, flatten, to_dict
-from vitmim.runs import METRICS, MODEL, SETTINGS_KEYS, finished, json_object
+from vitmim.runs import METRICS, MODEL, finished, json_object, run_keys
 
 RECORD = "record.json"
 STAGE_FILES = ("config.yaml", "manifest.json", METRICS, "model.json", "probe.json")
@@ -40,11 +40,6 @@ def stage_done(stage_dir: Path) -> bool:
     return finished(stage_dir) or (
         (stage_dir / "model.json").exists() and (stage_dir.parent / RECORD).exists()
         and not (stage_dir / MODEL).exists())
-
-
-def run_keys(config: dict) -> dict:
-    """The dotted keys of a resolved config that define what a run learns."""
-    return {k: v for k, v in flatten(config).items() if k not in SETTINGS_KEYS}
 
 
 def differing_key(recorded: dict, planned: dict) -> str | None:
