@@ -172,8 +172,8 @@ def _check_reference(ref, p: Path) -> dict:
 
 def _check_variants(variants, p: Path) -> list[dict]:
     """The cells of {key: [values]} (their cartesian product) or of [{key: value, ...}, ...]
-    (explicit, distinct cells, ``{}`` the base config; a cell's own ``seeds: [...]`` replaces the spec's for it and its
-    baselines, e.g. for a costly cell run with fewer seeds)."""
+    (explicit, distinct cells, ``{}`` the base config; a cell's own ``seeds: [...]`` replaces
+    the spec's for it and its baselines, e.g. for a costly cell run with fewer seeds)."""
     if isinstance(variants, dict):
         for key, values in variants.items():
             _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
@@ -319,6 +319,19 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] 
 
 # ---------------------------------------------------------------------------------------------
 # one job
+
+
+def comparisons_first(todo: list[Run]) -> list[Run]:
+    """``todo`` in the order that completes comparisons early: each variant run followed by its
+    baselines of the same seed (the runs its gains need), then whatever is left. A long grid
+    stopped half-way then holds whole comparisons, not all variants and no baseline."""
+    order: list[Run] = []
+    for v in (r for r in todo if r.kind == "variant"):
+        cfg = load_config(base=v.config)
+        order.append(v)
+        order += [b for b in todo if b.kind != "variant" and b.seed == v.seed and b not in order
+                  and baseline_axes(b.kind, v.axes, cfg) == b.axes]
+    return order + [r for r in todo if r not in order]
 
 
 def run_finished(run: Run) -> bool:
@@ -665,9 +678,9 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
               "section scratch; e.g. -c runs/scratch_search/report/scratch_recipe.yaml)")
     ledger = Ledger(Path(spec.records) if spec.records else None)
     states = {r.dir: ledger.state(r) for r in runs}
-    todo = [r for r in runs if states[r.dir] == "todo"]
-    if dry_run:
-        for r in runs:
+    todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
+    if dry_run:  # in the order they would run
+        for r in [r for r in runs if states[r.dir] != "todo"] + todo:
             state = read_status(r.dir).get("status", "pending") \
                 if states[r.dir] == "todo" else states[r.dir]
             print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The campaign: the studies whose records are committed under docs/results/, continued wherever
+# vitmim is worked on. Every finished run is recorded there and never run again, on any machine;
+# a run cut off when the machine stops runs again (or resumes, where its run folder survived).
+# Start it first, in the background, one thread per job (two jobs: the two cores of the
+# development machine); commit docs/results/<study>/ before stopping:
+#
+#   nohup scripts/campaign.sh /path/to/tiny-imagenet-200.zip > campaign.log 2>&1 &
+#
+# VITMIM: the vitmim command to use (default: vitmim on PATH); JOBS: runs at once (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:?usage: scripts/campaign.sh TINY_IMAGENET_ZIP}
+VITMIM=${VITMIM:-vitmim}
+export OMP_NUM_THREADS=1  # the grid gives each job its share of the cores; this keeps it at one
+"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "${JOBS:-2}"
