@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import yaml
 
 from vitmim import cli
 from vitmim.errors import UserError
-from vitmim.lab.report import build_report, compare, mean_std
+from vitmim.lab.report import bootstrap_interval, build_report, compare, mean_std
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -186,6 +187,37 @@ def test_gain_per_class_subset_and_seed(unseen):
     assert (unseen / "plots" / "subset_gains.png").read_bytes()[:8] == PNG
     page = (unseen / "report.html").read_text()
     assert "gain of pre-training per class subset" in page and "Δ scratch tuned" in page
+
+
+def test_gain_per_regime_with_its_interval_and_cost(unseen):
+    gains = list(csv.DictReader(io.StringIO((unseen / "gains.csv").read_text())))
+    regimes = list(csv.DictReader(io.StringIO((unseen / "regimes.csv").read_text())))
+    assert [r["baseline"] for r in regimes] == ["scratch", "scratch_tuned",
+                                                 "scratch_equal_flops"]
+    for r in regimes:
+        mine = [float(g["gain"]) for g in gains if g["baseline"] == r["baseline"]]
+        assert int(r["n"]) == 4 and float(r["gain"]) == pytest.approx(sum(mine) / 4)
+        lo, hi = float(r["ci95_low"]), float(r["ci95_high"])
+        assert min(mine) <= lo <= float(r["gain"]) <= hi <= max(mine)
+        # each arm's cost: the mean over its runs of epoch time x threads, pre-training included
+        costs = [float(g["core_min"]) for g in gains if g["baseline"] == r["baseline"]]
+        assert float(r["core_min"]) == pytest.approx(sum(costs) / 4) and min(costs) > 0
+    variant = unseen.parent / "class_subset=0" / "seed0"
+    spent = sum(json.loads(ln)["time_s"] for stage in ("pretrain", "finetune")
+                for ln in (variant / stage / "metrics.jsonl").read_text().splitlines())
+    threads = json.loads((variant / "finetune" / "manifest.json").read_text())["threads"]
+    row = next(g for g in gains if g["subset"] == "0" and g["seed"] == "0")
+    assert float(row["core_min"]) == pytest.approx(spent * threads / 60)
+    table = section((unseen / "report.md").read_text(), "Gain per regime")
+    assert len(table) == 2 + 3 and "scratch, tuned recipe" in table[3]
+    assert (unseen / "plots" / "regime_gains.png").read_bytes()[:8] == PNG
+
+
+def test_bootstrap_interval_is_seeded_and_needs_two_pairs():
+    assert bootstrap_interval([1.0]) is None
+    a = bootstrap_interval([1.0, 2.0, 4.0])
+    assert a == bootstrap_interval([1.0, 2.0, 4.0]) and 1.0 <= a[0] < a[1] <= 4.0
+    assert bootstrap_interval([2.0, 2.0]) == (2.0, 2.0)
 
 
 def test_tuned_scratch_trains_with_its_own_recipe_in_a_grid(unseen):

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from vitmim import checkpoint, config
@@ -347,6 +348,8 @@ class Gain:
     seed: int
     kind: str  # the baseline
     value: float  # points
+    cost: float | None = None  # core-minutes of the pre-trained run (pre-training included)
+    baseline_cost: float | None = None  # core-minutes of the baseline run
 
 
 def subset_axis(records: list[RunRecord], kinds: tuple[str, ...] = ("variant",)) -> str | None:
@@ -369,8 +372,65 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
                       and r.label_fraction == v.label_fraction), None)
             if b is not None:
                 gains.append(Gain(rest, v.label_fraction, v.axes.get(key), v.seed, kind,
-                                  round(top1(v) - top1(b), 9) + 0.0))
+                                  round(top1(v) - top1(b), 9) + 0.0, core_minutes(v),
+                                  core_minutes(b)))
     return gains
+
+
+def core_minutes(r: RunRecord) -> float | None:
+    """What a run cost: the training time of its epochs (``time_s``, pre-training included for a
+    pre-trained run, also where its restorer was shared) x the CPU threads it ran on (1 on a GPU:
+    there it is GPU-minutes)."""
+    curves = r.curve + r.pretrain_curve
+    if not curves or any(e.get("time_s") is None for e in curves):
+        return None
+    man = config.read_json_mapping(r.dir / "manifest.json", "run manifest") \
+        if (r.dir / "manifest.json").exists() else {}
+    threads = 1 if str(man.get("device", "cpu")).startswith("cuda") else man.get("threads") or 1
+    return sum(e["time_s"] for e in curves) * threads / 60
+
+
+def bootstrap_interval(values: list[float], level: float = 0.95, resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of the mean of ``values`` (paired gains, one per subset x seed),
+    resampling the pairs with replacement; None for fewer than 2 pairs. Seeded: a report
+    rebuilt from the same records gives the same interval."""
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    x = np.asarray(values, dtype=float)
+    means = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def regime_rows(gains: list[Gain]) -> list[dict]:
+    """Per regime (variant x label fraction) and baseline: the gain's mean, std, n, 95 %
+    bootstrap interval and each arm's mean cost in core-minutes."""
+    rows = []
+    for variant, lf, kind in dict.fromkeys((g.variant, g.label_fraction, g.kind) for g in gains):
+        mine = [g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf, kind)]
+        mean, std, n = mean_std([g.value for g in mine])
+        costs = [mean_std([c for c in cs if c is not None])[0] for cs in
+                 ([g.cost for g in mine], [g.baseline_cost for g in mine])]
+        rows.append({"regime": variant, "labels": lf, "baseline": kind, "gain": mean,
+                     "std": std, "n": n, "ci95": bootstrap_interval([g.value for g in mine]),
+                     "pretrained_core_min": costs[0], "baseline_core_min": costs[1]})
+    return rows
+
+
+def regime_table(rows: list[dict]) -> str:
+    lines = ["| regime | labels | against | gain (points) | 95 % interval | n | core-min "
+             "pre-trained | core-min baseline |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        ci = f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "-"
+        cost = ["-" if c is None else f"{c:.0f}" for c in (r["pretrained_core_min"],
+                                                           r["baseline_core_min"])]
+        lines.append(f"| {r['regime']} | {r['labels']:.0%} | {BASELINE_LABEL[r['baseline']]} | "
+                     f"**{_signed(r['gain'], r['std'])}** | {ci} | {r['n']} | {cost[0]} | "
+                     f"{cost[1]} |")
+    return "\n".join(lines)
 
 
 def gains_table(gains: list[Gain], key: str) -> str:
@@ -607,6 +667,39 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
     return _save(fig, path)
 
 
+def plot_regimes(rows: list[dict], path: Path) -> Path:
+    """The gain of pre-training per regime: the mean with its 95 % bootstrap interval, one
+    colour per baseline, the cost of the pre-trained arm under each regime's name."""
+    regimes = list(dict.fromkeys((r["regime"], r["labels"]) for r in rows))
+    kinds = list(dict.fromkeys(r["baseline"] for r in rows))
+    fig, axes = _figure(1)
+    ax = axes[0][0]
+    for j, kind in enumerate(kinds):
+        dx = (j - (len(kinds) - 1) / 2) * 0.25
+        for i, reg in enumerate(regimes):
+            r = next((r for r in rows if (r["regime"], r["labels"]) == reg
+                      and r["baseline"] == kind), None)
+            if r is None:
+                continue
+            lo, hi = r["ci95"] or (r["gain"], r["gain"])
+            ax.errorbar(i + dx, r["gain"], yerr=[[r["gain"] - lo], [hi - r["gain"]]], fmt="o",
+                        color=f"C{j}", capsize=4,
+                        label=BASELINE_LABEL[kind] if i == 0 or reg == regimes[0] else None)
+    names = []
+    for reg in regimes:
+        cost = next((r["pretrained_core_min"] for r in rows
+                     if (r["regime"], r["labels"]) == reg and r["pretrained_core_min"]), None)
+        names.append(f"{reg[0]}\n{reg[1]:.0%} labels" + (f"\n{cost:.0f} core-min" if cost else ""))
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(regimes)), names, fontsize=8)
+    ax.set_ylabel("gain of pre-training, val top-1 points")
+    ax.set_title("gain per regime: mean and 95 % paired-bootstrap interval over subsets x seeds",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    _legend(ax, 7)
+    return _save(fig, path)
+
+
 def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
     """Gain of pre-trained over each baseline per class subset: one dot per seed, a bar at the
     subset's mean, and the mean ± std over all subsets and seeds as a dashed line and band;
@@ -806,15 +899,40 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
     gains = subset_gains(records, key) if key else []
     if not gains:
         return []
+    regimes = regime_rows(gains)
+    plots.append(("gain of pre-training per regime",
+                  plot_regimes(regimes, out / "plots/regime_gains.png")))
     plots.append(("gain of pre-training per class subset",
                   plot_gains(gains, key, out / "plots/subset_gains.png")))
-    rows = ["variant,label_fraction,subset,seed,baseline,gain"]
-    rows += [f"{g.variant},{g.label_fraction},{g.subset},{g.seed},{g.kind},{g.value}"
-             for g in gains]
-    checkpoint.write_text(out / "gains.csv", "\n".join(rows) + "\n")
+    checkpoint.write_text(out / "gains.csv", _csv(
+        ["variant", "label_fraction", "subset", "seed", "baseline", "gain", "core_min",
+         "baseline_core_min"],
+        [[g.variant, g.label_fraction, g.subset, g.seed, g.kind, g.value, g.cost,
+          g.baseline_cost] for g in gains]))
+    checkpoint.write_text(out / "regimes.csv", _csv(
+        ["regime", "label_fraction", "baseline", "gain", "std", "n", "ci95_low", "ci95_high",
+         "core_min", "baseline_core_min"],
+        [[r["regime"], r["labels"], r["baseline"], r["gain"], r["std"], r["n"],
+          *(r["ci95"] or (None, None)), r["pretrained_core_min"], r["baseline_core_min"]]
+         for r in regimes]))
     note = (f"Each row: the pre-trained run's val top-1 minus its baseline's, same seed and "
             f"class subset ({key}); the last row's std is over all subsets and seeds together.")
-    return [("Gain per class subset", gains_table(gains, key) + "\n\n" + note)]
+    regime_note = ("The gain per regime over every class subset and seed: mean ± sample std, a "
+                   "95 % percentile interval of the mean from a paired bootstrap (10,000 "
+                   "resamples of the subset x seed pairs; none for n < 2) and each arm's mean "
+                   "cost in core-minutes (epoch training time x CPU threads; a shared restorer's "
+                   "pre-training counts in every arm that uses it).")
+    return [("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
+            ("Gain per class subset", gains_table(gains, key) + "\n\n" + note)]
+
+
+def _csv(head: list[str], rows: list[list]) -> str:
+    """A CSV table (quoted where a value holds a comma); None as an empty cell."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buf.getvalue()
 
 
 def _recipe_sections(records: list[RunRecord], runs_dir: Path, out: Path
