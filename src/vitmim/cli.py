@@ -117,6 +117,12 @@ def cmd_grid(args) -> None:
              args.dry_run, args.config, args.jobs)
 
 
+def cmd_search(args) -> None:
+    from vitmim.lab.search import search
+    path = search(args.spec, args.data, args.jobs, args.trials)
+    print(f"wrote {path}")
+
+
 def cmd_report(args) -> None:
     path = vitmim.report(args.runs_dir, args.out)
     print((path.parent / "report.md").read_text().split("\n## Plots")[0].strip())
@@ -241,6 +247,17 @@ def add_lab_commands(sub) -> None:
                    help="override for every run, e.g. --set model.depth=4")
     p.add_argument("--data", help="data set for every run (default: the spec's, or $VITMIM_DATA)")
     p.set_defaults(fn=cmd_grid)
+
+    p = sub.add_parser("search", help="search the scratch baseline's recipe (Optuna, stored on "
+                       "disk: rerun to continue)")
+    p.add_argument("spec", help="search spec YAML (see configs/search/)")
+    p.add_argument("--data", help="data set (default: $VITMIM_DATA)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N",
+                   help="fine-tunes of a trial at once (one per class subset; each gets 1/N of "
+                        "the cores)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="stop after N more trials (default: when the spec's budget is spent)")
+    p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("report", help="tables, plots and an HTML page from a grid's run folders "
                        "or one `vitmim run` folder")
