@@ -220,8 +220,9 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     x = task.val_x[:2].cpu()
     info = describe_model(model, (x, task.val_mask[:2].cpu()), "restorer") if env.main else {}
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.pretrain, run_dir, env, "pretrain",
-                          cfg.checkpoint_every, cfg.compile, progress)
+        trainer = Trainer(task, model, cfg.pretrain, run_dir=run_dir, env=env, stage="pretrain",
+                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
+                          progress=progress)
         metrics = train(trainer, resume, lambda: open_run(
             run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}))
         if env.main:
@@ -269,8 +270,9 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
         extra["model"] = describe_model(model, (x,), "classifier")
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
-                          cfg.checkpoint_every, cfg.compile, progress)
+        trainer = Trainer(task, model, cfg.finetune, run_dir=run_dir, env=env, stage="finetune",
+                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
+                          progress=progress)
         metrics = train(trainer, resume, lambda: open_run(run_dir, cfg, env, train_set, extra))
         if env.main:
             save_final(run_dir, trainer.eval_model(), "classifier", cfg, train_set, metrics)
