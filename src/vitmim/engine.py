@@ -352,6 +352,8 @@ class Trainer:
         return loss
 
     def step_once(self, idx: torch.Tensor) -> torch.Tensor:
+        """Seeds of step ``self.step``, batch, learning rate, forward + loss + backward, gradient
+        clipping, AdamW, EMA; returns the loss as a device tensor."""
         env, st = self.env, self.st
         g = torch.Generator(device=env.device).manual_seed(derive_seed(st.seed, 2, self.step))
         torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
