@@ -59,7 +59,8 @@ def make_trainer(cfg: Config, env: Env, stage: str, batch: int, run_dir: Path) -
     else:
         task = FinetuneTask(data, None, cfg, env)
         model = build_classifier(cfg.model, 200, cfg.finetune.drop_path)
-    return Trainer(task, model, st, run_dir, env, stage, compile=cfg.compile, progress=False)
+    return Trainer(task, model, st, run_dir=run_dir, env=env, stage=stage, compile=cfg.compile,
+                   progress=False)
 
 
 def count_step_ops(t: Trainer, steps: int, warmup: int) -> dict[str, float]:

@@ -173,8 +173,8 @@ def vitmim_step(task, model: nn.Module, st: StageConfig, cfg: Config, env: Env,
     """The engine's ``train_step`` over a shuffled order of the task's images, as ``fit`` does."""
     st = copy.deepcopy(st)
     st.epochs = 10_000  # a long schedule: the lr stays sane however many steps we time
-    trainer = Trainer(task, model, st, run_dir, env, "bench", compile=cfg.compile,
-                      progress=False)
+    trainer = Trainer(task, model, st, run_dir=run_dir, env=env, stage="bench",
+                      compile=cfg.compile, progress=False)
     order = torch.randperm(task.n_train)
 
     def step() -> None:

@@ -13,4 +13,10 @@ cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/campaign.sh TINY_IMAGENET_ZIP}
 VITMIM=${VITMIM:-vitmim}
 export OMP_NUM_THREADS=1  # the grid gives each job its share of the cores; this keeps it at one
-"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "${JOBS:-2}"
+JOBS=${JOBS:-2}
+RECIPE=docs/results/scratch_search/scratch_recipe.yaml
+# the study's pre-trained and same-recipe scratch arms, then the search for scratch's own recipe
+# (done once its budget is spent), then the study's tuned-scratch arm with that recipe
+"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS"
+"$VITMIM" search configs/search/scratch.yaml --data "$DATA" --jobs "$JOBS"
+"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS" -c "$RECIPE"

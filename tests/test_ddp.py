@@ -86,5 +86,5 @@ def test_uneven_split_of_the_batch_is_refused(tmp_path: Path):
 
     st = StageConfig(batch_size=15)
     with pytest.raises(UserError, match="finetune.batch_size: 15 does not split evenly"):
-        Trainer(Task(), torch.nn.Linear(2, 2), st, tmp_path, Env(torch.device("cpu"), world=2),
-                "finetune")
+        Trainer(Task(), torch.nn.Linear(2, 2), st, run_dir=tmp_path,
+                env=Env(torch.device("cpu"), world=2), stage="finetune")

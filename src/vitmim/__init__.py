@@ -133,13 +133,14 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
         log: str | None = None, log_every: int = 50, **dotted: Any) -> PipelineResult:
     """Pre-train, fine-tune, train the scratch baseline (``vitmim run``); ``equal_compute``
     ("steps" or "flops") adds scratch trained as long as both stages together."""
-    from vitmim.stages import BASELINES, run_all, summary_table
+    from vitmim.baselines import BASELINES
+    from vitmim.stages import run_all, summary_table
     from vitmim.tracking import tracking
     cfg = _config(data, preset, config, overrides, dotted)
-    equal = [kind for kind, by in BASELINES.items() if by and by == equal_compute]
+    # every baseline at the fine-tune epochs, and those at equal compute counted as asked
+    baselines = tuple(name for name, b in BASELINES.items() if b.equal in (None, equal_compute))
     with tracking(log, log_every):
-        results = run_all(cfg, Path(out), _env(cfg), resume=resume,
-                          baselines=("scratch", "scratch_tuned", *equal))
+        results = run_all(cfg, Path(out), _env(cfg), resume=resume, baselines=baselines)
     runs = {name: RunResult(Path(out) / name, metrics) for name, metrics in results.items()
             if "step" in metrics}  # a stage that did not train (no tuned recipe) is in .summary
     return PipelineResult(Path(out), runs, summary_table(results))

@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 import vitmim
+from vitmim.baselines import BASELINES
 from vitmim.config import Config, load_config, preset_file, preset_names
 from vitmim.errors import UserError
 from vitmim.tracking import BACKENDS, LOG_EVERY
+
+# how `vitmim run --equal-compute` may count: those of the equal-compute baselines
+EQUAL_COMPUTE = list(dict.fromkeys(b.equal for b in BASELINES.values() if b.equal))
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "one), print a summary")
     add_config_args(p)
     p.add_argument("--out", default="runs/run", help="folder for the three runs")
-    p.add_argument("--equal-compute", nargs="?", const="steps", choices=["steps", "flops"],
+    p.add_argument("--equal-compute", nargs="?", const="steps", choices=EQUAL_COMPUTE,
                    help="also train scratch as long as pre-train + fine-tune together, counted "
                    "in optimisation steps (the default) or in training FLOPs")
     add_training_args(p)

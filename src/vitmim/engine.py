@@ -17,9 +17,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -176,11 +177,30 @@ def make_optimizer(model: nn.Module, st: StageConfig, device: torch.device
     return torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95), **fast)
 
 
-class Trainer:
-    """Runs a :class:`Task` for ``st.epochs`` epochs in ``run_dir``, checkpointing as it goes."""
+class CompiledStep(NamedTuple):
+    """The two halves of a training step as torch.compile made them (see
+    :meth:`Trainer.compile_step`)."""
 
-    def __init__(self, task: Task, model: nn.Module, st: StageConfig, run_dir: Path, env: Env,
-                 stage: str, checkpoint_every: int = 0, compile: bool = False,
+    make_batch: Callable[[torch.Tensor, torch.Generator], Batch]
+    forward_backward: Callable[[Batch], torch.Tensor]
+
+
+class Trainer:
+    """Runs a :class:`Task` for ``st.epochs`` epochs in ``run_dir``, checkpointing as it goes.
+
+    Args:
+        task, model, st: what is trained (the stage's part, the module, the stage's config).
+        run_dir: the run folder; checkpoints go to ``run_dir/checkpoints``.
+        env: device, precision and place among the processes.
+        stage: the stage's name (``pretrain``, ``finetune``): the config section named in
+            errors, the checkpoint's owner, the label of every record.
+        checkpoint_every: save every this many steps within an epoch too (0: at epoch ends only).
+        compile: torch.compile the step; training falls back to eager when compiling fails.
+        progress: a progress bar and one line per epoch.
+    """
+
+    def __init__(self, task: Task, model: nn.Module, st: StageConfig, *, run_dir: Path,
+                 env: Env, stage: str, checkpoint_every: int = 0, compile: bool = False,
                  progress: bool = True):
         self.task, self.model, self.st, self.env = task, model.to(env.device), st, env
         self.run_dir, self.stage, self.progress = Path(run_dir), stage, progress
@@ -203,40 +223,37 @@ class Trainer:
             dev_ids = [env.device.index] if env.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=dev_ids)
         self.net = net
-        self.make_batch, self.forward_backward = task.make_batch, self.eager_forward_backward
+        # None: eager. Dropped for good when its first step fails to compile.
+        self.compiled = self.compile_step() if compile else None
         self.compiling = compile  # until a first compiled step has run
-        if compile:
-            self.compile_step()
 
-    def compile_step(self) -> None:
+    def compile_step(self) -> CompiledStep:
         """torch.compile the step: the batch (each draw from the generator splits it into
         graphs, whose element-wise ops fuse) and the forward + loss + backward (on one GPU
         replayed as CUDA graphs: one launch each). The optimiser is the fused AdamW kernel
         already."""
         # the batch code's cached constants are pure functions of their arguments
         warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools")
-        self.make_batch = torch.compile(self.task.make_batch)
         # CUDA graphs cannot hold DDP's gradient all-reduce, which runs inside the backward
         graphs = self.env.device.type == "cuda" and self.env.world == 1
         mode = "reduce-overhead" if graphs else None
-        self.forward_backward = torch.compile(self.eager_forward_backward, mode=mode)
+        return CompiledStep(torch.compile(self.task.make_batch),
+                            torch.compile(self.eager_forward_backward, mode=mode))
 
     # -- state ---------------------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
+    def save(self) -> None:
+        """Checkpoint (main process only): model, EMA and optimiser tensors, and the step, the
+        lr factor and the epoch's summed loss, from which training continues bit-exactly."""
+        if not self.env.main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state.items()})
-        opt_tensors, self._opt_meta = flatten_optimizer(self.opt)
-        return {**tensors, **opt_tensors}
-
-    def save(self) -> None:
-        if not self.env.main:
-            return
-        tensors = self.state_tensors()
+        opt_tensors, opt_meta = flatten_optimizer(self.opt)
         meta = {"stage": self.stage, "step": self.step, "epoch": self.step / self.spe,
                 "lr_factor": self.lr_factor, "loss_sum": self.loss_sum.item(),
-                "optimizer": self._opt_meta}
-        save_checkpoint(self.run_dir, self.step, tensors, meta)
+                "optimizer": opt_meta}
+        save_checkpoint(self.run_dir, self.step, {**tensors, **opt_tensors}, meta)
 
     def restore(self) -> bool:
         """Load the newest good checkpoint; False when there is none."""
@@ -271,34 +288,53 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        st, env, last = self.st, self.env, {}
+        """Train until step ``total``; returns the last epoch's metrics (empty when no epoch was
+        left to train). A loss or weight that stops being finite is handled by
+        :meth:`roll_back`."""
+        last: dict[str, float] = {}
         while self.step < self.total:
-            epoch = self.step // self.spe
-            order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
-                derive_seed(st.seed, 1, epoch))).to(env.device)  # one copy per epoch
-            t0, start = time.time(), self.step
-            if self.step % self.spe == 0:  # else resumed mid-epoch: loss_sum came with the state
-                self.loss_sum = torch.zeros((), device=env.device)
-            with tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
-                      desc=f"{self.stage} {epoch + 1}/{st.epochs}",
-                      disable=not (self.progress and env.main)) as bar:  # cleared on errors too
-                self.net.train()
-                while self.step < (epoch + 1) * self.spe:
-                    i = self.step % self.spe
-                    loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
-                    self.loss_sum += loss.detach()
-                    self.step += 1
-                    bar.update()
-                    tracking.on_step(self, loss)
-                    # at an epoch's end, end_epoch saves after writing the epoch's record, so no
-                    # checkpoint stands for an epoch whose record is missing
-                    if self.checkpoint_every and self.step % self.checkpoint_every == 0 \
-                            and self.step % self.spe:
-                        self.check_finite()
-                        self.save()
-            self.check_finite()
-            last = self.end_epoch(epoch, self.loss_sum.item() / self.spe, t0, start)
+            epoch, t0, start = self.step // self.spe, time.time(), self.step
+            if self.train_epoch(epoch):
+                last = self.end_epoch(epoch, self.loss_sum.item() / self.spe, t0, start)
+            else:
+                self.roll_back()
         return last
+
+    def train_epoch(self, epoch: int) -> bool:
+        """The steps left in ``epoch``, a checkpoint every ``checkpoint_every`` steps; False, with
+        nothing saved, when a check before a checkpoint or at the epoch's end finds a non-finite
+        loss or weight."""
+        st, env = self.st, self.env
+        end = (epoch + 1) * self.spe
+        order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
+            derive_seed(st.seed, 1, epoch))).to(env.device)  # one copy per epoch
+        if self.step % self.spe == 0:  # else resumed mid-epoch: loss_sum came with the state
+            self.loss_sum = torch.zeros((), device=env.device)
+        with tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
+                  desc=f"{self.stage} {epoch + 1}/{st.epochs}",
+                  disable=not (self.progress and env.main)) as bar:  # cleared on errors too
+            self.net.train()
+            while self.step < end:
+                i = self.step % self.spe
+                loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
+                self.loss_sum += loss.detach()
+                self.step += 1
+                bar.update()
+                tracking.on_step(self, loss)
+                due = self.checkpoint_every and self.step % self.checkpoint_every == 0
+                if not (due or self.step == end):
+                    continue
+                # each process saw its share of every batch; the mean of (common sum + own
+                # share) over processes is the global sum, so a sum restored from a checkpoint
+                # stays exact
+                self.loss_sum = env.mean(self.loss_sum)
+                if not self.check_finite():
+                    return False
+                # at the epoch's end, end_epoch saves after writing the epoch's record, so no
+                # checkpoint stands for an epoch whose record is missing
+                if self.step < end:
+                    self.save()
+        return True
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         """One optimiser step on examples ``idx``; returns the loss as a device tensor (reading
@@ -310,13 +346,14 @@ class Trainer:
         except Exception as e:  # torch.compile compiles on the first call and fails there
             print(f"{self.stage}: torch.compile failed ({one_line(e)}); training without "
                   f"compile", file=sys.stderr, flush=True)
-            self.make_batch, self.forward_backward = self.task.make_batch, \
-                self.eager_forward_backward
+            self.compiled = None
             loss = self.step_once(idx)  # redone from the same seeds: nothing was stepped
         self.compiling = False
         return loss
 
     def step_once(self, idx: torch.Tensor) -> torch.Tensor:
+        """Seeds of step ``self.step``, batch, learning rate, forward + loss + backward, gradient
+        clipping, AdamW, EMA; returns the loss as a device tensor."""
         env, st = self.env, self.st
         g = torch.Generator(device=env.device).manual_seed(derive_seed(st.seed, 2, self.step))
         torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
@@ -327,8 +364,6 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.opt.zero_grad(set_to_none=True)
-        if self.forward_backward is not self.eager_forward_backward and env.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free
         loss = self.forward_backward(batch)
         if st.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), st.grad_clip)
@@ -336,6 +371,20 @@ class Trainer:
         if self.ema:
             self.ema.update()
         return loss
+
+    def make_batch(self, idx: torch.Tensor, g: torch.Generator) -> Batch:
+        """The task's batch of examples ``idx``, compiled where :attr:`compiled` is set."""
+        if self.compiled is None:
+            return self.task.make_batch(idx, g)
+        return self.compiled.make_batch(idx, g)
+
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        """Loss of ``batch`` and its gradients, compiled where :attr:`compiled` is set."""
+        if self.compiled is None:
+            return self.eager_forward_backward(batch)
+        if self.env.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free
+        return self.compiled.forward_backward(batch)
 
     def eager_forward_backward(self, batch: Batch) -> torch.Tensor:
         """Loss of ``batch`` (bf16 autocast where enabled) and its gradients; what
@@ -345,22 +394,24 @@ class Trainer:
         loss.backward()
         return loss.detach()
 
-    def check_finite(self) -> None:
-        """Before a checkpoint: the epoch's losses and the weights to be saved are finite (an
-        update can overflow the weights although the loss that led to it was finite)."""
-        # each process saw its share of every batch; the mean of (common sum + own share) over
-        # processes is the global sum, so a sum restored from a checkpoint stays exact
-        self.loss_sum = self.env.mean(self.loss_sum)
+    def check_finite(self) -> bool:
+        """Whether the epoch's losses and the weights to be saved are finite (an update can
+        overflow the weights although the loss that led to it was finite)."""
         # the largest |weight| of each tensor is finite exactly when all of its weights are
         largest = torch._foreach_norm([p.detach() for p in self.model.parameters()], float("inf"))
-        if torch.stack([self.loss_sum.float(), *largest]).isfinite().all().item():
-            return
+        return bool(torch.stack([self.loss_sum.float(), *largest]).isfinite().all().item())
+
+    def roll_back(self) -> None:
+        """After a non-finite loss or weight: with ``nan_policy: rollback``, back to the newest
+        checkpoint at half the learning rate; otherwise (or when no checkpoint is left, or the
+        rate would fall below a thousandth) the run stops with an error, its last good checkpoint
+        untouched."""
         factor = self.lr_factor * 0.5
         if self.st.nan_policy == "rollback" and factor >= 1e-3 and self.restore():
             self.lr_factor = min(factor, self.lr_factor)  # restore() brought back the saved one
             print(f"{self.stage}: non-finite loss; rolled back to step {self.step} and "
                   f"halved the learning rate (x{self.lr_factor:g})", flush=True)
-            raise _Rollback
+            return
         raise UserError(f"{self.stage}: loss became non-finite at step {self.step}; the last good "
                         f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (lower "
                         f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)")
@@ -386,12 +437,8 @@ class Trainer:
         return record
 
 
-class _Rollback(Exception):
-    """Internal: restart the epoch loop from the restored checkpoint."""
-
-
 def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
-    """Fit with resume and rollback handling; returns the last epoch's metrics.
+    """Fit with resume handling; returns the last epoch's metrics.
 
     ``on_start()`` (writing the run's config, say) runs once the folder is known to fit: a
     refused run leaves the folder as it was.
@@ -406,11 +453,7 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
     trainer.env.barrier()  # every process has looked before the main one writes step 0
     if trainer.step == 0:
         trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
-    while True:
-        try:
-            return trainer.fit() or last_metrics(trainer.run_dir)
-        except _Rollback:
-            continue
+    return trainer.fit() or last_metrics(trainer.run_dir)
 
 
 def format_record(r: dict) -> str:

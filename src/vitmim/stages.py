@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
+from vitmim.baselines import BASELINES, is_tuned
 from vitmim.config import Config, tuned_scratch
 from vitmim.data import ImageSet, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, train
@@ -222,8 +223,9 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     x = task.val_x[:2].cpu()
     info = describe_model(model, (x, task.val_mask[:2].cpu()), "restorer") if env.main else {}
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.pretrain, run_dir, env, "pretrain",
-                          cfg.checkpoint_every, cfg.compile, progress)
+        trainer = Trainer(task, model, cfg.pretrain, run_dir=run_dir, env=env, stage="pretrain",
+                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
+                          progress=progress)
         metrics = train(trainer, resume, lambda: open_run(
             run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}))
         if env.main:
@@ -271,8 +273,9 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
         extra["model"] = describe_model(model, (x,), "classifier")
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.finetune, run_dir, env, "finetune",
-                          cfg.checkpoint_every, cfg.compile, progress)
+        trainer = Trainer(task, model, cfg.finetune, run_dir=run_dir, env=env, stage="finetune",
+                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
+                          progress=progress)
         metrics = train(trainer, resume, lambda: open_run(run_dir, cfg, env, train_set, extra))
         if env.main:
             save_final(run_dir, trainer.eval_model(), "classifier", cfg, train_set, metrics)
@@ -283,16 +286,9 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
 # ---------------------------------------------------------------------------------------------
 # the run: pre-train -> fine-tune -> scratch baselines
 
-# baselines from random weights -> what they match pre-train + fine-tune on: None = the same
-# fine-tune epochs, else total optimisation steps or training FLOPs. All train with the fine-tune
-# recipe except ``scratch_tuned``, which trains with its own (config section ``scratch``).
-BASELINES: dict[str, str | None] = {"scratch": None, "scratch_tuned": None,
-                                    "scratch_equal_compute": "steps",
-                                    "scratch_equal_flops": "flops"}
-# stage -> its folder under ``vitmim run --out``
-RUN_DIRS = {"pretrain": "pretrain", "finetune": "finetune", "scratch": "scratch",
-            "scratch_tuned": "scratch_tuned", "scratch_equal_compute": "scratch_long",
-            "scratch_equal_flops": "scratch_flops"}
+# stage -> its folder under ``vitmim run --out``; the baselines' come from their registry
+RUN_DIRS = {"pretrain": "pretrain", "finetune": "finetune",
+            **{name: b.folder for name, b in BASELINES.items()}}
 NO_TUNED_RECIPE = "no tuned recipe set (config section scratch)"
 
 
@@ -372,7 +368,7 @@ def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
     if label_fraction is not None:
         cfg = copy.deepcopy(cfg)
         cfg.data.label_fraction = label_fraction
-    if kind == "scratch_tuned":
+    if is_tuned(kind):
         return scratch_recipe(tuned_scratch(cfg))
     cfg = without_tuned_recipe(cfg)
     return cfg if kind == "finetune" else scratch_recipe(cfg)
@@ -385,13 +381,10 @@ def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None,
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
-    if kind == "scratch_tuned":
-        return cfg, f"scratch, tuned recipe ({cfg.finetune.epochs} epochs{labels})"
-    by = BASELINES[kind]
-    if by is None:
-        return cfg, f"scratch, same recipe (equal fine-tune epochs{labels})"
-    cfg = equal_compute(cfg, by, train_set)
-    return cfg, f"scratch, same recipe (equal {by}: {cfg.finetune.epochs} epochs{labels})"
+    b = BASELINES[kind]
+    if b.equal is not None:
+        cfg = equal_compute(cfg, b.equal, train_set)
+    return cfg, b.title.format(epochs=cfg.finetune.epochs, labels=labels)
 
 
 def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: bool = True,
@@ -403,12 +396,14 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
 
     Args:
         pretrained: pre-train (``out/pretrain``), then fine-tune from it (``out/finetune``).
-        baselines: keys of :data:`BASELINES`, trained from random weights; ``scratch_tuned``
-            only when ``cfg.scratch`` sets a recipe, else its row says that none is set.
+        baselines: keys of :data:`~vitmim.baselines.BASELINES`, trained from random weights;
+            a tuned one only when ``cfg.scratch`` sets a recipe, else its row says that none is
+            set.
         label_fractions: fine-tune once per share of labels, in ``<folder>_lf<F>`` for F < 1;
             None: once, with ``cfg.data.label_fraction``.
         probe: k-NN + linear probe of the pre-trained model (``probe.json`` beside it) and, with
-            the ``scratch`` baseline, of random weights (``out/probe_random_init.json``).
+            a baseline that carries it (``scratch``), of random weights
+            (``out/probe_random_init.json``).
         dirs: folder names replacing those of :data:`RUN_DIRS`.
     """
     dirs = {**RUN_DIRS, **(dirs or {})}
@@ -416,14 +411,15 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     classifiers = [(kind, lf, stage_dirname(dirs[kind], lf))
                    for kind in (["finetune"] if pretrained else []) + list(baselines)
                    for lf in label_fractions or [None]]
-    untrained = [c for c in classifiers if c[0] == "scratch_tuned" and not cfg.scratch]
+    untrained = [c for c in classifiers if is_tuned(c[0]) and not cfg.scratch]
     classifiers = [c for c in classifiers if c not in untrained]
     claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
     # refuse a changed config before the data (whose decoding shows progress) is read
     if pretrained:
         check_same_config(out / dirs["pretrain"], cfg, restorer_keys)
     for kind, lf, folder in classifiers:
-        if BASELINES.get(kind) is None:  # an equal-compute length needs the data
+        # an equal-compute baseline's length needs the data: its config is checked later
+        if kind not in BASELINES or BASELINES[kind].equal is None:
             check_same_config(out / folder, _recipe(cfg, kind, lf))
     stages, fingerprint = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
@@ -441,7 +437,8 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
             probe_run(st.dir, device=str(env.device))
     results.update({folder: {"description": NO_TUNED_RECIPE} for _, _, folder in untrained})
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
-    if probe and "scratch" in baselines and env.main and not random_init.exists():
+    if probe and any(BASELINES[k].probe for k in baselines) and env.main \
+            and not random_init.exists():
         probe_random_init(cfg, random_init, device=str(env.device))
     if env.main:
         table = summary_table(results)

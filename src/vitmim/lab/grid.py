@@ -9,13 +9,12 @@ A spec names the runs; every run is one folder and one job::
     OUT/<cell>/seed<k>/summary.md       the run's table, as ``vitmim run`` writes it (+ .json)
     OUT/grid.json                       every run's status after the last invocation
 
-Baselines: ``scratch`` (the fine-tune recipe from random weights), ``scratch_equal_compute`` (as
-many optimisation steps as pre-train + fine-tune together) and, when a spec asks for it,
-``scratch_equal_flops`` (as many training FLOPs as pre-train + fine-tune together) and
-``scratch_tuned`` (random weights with the scratch side's own recipe, config section ``scratch``;
-left out, with a note, where no recipe is set). Each baseline is planned once per distinct value
-of what changes it (:func:`vitmim.lab.baselines.baseline_axes`): the equal-FLOPs one follows the
-mask cell and ratio only on the fast path, where they change the FLOPs.
+Baselines (:data:`vitmim.baselines.BASELINES`): by default ``scratch`` (the fine-tune recipe
+from random weights) and ``scratch_equal_compute`` (as many optimisation steps as pre-train +
+fine-tune together); a spec may ask for the others. A tuned one is left out, with a note, where
+no tuned recipe is set. Each baseline is planned once per distinct value of what changes it
+(:func:`vitmim.baselines.baseline_axes`): the equal-FLOPs one follows the mask cell and ratio
+only on the fast path, where they change the FLOPs.
 ``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
@@ -45,6 +44,7 @@ import torch
 import yaml
 
 from vitmim import checkpoint
+from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned, variant_axes
 from vitmim.config import (
     PRESETS,
     Config,
@@ -59,10 +59,9 @@ from vitmim.config import (
 from vitmim.data import train_fingerprint
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
-from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
 from vitmim.runs import finished, json_object, restorer_keys
-from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
+from vitmim.stages import eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
@@ -118,7 +117,7 @@ class Run:
         """Outputs besides the models whose absence means the run is unfinished."""
         if self.probe and self.kind == "variant":
             return [self.dir / "pretrain" / "probe.json"]
-        if self.probe and self.kind == "scratch":
+        if self.probe and self.kind in BASELINES and BASELINES[self.kind].probe:
             return [self.dir / "probe_random_init.json"]  # the reference the probes must beat
         return []
 
@@ -287,7 +286,7 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] 
          ) -> list[Run]:
     """Every run of the grid with its resolved config; bad values are refused before any work.
     ``files``: config files applied over the spec's config, before ``overrides``.
-    A ``scratch_tuned`` baseline is left out where its config sets no tuned recipe."""
+    A tuned baseline is left out where its config sets no tuned recipe."""
     base = to_dict(load_config(_base_files(spec)))
     base = set_keys(base, flatten(spec.config))
     if files:
@@ -304,7 +303,7 @@ def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] 
     for cell, kind, axes, seeds in _cells(spec, resolve):
         for seed in seeds:
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
-            if kind == "scratch_tuned" and not cfg.scratch:
+            if is_tuned(kind) and not cfg.scratch:
                 continue
             runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),
                             spec.label_fractions, spec.probe))
@@ -673,9 +672,10 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list
         raise UserError(f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
                         f"--executor local (a job array runs as its scheduler decides)")
     runs = plan(spec, out, overrides, files)
-    if "scratch_tuned" in spec.baselines and all(r.kind != "scratch_tuned" for r in runs):
-        print("note: baseline scratch_tuned left out: no tuned scratch recipe is set (config "
-              "section scratch; e.g. -c runs/scratch_search/report/scratch_recipe.yaml)")
+    for kind in dict.fromkeys(spec.baselines):
+        if is_tuned(kind) and all(r.kind != kind for r in runs):
+            print(f"note: baseline {kind} left out: no tuned scratch recipe is set (config "
+                  "section scratch; e.g. -c docs/results/scratch_search/scratch_recipe.yaml)")
     ledger = Ledger(Path(spec.records) if spec.records else None)
     states = {r.dir: ledger.state(r) for r in runs}
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])

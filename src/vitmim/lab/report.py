@@ -29,20 +29,13 @@ import numpy as np
 import yaml
 
 from vitmim import checkpoint, config
+from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned
 from vitmim.errors import UserError
-from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
 from vitmim.runs import last_metrics, read_metrics
-from vitmim.stages import BASELINES, RUN_DIRS, summary_table
+from vitmim.stages import RUN_DIRS, summary_table
 
-BASELINE_LABEL = {"scratch": "scratch, same recipe (equal fine-tune epochs)",
-                  "scratch_tuned": "scratch, tuned recipe",
-                  "scratch_equal_compute": "scratch (equal total steps)",
-                  "scratch_equal_flops": "scratch (equal training FLOPs)"}
-DIFF_HEAD = {"scratch": "Δ scratch same recipe", "scratch_tuned": "Δ scratch tuned",
-             "scratch_equal_compute": "Δ scratch equal-compute",
-             "scratch_equal_flops": "Δ scratch equal-FLOPs"}
 RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
         "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
         "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
@@ -115,7 +108,7 @@ def collect(runs_dir: Path) -> list[RunRecord]:
         pre_curve = read_metrics(pre) if stage_done(pre) else []
         probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
                            else seed_dir / "probe_random_init.json")
-        recipe = job["config"].get("scratch", {}) if job["kind"] == "scratch_tuned" else {}
+        recipe = job["config"].get("scratch", {}) if is_tuned(job["kind"]) else {}
         cell_cfg = _read_run_config(cell_json, job["config"])
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
             records.append(_record(ft.parent, job["cell"], job["kind"], job["axes"], cell_cfg,
@@ -163,7 +156,7 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
         records.append(_record(run_dir / folder, folder.split("_lf")[0], kind, {}, cfg,
                                cfg.finetune.seed, pre_curve if variant else [],
                                _read_json(pre / "probe.json") if variant else {},
-                               cfg.scratch or {} if kind == "scratch_tuned" else {}))
+                               cfg.scratch or {} if is_tuned(kind) else {}))
     if not records:
         raise UserError(f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
                         f"scratch/, ... as `vitmim run` writes them)")
@@ -281,13 +274,13 @@ def compared(summary: list[dict]) -> list[str]:
 
 
 def table_head(kinds: list[str]) -> list[str]:
-    return ["cell", "labels", "n", "val top-1 %", *(DIFF_HEAD[k] for k in kinds), "val top-5 %",
-            "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
+    return ["cell", "labels", "n", "val top-1 %", *(BASELINES[k].gain_head for k in kinds),
+            "val top-5 %", "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
 
 
 def table_cells(d: dict, kinds: list[str]) -> list[str]:
     """The markdown/HTML table row of one summary dict."""
-    name = d["cell"] if d["kind"] == "variant" else BASELINE_LABEL[d["kind"]] + (
+    name = d["cell"] if d["kind"] == "variant" else BASELINES[d["kind"]].label + (
         d["cell"][len(d["kind"]):].replace(",", " ", 1))  # "scratch,depth=4": its own axes
     return [name, f"{d['label_fraction']:.0%}", str(d["n"]), _pm(d["top1_mean"], d["top1_std"]),
             *(_diff(d, k) for k in kinds),
@@ -336,6 +329,9 @@ def runs_csv_text(records: list[RunRecord], base: Path) -> str:
 # gains per class subset, and the scratch recipe search
 
 SUBSET_KEYS = ("data.class_subset", "data.class_seed")
+# the scratch recipe search ranks the recipes of the baselines trained for the fine-tune epochs:
+# the fine-tune recipe (``{}``) and the tuned ones
+RECIPE_KINDS = tuple(name for name, b in BASELINES.items() if b.equal is None)
 
 
 @dataclass
@@ -427,7 +423,7 @@ def regime_table(rows: list[dict]) -> str:
         ci = f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "-"
         cost = ["-" if c is None else f"{c:.0f}" for c in (r["pretrained_core_min"],
                                                            r["baseline_core_min"])]
-        lines.append(f"| {r['regime']} | {r['labels']:.0%} | {BASELINE_LABEL[r['baseline']]} | "
+        lines.append(f"| {r['regime']} | {r['labels']:.0%} | {BASELINES[r['baseline']].label} | "
                      f"**{_signed(r['gain'], r['std'])}** | {ci} | {r['n']} | {cost[0]} | "
                      f"{cost[1]} |")
     return "\n".join(lines)
@@ -439,7 +435,8 @@ def gains_table(gains: list[Gain], key: str) -> str:
     by: dict[tuple, dict[str, float]] = {}
     for g in gains:
         by.setdefault((g.variant, g.label_fraction, g.subset, g.seed), {})[g.kind] = g.value
-    head = ["variant", "labels", key.split(".")[-1], "seed", *(DIFF_HEAD[k] for k in kinds)]
+    head = ["variant", "labels", key.split(".")[-1], "seed",
+            *(BASELINES[k].gain_head for k in kinds)]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] *
                                                                  len(kinds)) + " |"]
     def order(item):  # variant, full labels first, subsets by value (3 before 10), seed
@@ -470,8 +467,8 @@ def rank_recipes(records: list[RunRecord]) -> list[tuple[dict, tuple]]:
     full = max((r.label_fraction for r in records), default=1.0)
     pools: dict[str, tuple[dict, list[float]]] = {}
     for r in records:
-        if r.final and r.kind in ("scratch", "scratch_tuned") and r.label_fraction == full:
-            recipe = r.recipe if r.kind == "scratch_tuned" else {}
+        if r.final and r.kind in RECIPE_KINDS and r.label_fraction == full:
+            recipe = r.recipe if is_tuned(r.kind) else {}
             pools.setdefault(repr(sorted(recipe.items())), (recipe, []))[1].append(top1(r))
     most = max((len(v) for _, v in pools.values()), default=0)
     ranked = [(recipe, mean_std(v)) for recipe, v in pools.values() if len(v) == most]
@@ -506,8 +503,7 @@ def write_recipe(ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path,
 
 def recipe_note(records: list[RunRecord]) -> str:
     """What the tuned scratch baseline trained with, or that there is none."""
-    recipes = list(dict.fromkeys(recipe_text(r.recipe) for r in records
-                                 if r.kind == "scratch_tuned"))
+    recipes = list(dict.fromkeys(recipe_text(r.recipe) for r in records if is_tuned(r.kind)))
     if not recipes:
         return ("No tuned scratch recipe in these runs: every scratch baseline trains with the "
                 "pre-trained model's fine-tune recipe (config section `scratch` and baseline "
@@ -628,7 +624,8 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
     """What pre-training alone learned: k-NN, linear probe, masked L1, PSNR vs the x axis."""
     lf = max(r.label_fraction for r in rows)  # pre-training does not depend on labels
     variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
-    random_init = [r for r in rows if r.kind == "scratch" and r.label_fraction == lf]
+    random_init = [r for r in rows if r.kind in BASELINES and BASELINES[r.kind].probe
+                   and r.label_fraction == lf]
     x_key = _x_axis(variants)
     fig, axes = _figure(2, 2)
     panels = [("knn", "k-NN top-1 % (frozen)", random_init),
@@ -684,7 +681,7 @@ def plot_regimes(rows: list[dict], path: Path) -> Path:
             lo, hi = r["ci95"] or (r["gain"], r["gain"])
             ax.errorbar(i + dx, r["gain"], yerr=[[r["gain"] - lo], [hi - r["gain"]]], fmt="o",
                         color=f"C{j}", capsize=4,
-                        label=BASELINE_LABEL[kind] if i == 0 or reg == regimes[0] else None)
+                        label=BASELINES[kind].label if i == 0 or reg == regimes[0] else None)
     names = []
     for reg in regimes:
         cost = next((r["pretrained_core_min"] for r in rows
@@ -721,7 +718,7 @@ def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
                             color=color, lw=2.5)
             mean, std, n = mean_std([g.value for g in mine])
             if mean is not None:
-                ax.axhline(mean, color=color, ls="--", lw=1, label=f"{DIFF_HEAD[kind]}: "
+                ax.axhline(mean, color=color, ls="--", lw=1, label=f"{BASELINES[kind].gain_head}: "
                            f"{_signed(mean, std, 1)} (n={n})")
                 if std:
                     ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
@@ -941,7 +938,7 @@ def _recipe_sections(records: list[RunRecord], runs_dir: Path, out: Path
     ranked = rank_recipes(records)
     if len(ranked) < 2:
         return []
-    key = subset_axis(records, ("scratch", "scratch_tuned"))
+    key = subset_axis(records, RECIPE_KINDS)
     subsets = f"{key} = " + ", ".join(sorted({str(r.axes.get(key)) for r in records})) \
         if key else "of these runs"
     path = write_recipe(ranked, runs_dir, out / "scratch_recipe.yaml", subsets)
