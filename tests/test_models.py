@@ -108,9 +108,10 @@ def test_transfer_refuses_another_size_or_architecture():
         transfer({}, clf)
 
 
-@pytest.mark.parametrize("rezero", [False, True])
-def test_classifier_exports_to_timm_strict(rezero):
-    cfg = small(f"model.rezero={rezero}")
+@pytest.mark.parametrize("overrides", [["model.rezero=false"], ["model.rezero=true"],
+                                       ["model.global_pool=token", "model.pos_embed=learned"]])
+def test_classifier_exports_to_timm_strict(overrides):
+    cfg = small(*overrides)
     clf = build_classifier(cfg.model, 7).eval()
     for p in clf.parameters():  # move gates and head off their init so the check means something
         p.data.add_(0.01 * torch.randn_like(p))
@@ -291,3 +292,30 @@ def test_fast_path_compiles_to_one_graph():
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, mask), model(x, mask))
+
+
+def test_class_token_classifier_pools_its_token_and_restorer_has_none():
+    cfg = small("model.global_pool=token", "model.pos_embed=learned")
+    clf = build_classifier(cfg.model, 10)
+    x = torch.randn(3, 3, 64, 64)
+    tokens = clf.forward_features(x)
+    assert tokens.shape == (3, 1 + 64, 64)
+    assert torch.equal(clf.forward_head(tokens, pre_logits=True), tokens[:, 0])
+    assert clf.layer_id("cls_token") == 0 and "cls_token" in clf.no_weight_decay()
+    restorer = build_restorer(cfg.model, cfg.pretrain)
+    report = transfer(restorer.state_dict(), clf)  # the class token starts untrained
+    assert set(report.new) == {"cls_token", "head.weight", "head.bias"}
+    # the learned start is random and small, not the sine-cosine table
+    default = build_classifier(small().model, 10).backbone.pos_embed
+    assert not torch.allclose(clf.backbone.pos_embed, default)
+    assert clf.backbone.pos_embed.std() < 0.05
+
+
+def test_scratch_recipe_may_set_the_classifiers_own_model_keys():
+    from vitmim.config import load_config, tuned_scratch
+    cfg = load_config(overrides=["scratch={model.global_pool: token, finetune.lr: 0.002}"])
+    tuned = tuned_scratch(cfg)
+    assert tuned.model.global_pool == "token" and tuned.finetune.lr == 0.002
+    assert cfg.model.global_pool == "avg"  # the pre-trained side keeps its model
+    with pytest.raises(UserError, match="scratch.model.depth"):
+        load_config(overrides=["scratch={model.depth: 2}"])

@@ -52,6 +52,12 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     conv_stem: bool = False  # Early Convolutions: small conv stack instead of the patch projection
     rezero: bool = False  # residual branches gated by a learnable scalar initialised at 0
+    # position embedding, learned in either case: sincos starts from the 2-D sine-cosine table
+    # (MAE), learned from small random values (timm's ViT)
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    # the classifier's pooling: avg = mean over patch tokens; token = a class token (timm's ViT
+    # default). The restorer has no class token: after a transfer it starts untrained.
+    global_pool: Literal["avg", "token"] = "avg"
     decoder_dim: int = 128  # fast-path (visible tokens only) decoder width
     decoder_depth: int = 1  # fast-path decoder blocks (MAE: depth 1 fine-tunes as well as 8)
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one per 2x downsample
@@ -218,6 +224,8 @@ RANGES: dict[str, Range] = {
     "ModelConfig.mlp_ratio": Range(0, 64, lo_open=True),
     "ModelConfig.conv_stem": ANY,
     "ModelConfig.rezero": ANY,
+    "ModelConfig.pos_embed": ANY,
+    "ModelConfig.global_pool": ANY,
     "ModelConfig.decoder_dim": SIZE,
     "ModelConfig.decoder_depth": Range(0, 1024, text="an integer in [0, 1024]"),  # 0: linear
     "ModelConfig.unet_channels": Range(1, 16384, nonempty=True,
@@ -596,22 +604,35 @@ def _validate_subset(d: DataConfig) -> None:
                         "not both")
 
 
+# model keys a scratch recipe may set: they shape only a classifier trained from random weights
+# (how it pools, how its positions start), the model-side differences between vitmim's ViT and
+# timm's
+SCRATCH_MODEL_KEYS = ("model.pos_embed", "model.global_pool")
+
+
 def tuned_scratch(cfg: Config) -> Config:
     """``cfg`` with its ``scratch`` overrides applied to the fine-tune recipe: the recipe of the
     baseline trained from random weights with its own tuning, so that the comparison does not
     rest on a scratch model that inherits a recipe tuned for the pre-trained one.
 
-    Only ``finetune.*`` keys (the seed aside, which is the run's) may be overridden; an unknown
-    key or bad value is refused naming ``scratch.<key>``.
+    Only ``finetune.*`` keys (the seed aside, which is the run's) and the classifier's own model
+    keys (:data:`SCRATCH_MODEL_KEYS`) may be overridden; an unknown key or bad value is refused
+    naming ``scratch.<key>``.
     """
     for key in cfg.scratch:
-        if not key.startswith("finetune.") or key == "finetune.seed":
+        if not (key.startswith("finetune.") or key in SCRATCH_MODEL_KEYS) \
+                or key == "finetune.seed":
             raise ConfigError(f"config key scratch.{key}: expected a finetune.* key other than "
-                            f"finetune.seed (the section overrides the fine-tune recipe)")
+                              f"finetune.seed, or one of {', '.join(SCRATCH_MODEL_KEYS)} (the "
+                              f"section overrides the fine-tune recipe)")
     values = set_keys(to_dict(cfg.finetune), {k.split(".", 1)[1]: v
-                                               for k, v in cfg.scratch.items()})
+                                               for k, v in cfg.scratch.items()
+                                               if k.startswith("finetune.")})
+    model = set_keys(to_dict(cfg.model), {k.split(".", 1)[1]: v for k, v in cfg.scratch.items()
+                                          if k in SCRATCH_MODEL_KEYS})
     out = copy.deepcopy(cfg)
     out.finetune = _build(FinetuneConfig, values, "scratch.finetune")
+    out.model = _build(ModelConfig, model, "scratch.model")
     out.scratch = {}  # validated without it: applying the section again changes nothing
     try:
         validate(out)
@@ -642,6 +663,10 @@ def _check_model(m: ModelConfig) -> None:
                                              or m.embed_dim < m.patch_size):
         refuse("patch_size", f"{m.patch_size} with model.conv_stem; expected a power of two "
                              f"no larger than model.embed_dim {m.embed_dim}")
+    if m.arch == "unet-vit" and (m.global_pool, m.pos_embed) != ("avg", "sincos"):
+        refuse("global_pool" if m.global_pool != "avg" else "pos_embed",
+               "only model.arch=vit has a class token or random position init; keep the "
+               "defaults (avg, sincos) with unet-vit")
     if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
         refuse("unet_channels", f"{m.unet_channels} halves the image {len(m.unet_channels)} "
                                 f"times; 2^len must divide model.img_size {m.img_size}")

@@ -36,7 +36,14 @@ from pathlib import Path
 import yaml
 
 from vitmim import checkpoint
-from vitmim.config import load_config, read_jsonl, read_yaml_mapping, set_keys, to_dict
+from vitmim.config import (
+    SCRATCH_MODEL_KEYS,
+    load_config,
+    read_jsonl,
+    read_yaml_mapping,
+    set_keys,
+    to_dict,
+)
 from vitmim.errors import ConfigError, UserError
 
 SPEC_KEYS = {"storage", "runs", "config", "subsets", "seed", "budget_core_hours", "min_epochs",
@@ -83,9 +90,10 @@ def load_search_spec(path: str | Path) -> SearchSpec:
     for key, dim in space.items():
         ok = (isinstance(dim, list) and dim and dim[0] in KINDS
               and (len(dim) - 1 == KINDS[dim[0]] if KINDS[dim[0]] else len(dim) > 2))
-        if not ok or not str(key).startswith("finetune."):
-            raise _bad(p, f"space.{key}", "a finetune.* key with [log|float|int, low, high] "
-                       "or [choice, value, value, ...]")
+        if not ok or not (str(key).startswith("finetune.") or key in SCRATCH_MODEL_KEYS):
+            raise _bad(p, f"space.{key}", f"a finetune.* key (or one of "
+                       f"{', '.join(SCRATCH_MODEL_KEYS)}) with [log|float|int, low, high] or "
+                       f"[choice, value, value, ...]")
     spec = SearchSpec(p, Path(raw["storage"]), Path(raw["runs"]), raw.get("config") or {},
                       subsets, space, raw.get("start") or {}, raw.get("seed", 0),
                       float(raw.get("budget_core_hours", 6.0)), int(raw.get("min_epochs", 3)),

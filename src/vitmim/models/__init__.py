@@ -27,4 +27,5 @@ def build_restorer(cfg: ModelConfig, pcfg: PretrainConfig) -> nn.Module:
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, drop_path: float = 0.0) -> Classifier:
-    return Classifier(build_backbone(cfg, drop_path), num_classes)
+    return Classifier(build_backbone(cfg, drop_path), num_classes,
+                      class_token=cfg.global_pool == "token")

@@ -1,4 +1,4 @@
-"""Classifier (backbone + average-pooled linear head), weight transfer and timm export."""
+"""Classifier (backbone + pooled linear head), weight transfer and timm export."""
 
 from __future__ import annotations
 
@@ -15,14 +15,22 @@ from vitmim.models.vit import Backbone
 
 
 class Classifier(nn.Module):
-    """``backbone`` tokens -> mean over tokens -> linear ``head``. (B, 3, H, W) -> (B, classes).
+    """``backbone`` tokens -> mean over tokens (or a class token) -> linear ``head``.
+    (B, 3, H, W) -> (B, classes).
 
-    A :class:`~vitmim.models.vit.Backbone` itself: the head counts as the top layer.
+    A :class:`~vitmim.models.vit.Backbone` itself: the head counts as the top layer. With
+    ``class_token`` a learned token joins the patch tokens (without a position, as timm's
+    ``no_embed_class``) and its output is pooled: it needs a backbone with ``embed``,
+    ``pos_embed`` and ``forward_tokens`` (the ViT).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    def __init__(self, backbone: Backbone, num_classes: int, class_token: bool = False):
         super().__init__()
         self.backbone = backbone
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) \
+            if class_token else None
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)  # timm's start
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # near-zero head: start at uniform logits
         nn.init.zeros_(self.head.bias)
@@ -36,10 +44,15 @@ class Classifier(nn.Module):
         return self.backbone.depth
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)  # (B, N, D)
+        if self.cls_token is None:
+            return self.backbone.forward_features(x)  # (B, N, D)
+        bb = self.backbone
+        tokens = bb.embed(x) + bb.pos_embed  # (B, N, D)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return bb.forward_tokens(torch.cat([cls, tokens], dim=1))  # (B, 1 + N, D)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = tokens.mean(dim=1)  # (B, D)
+        pooled = tokens.mean(dim=1) if self.cls_token is None else tokens[:, 0]  # (B, D)
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,10 +64,11 @@ class Classifier(nn.Module):
     def layer_id(self, name: str) -> int:
         if name.startswith("backbone."):
             return self.backbone.layer_id(name[len("backbone."):])
-        return self.backbone.depth + 1
+        return 0 if name == "cls_token" else self.backbone.depth + 1
 
     def no_weight_decay(self) -> set[str]:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()} | (
+            {"cls_token"} if self.cls_token is not None else set())
 
 
 @dataclass
@@ -81,7 +95,7 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
              origin: str = "checkpoint") -> TransferReport:
     """Copy every ``backbone.*`` tensor of a restorer (or classifier) into ``classifier``.
 
-    Only the classification head may be new and only non-backbone keys (the restoration decoder,
+    Only the classification head (and a class token) may be new and only non-backbone keys (the restoration decoder,
     mask tokens, an old head) may be dropped; any other mismatch means the checkpoint belongs to
     another architecture or size and is refused.
     """
@@ -95,7 +109,7 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
                                 f"expects {tuple(value.shape)} (another model size?)")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
-        elif key.startswith("head."):
+        elif key.startswith("head.") or key == "cls_token":  # a restorer has neither
             report.new.append(key)
         else:
             raise UserError(f"{origin}: no value for {key} (checkpoint of another architecture?)")
@@ -113,7 +127,10 @@ def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     """Arguments of timm's ``VisionTransformer`` with the same shape as our classifier."""
     kw = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
               depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-              num_classes=num_classes, global_pool="avg", class_token=False, fc_norm=False)
+              num_classes=num_classes, global_pool=cfg.global_pool,
+              class_token=cfg.global_pool == "token", fc_norm=False)
+    if cfg.global_pool == "token":
+        kw["no_embed_class"] = True  # the class token has no position, as in Classifier
     if cfg.rezero:
         kw["init_values"] = 1.0  # LayerScale; the scalar gate is broadcast into its gamma
     return kw

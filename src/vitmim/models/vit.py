@@ -126,6 +126,8 @@ class ViT(nn.Module):
         stem = ConvStem if cfg.conv_stem else PatchEmbed
         self.patch_embed = stem(cfg.patch_size, cfg.embed_dim)
         self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid))
+        if cfg.pos_embed == "learned":  # timm's start: small random values
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         # stochastic depth grows linearly with depth
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
