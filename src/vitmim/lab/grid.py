@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +70,8 @@ SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label
              "probe", "out", "records", "slurm", "reference"}
 # published figures a grid reproduces, shown beside its own by the report: top-1 % of scratch
 # and of the best pre-trained cell, and where they come from
-REFERENCE_KEYS = {"source": str, "scratch": (int, float), "best": (int, float)}
+REFERENCE_KEYS: dict[str, type | tuple[type, ...]] = {"source": str, "scratch": (int, float),
+                                                      "best": (int, float)}
 
 
 @dataclass
@@ -178,9 +179,9 @@ def _check_variants(variants, p: Path) -> list[dict]:
             _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
                     "a non-empty list of values")
         return [dict(zip(variants, vals)) for vals in itertools.product(*variants.values())]
-    _expect(isinstance(variants, list) and variants, p, "variants",
+    _expect(isinstance(variants, list) and bool(variants), p, "variants",
             "a mapping of keys to lists of values, or a non-empty list of mappings")
-    cells = []
+    cells: list[dict] = []
     for i, cell in enumerate(variants):
         _expect(isinstance(cell, dict), p, f"variants[{i}]",
                 "a mapping of config keys to values ({} for the base config itself)")
@@ -207,7 +208,8 @@ def _cross(cells: list[dict], cross, p: Path) -> list[dict]:
     """Every cell crossed with every combination of the ``cross`` axes (which come first)."""
     if cross is None:
         return cells
-    _expect(isinstance(cross, dict) and cross, p, "cross", "a mapping of keys to lists of values")
+    _expect(isinstance(cross, dict) and bool(cross), p, "cross",
+            "a mapping of keys to lists of values")
     for key, values in cross.items():
         _expect(isinstance(values, list) and len(values) > 0, p, f"cross.{key}",
                 "a non-empty list of values")
@@ -224,7 +226,7 @@ def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
     _expect(isinstance(baselines, list) and set(baselines) <= set(BASELINES), p, "baselines",
             f"a list of {', '.join(BASELINES)}")
     lfs = raw.get("label_fractions", spec.label_fractions)
-    _expect(isinstance(lfs, list) and lfs and all(
+    _expect(isinstance(lfs, list) and bool(lfs) and all(
         isinstance(f, (int, float)) and 0 < f <= 1 for f in lfs), p, "label_fractions",
         "a non-empty list of numbers in (0, 1]")
     probe = raw.get("probe", True)
@@ -282,15 +284,15 @@ def _cells(spec: GridSpec, resolve: Callable[[str, dict], Config]
     return cells
 
 
-def plan(spec: GridSpec, out: Path, overrides: list[str] = (), files: list[str] = ()
+def plan(spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
          ) -> list[Run]:
     """Every run of the grid with its resolved config; bad values are refused before any work.
     ``files``: config files applied over the spec's config, before ``overrides``.
     A tuned baseline is left out where its config sets no tuned recipe."""
-    base = to_dict(load_config(_base_files(spec)))
+    base = to_dict(load_config(list(_base_files(spec))))
     base = set_keys(base, flatten(spec.config))
     if files:
-        base = to_dict(load_config(files, base=base))
+        base = to_dict(load_config(list(files), base=base))
     base = set_keys(base, flatten(overrides_to_dict(list(overrides))))
 
     def resolve(cell: str, axes: dict) -> Config:
@@ -464,8 +466,10 @@ def share_restorer(run: Run) -> bool:
     """Link the donor's finished pre-training into ``run`` (which has not pre-trained): the same
     restorer, trained once. Files are hard-linked where the file system allows (a finished
     stage is never written again), else copied."""
-    src, dst = (run.donor / "pretrain", run.dir / "pretrain") if run.donor else (None, None)
-    if src is None or not finished(src) or dst.exists():
+    if run.donor is None:
+        return False
+    src, dst = run.donor / "pretrain", run.dir / "pretrain"
+    if not finished(src) or dst.exists():
         return False
 
     def link(a: str, b: str) -> None:
@@ -559,7 +563,9 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
     """``local``: each run in its own process (a crash or leak ends there; output to
     ``log.txt``), ``jobs`` of them at once. On Ctrl-C the running jobs are interrupted too; their
     checkpoints stay for the next invocation."""
-    queue, running, results = list(runs), {}, {}
+    queue = list(runs)
+    running: dict[subprocess.Popen, tuple[Run, float]] = {}
+    results: dict[Path, dict] = {}
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -612,6 +618,7 @@ def make_executor(kind: str, folder: Path, params: dict):
     except ImportError:  # an optional dependency: the `slurm` extra
         raise UserError(f"--executor {kind}: needs submitit (pip install 'vitmim[slurm]')"
                         ) from None
+    executor: submitit.Executor
     if kind == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
         params = {k: v for k, v in params.items() if k == "timeout_min"}  # the rest is Slurm's
@@ -663,9 +670,9 @@ def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict],
     return path
 
 
-def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: list[str] = (),
+def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: Sequence[str] = (),
              slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False,
-             files: list[str] = (), jobs: int = 1) -> list[dict]:
+             files: Sequence[str] = (), jobs: int = 1) -> list[dict]:
     """Plan, skip finished runs, launch the rest (``jobs`` at once with the local executor);
     returns the rows of ``grid.json``. An interrupted grid continues when called again."""
     if jobs < 1 or jobs > 1 and executor != "local":

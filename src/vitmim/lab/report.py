@@ -22,6 +22,7 @@ import csv
 import html
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,6 +225,8 @@ METRICS = {  # column -> how to read it from a run; None where the run has no su
 
 def baseline_row(row: Row, kind: str, rows: list[Row]) -> Row | None:
     """The ``kind`` baseline that ``row`` is compared with: same shared axes, same labels."""
+    if row.config is None:  # a row of one `vitmim run` folder: its baselines are its own rows
+        return None
     want = baseline_axes(kind, row.axes, row.config)
     for b in rows:
         if b.kind == kind and b.axes == want and b.label_fraction == row.label_fraction:
@@ -366,9 +369,10 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
             want = baseline_axes(kind, v.axes, v.config)
             b = next((r for r in done if r.kind == kind and r.axes == want and r.seed == v.seed
                       and r.label_fraction == v.label_fraction), None)
-            if b is not None:
+            mine, theirs = top1(v), top1(b) if b is not None else None
+            if b is not None and mine is not None and theirs is not None:
                 gains.append(Gain(rest, v.label_fraction, v.axes.get(key), v.seed, kind,
-                                  round(top1(v) - top1(b), 9) + 0.0, core_minutes(v),
+                                  round(mine - theirs, 9) + 0.0, core_minutes(v),
                                   core_minutes(b)))
     return gains
 
@@ -467,9 +471,10 @@ def rank_recipes(records: list[RunRecord]) -> list[tuple[dict, tuple]]:
     full = max((r.label_fraction for r in records), default=1.0)
     pools: dict[str, tuple[dict, list[float]]] = {}
     for r in records:
-        if r.final and r.kind in RECIPE_KINDS and r.label_fraction == full:
+        if (value := top1(r)) is not None and r.kind in RECIPE_KINDS \
+                and r.label_fraction == full:
             recipe = r.recipe if is_tuned(r.kind) else {}
-            pools.setdefault(repr(sorted(recipe.items())), (recipe, []))[1].append(top1(r))
+            pools.setdefault(repr(sorted(recipe.items())), (recipe, []))[1].append(value)
     most = max((len(v) for _, v in pools.values()), default=0)
     ranked = [(recipe, mean_std(v)) for recipe, v in pools.values() if len(v) == most]
     return sorted(ranked, key=lambda rs: -rs[1][0])
@@ -765,7 +770,8 @@ CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1
 
 def _html_block(text: str) -> str:
     """A markdown section as HTML: runs of ``|`` lines become a table, other lines paragraphs."""
-    e, out, rows = html.escape, [], []
+    e, out = html.escape, []
+    rows: list[str] = []
 
     def flush():
         if rows:
@@ -787,7 +793,7 @@ def _html_block(text: str) -> str:
 
 
 def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
-              recons: list[tuple[str, Path]], sections: list[tuple[str, str]] = ()) -> str:
+              recons: list[tuple[str, Path]], sections: Sequence[tuple[str, str]] = ()) -> str:
     """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
     e = html.escape
     kinds = compared(summary)
@@ -810,7 +816,7 @@ def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
 
 def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
                   recons: list[tuple[str, Path]], out: Path,
-                  sections: list[tuple[str, str]] = ()) -> str:
+                  sections: Sequence[tuple[str, str]] = ()) -> str:
     lines = [f"# {title}", "", markdown_table(summary), "", RULE, ""]
     for name, text in sections:
         lines += [f"## {name}", "", text, ""]
@@ -894,7 +900,7 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
     """The gain per class subset and seed (table, plot, gains.csv) where the subset varies."""
     key = subset_axis(records)
     gains = subset_gains(records, key) if key else []
-    if not gains:
+    if key is None or not gains:
         return []
     regimes = regime_rows(gains)
     plots.append(("gain of pre-training per regime",

@@ -157,7 +157,8 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     dirs = [spec.runs / f"trial{trial.number:03d}" / f"class_subset={s}" for s in spec.subsets]
-    queue, procs, reported = list(zip(spec.subsets, dirs)), {}, 0
+    queue, reported = list(zip(spec.subsets, dirs)), 0
+    procs: dict[int, subprocess.Popen] = {}
     try:
         while queue or procs:
             while queue and len(procs) < jobs:
