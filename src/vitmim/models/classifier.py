@@ -95,9 +95,9 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
              origin: str = "checkpoint") -> TransferReport:
     """Copy every ``backbone.*`` tensor of a restorer (or classifier) into ``classifier``.
 
-    Only the classification head (and a class token) may be new and only non-backbone keys (the restoration decoder,
-    mask tokens, an old head) may be dropped; any other mismatch means the checkpoint belongs to
-    another architecture or size and is refused.
+    Only the classification head (and a class token) may be new and only non-backbone keys (the
+    restoration decoder, mask tokens, an old head) may be dropped; any other mismatch means the
+    checkpoint belongs to another architecture or size and is refused.
     """
     own = classifier.state_dict()
     report = TransferReport()
