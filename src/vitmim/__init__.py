@@ -63,14 +63,33 @@ class PipelineResult:
 
 
 def _config(data: str | Path | None, preset: str | None, config: list[str | Path] | tuple,
-            overrides: Overrides, dotted: dict[str, Any]):
-    """The Config from keyword arguments, validated before any work starts."""
-    from vitmim.config import load_config
-    files = [_preset_file(preset)] if preset else []
+            overrides: Overrides, dotted: dict[str, Any], init: str | Path | None = None):
+    """The Config from keyword arguments, validated before any work starts (and before torch
+    is imported: a typo costs a fraction of a second). With ``init``, a trained run, its model
+    section is the base (:func:`vitmim.config.load_config_for_init`)."""
+    from vitmim.config import load_config, load_config_for_init
+    files = [*([_preset_file(preset)] if preset else []), *config]
     texts = _override_texts(overrides, dotted)
     if data is not None:
         texts.append(f"data.path={json.dumps(str(data))}")
-    return load_config([*files, *config], texts)
+    run_model = _run_model(init) if init is not None else None
+    if run_model is None:
+        return load_config(files, texts)
+    return load_config_for_init(files, texts, run_model, str(init))
+
+
+def _run_model(init: str | Path) -> dict | None:
+    """The model section a trained run (folder or weights file) recorded in its ``model.json``;
+    None for bare weights."""
+    from vitmim.config import read_json_mapping
+    p = Path(init)
+    meta = (p / "model.json") if p.is_dir() else p.with_suffix(".json")
+    if not meta.is_file():
+        return None
+    model = read_json_mapping(meta, "model description", {"config": dict})["config"].get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{meta}: model description: no model section in its config")
+    return model
 
 
 def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
@@ -103,9 +122,9 @@ def pretrain(*, out: str | Path, data: str | Path | None = None, preset: str | N
             ``out/tensorboard`` (training loss every ``log_every`` steps). progress: bars and
             one line per epoch.
     """
+    cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.stages import pretrain as run_pretrain
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
         metrics = run_pretrain(cfg, Path(out), _env(cfg), resume=resume, progress=progress)
     return RunResult(Path(out), metrics)
@@ -118,9 +137,9 @@ def finetune(*, out: str | Path, init: str | Path | None = None, data: str | Pat
     """Fine-tune a classifier in ``out`` from ``init`` (a pre-trained run folder or weights
     file), or from scratch without it (``vitmim finetune``). Other arguments as :func:`pretrain`.
     """
+    cfg = _config(data, preset, config, overrides, dotted, init)
     from vitmim.stages import finetune as run_finetune
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
         metrics = run_finetune(cfg, Path(out), _env(cfg), init=init, resume=resume,
                                progress=progress)
@@ -133,9 +152,9 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
         log: str | None = None, log_every: int = 50, **dotted: Any) -> PipelineResult:
     """Pre-train, fine-tune, train the scratch baseline (``vitmim run``); ``equal_compute``
     ("steps" or "flops") adds scratch trained as long as both stages together."""
+    cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.stages import BASELINES, run_all, summary_table
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     equal = [kind for kind, by in BASELINES.items() if by and by == equal_compute]
     with tracking(log, log_every):
         results = run_all(cfg, Path(out), _env(cfg), resume=resume,

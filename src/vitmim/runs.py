@@ -39,7 +39,7 @@ from vitmim.config import (
     read_jsonl,
     to_dict,
 )
-from vitmim.data import resolve_data_path
+from vitmim.data import default_classes, resolve_data_path, source_kind
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -171,12 +171,15 @@ SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data
 
 def absolute_data(cfg: Config) -> Config:
     """``cfg`` with ``data.path`` the absolute path of the data it reads (``$VITMIM_DATA`` or the
-    default download resolved), so that a run folder names its data from any working folder."""
+    default download resolved), so that a run folder names its data from any working folder, and
+    ``data.classes: auto`` resolved for that source (10 for Tiny ImageNet, else all)."""
     path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
-    if cfg.data.path == path:
+    if cfg.data.path == path and cfg.data.classes != "auto":
         return cfg
     out = copy.deepcopy(cfg)
     out.data.path = path
+    if out.data.classes == "auto":
+        out.data.classes = default_classes(source_kind(out.data))
     return out
 
 
@@ -196,7 +199,10 @@ def check_same_config(run_dir: Path, cfg: Config) -> None:
     saved = _yaml_mapping(run_dir / "config.yaml")
     unset = "<unset>"  # a key one of the two configs does not have
     old, new = _run_keys(saved), _run_keys(cfg)
+    defaults = _run_keys(Config())
     for key in dict.fromkeys([*new, *old]) if saved else ():
+        if key not in old and new.get(key, unset) == defaults.get(key):
+            continue  # a key added since the run was made, at its default: the same run
         if old.get(key, unset) != new.get(key, unset):
             raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, unset)!r}, "
                             f"not {new.get(key, unset)!r}; use the same settings to continue "

@@ -249,7 +249,8 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     claim(run_dir)
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     check_same_config(run_dir, cfg)
-    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main,
+                                     labelled="fine-tuning")
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")

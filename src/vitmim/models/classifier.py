@@ -10,7 +10,7 @@ from torch import nn
 
 from vitmim.augment import MEAN, STD
 from vitmim.config import ModelConfig
-from vitmim.errors import ConfigError, UserError
+from vitmim.errors import CheckpointError, ConfigError
 from vitmim.models.vit import Backbone
 
 
@@ -91,19 +91,21 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
     for key, value in own.items():
         if key in source and not key.startswith("head."):
             if source[key].shape != value.shape:
-                raise UserError(f"{origin}: {key} has shape {tuple(source[key].shape)}, the model "
-                                f"expects {tuple(value.shape)} (another model size?)")
+                raise CheckpointError(f"{origin}: {key} has shape {tuple(source[key].shape)}, "
+                                      f"the model expects {tuple(value.shape)} (another model "
+                                      f"size?)")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head."):
             report.new.append(key)
         else:
-            raise UserError(f"{origin}: no value for {key} (checkpoint of another architecture?)")
+            raise CheckpointError(f"{origin}: no value for {key} (checkpoint of another "
+                                  f"architecture?)")
     for key in source:
         if key not in new_state:
             if key.startswith("backbone."):
-                raise UserError(f"{origin}: {key} has no place in the model "
-                                f"(checkpoint of another architecture?)")
+                raise CheckpointError(f"{origin}: {key} has no place in the model "
+                                      f"(checkpoint of another architecture?)")
             report.dropped.append(key)
     classifier.load_state_dict(new_state, strict=False)
     return report
