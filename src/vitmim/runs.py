@@ -39,7 +39,7 @@ from vitmim.config import (
     read_jsonl,
     to_dict,
 )
-from vitmim.data import default_classes, resolve_data_path, source_kind
+from vitmim.data import AUTO_RESIZE, default_classes, resolve_data_path, source_kind
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -172,14 +172,20 @@ SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data
 def absolute_data(cfg: Config) -> Config:
     """``cfg`` with ``data.path`` the absolute path of the data it reads (``$VITMIM_DATA`` or the
     default download resolved), so that a run folder names its data from any working folder, and
-    ``data.classes: auto`` resolved for that source (10 for Tiny ImageNet, else all)."""
+    ``data.classes: auto`` resolved for that source (10 for Tiny ImageNet, else all). So is
+    ``data.resize: auto`` outside Tiny ImageNet (``fit``): the run's images then say how a
+    single image must be brought to size for its model (``vitmim predict``, the export)."""
     path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
-    if cfg.data.path == path and cfg.data.classes != "auto":
+    if cfg.data.path == path and "auto" not in (cfg.data.classes, cfg.data.resize):
         return cfg
     out = copy.deepcopy(cfg)
     out.data.path = path
-    if out.data.classes == "auto":
-        out.data.classes = default_classes(source_kind(out.data))
+    if "auto" in (out.data.classes, out.data.resize):
+        kind = source_kind(out.data)
+        if out.data.classes == "auto":
+            out.data.classes = default_classes(kind)
+        if out.data.resize == "auto" and kind != "tin":  # TIN's auto: refuse other sizes
+            out.data.resize = AUTO_RESIZE[kind]
     return out
 
 
@@ -236,7 +242,8 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
             "threads": torch.get_num_threads(),
             "config_fingerprint": config_fingerprint(cfg),
             "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
-            "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}
+            "data_fingerprint": data.fingerprint, "classes": data.classes,
+            "train_images": len(data), **(extra or {})}
 
 
 def open_run(run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None

@@ -27,7 +27,7 @@ from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
-from vitmim.probe import probe_random_init, probe_run
+from vitmim.probes import probe_random_init, probe_run
 from vitmim.runs import (
     absolute_data,
     check_same_config,

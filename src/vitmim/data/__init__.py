@@ -28,9 +28,10 @@ from vitmim.data.sources import (
 )
 from vitmim.errors import DataError
 
-__all__ = ["ARCHIVE_NAME", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL", "RESIZE_MODES",
-           "ImageSet", "cache_root", "decode_image", "default_classes", "default_download_path",
-           "download", "load_splits", "pack", "resolve_data_path", "source_kind"]
+__all__ = ["ARCHIVE_NAME", "AUTO_RESIZE", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL",
+           "RESIZE_MODES", "ImageSet", "cache_root", "decode_image", "default_classes",
+           "default_download_path", "download", "load_splits", "pack", "resolve_data_path",
+           "source_kind"]
 
 # data.resize = auto: Tiny ImageNet images are all 64x64, so another size there is a damaged
 # copy or a wrong model.img_size and is refused; other sources come in any size.
