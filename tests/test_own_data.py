@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import vitmim
 
@@ -152,17 +152,20 @@ def test_load_gives_the_model_and_the_transform_predict_uses(own):
     assert [model.class_names[i] for i in probs.argmax(1)] == [row[0][0] for row in ours]
 
 
-def timm_top1(model: torch.nn.Module, path: Path) -> int:
-    """timm's standard pipeline, as the exported card shows it (transparency on white first)."""
+def timm_top1(model: torch.nn.Module, path: Path, letterbox: bool = False) -> int:
+    """timm's standard pipeline, as the exported card shows it (transparency on white first;
+    for a pad run the card's white letterbox)."""
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     img = Image.open(path)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    if letterbox:
+        img = ImageOps.pad(img.convert("RGB"), (64, 64), Image.Resampling.BICUBIC, color="white")
     with torch.no_grad():
         return int(model(transform(img.convert("RGB"))[None]).argmax())
 
 
-@pytest.mark.parametrize("resize", ["fit", "crop"])
+@pytest.mark.parametrize("resize", ["fit", "crop", "pad"])
 def test_timm_pipeline_on_the_export_gives_predicts_top1(own, tmp_path, resize):
     """Non-square, palette and RGBA files through timm's own preprocessing of the exported
     folder predict what `vitmim predict` does."""
@@ -174,7 +177,8 @@ def test_timm_pipeline_on_the_export_gives_predicts_top1(own, tmp_path, resize):
     out = tmp_path / "export"
     assert cli("export", str(run), "--format", "timm", "--out", str(out)).returncode == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["pretrained_cfg"]["crop_mode"] == {"fit": "squash", "crop": "center"}[resize]
+    modes = {"fit": "squash", "crop": "center", "pad": "border"}
+    assert config["pretrained_cfg"]["crop_mode"] == modes[resize]
     assert config["architecture"] == "vit_small_patch8_224"  # nearest registered to 64-d, p8
     assert config["model_name"] == "vitmim-vit-d64-l2-h2-p8-64px"
     card = (out / "README.md").read_text()
@@ -187,7 +191,8 @@ def test_timm_pipeline_on_the_export_gives_predicts_top1(own, tmp_path, resize):
              data / "sneaker" / "3.png", data / "trouser" / "7.png"]  # RGBA
     names = model.pretrained_cfg["label_names"]
     ours = [row[0][0] for row in vitmim.predict(run, files, topk=1)]
-    assert [names[timm_top1(model, f)] for f in files] == ours
+    assert [names[timm_top1(model, f, resize == "pad")] for f in files] == ours
+    assert ("ImageOps.pad" in card) == (resize == "pad")
 
 
 def test_a_bad_config_key_is_refused_before_torch_loads(tmp_path):
