@@ -61,7 +61,7 @@ def test_evaluate_predict_reconstruct_on_a_finished_run(tin2_runs, tin2, tmp_pat
     png = vitmim.reconstruct(tin2_runs.pre.run_dir, tin2.images[:2], tmp_path / "r.png",
                              pretrain__mask_ratio=0.5)
     with Image.open(png) as im:
-        assert im.size == (2 + 3 * 66, 2 + 2 * 66)  # 3 columns, 2 rows of 64 px + padding
+        assert im.size == (4 + 3 * 132, 24 + 2 * 132 + 4)  # a title row, 2 rows of 128 px
 
 
 def test_run_returns_every_stage_and_the_summary(tin2, tmp_path):

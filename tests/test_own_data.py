@@ -220,3 +220,15 @@ def test_readme_notebook_snippet_runs_as_written(tmp_path, monkeypatch):
     namespace = {"DATA": str(data)}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     assert (tmp_path / "export" / "ft" / "config.json").is_file()
+
+
+def test_reconstruction_sheet_is_titled_readable_and_keeps_grey_grey(own, tmp_path):
+    root, data, _ = own
+    png = vitmim.reconstruct(root / "pre", data / "boot" / "0.png", tmp_path / "r.png",
+                             device="cpu")
+    with Image.open(png) as im:
+        sheet = np.asarray(im.convert("RGB")).astype(int)
+    assert sheet.shape == (24 + 132 + 4, 4 + 3 * 132, 3)  # a title row, 128 px tiles
+    assert (sheet[:24] < 128).any()  # the column titles are drawn
+    restored = sheet[24:24 + 128, 4 + 2 * 132:4 + 2 * 132 + 128]
+    assert (restored.max(2) == restored.min(2)).all()  # a grey input's restoration is grey

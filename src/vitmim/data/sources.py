@@ -384,7 +384,8 @@ def default_classes(kind: str) -> int | None:
     return 10 if kind == "tin" else None
 
 
-def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str) -> list[str]:
+def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str = "tin"
+                    ) -> list[str]:
     """Apply ``cfg.classes`` / ``cfg.class_subset`` / ``cfg.class_seed`` to the ordered class ids
     of the source."""
     sel = default_classes(kind) if cfg.classes == "auto" else cfg.classes
