@@ -91,7 +91,7 @@ def test_errors_are_user_errors():
 
 @pytest.mark.parametrize("name", [
     "pretrain", "finetune", "run", "evaluate", "predict", "reconstruct", "export",
-    "report",
+    "report", "probe", "grid", "load", "load_data", "pack_data", "download_data",
 ])
 def test_api_functions_survive_importing_every_submodule(name):
     """Importing a submodule sets it as an attribute of the package: a module named like an API

@@ -80,6 +80,8 @@ def test_class_folders_are_labelled_with_a_recorded_held_out_split(own):
     _, other = vitmim.load_data(data, data__split_seed=1, progress=False)
     assert not torch.equal(other.images, val.images)
     assert "val_top1" in ft.metrics
+    with pytest.raises(vitmim.DataError, match="class_subset: needs a class count"):
+        vitmim.load_data(data, data__class_subset=1, progress=False)  # auto: all, no blocks
 
 
 def test_finetune_from_a_run_builds_that_runs_model(own):

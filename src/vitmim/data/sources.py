@@ -389,6 +389,9 @@ def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str = "ti
     """Apply ``cfg.classes`` / ``cfg.class_subset`` / ``cfg.class_seed`` to the ordered class ids
     of the source."""
     sel = default_classes(kind) if cfg.classes == "auto" else cfg.classes
+    if sel is None and cfg.class_subset:  # auto on a folder: every class, no blocks to cut
+        raise DataError(f"config key data.class_subset: needs a class count in data.classes "
+                        f"({where} has {len(ids)} classes; e.g. data.classes={len(ids) // 2})")
     if sel is None:
         return list(ids)
     if isinstance(sel, int):
