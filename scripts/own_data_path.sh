@@ -4,11 +4,12 @@
 #   usage: scripts/own_data_path.sh WORK_DIR   (vitmim on PATH; writes WORK_DIR/clothes first)
 set -euo pipefail
 work=$1
+tests=$(dirname "$(realpath "$0")")/../tests
 mkdir -p "$work" && cd "$work" && rm -rf runs export cache clothes
 export OMP_NUM_THREADS=1 VITMIM_CACHE=$PWD/cache
 python3 -c "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path
 from test_own_data import write_own_images; write_own_images(Path('clothes'), per_class=80)" \
-    "$(dirname "$(realpath "$0")")/../tests"
+    "$tests"
 timed() {
     local start=$(date +%s.%N) rc=0
     "$@" > log.txt 2>&1 || rc=$?
