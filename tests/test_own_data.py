@@ -203,11 +203,13 @@ def test_a_bad_config_key_is_refused_before_torch_loads(tmp_path):
     took = time.perf_counter() - t0
     assert proc.returncode == 2 and "unknown config key model.bogus" in proc.stderr
     assert took < 5, took  # 0.2 s on a quiet 2-core machine; torch alone takes 3-10 s here
-    code = ("import sys, vitmim\ntry:\n    vitmim.finetune(out='x', model__bogus=1)\n"
-            "except vitmim.ConfigError:\n    print(sorted({'torch', 'timm'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path).stdout
-    assert out.strip() == "[]"
+    for call in ("vitmim.finetune(out='x', model__bogus=1)",
+                 "vitmim.predict('run', 'cat.jpg', device='tpu')"):
+        code = (f"import sys, vitmim\ntry:\n    {call}\nexcept vitmim.ConfigError:\n"
+                f"    print(sorted({{'torch', 'timm'}} & set(sys.modules)))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path).stdout
+        assert out.strip() == "[]", call
 
 
 def test_readme_notebook_snippet_runs_as_written(tmp_path, monkeypatch):

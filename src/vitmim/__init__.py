@@ -105,6 +105,12 @@ def _preset_file(name: str) -> Path:
     return preset_file(name)
 
 
+def _check_device(device: str) -> None:
+    """A misspelt ``device`` refused before torch loads (0.2 s instead of 10 s or more)."""
+    from vitmim.config import check_device
+    check_device(device)
+
+
 def _env(cfg):
     """Device and precision as the command line picks them (torchrun's variables included)."""
     from vitmim.engine import env_for
@@ -177,6 +183,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
              ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and loss of a fine-tuned run on the validation split.
     ``device``: ``auto`` (the best available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    _check_device(device)
     from vitmim.inference import evaluate_run
     return evaluate_run(run, str(data) if data else None, device)
 
@@ -185,6 +192,7 @@ def predict(run: str | Path, images: Images, topk: int = 5, device: str = "auto"
             ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
     """Top-k (class name, probability): for one image path, its list; for a list of paths,
     one list per image."""
+    _check_device(device)
     from vitmim.inference import predict as run_predict
     top = run_predict(run, _paths(images), topk, device)
     return top[0] if isinstance(images, (str, Path)) else top
@@ -195,6 +203,7 @@ def reconstruct(run: str | Path, images: Images, out: str | Path = "reconstructi
                 **dotted: Any) -> Path:
     """PNG grid of original | masked | restored, one row per image (one path or a list);
     returns its path. Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
+    _check_device(device)
     from vitmim.inference import reconstruct as run_reconstruct
     return run_reconstruct(run, _paths(images), Path(out), _override_texts(overrides, dotted),
                            seed, device)
@@ -209,6 +218,7 @@ def load(run: str | Path, device: str = "auto"):
         model, transform = vitmim.load("runs/ft")
         probs = model(transform("cat.jpg")[None]).softmax(-1)
     """
+    _check_device(device)
     from vitmim.inference import load as load_run
     return load_run(run, device)
 
@@ -218,6 +228,7 @@ def probe(run: str | Path, data: str | Path | None = None, device: str = "auto",
     """k-NN and linear-probe accuracy (%) of a run's frozen backbone (``vitmim probe``); writes
     ``probe.json`` in the run. ``data``: labelled images (default: the run's own), needed for a
     restorer pre-trained on an unlabelled folder."""
+    _check_device(device)
     from vitmim.probes import probe_run
     return probe_run(run, str(data) if data else None, device, k)
 

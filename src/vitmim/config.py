@@ -266,6 +266,15 @@ RANGES: dict[str, Range] = {
 }
 
 
+def check_device(device: str, option: str = "--device") -> str:
+    """``device`` when it names a kind of device (not whether this machine has one), else a
+    ConfigError; torch-free, so a typo is refused before torch loads."""
+    rule = RANGES["Config.device"]
+    if not isinstance(device, str) or not rule.accepts(device):
+        raise ConfigError(f"{option} {device}: expected {rule.describe()}")
+    return device
+
+
 def range_of(cls: type, name: str) -> Range | None:
     """The declared range of field ``name`` of section ``cls`` (or of the class it extends)."""
     for c in cls.__mro__:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from vitmim import checkpoint
 from vitmim.augment import normalize
-from vitmim.config import RANGES, Config, load_config
+from vitmim.config import Config, check_device, load_config
 from vitmim.data import ImageSet, load_splits
 from vitmim.errors import CheckpointError, ConfigError, DataError
 from vitmim.models import build_classifier, transfer
@@ -124,9 +124,7 @@ def labelled_splits(cfg: Config, classes: list[str] | None = None
 def pick_device(device: str = "auto") -> torch.device:
     """``--device`` of a command that uses a trained model: ``auto`` is the best available
     (a CUDA GPU, else Apple's MPS, else the CPU); a named one must be present."""
-    rule = RANGES["Config.device"]
-    if not rule.accepts(device):
-        raise ConfigError(f"--device {device}: expected {rule.describe()}")
+    check_device(device)
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device == "auto":
         device = next((d for d in ("cuda", "mps") if available[d]), "cpu")
