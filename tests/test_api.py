@@ -61,7 +61,7 @@ def test_evaluate_predict_reconstruct_on_a_finished_run(tin2_runs, tin2, tmp_pat
     png = vitmim.reconstruct(tin2_runs.pre.run_dir, tin2.images[:2], tmp_path / "r.png",
                              pretrain__mask_ratio=0.5)
     with Image.open(png) as im:
-        assert im.size == (2 + 3 * 66, 2 + 2 * 66)  # 3 columns, 2 rows of 64 px + padding
+        assert im.size == (4 + 3 * 132, 24 + 2 * 132 + 4)  # a title row, 2 rows of 128 px
 
 
 def test_run_returns_every_stage_and_the_summary(tin2, tmp_path):
@@ -91,7 +91,7 @@ def test_errors_are_user_errors():
 
 @pytest.mark.parametrize("name", [
     "pretrain", "finetune", "run", "evaluate", "predict", "reconstruct", "export",
-    "report",
+    "report", "probe", "grid", "load", "load_data", "pack_data", "download_data",
 ])
 def test_api_functions_survive_importing_every_submodule(name):
     """Importing a submodule sets it as an attribute of the package: a module named like an API

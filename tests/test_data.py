@@ -320,15 +320,18 @@ def test_folder_source_without_val(tin_tools, tmp_path):
 
 
 def test_unlabelled_source(tiny_unlabelled, tmp_path):
-    train, val = load(tiny_unlabelled, tmp_path)
+    train, val = load(tiny_unlabelled, tmp_path, val_fraction=0)
     assert val is None and len(train) == 7
     assert train.labels.tolist() == [-1] * 7 and train.classes == []
-    t2, _ = load(tiny_unlabelled, tmp_path, source="unlabelled")
+    t2, _ = load(tiny_unlabelled, tmp_path, source="unlabelled", val_fraction=0)
     assert torch.equal(t2.images, train.images)
+    held, val = load(tiny_unlabelled, tmp_path)  # by default 10 % is held out for validation
+    assert len(held) == 6 and val.labels.tolist() == [-1]
+    assert not any(torch.equal(val.images[0], im) for im in held.images)
 
 
 def test_unlabelled_source_on_tin_reads_every_image(tiny_tin, tmp_path):
-    train, val = load(tiny_tin, tmp_path, source="unlabelled")
+    train, val = load(tiny_tin, tmp_path, source="unlabelled", val_fraction=0)
     assert val is None and len(train) == 48 + 12 + 3  # train, val and test images
 
 
@@ -352,8 +355,8 @@ def test_pack_train_only_and_unlabelled(tiny_tin, tiny_unlabelled, tmp_path):
     train, _ = load(tiny_tin, tmp_path / "c", classes=2)
     t2, v2 = load(pack(train, None, tmp_path / "p.zip"), tmp_path / "c")
     assert v2 is None and len(t2) == len(train)
-    u, _ = load(tiny_unlabelled, tmp_path / "c")
-    u2, uv = load(pack(u, None, tmp_path / "u.zip"), tmp_path / "c")
+    u, _ = load(tiny_unlabelled, tmp_path / "c", val_fraction=0)
+    u2, uv = load(pack(u, None, tmp_path / "u.zip"), tmp_path / "c", val_fraction=0)
     assert uv is None and len(u2) == 7 and u2.labels.tolist() == [-1] * 7
 
 
@@ -530,7 +533,7 @@ def test_zip_slip_names_ignored(tiny_tin, tin_tools, tmp_path):
     with zipfile.ZipFile(p, "a") as zf:
         zf.writestr("../evil.JPEG", tin_tools.image_bytes(1))
         zf.writestr("a/../../evil.JPEG", tin_tools.image_bytes(2))
-    train, _ = load(p, tmp_path / "c", source="unlabelled")
+    train, _ = load(p, tmp_path / "c", source="unlabelled", val_fraction=0)
     assert len(train) == 63
     assert not (tmp_path / "evil.JPEG").exists()
 

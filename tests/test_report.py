@@ -289,8 +289,10 @@ def test_report_of_one_run_folder(one_run):
     for name in ("curves", "restoration"):
         assert (report / "plots" / f"{name}.png").read_bytes()[:8] == PNG
     assert [p.name for p in (report / "recon").glob("*.png")] == [
-        "finetune_seed0_recon_epoch001.png"]
+        "pretrain_seed0_recon_epoch001.png"]  # the pre-training's, not called finetune
     text = (report / "report.md").read_text()
+    results = text.split("\n## ", 1)[0]  # the results table, before the first section
+    assert "val top-1" in results and "val top-5" not in results  # 4 classes: always 100 %
     stages = section(text, "Stages")
     assert [ln.split("|")[1].strip() for ln in stages[2:]] == [
         "pretrain", "finetune", "scratch", "scratch_tuned"]

@@ -80,7 +80,8 @@ def bad_values(tp: Any, rule: Range) -> list[tuple[str, str]]:
         cases += [("wrong type: list", "[1, 2]"), ("empty text", '""'),
                   ("NUL in text", '"a\\0b"')]
     if any(typing.get_origin(t) is Literal for t in opts):
-        cases += [("not a choice", "nonsense"), ("wrong type: int", "1")]
+        cases += [("not a choice", "nonsense")]
+        cases += [] if int in scalar else [("wrong type: int", "1")]  # auto or a count
     if lists:
         item = lists[0]
         cases += [("empty list", "[]")] if rule.nonempty else []

@@ -28,8 +28,9 @@ from typing import Any
 from vitmim.errors import CheckpointError, ConfigError, DataError, UserError
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "PipelineResult", "RunResult",
-           "UserError", "evaluate", "export", "finetune", "predict", "pretrain", "reconstruct",
-           "report", "run"]
+           "UserError", "download_data", "evaluate", "export", "finetune", "grid", "load",
+           "load_data", "pack_data", "predict", "pretrain", "probe", "reconstruct", "report",
+           "run"]
 
 Overrides = dict[str, Any] | list[str] | None
 
@@ -63,14 +64,33 @@ class PipelineResult:
 
 
 def _config(data: str | Path | None, preset: str | None, config: list[str | Path] | tuple,
-            overrides: Overrides, dotted: dict[str, Any]):
-    """The Config from keyword arguments, validated before any work starts."""
-    from vitmim.config import load_config
-    files = [_preset_file(preset)] if preset else []
+            overrides: Overrides, dotted: dict[str, Any], init: str | Path | None = None):
+    """The Config from keyword arguments, validated before any work starts (and before torch
+    is imported: a typo costs a fraction of a second). With ``init``, a trained run, its model
+    section is the base (:func:`vitmim.config.load_config_for_init`)."""
+    from vitmim.config import load_config, load_config_for_init
+    files = [*([_preset_file(preset)] if preset else []), *config]
     texts = _override_texts(overrides, dotted)
     if data is not None:
         texts.append(f"data.path={json.dumps(str(data))}")
-    return load_config([*files, *config], texts)
+    run_model = _run_model(init) if init is not None else None
+    if run_model is None:
+        return load_config(files, texts)
+    return load_config_for_init(files, texts, run_model, str(init))
+
+
+def _run_model(init: str | Path) -> dict | None:
+    """The model section a trained run (folder or weights file) recorded in its ``model.json``;
+    None for bare weights."""
+    from vitmim.config import read_json_mapping
+    p = Path(init)
+    meta = (p / "model.json") if p.is_dir() else p.with_suffix(".json")
+    if not meta.is_file():
+        return None
+    model = read_json_mapping(meta, "model description", {"config": dict})["config"].get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{meta}: model description: no model section in its config")
+    return model
 
 
 def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
@@ -83,6 +103,12 @@ def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
 def _preset_file(name: str) -> Path:
     from vitmim.config import preset_file
     return preset_file(name)
+
+
+def _check_device(device: str) -> None:
+    """A misspelt ``device`` refused before torch loads (0.2 s instead of 10 s or more)."""
+    from vitmim.config import check_device
+    check_device(device)
 
 
 def _env(cfg):
@@ -103,9 +129,9 @@ def pretrain(*, out: str | Path, data: str | Path | None = None, preset: str | N
             ``out/tensorboard`` (training loss every ``log_every`` steps). progress: bars and
             one line per epoch.
     """
+    cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.stages import pretrain as run_pretrain
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
         metrics = run_pretrain(cfg, Path(out), _env(cfg), resume=resume, progress=progress)
     return RunResult(Path(out), metrics)
@@ -118,9 +144,9 @@ def finetune(*, out: str | Path, init: str | Path | None = None, data: str | Pat
     """Fine-tune a classifier in ``out`` from ``init`` (a pre-trained run folder or weights
     file), or from scratch without it (``vitmim finetune``). Other arguments as :func:`pretrain`.
     """
+    cfg = _config(data, preset, config, overrides, dotted, init)
     from vitmim.stages import finetune as run_finetune
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
         metrics = run_finetune(cfg, Path(out), _env(cfg), init=init, resume=resume,
                                progress=progress)
@@ -133,10 +159,10 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
         log: str | None = None, log_every: int = 50, **dotted: Any) -> PipelineResult:
     """Pre-train, fine-tune, train the scratch baseline (``vitmim run``); ``equal_compute``
     ("steps" or "flops") adds scratch trained as long as both stages together."""
+    cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.baselines import BASELINES
     from vitmim.stages import run_all, summary_table
     from vitmim.tracking import tracking
-    cfg = _config(data, preset, config, overrides, dotted)
     # every baseline at the fine-tune epochs, and those at equal compute counted as asked
     baselines = tuple(name for name, b in BASELINES.items() if b.equal in (None, equal_compute))
     with tracking(log, log_every):
@@ -146,26 +172,112 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
     return PipelineResult(Path(out), runs, summary_table(results))
 
 
-def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and loss of a fine-tuned run on the validation split."""
+Images = str | Path | list[str | Path] | tuple[str | Path, ...]
+
+
+def _paths(images: Images) -> list[str]:
+    """One image path (str or Path) or several, as a list of str."""
+    return [str(images)] if isinstance(images, (str, Path)) else [str(p) for p in images]
+
+
+def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto"
+             ) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and loss of a fine-tuned run on the validation split.
+    ``device``: ``auto`` (the best available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    _check_device(device)
     from vitmim.inference import evaluate_run
-    return evaluate_run(run, str(data) if data else None)
+    return evaluate_run(run, str(data) if data else None, device)
 
 
-def predict(run: str | Path, images: list[str | Path], topk: int = 5
-            ) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) per image file."""
+def predict(run: str | Path, images: Images, topk: int = 5, device: str = "auto"
+            ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+    """Top-k (class name, probability): for one image path, its list; for a list of paths,
+    one list per image."""
+    _check_device(device)
     from vitmim.inference import predict as run_predict
-    return run_predict(run, [str(p) for p in images], topk)
+    top = run_predict(run, _paths(images), topk, device)
+    return top[0] if isinstance(images, (str, Path)) else top
 
 
-def reconstruct(run: str | Path, images: list[str | Path], out: str | Path = "reconstruction.png",
-                seed: int = 0, overrides: Overrides = None, **dotted: Any) -> Path:
-    """PNG grid of original | masked | restored, one row per image; returns its path.
-    Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
+def reconstruct(run: str | Path, images: Images, out: str | Path = "reconstruction.png",
+                seed: int = 0, overrides: Overrides = None, device: str = "auto",
+                **dotted: Any) -> Path:
+    """PNG grid of original | masked | restored, one row per image (one path or a list);
+    returns its path. Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
+    _check_device(device)
     from vitmim.inference import reconstruct as run_reconstruct
-    return run_reconstruct(run, [str(p) for p in images], Path(out),
-                           _override_texts(overrides, dotted), seed)
+    return run_reconstruct(run, _paths(images), Path(out), _override_texts(overrides, dotted),
+                           seed, device)
+
+
+def load(run: str | Path, device: str = "auto"):
+    """``(model, transform)`` of a finished run, ready for inference: the classifier in eval
+    mode (``model.class_names`` in logit order; a pre-training run gives its restorer) and the
+    transform that turns an image file or PIL image into the (3, S, S) tensor the model was
+    trained on::
+
+        model, transform = vitmim.load("runs/ft")
+        probs = model(transform("cat.jpg")[None]).softmax(-1)
+    """
+    _check_device(device)
+    from vitmim.inference import load as load_run
+    return load_run(run, device)
+
+
+def probe(run: str | Path, data: str | Path | None = None, device: str = "auto", k: int = 20
+          ) -> dict[str, float]:
+    """k-NN and linear-probe accuracy (%) of a run's frozen backbone (``vitmim probe``); writes
+    ``probe.json`` in the run. ``data``: labelled images (default: the run's own), needed for a
+    restorer pre-trained on an unlabelled folder."""
+    _check_device(device)
+    from vitmim.probes import probe_run
+    return probe_run(run, str(data) if data else None, device, k)
+
+
+def grid(spec: str | Path, out: str | Path | None = None, data: str | Path | None = None,
+         jobs: int = 1, executor: str = "local", config: list[str | Path] | tuple = (),
+         overrides: Overrides = None, dry_run: bool = False, wait: bool | None = None,
+         slurm: list[str] | None = None) -> Path:
+    """Run a grid spec (``vitmim grid``): variants x seeds + baselines, one folder per run under
+    ``out`` (default: the spec's ``out``, else ``runs/<spec name>``); returns ``out``.
+    Finished runs are skipped, so calling it again continues an interrupted grid."""
+    from vitmim.lab.grid import load_spec, run_grid, slurm_params
+    loaded = load_spec(spec)
+    folder = Path(out or loaded.out or Path("runs") / loaded.path.stem)
+    texts = _override_texts(overrides, {})
+    if data is not None:
+        texts.append(f"data.path={json.dumps(str(data))}")
+    run_grid(loaded, folder, executor, texts, slurm_params(slurm or []), wait, dry_run,
+             list(config), jobs)
+    return folder
+
+
+def load_data(data: str | Path | None = None, preset: str | None = None,
+              config: list[str | Path] | tuple = (), overrides: Overrides = None,
+              progress: bool = True, **dotted: Any):
+    """``(train, val)`` image sets of a data set as training reads them (decoded once into the
+    cache): ``.images`` (N, 3, S, S) uint8, ``.labels``, ``.classes``; ``val`` is None only
+    when there is none and ``data__val_fraction=0``."""
+    from vitmim.data import load_splits
+    cfg = _config(data, preset, config, overrides, dotted)
+    return load_splits(cfg.data, cfg.model.img_size, progress)
+
+
+def download_data(dest: str | Path | None = None, url: str | None = None,
+                  sha256: str | None = None) -> Path:
+    """Fetch the Tiny ImageNet archive, checksum-checked (``vitmim data download``)."""
+    from vitmim.data import OFFICIAL_URL, default_download_path, download
+    return download(url or OFFICIAL_URL, Path(dest) if dest else default_download_path(), sha256)
+
+
+def pack_data(out: str | Path, data: str | Path | None = None, preset: str | None = None,
+              config: list[str | Path] | tuple = (), overrides: Overrides = None,
+              **dotted: Any) -> Path:
+    """Write the selected classes of a data set as a small archive (``vitmim data pack``)."""
+    from vitmim.data import load_splits, pack
+    cfg = _config(data, preset, config, overrides, dotted)
+    train, val = load_splits(cfg.data, cfg.model.img_size)
+    return pack(train, val, Path(out))
 
 
 def report(runs_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -11,11 +11,10 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import vitmim
 from vitmim.baselines import BASELINES
-from vitmim.config import Config, load_config, preset_file, preset_names
+from vitmim.config import preset_names
 from vitmim.errors import UserError
 from vitmim.tracking import BACKENDS, LOG_EVERY
 
@@ -39,6 +38,11 @@ def add_run_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", help="data set (default: the one it was trained on)")
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the best available: a CUDA GPU, "
+                   "else MPS, else the CPU) | cpu | cuda | cuda:N | mps")
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--log", choices=BACKENDS, help="also mirror metrics, the training "
@@ -46,15 +50,6 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=LOG_EVERY, metavar="N",
                    help=f"optimisation steps between training-loss points (default: {LOG_EVERY})")
 
-
-
-def resolve_config(args: argparse.Namespace) -> Config:
-    files = [preset_file(args.preset)] if getattr(args, "preset", None) else []
-    files += args.config
-    overrides = list(args.overrides)
-    if getattr(args, "data", None):
-        overrides.append(f"data.path={args.data}")
-    return load_config(files, overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,16 +76,18 @@ def cmd_run(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    print(json.dumps(vitmim.evaluate(args.run, args.data), indent=2))
+    print(json.dumps(vitmim.evaluate(args.run, args.data, args.device), indent=2))
 
 
 def cmd_predict(args) -> None:
-    for path, top in zip(args.images, vitmim.predict(args.run, args.images, args.topk)):
+    for path, top in zip(args.images, vitmim.predict(args.run, args.images, args.topk,
+                                                     args.device)):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 
 
 def cmd_reconstruct(args) -> None:
-    out = vitmim.reconstruct(args.run, args.images, args.out, args.seed, list(args.overrides))
+    out = vitmim.reconstruct(args.run, args.images, args.out, args.seed, list(args.overrides),
+                             args.device)
     print(f"wrote {out}")
 
 
@@ -99,26 +96,17 @@ def cmd_export(args) -> None:
 
 
 def cmd_data_download(args) -> None:
-    from vitmim.data import OFFICIAL_URL, default_download_path, download
-    dest = Path(args.dest) if args.dest else default_download_path()
-    print(f"wrote {download(args.url or OFFICIAL_URL, dest, args.sha256)}")
+    print(f"wrote {vitmim.download_data(args.dest, args.url, args.sha256)}")
 
 
 def cmd_data_pack(args) -> None:
-    from vitmim.data import load_splits, pack
-    cfg = resolve_config(args)
-    train, val = load_splits(cfg.data, cfg.model.img_size)
-    out = pack(train, val, Path(args.out))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(train.classes)} classes)")
+    out = vitmim.pack_data(args.out, args.data, args.preset, args.config, list(args.overrides))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 
 def cmd_grid(args) -> None:
-    from vitmim.lab.grid import load_spec, run_grid, slurm_params
-    spec = load_spec(args.spec)
-    out = Path(args.out or spec.out or Path("runs") / spec.path.stem)
-    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
-    run_grid(spec, out, args.executor, overrides, slurm_params(args.slurm), args.wait,
-             args.dry_run, args.config, args.jobs)
+    vitmim.grid(args.spec, args.out, args.data, args.jobs, args.executor, args.config,
+                list(args.overrides), args.dry_run, args.wait, args.slurm)
 
 
 def cmd_search(args) -> None:
@@ -134,8 +122,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_probe(args) -> None:
-    from vitmim.probe import probe_run
-    print(json.dumps(probe_run(args.run, args.data, args.device, args.k), indent=2))
+    print(json.dumps(vitmim.probe(args.run, args.data, args.device, args.k), indent=2))
 
 
 class VersionAction(argparse.Action):
@@ -181,12 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
     add_run_args(p, "fine-tuned run folder or model.safetensors")
+    add_device_arg(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k class names for images")
     p.add_argument("run", help="fine-tuned run folder or model.safetensors")
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
+    add_device_arg(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("reconstruct", help="PNG grid: original | masked | restored")
@@ -196,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.add_argument("--set", action="append", default=[], dest="overrides",
                    help="e.g. --set pretrain.mask_ratio=0.4 (mask_patch must stay compatible)")
+    add_device_arg(p)
     p.set_defaults(fn=cmd_reconstruct)
 
     p = sub.add_parser("export", help="weights that timm loads (a file or a model folder)")
@@ -272,8 +262,8 @@ def add_lab_commands(sub) -> None:
 
     p = sub.add_parser("probe", help="k-NN and linear-probe accuracy of a run's frozen backbone")
     add_run_args(p, "pre-trained or fine-tuned run folder (writes probe.json there)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    # probe.KNN_K, written out: importing probe would load torch for every --help
+    add_device_arg(p)
+    # probes.KNN_K, written out: importing probe would load torch for every --help
     p.add_argument("--k", type=int, default=20, help="neighbours in the k-NN vote")
     p.set_defaults(fn=cmd_probe)
 

@@ -28,12 +28,18 @@ from vitmim.errors import ConfigError, UserError
 class DataConfig:
     source: Literal["auto", "tin", "folder", "unlabelled"] = "auto"
     path: str | None = None  # else $VITMIM_DATA, else the default download location
-    classes: int | list[str] | None = 10  # first K of wnids.txt, an explicit list, or None = all
+    # first K classes, an explicit list, or None = all; auto: the first 10 of Tiny ImageNet (the
+    # TIN-10 the recipes were tuned on), every class of any other source
+    classes: int | list[str] | Literal["auto"] | None = "auto"
     class_seed: int | None = None  # with an int `classes`: draw K classes with this seed instead
     # with an int `classes` = K: 0 = the first K; k >= 1 = the k-th block of K classes of a fixed
     # shuffle of the classes after the first K (blocks disjoint from them and from each other)
     class_subset: int = 0
     label_fraction: float = 1.0  # share of training labels the classifier sees (per class)
+    # a source without a validation split (a folder without val/, an unlabelled folder) holds out
+    # this share of its images (per class), drawn with split_seed; 0 = no validation split
+    val_fraction: float = 0.1
+    split_seed: int = 0
     cache_dir: str | None = None  # else $VITMIM_CACHE, else ~/.cache/vitmim
     # How an image that is not img_size x img_size enters the cache: fit (scale, aspect lost),
     # pad (letterbox on white), crop (centre), error (refuse). auto: error for Tiny ImageNet,
@@ -209,9 +215,11 @@ RANGES: dict[str, Range] = {
     "DataConfig.path": PATH,
     "DataConfig.classes": Range(lo=1, pattern=r"[^\x00]+", nonempty=True, distinct=True,
                                 text="a count >= 1, a non-empty list of distinct class ids, "
-                                     "or null (all classes)"),
+                                     "null (all classes) or auto"),
     "DataConfig.class_seed": SEED,
     "DataConfig.label_fraction": Range(0, 1, lo_open=True),
+    "DataConfig.val_fraction": Range(0, 1, hi_open=True),
+    "DataConfig.split_seed": SEED,
     "DataConfig.cache_dir": PATH,
     "DataConfig.resize": ANY,
     "DataConfig.class_subset": Range(lo=0, text="0 (the first data.classes) or a block >= 1"),
@@ -264,6 +272,15 @@ RANGES: dict[str, Range] = {
     "Config.checkpoint_every": Range(lo=0, text="an integer >= 0 (0 = once per epoch)"),
     "Config.scratch": ANY,  # its keys are finetune.* keys, each checked by tuned_scratch
 }
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """``device`` when it names a kind of device (not whether this machine has one), else a
+    ConfigError; torch-free, so a typo is refused before torch loads."""
+    rule = RANGES["Config.device"]
+    if not isinstance(device, str) or not rule.accepts(device):
+        raise ConfigError(f"{option} {device}: expected {rule.describe()}")
+    return device
 
 
 def range_of(cls: type, name: str) -> Range | None:
@@ -551,12 +568,40 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),
     """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {_show(base)}")
-    values: dict = dict(base or {})
-    for f in files:
-        values = _merge(values, _read_yaml(f))
-    values = _merge(values, overrides_to_dict(list(overrides)))
+    values = _merge(dict(base or {}), explicit_values(files, overrides))
     cfg = _build(Config, values, "")
     validate(cfg)
+    return cfg
+
+
+def explicit_values(files: list[str | Path] = (), overrides: list[str] = ()) -> dict:
+    """The keys the files and overrides set, merged in order (defaults left out)."""
+    values: dict = {}
+    for f in files:
+        values = _merge(values, _read_yaml(f))
+    return _merge(values, overrides_to_dict(list(overrides)))
+
+
+# model keys that only shape the restorer's decoder: a classifier never reads them
+DECODER_KEYS = frozenset({"decoder_dim", "decoder_depth"})
+
+
+def load_config_for_init(files: list[str | Path], overrides: list[str], run_model: dict,
+                         origin: str) -> Config:
+    """The config of a fine-tune from a trained run: the model section (architecture, image and
+    patch size, stem) comes from the run, as timm's ``pretrained_cfg`` does, under the files
+    and overrides. A backbone key they set to another value than the run's is refused, naming
+    both values (a ``CheckpointError``: the weights would not fit)."""
+    from vitmim.errors import CheckpointError
+    run = _build(ModelConfig, run_model, "model")
+    cfg = load_config(files, overrides, base={"model": to_dict(run)})
+    explicit = explicit_values(files, overrides).get("model") or {}
+    for key in explicit if isinstance(explicit, dict) else ():
+        ours, theirs = getattr(cfg.model, key, None), getattr(run, key, None)
+        if key not in DECODER_KEYS and ours != theirs:
+            raise CheckpointError(f"--init {origin}: was trained with model.{key}={_show(theirs)}, "
+                                  f"the config sets model.{key}={_show(ours)}; drop that setting "
+                                  f"(the model is built from the run) or fine-tune without --init")
     return cfg
 
 
@@ -596,7 +641,7 @@ def _validate_subset(d: DataConfig) -> None:
     if d.class_subset < 0:
         raise ConfigError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
                         f"block number >= 1, got {d.class_subset}")
-    if d.class_subset and not isinstance(d.classes, int):
+    if d.class_subset and not isinstance(d.classes, int) and d.classes != "auto":
         raise ConfigError(f"config key data.class_subset: needs a class count in data.classes, "
                         f"got {d.classes!r}")
     if d.class_subset and d.class_seed is not None:

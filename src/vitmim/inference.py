@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vitmim import checkpoint
 from vitmim.augment import MEAN, STD, normalize
 from vitmim.config import Config, load_config
 from vitmim.data import load_splits
-from vitmim.data.images import decode_image
+from vitmim.data.images import decode_image, prepare_image
 from vitmim.errors import CheckpointError, ConfigError, DataError, fold_lines
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
@@ -21,7 +22,8 @@ from vitmim.models.classifier import (
     to_timm_state,
 )
 from vitmim.models.restorer import restored_image
-from vitmim.runs import check_output, read_model
+from vitmim.probes import pick_device
+from vitmim.runs import check_output, json_object, read_model
 from vitmim.stages import classification_metrics
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -33,6 +35,24 @@ def single_image_resize(cfg: Config) -> str:
     """How files of another size reach the model: as its training images did, where the run
     chose a way (``data.resize``); else (``auto``, ``error``) shorter side scaled, centre crop."""
     return cfg.data.resize if cfg.data.resize in ("fit", "pad", "crop") else "crop"
+
+
+class Preprocess:
+    """A run's input transform: an image file or PIL image -> (3, S, S) float tensor,
+    normalised, exactly what ``vitmim predict`` feeds the model (upright, transparency on
+    white, brought to S x S as the run's training images were)."""
+
+    def __init__(self, img_size: int, resize: str):
+        self.img_size, self.resize = img_size, resize
+
+    def __call__(self, image: str | Path | Image.Image) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            arr = prepare_image(image, self.img_size, self.resize)[0]
+            return normalize(torch.from_numpy(arr.copy())[None])[0]
+        return normalize(load_images([image], self.img_size, self.resize))[0]
+
+    def __repr__(self) -> str:
+        return f"Preprocess(img_size={self.img_size}, resize={self.resize!r})"
 
 
 def load_images(paths: list[str | Path], img_size: int = 64,
@@ -53,6 +73,19 @@ def load_images(paths: list[str | Path], img_size: int = 64,
             raise DataError(f"{p}: cannot read ({fold_lines(e.strerror or e)})") from None
         out[i] = torch.from_numpy(decode_image(data, img_size, resize, str(p))[0].copy())
     return out
+
+
+def load(run: str | Path, device: str = "auto") -> tuple[torch.nn.Module, Preprocess]:
+    """(model in eval mode on ``device``, its input transform) of a finished run: a classifier
+    (``model.class_names`` in logit order) or, for a pre-training run, its restorer."""
+    kind = read_model(run)[1].get("kind")
+    if kind == "restorer":
+        model, cfg = load_restorer(run)
+    else:
+        model, cfg, meta = load_classifier(run)
+        model.classes, model.class_names = meta["classes"], meta["class_names"]
+    preprocess = Preprocess(cfg.model.img_size, single_image_resize(cfg))
+    return model.to(pick_device(device)), preprocess
 
 
 def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
@@ -83,25 +116,30 @@ def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.
     return model.eval(), cfg
 
 
-def evaluate_run(run: str | Path, data: str | None = None) -> dict[str, float]:
+def evaluate_run(run: str | Path, data: str | None = None, device: str = "auto"
+                 ) -> dict[str, float]:
+    dev = pick_device(device)
     model, cfg, meta = load_classifier(run)
     if data:
         cfg.data.path = data
     cfg.data.classes = meta["classes"]  # the classes it was trained on, in its label order
-    _, val = load_splits(cfg.data, cfg.model.img_size)
+    _, val = load_splits(cfg.data, cfg.model.img_size, labelled="evaluation")
     if val is None:
-        raise DataError(f"{cfg.data.path}: has no labelled validation split")
-    return classification_metrics(model, val, torch.device("cpu"))
+        raise DataError(f"{cfg.data.path}: has no labelled validation split (add val/<class>/ "
+                        f"or set data.val_fraction above 0)")
+    return classification_metrics(model.to(dev), val, dev)
 
 
 @torch.no_grad()
-def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tuple[str, float]]]:
+def predict(run: str | Path, images: list[str], topk: int = 5, device: str = "auto"
+            ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image."""
     if topk < 1:
         raise ConfigError(f"--topk {topk}: expected an integer >= 1")
+    dev = pick_device(device)
     model, cfg, meta = load_classifier(run)
     x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
-    probs = model(x).softmax(-1)
+    probs = model.to(dev)(x.to(dev)).float().softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     names = meta["class_names"]
     return [[(names[j], p) for p, j in zip(ps.tolist(), js.tolist())]
@@ -110,15 +148,16 @@ def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tupl
 
 @torch.no_grad()
 def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
-                seed: int = 0) -> Path:
+                seed: int = 0, device: str = "auto") -> Path:
     """PNG grid of original | masked | restored for the given images."""
     check_output(out)
+    dev = pick_device(device)
     model, cfg = load_restorer(run, overrides)
     x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same masks on every device
     p = cfg.pretrain
     mask = random_mask(len(x), cfg.model.img_size, p.mask_patch, p.mask_ratio, g)
-    save_grid(out, x, mask, restored_image(model, x, mask, cfg))
+    save_grid(out, x, mask, restored_image(model.to(dev), x.to(dev), mask.to(dev), cfg).cpu())
     return out
 
 
@@ -198,8 +237,20 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    resize = single_image_resize(cfg)
     checkpoint.save_weights(out / "model.safetensors", state)
-    checkpoint.write_json(out / "config.json", timm_config(cfg.model, kwargs, classes, names))
+    checkpoint.write_json(out / "config.json",
+                          timm_config(cfg.model, kwargs, classes, names, resize))
+    data = {"path": Path(cfg.data.path or "").name or cfg.data.path, "resize": resize,
+            "images": training_images(run)}
     checkpoint.write_text(out / "README.md", model_card(cfg.model, len(classes),
-                                                        meta.get("metrics") or {}))
+                                                        meta.get("metrics") or {}, data))
     return out
+
+
+def training_images(run: str | Path) -> int | None:
+    """How many training images the run saw, where its manifest says (runs of older vitmim
+    versions do not)."""
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    records = json_object(folder / "manifest.json")
+    return records.get("train_images")

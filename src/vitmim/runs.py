@@ -40,7 +40,7 @@ from vitmim.config import (
     read_jsonl,
     to_dict,
 )
-from vitmim.data import resolve_data_path
+from vitmim.data import AUTO_RESIZE, default_classes, resolve_data_path, source_kind
 from vitmim.errors import UserError
 
 if TYPE_CHECKING:  # engine imports this module
@@ -172,12 +172,21 @@ SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data
 
 def absolute_data(cfg: Config) -> Config:
     """``cfg`` with ``data.path`` the absolute path of the data it reads (``$VITMIM_DATA`` or the
-    default download resolved), so that a run folder names its data from any working folder."""
+    default download resolved), so that a run folder names its data from any working folder, and
+    ``data.classes: auto`` resolved for that source (10 for Tiny ImageNet, else all). So is
+    ``data.resize: auto`` outside Tiny ImageNet (``fit``): the run's images then say how a
+    single image must be brought to size for its model (``vitmim predict``, the export)."""
     path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
-    if cfg.data.path == path:
+    if cfg.data.path == path and "auto" not in (cfg.data.classes, cfg.data.resize):
         return cfg
     out = copy.deepcopy(cfg)
     out.data.path = path
+    if "auto" in (out.data.classes, out.data.resize):
+        kind = source_kind(out.data)
+        if out.data.classes == "auto":
+            out.data.classes = default_classes(kind)
+        if out.data.resize == "auto" and kind != "tin":  # TIN's auto: refuse other sizes
+            out.data.resize = AUTO_RESIZE[kind]
     return out
 
 
@@ -200,19 +209,34 @@ def config_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(run_keys(cfg), sort_keys=True).encode()).hexdigest()
 
 
+def differing_key(saved: Config | dict, cfg: Config | dict,
+                  keys: Callable[[Config | dict], dict] = run_keys) -> str | None:
+    """The first key of ``keys`` whose value differs between a saved config and ``cfg``, as
+    ``key=old -> new``; None when they define the same run. A key the saved config lacks
+    matches at its default: one added to vitmim since the run was made keeps, by design, the
+    old behaviour at its default."""
+    unset = "<unset>"  # a key one of the two configs does not have
+    old, new, defaults = keys(saved), keys(cfg), keys(Config())
+    for key in dict.fromkeys([*new, *old]):
+        if key not in old and key in defaults and new.get(key, unset) == defaults[key]:
+            continue
+        if old.get(key, unset) != new.get(key, unset):
+            return f"{key}={old.get(key, unset)!r} -> {new.get(key, unset)!r}"
+    return None
+
+
 def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict], dict] = run_keys
                       ) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
     differing key of ``keys`` (:func:`restorer_keys` for a pre-training); a folder without a
     config holds nothing to compare."""
     saved = _yaml_mapping(run_dir / "config.yaml")
-    unset = "<unset>"  # a key one of the two configs does not have
-    old, new = keys(saved), keys(cfg)
-    for key in dict.fromkeys([*new, *old]) if saved else ():
-        if old.get(key, unset) != new.get(key, unset):
-            raise UserError(f"{run_dir}: holds a run made with {key}={old.get(key, unset)!r}, "
-                            f"not {new.get(key, unset)!r}; use the same settings to continue "
-                            f"it, or choose another --out")
+    diff = differing_key(saved, cfg, keys) if saved else None
+    if diff:
+        key, _, change = diff.partition("=")
+        was, now = change.split(" -> ", 1)
+        raise UserError(f"{run_dir}: holds a run made with {key}={was}, not {now}; use the same "
+                        f"settings to continue it, or choose another --out")
 
 
 def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
@@ -242,7 +266,8 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
             "threads": torch.get_num_threads(),
             "config_fingerprint": config_fingerprint(cfg),
             "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
-            "data_fingerprint": data.fingerprint, "classes": data.classes, **(extra or {})}
+            "data_fingerprint": data.fingerprint, "classes": data.classes,
+            "train_images": len(data), **(extra or {})}
 
 
 def open_run(run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None

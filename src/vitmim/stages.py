@@ -28,7 +28,7 @@ from vitmim.errors import UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
-from vitmim.probe import probe_random_init, probe_run
+from vitmim.probes import probe_random_init, probe_run
 from vitmim.runs import (
     absolute_data,
     check_same_config,
@@ -80,16 +80,37 @@ class PretrainTask:
         return metrics
 
 
+RECON_TILE = 128  # px per shown image: 64 px tiles are too small to judge a restoration
+RECON_COLUMNS = ("original", "masked", "restored")
+
+
 def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
-                             pred: torch.Tensor) -> None:
-    """PNG with one row per image: original | masked | restored (visible pixels pasted back)."""
-    from torchvision.utils import save_image  # on use: torchvision costs ~1 s of start-up
-    orig = denormalize(x.float())
-    shown = orig * (1 - mask) + 0.5 * mask  # masked cells drawn grey
-    restored = orig * (1 - mask) + denormalize(pred.float()) * mask
-    rows = torch.stack([orig, shown, restored], dim=1).flatten(0, 1)  # (3B, 3, H, W)
-    checkpoint.atomic_write(path, lambda p: save_image(rows.cpu(), p, nrow=3, padding=2,
-                                                      format="png"))
+                             pred: torch.Tensor, tile: int = RECON_TILE) -> None:
+    """PNG: a title row (original | masked | restored), then one row per image, each shown at
+    ``tile`` px (nearest-neighbour: the pixels stay visible). Masked cells are drawn grey;
+    restored ones are the prediction with the visible pixels pasted back, in grey where the
+    input is grey (the model predicts three channels, whose small differences would tint it).
+    ``x``, ``pred``: (B, 3, H, W) normalised; ``mask``: (B, 1, H, W), 1 = masked."""
+    from PIL import Image, ImageDraw, ImageFont  # on use, like every image writer here
+    orig = denormalize(x.float()).cpu()
+    mask = mask.float().cpu()
+    guess = denormalize(pred.float()).cpu()
+    grey = (orig.amax(1) - orig.amin(1)).flatten(1).amax(1) < 1e-3  # (B,)
+    guess = torch.where(grey[:, None, None, None], guess.mean(1, keepdim=True).expand_as(guess),
+                        guess)
+    cols = [orig, orig * (1 - mask) + 0.5 * mask, orig * (1 - mask) + guess * mask]
+    pad, title = 4, 24
+    sheet = Image.new("RGB", (3 * tile + 4 * pad, title + len(x) * (tile + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=16)
+    for c, (name, images) in enumerate(zip(RECON_COLUMNS, cols)):
+        left = pad + c * (tile + pad)
+        draw.text((left + tile // 2, title // 2), name, fill="black", font=font, anchor="mm")
+        for r, img in enumerate(images):
+            arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            shown = Image.fromarray(arr).resize((tile, tile), Image.Resampling.NEAREST)
+            sheet.paste(shown, (left, title + r * (tile + pad)))
+    checkpoint.atomic_write(path, lambda p: sheet.save(p, format="png"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +274,8 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     claim(run_dir)
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     check_same_config(run_dir, cfg)
-    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main,
+                                     labelled="fine-tuning")
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")

@@ -21,28 +21,49 @@ from vitmim.data.archive import (
 )
 from vitmim.data.cache import ImageSet, cache_root, cached_splits, split_fingerprint
 from vitmim.data.images import BACKGROUND, RESIZE_MODES, decode_image
-from vitmim.data.sources import ARCHIVE_NAME, IMAGE_EXTS, open_tree, plan_source
+from vitmim.data.sources import (
+    ARCHIVE_NAME,
+    IMAGE_EXTS,
+    default_classes,
+    detect,
+    open_tree,
+    plan_source,
+)
 from vitmim.errors import DataError
 
-__all__ = ["ARCHIVE_NAME", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL", "RESIZE_MODES",
-           "ImageSet", "cache_root", "decode_image", "default_download_path", "download",
-           "load_splits", "pack", "resolve_data_path", "train_fingerprint"]
+__all__ = ["ARCHIVE_NAME", "AUTO_RESIZE", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL",
+           "RESIZE_MODES", "ImageSet", "cache_root", "decode_image", "default_classes",
+           "default_download_path", "download", "load_splits", "pack", "resolve_data_path",
+           "source_kind", "train_fingerprint"]
 
 # data.resize = auto: Tiny ImageNet images are all 64x64, so another size there is a damaged
 # copy or a wrong model.img_size and is refused; other sources come in any size.
 AUTO_RESIZE = {"tin": "error", "folder": "fit", "unlabelled": "fit"}
 
 
-def load_splits(cfg: DataConfig, img_size: int = 64,
-                progress: bool = True) -> tuple[ImageSet, ImageSet | None]:
+def source_kind(cfg: DataConfig) -> str:
+    """``tin``, ``folder`` or ``unlabelled``: what ``cfg`` reads (files listed, none decoded)."""
+    return detect(open_tree(resolve_data_path(cfg.path, cfg.cache_dir)), cfg)[0]
+
+
+NEEDS_LABELS = ("holds images but no class folders; {what} needs labels: arrange them as "
+                "<class>/<image> (or train/<class>/ and val/<class>/) and pass that folder")
+
+
+def load_splits(cfg: DataConfig, img_size: int = 64, progress: bool = True,
+                labelled: str | None = None) -> tuple[ImageSet, ImageSet | None]:
     """(train, val) for ``cfg``, decoded once into the cache and memory-mapped from it.
 
     Applies the class selection (labels 0..K-1 in the order of the selected classes), not
-    ``label_fraction``. ``val`` is None for an unlabelled source or a folder set without val/.
-    Images are (N, 3, img_size, img_size) uint8, brought to that size by ``cfg.resize``
-    (see :mod:`vitmim.data.images`) when the cache is built.
+    ``label_fraction``. A source without a val split holds out ``cfg.val_fraction`` of its
+    images; ``val`` is None only when that is 0. Images are (N, 3, img_size, img_size) uint8,
+    brought to that size by ``cfg.resize`` (see :mod:`vitmim.data.images`) when the cache is
+    built. ``labelled``: the command that needs labels (``"fine-tuning"``); an unlabelled
+    source is then refused before any image is decoded.
     """
     tree, plan, target = _source(cfg, img_size)
+    if labelled and plan.kind == "unlabelled":
+        raise DataError(f"{tree.display('')}: {NEEDS_LABELS.format(what=labelled)}")
     return cached_splits(tree, plan, target, cache_root(cfg.cache_dir), progress)
 
 

@@ -188,6 +188,8 @@ def _cache_key(tree: Tree, plan: Plan, target: tuple[int, str]) -> str:
     size, resize = target
     desc = {"version": CACHE_VERSION, "tree": tree.fingerprint(), "kind": plan.kind,
             "root": plan.root, "classes": plan.classes, "img_size": size, "resize": resize}
+    if plan.held_out is not None:  # only then: the keys of existing caches stay as they were
+        desc["held_out"] = list(plan.held_out)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -311,6 +313,7 @@ def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int,
     meta = {
         "version": CACHE_VERSION, "key": key, "source": tree.display(plan.root),
         "kind": plan.kind, "img_size": img_size, "resize": resize, "resized": resized,
+        "held_out": plan.held_out,
         "classes": plan.classes,
         "class_names": plan.class_names,
         "counts": {k: (None if v is None else len(v.files)) for k, v in splits.items()},
@@ -359,8 +362,13 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    total = len(plan.train.files) + (len(plan.val.files) if plan.val else 0)
+    if plan.held_out is not None:
+        fraction, seed = plan.held_out
+        print(f"validation: {len(plan.val.files):,} of {total:,} images held out "
+              f"(data.val_fraction={fraction:g}, data.split_seed={seed}; no val/ folder)",
+              file=sys.stderr)
     if resized:
-        total = len(plan.train.files) + (len(plan.val.files) if plan.val else 0)
         size, resize = target
         print(f"resized {resized:,} of {total:,} images to {size}x{size} ({resize})",
               file=sys.stderr)

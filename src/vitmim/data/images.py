@@ -82,17 +82,24 @@ def decode_image(data: bytes, size: int, resize: str, name: str) -> tuple[np.nda
         name: the file as the user knows it; every error names it.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if resize == "error" and im.size != (size, size):  # header only: before decoding
-                w, h = im.size
-                raise DataError(f"{name}: image is {w}x{h} px, expected {size}x{size} "
-                                "(set model.img_size, or data.resize to fit, pad or crop)")
-            ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
-            rgb = to_rgb(im)
+        with Image.open(io.BytesIO(data)) as im:  # lazy: the size check reads the header only
+            return prepare_image(im, size, resize, name)
     except UserError:
         raise
     except Exception as e:  # PIL raises many types for bad data; all mean "not an image"
         raise _unreadable(name, e) from None
+
+
+def prepare_image(im: Image.Image, size: int, resize: str, name: str = "image"
+                  ) -> tuple[np.ndarray, bool]:
+    """An opened PIL image -> ((3, size, size) uint8 RGB, whether it was resized): upright,
+    RGB on white, brought to size x size by ``resize`` (as :func:`decode_image`)."""
+    if resize == "error" and im.size != (size, size):
+        w, h = im.size
+        raise DataError(f"{name}: image is {w}x{h} px, expected {size}x{size} "
+                        "(set model.img_size, or data.resize to fit, pad or crop)")
+    im = ImageOps.exif_transpose(im)  # a copy only when it was not upright
+    rgb = to_rgb(im)
     changed = rgb.size != (size, size)
     if changed:
         rgb = _RESIZERS[resize](rgb, size)

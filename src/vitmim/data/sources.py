@@ -6,9 +6,14 @@ Sources (``DataConfig.source``):
   ``words.txt``, ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``,
   ``val/images/*.JPEG``); ``test/`` is ignored. What :func:`vitmim.data.pack` writes is in this
   layout.
-- ``folder``: ``train/<class>/**/*.jpg|png|...`` and optionally ``val/<class>/**/*``.
-- ``unlabelled``: every image under the folder (recursively); labels are -1 and there is no val.
-- ``auto``: ``wnids.txt`` -> tin, a ``train/`` folder -> folder, else unlabelled.
+- ``folder``: ``train/<class>/**/*.jpg|png|...`` and optionally ``val/<class>/**/*``, or
+  torchvision's ImageFolder layout ``<class>/**/*`` (no ``train/``).
+- ``unlabelled``: every image under the folder (recursively); labels are -1.
+- ``auto``: ``wnids.txt`` -> tin, a ``train/`` folder -> folder, two or more subfolders and no
+  image beside them -> folder (ImageFolder), else unlabelled.
+
+A folder or unlabelled source without a validation split holds out ``data.val_fraction`` of its
+images (per class), drawn with ``data.split_seed``: validation metrics are never training images.
 
 Zip archives are never extracted: members are read into memory one at a time, so a hostile
 member name cannot write anywhere (zip-slip) and oversized members are refused (zip bombs).
@@ -314,6 +319,30 @@ class Plan:
     class_names: list[str]
     train: Split
     val: Split | None
+    held_out: tuple[float, int] | None = None  # (val_fraction, split_seed) that drew val
+
+
+def hold_out(plan: Plan, fraction: float, seed: int) -> Plan:
+    """``plan`` with ``fraction`` of each class's training images (of all images when
+    unlabelled) moved to a validation split, drawn with ``seed``; at least one image of each
+    class stays in training. Unchanged when the plan has a val split or nothing would move."""
+    if plan.val is not None or fraction <= 0:
+        return plan
+    rng = np.random.default_rng(seed)
+    labels = plan.train.labels
+    val_idx = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(round(fraction * len(idx)), len(idx) - 1)
+        val_idx.append(np.sort(rng.permutation(idx)[:k]))
+    moved = np.concatenate(val_idx) if val_idx else np.zeros(0, np.int64)
+    if not len(moved):
+        return plan
+    keep = np.setdiff1d(np.arange(len(labels)), moved)
+    files = plan.train.files
+    return Plan(plan.kind, plan.root, plan.classes, plan.class_names,
+                Split([files[i] for i in keep], labels[keep]),
+                Split([files[i] for i in moved], labels[moved]), (fraction, seed))
 
 
 def _read_text(tree: Tree, rel: str) -> str:
@@ -349,16 +378,26 @@ def _find_root(tree: Tree, markers: tuple[str, ...]) -> str:
     return ""
 
 
-def _select_classes(ids: list[str], cfg: DataConfig, where: str) -> list[str]:
+def default_classes(kind: str) -> int | None:
+    """What ``data.classes: auto`` means for a source: the first 10 classes of Tiny ImageNet
+    (TIN-10, where the recipes were tuned), every class of any other source."""
+    return 10 if kind == "tin" else None
+
+
+def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str = "tin"
+                    ) -> list[str]:
     """Apply ``cfg.classes`` / ``cfg.class_subset`` / ``cfg.class_seed`` to the ordered class ids
     of the source."""
-    sel = cfg.classes
+    sel = default_classes(kind) if cfg.classes == "auto" else cfg.classes
+    if sel is None and cfg.class_subset:  # auto on a folder: every class, no blocks to cut
+        raise DataError(f"config key data.class_subset: needs a class count in data.classes "
+                        f"({where} has {len(ids)} classes; e.g. data.classes={len(ids) // 2})")
     if sel is None:
         return list(ids)
     if isinstance(sel, int):
         if sel <= 0 or sel > len(ids):
             raise DataError(f"config key data.classes: asked for {sel} classes, but {where} "
-                            f"has {len(ids)}")
+                            f"has {len(ids)}; set data.classes={len(ids)} or null (all)")
         if cfg.class_subset:
             return class_block(ids, sel, cfg.class_subset, where)
         if cfg.class_seed is None:
@@ -427,7 +466,7 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
         raise DataError(f"{tree.display(wn)}: no class ids (expected one wnid a line)")
     if len(set(wnids)) != len(wnids):
         raise DataError(f"{tree.display(wn)}: a class id appears twice")
-    classes = _select_classes(wnids, cfg, tree.display(wn))
+    classes = _select_classes(wnids, cfg, tree.display(wn), "tin")
     names = _words(tree, root + "words.txt", set(classes))
     index = {c: i for i, c in enumerate(classes)}
     per_class: dict[str, list[str]] = {c: [] for c in classes}
@@ -492,11 +531,14 @@ def _class_files(tree: Tree, prefix: str, classes: list[str]) -> dict[str, list[
 
 
 def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
-    tp = root + "train/"
+    """``train/<class>/`` (+ ``val/<class>/``) under ``root``, or without ``train/`` the class
+    folders themselves (torchvision's ImageFolder layout)."""
+    tp = root + "train/" if "train" in tree.listdir(root)[0] else root
     found = sorted(d for d in tree.listdir(tp)[0] if _visible(d))
     if not found:
-        raise DataError(f"{tree.display(tp)}: no class folders (expected train/<class>/<image>)")
-    classes = _select_classes(found, cfg, tree.display(tp))
+        raise DataError(f"{tree.display(tp)}: no class folders (expected <class>/<image>, or "
+                        f"train/<class>/<image>)")
+    classes = _select_classes(found, cfg, tree.display(tp), "folder")
     index = {c: i for i, c in enumerate(classes)}
     per_class = _class_files(tree, tp, classes)
     for c, fs in per_class.items():
@@ -506,7 +548,7 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
                    np.asarray([index[c] for c in classes for _ in per_class[c]], np.int64))
     val = None
     vp = root + "val/"
-    if "val" in tree.listdir(root)[0]:
+    if tp != root and "val" in tree.listdir(root)[0]:
         for d in sorted(x for x in tree.listdir(vp)[0] if _visible(x)):
             if d not in found:
                 raise DataError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
@@ -525,20 +567,43 @@ def _plan_unlabelled(tree: Tree) -> Plan:
                  None)
 
 
-def plan_source(tree: Tree, cfg: DataConfig) -> Plan:
-    source = cfg.source
-    if source == "unlabelled":
-        return _plan_unlabelled(tree)
+def _class_folders(tree: Tree, root: str) -> bool:
+    """``root`` looks like torchvision's ImageFolder: two or more visible subfolders holding
+    images, and no image beside them."""
+    dirs, files = tree.listdir(root)
+    if any(_is_image(f) for f in files):
+        return False
+    with_images = {rel[len(root):].partition("/")[0] for rel in tree.files
+                   if rel.startswith(root) and _is_image(rel)}
+    return len(with_images & {d for d in dirs if _visible(d)}) >= 2
+
+
+def detect(tree: Tree, cfg: DataConfig) -> tuple[str, str]:
+    """(source kind, tree prefix of the data set) that ``cfg.source`` names or ``auto`` finds."""
+    if cfg.source == "unlabelled":
+        return "unlabelled", ""
     root = _find_root(tree, ("wnids.txt", "train"))
-    if source == "auto":
-        dirs, files = tree.listdir(root)
-        source = "tin" if "wnids.txt" in files else "folder" if "train" in dirs else "unlabelled"
-    if source == "tin":
+    if cfg.source != "auto":
+        return cfg.source, root
+    dirs, files = tree.listdir(root)
+    if "wnids.txt" in files:
+        return "tin", root
+    if "train" in dirs or _class_folders(tree, root):
+        return "folder", root
+    return "unlabelled", ""
+
+
+def plan_source(tree: Tree, cfg: DataConfig) -> Plan:
+    """The files and labels of each split; a source without val holds out ``val_fraction``."""
+    kind, root = detect(tree, cfg)
+    if kind == "tin":
         return _plan_tin(tree, root, cfg)
-    if source == "folder":
-        if "train" not in tree.listdir(root)[0]:
-            raise DataError(f"{tree.display(root + 'train')}: not found; expected "
-                            "train/<class>/<image> (and optionally val/<class>/<image>)")
-        return _plan_folder(tree, root, cfg)
-    return _plan_unlabelled(tree)
+    if kind == "folder":
+        if "train" not in tree.listdir(root)[0] and not _class_folders(tree, root):
+            raise DataError(f"{tree.display(root)}: no class folders; expected <class>/<image> "
+                            "or train/<class>/<image> (and optionally val/<class>/<image>)")
+        plan = _plan_folder(tree, root, cfg)
+    else:
+        plan = _plan_unlabelled(tree)
+    return hold_out(plan, cfg.val_fraction, cfg.split_seed)
 

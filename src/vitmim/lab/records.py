@@ -26,13 +26,11 @@ import statistics
 from pathlib import Path
 
 from vitmim import checkpoint
-from vitmim.config import Config, flatten, to_dict
-from vitmim.runs import METRICS, MODEL, finished, json_object, run_keys
+from vitmim.runs import METRICS, MODEL, differing_key, finished, json_object
 
 RECORD = "record.json"
 STAGE_FILES = ("config.yaml", "manifest.json", METRICS, "model.json", "probe.json")
 RUN_FILES = ("cell.json", "status.json", "summary.json", "summary.md", "probe_random_init.json")
-UNSET = "<unset>"  # a key one side does not have
 
 
 def stage_done(stage_dir: Path) -> bool:
@@ -40,21 +38,6 @@ def stage_done(stage_dir: Path) -> bool:
     return finished(stage_dir) or (
         (stage_dir / "model.json").exists() and (stage_dir.parent / RECORD).exists()
         and not (stage_dir / MODEL).exists())
-
-
-def differing_key(recorded: dict, planned: dict) -> str | None:
-    """The first key whose value differs between a recorded and a planned config, as
-    ``key=old -> new``; None when they define the same run. A key only the plan has matches at
-    its default value (a key added after the run, which keeps the old behaviour by default)."""
-    old, new = run_keys(recorded), run_keys(planned)
-    defaults = flatten(to_dict(Config()))
-    for key in dict.fromkeys([*new, *old]):
-        was, now = old.get(key, UNSET), new.get(key, UNSET)
-        if was == UNSET and key in defaults and now == defaults[key]:
-            continue
-        if was != now:
-            return f"{key}={was!r} -> {now!r}"
-    return None
 
 
 def mismatch(seed_dir: Path, job: dict, data_fingerprint: str) -> str | None:

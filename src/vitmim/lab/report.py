@@ -34,7 +34,7 @@ from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tun
 from vitmim.errors import UserError
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
-from vitmim.runs import last_metrics, read_metrics
+from vitmim.runs import json_object, last_metrics, read_metrics
 from vitmim.stages import RUN_DIRS, summary_table
 
 RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
@@ -212,9 +212,15 @@ def top1(r: RunRecord) -> float | None:
     return r.final.get("val_top1")
 
 
+def top5(r: RunRecord) -> float | None:
+    """Top-5 accuracy; None with 5 classes or fewer, where it is 100 % by construction."""
+    classes = json_object(r.dir / "manifest.json").get("classes")
+    return r.final.get("val_top5") if not isinstance(classes, list) or len(classes) > 5 else None
+
+
 METRICS = {  # column -> how to read it from a run; None where the run has no such number
     "top1": top1,
-    "top5": lambda r: r.final.get("val_top5"),
+    "top5": top5,
     "knn": lambda r: r.probe.get("knn_top1"),
     "linear": lambda r: r.probe.get("linear_top1"),
     "l1": lambda r: r.pretrain.get("val_l1"),
@@ -276,28 +282,35 @@ def compared(summary: list[dict]) -> list[str]:
             if k in DEFAULT_BASELINES or any(d["kind"] == k for d in summary)]
 
 
-def table_head(kinds: list[str]) -> list[str]:
+def table_head(kinds: list[str], top5: bool = True) -> list[str]:
+    """Column titles; ``top5``: with the top-5 column (left out when no row has it)."""
     return ["cell", "labels", "n", "val top-1 %", *(BASELINES[k].gain_head for k in kinds),
-            "val top-5 %", "k-NN %", "linear %", "masked L1", "PSNR dB", "steps"]
+            *(["val top-5 %"] if top5 else []), "k-NN %", "linear %", "masked L1", "PSNR dB",
+            "steps"]
 
 
-def table_cells(d: dict, kinds: list[str]) -> list[str]:
+def has_top5(summary: list[dict]) -> bool:
+    return any(d["top5_mean"] is not None for d in summary)
+
+
+def table_cells(d: dict, kinds: list[str], top5: bool = True) -> list[str]:
     """The markdown/HTML table row of one summary dict."""
     name = d["cell"] if d["kind"] == "variant" else BASELINES[d["kind"]].label + (
         d["cell"][len(d["kind"]):].replace(",", " ", 1))  # "scratch,depth=4": its own axes
     return [name, f"{d['label_fraction']:.0%}", str(d["n"]), _pm(d["top1_mean"], d["top1_std"]),
             *(_diff(d, k) for k in kinds),
-            _pm(d["top5_mean"], d["top5_std"]), _pm(d["knn_mean"], d["knn_std"]),
+            *([_pm(d["top5_mean"], d["top5_std"])] if top5 else []),
+            _pm(d["knn_mean"], d["knn_std"]),
             _pm(d["linear_mean"], d["linear_std"]), _pm(d["l1_mean"], d["l1_std"], "{:.4f}"),
             _pm(d["psnr_mean"], d["psnr_std"]), _pm(d["steps_mean"], None, "{:.0f}")]
 
 
 def markdown_table(summary: list[dict]) -> str:
-    kinds = compared(summary)
-    head = table_head(kinds)
+    kinds, top5 = compared(summary), has_top5(summary)
+    head = table_head(kinds, top5)
     lines = ["| " + " | ".join(head) + " |",
              "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
-    lines += ["| " + " | ".join(table_cells(d, kinds)) + " |" for d in summary]
+    lines += ["| " + " | ".join(table_cells(d, kinds, top5)) + " |" for d in summary]
     return "\n".join(lines)
 
 
@@ -643,6 +656,18 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
     return _save(fig, path)
 
 
+# axis titles of the metrics the curves show
+CURVE_LABELS = {"val_top1": "validation top-1 accuracy (%)",
+                "val_l1": "masked-pixel L1, held-out images (loss space)",
+                "train_loss": "training loss"}
+
+
+def stage_label(r: RunRecord, stage: str) -> str:
+    """What a curve or reconstruction of ``r`` is called: its cell, except that the stage
+    folders of one `vitmim run` (cell ``finetune``) name their pre-training ``pretrain``."""
+    return "pretrain" if stage == "pretrain" and r.cell == "finetune" else r.cell
+
+
 def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
     """Per-epoch curves of every run, one colour per cell: fine-tune val top-1, or pre-train
     masked L1 (val) and training loss."""
@@ -656,14 +681,15 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
             continue  # one pre-training serves every label fraction: draw it once
         seen_dirs.add(r.dir.parent)
         i = cells.index((r.cell, r.label_fraction))
-        name = r.cell + (f" {r.label_fraction:.0%}" if r.label_fraction < 1 else "")
+        name = stage_label(r, stage) + (f" {r.label_fraction:.0%}" if r.label_fraction < 1
+                                        else "")
         for ax, key in zip(axes[0], keys):
             ax.plot([c["epoch"] for c in curve], [c.get(key) for c in curve], color=f"C{i % 10}",
                     alpha=0.8, lw=1, marker=".", ms=4, label=None if name in named else name)
         named.add(name)
     for ax, key in zip(axes[0], keys):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
+        ax.set_ylabel(CURVE_LABELS.get(key, key))
         ax.grid(alpha=0.3)
         _legend(ax, 6)
     return _save(fig, path)
@@ -747,10 +773,11 @@ def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str,
             continue
         done.add(r.cell)
         for img in dict.fromkeys([images[0], images[-1]]):
-            dest = out / "recon" / f"{r.cell}_seed{r.seed}_{img.stem}.png"
+            name = stage_label(r, "pretrain")
+            dest = out / "recon" / f"{name}_seed{r.seed}_{img.stem}.png"
             data = img.read_bytes()
             checkpoint.atomic_write(dest, lambda p, data=data: p.write_bytes(data))
-            shown.append((f"{r.cell}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
+            shown.append((f"{name}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
     return shown
 
 
@@ -796,9 +823,9 @@ def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
               recons: list[tuple[str, Path]], sections: Sequence[tuple[str, str]] = ()) -> str:
     """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
     e = html.escape
-    kinds = compared(summary)
-    head = "".join(f"<th>{e(h)}</th>" for h in table_head(kinds))
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d, kinds))
+    kinds, top5 = compared(summary), has_top5(summary)
+    head = "".join(f"<th>{e(h)}</th>" for h in table_head(kinds, top5))
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d, kinds, top5))
                    + "</tr>" for d in summary)
     rule = e(RULE).replace("**", "")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"

@@ -10,7 +10,7 @@ from torch import nn
 
 from vitmim.augment import MEAN, STD
 from vitmim.config import ModelConfig
-from vitmim.errors import ConfigError, UserError
+from vitmim.errors import CheckpointError, ConfigError
 from vitmim.models.vit import Backbone
 
 
@@ -105,19 +105,21 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
     for key, value in own.items():
         if key in source and not key.startswith("head."):
             if source[key].shape != value.shape:
-                raise UserError(f"{origin}: {key} has shape {tuple(source[key].shape)}, the model "
-                                f"expects {tuple(value.shape)} (another model size?)")
+                raise CheckpointError(f"{origin}: {key} has shape {tuple(source[key].shape)}, "
+                                      f"the model expects {tuple(value.shape)} (another model "
+                                      f"size?)")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head.") or key == "cls_token":  # a restorer has neither
             report.new.append(key)
         else:
-            raise UserError(f"{origin}: no value for {key} (checkpoint of another architecture?)")
+            raise CheckpointError(f"{origin}: no value for {key} (checkpoint of another "
+                                  f"architecture?)")
     for key in source:
         if key not in new_state:
             if key.startswith("backbone."):
-                raise UserError(f"{origin}: {key} has no place in the model "
-                                f"(checkpoint of another architecture?)")
+                raise CheckpointError(f"{origin}: {key} has no place in the model "
+                                      f"(checkpoint of another architecture?)")
             report.dropped.append(key)
     classifier.load_state_dict(new_state, strict=False)
     return report
@@ -136,22 +138,35 @@ def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     return kw
 
 
-# (embed_dim, num_heads) of timm's named ViT sizes
-TIMM_SIZES = {(192, 3): "tiny", (384, 6): "small", (768, 12): "base", (1024, 16): "large"}
+# timm's named ViT sizes by width, smallest first
+TIMM_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
 
 def timm_architecture(cfg: ModelConfig) -> str:
-    """A registered timm model name for a model folder's ``config.json``.
+    """The registered timm name for a model folder's ``config.json`` nearest to the model.
 
-    Every such name builds timm's ``VisionTransformer`` and the folder's ``model_args`` set every
-    shape, so the name only labels the family: the nearest size, with the model's patch size
-    where timm registers one.
-    """
-    size = TIMM_SIZES.get((cfg.embed_dim, cfg.num_heads), "base")
-    for name in (f"vit_{size}_patch{cfg.patch_size}_224", f"vit_base_patch{cfg.patch_size}_224"):
-        if timm.is_model(name):
-            return name
-    return "vit_base_patch16_224"
+    timm builds any of them as its ``VisionTransformer`` and the folder's ``model_args`` set
+    every shape, so the name picks the family only: the same patch size where timm registers
+    one, then the size nearest in width (:func:`model_name` gives the model's own name)."""
+    def distance(name: str) -> tuple:
+        size = name.split("_")[1]
+        width = next(w for w, s in TIMM_SIZES.items() if s == size)
+        return (f"patch{cfg.patch_size}_" not in name, abs(width - cfg.embed_dim))
+    names = [f"vit_{size}_patch{p}_224" for size in TIMM_SIZES.values() for p in (8, 16)]
+    return min((n for n in names if timm.is_model(n)), key=distance)
+
+
+def model_name(cfg: ModelConfig) -> str:
+    """The model's own name: ``vitmim-vit-d192-l6-h3-p8-64px`` (width, blocks, heads, patch px,
+    input px)."""
+    return (f"vitmim-vit-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}-p{cfg.patch_size}-"
+            f"{cfg.img_size}px")
+
+
+# data.resize -> timm's eval crop_mode that brings an image to size the same way: fit squashes
+# the whole image, crop scales the shorter side and cuts the centre, pad letterboxes (timm pads
+# with the mean colour, vitmim with white: the card says so)
+TIMM_CROP_MODES = {"fit": "squash", "crop": "center", "pad": "border"}
 
 
 def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -169,16 +184,18 @@ def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.T
     return out
 
 
-def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str]
-                ) -> dict:
+def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str],
+                resize: str = "crop") -> dict:
     """timm's ``config.json`` for a model folder (the layout ``timm.models.push_to_hf_hub``
     writes): the architecture, its ``model_args`` (``timm_kwargs``), the labels (none for an
-    encoder) and the preprocessing. ``timm.create_model("local-dir:DIR", pretrained=True)``
-    reads it."""
+    encoder) and the preprocessing, ``resize`` being how the run brought images to size
+    (:data:`TIMM_CROP_MODES`). ``timm.create_model("local-dir:DIR", pretrained=True)`` reads
+    it."""
     size = cfg.img_size
     num_classes = kwargs["num_classes"]
     config = {
         "architecture": timm_architecture(cfg),
+        "model_name": model_name(cfg),
         "num_classes": num_classes,
         "num_features": cfg.embed_dim,
         "global_pool": kwargs["global_pool"],
@@ -187,10 +204,10 @@ def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names:
             "input_size": [3, size, size],
             "fixed_input_size": True,
             # vitmim trains and predicts on whole images at img_size: no crop margin, and other
-            # sizes are scaled with bicubic resampling (vitmim.inference.load_images)
+            # sizes are scaled with bicubic resampling (vitmim.data.images)
             "interpolation": "bicubic",
             "crop_pct": 1.0,
-            "crop_mode": "center",
+            "crop_mode": TIMM_CROP_MODES[resize],
             "mean": list(MEAN),
             "std": list(STD),
             "num_classes": num_classes,
@@ -204,26 +221,49 @@ def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names:
     return config
 
 
-def model_card(m: ModelConfig, num_classes: int, metrics: dict) -> str:
-    """A short Hugging Face model card for a model folder: what it is, the run's validation
-    metrics, how to load it."""
+def model_card(m: ModelConfig, num_classes: int, metrics: dict, data: dict) -> str:
+    """A Hugging Face model card for a model folder: what the model is, the data it was trained
+    on, the preprocessing that reproduces its inputs, the run's validation metrics, the licence
+    question, how to load it. ``data``: ``path``, ``images`` (training count), ``resize``."""
     what = (f"an image classifier over {num_classes} classes" if num_classes else
             "the backbone alone (pooled features, no head)")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                         if k.startswith("val_") and isinstance(v, (int, float)))
+    resize = data.get("resize", "crop")
+    how = {"fit": "scaled to {s}x{s} whole (aspect not kept)",
+           "crop": "shorter side scaled to {s}, centre {s}x{s} cut out",
+           "pad": "scaled to fit inside {s}x{s}, aspect kept, bars in white"}[resize]
+    pad_note = ("\ntimm's `border` mode pads with the mean colour, not white: for the inputs "
+                "vitmim saw, letterbox first with\n`img = ImageOps.pad(img, ({s}, {s}), "
+                "Image.Resampling.BICUBIC, color=\"white\")`.\n" if resize == "pad" else "")
     return f"""---
 library_name: timm
+license: other
 tags: [image-classification, timm, vitmim]
 ---
-# vitmim ViT ({m.embed_dim}-d, {m.depth} blocks, {m.patch_size} px patches, {m.img_size} px input)
+# {model_name(m)}
 
-Trained with vitmim (masked-pixel pre-training of vision transformers for small image data
-sets); this is {what}. Validation metrics of the run: {metrics or 'none recorded'}.
+A ViT ({m.embed_dim}-d, {m.depth} blocks, {m.num_heads} heads, {m.patch_size} px patches,
+{m.img_size} px input) trained with vitmim (masked-pixel pre-training of vision transformers for
+small image data sets); this is {what}. timm builds it as `VisionTransformer` from
+`config.json`'s `model_args` (its `architecture` names the nearest registered family only).
+
+- Data: `{data.get("path")}`, {data.get("images", "?")} training images. Validation metrics of
+  the run: {metrics or 'none recorded'}.
+- Preprocessing: RGB, transparency composited on white; {how.format(s=m.img_size)}
+  (bicubic); mean {list(MEAN)}, std {list(STD)}. `config.json` gives timm these (crop_mode
+  `{TIMM_CROP_MODES[resize]}`, crop_pct 1.0).{pad_note.format(s=m.img_size)}
+- Licence: `other`: the weights follow the terms of their training data (Tiny ImageNet: the
+  ImageNet terms, non-commercial research); set the licence before you publish.
 
 ```python
 import timm
-model = timm.create_model("hf-hub:USER/NAME", pretrained=True)  # or "local-dir:PATH"
-cfg = timm.data.resolve_data_config({{}}, model=model)
-transform = timm.data.create_transform(**cfg)
+from PIL import Image
+model = timm.create_model("hf-hub:USER/NAME", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+img = Image.open("cat.png")
+if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # on white, as in training
+    img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+probs = model(transform(img.convert("RGB"))[None]).softmax(-1)
 ```
 """

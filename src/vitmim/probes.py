@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from vitmim import checkpoint
 from vitmim.augment import normalize
-from vitmim.config import RANGES, Config, load_config
+from vitmim.config import Config, check_device, load_config
 from vitmim.data import ImageSet, load_splits
-from vitmim.errors import UserError
+from vitmim.errors import CheckpointError, ConfigError, DataError
 from vitmim.models import build_classifier, transfer
 from vitmim.models.classifier import Classifier
 from vitmim.runs import read_model
@@ -101,9 +101,10 @@ def model_for_probe(run: str | Path) -> tuple[Classifier, Config, list[str]]:
     """The backbone of a run folder (restorer or classifier) wrapped as a classifier."""
     tensors, meta, _ = read_model(run)
     if meta.get("kind") not in ("restorer", "classifier"):
-        raise UserError(f"{run}: holds a {meta.get('kind')}, expected a restorer or classifier")
+        raise CheckpointError(f"{run}: holds a {meta.get('kind')}, expected a restorer or "
+                              f"classifier")
     cfg = load_config(base=meta["config"])
-    model = build_classifier(cfg.model, len(meta["classes"]))
+    model = build_classifier(cfg.model, max(1, len(meta["classes"])))
     transfer(tensors, model, str(run))  # the same key checks as fine-tuning's initialisation
     return model, cfg, meta["classes"]
 
@@ -113,35 +114,41 @@ def labelled_splits(cfg: Config, classes: list[str] | None = None
     """Training and validation splits of ``cfg.data`` (in ``classes`` label order if given)."""
     if classes is not None:
         cfg.data.classes = classes
-    train, val = load_splits(cfg.data, cfg.model.img_size, progress=False)
+    train, val = load_splits(cfg.data, cfg.model.img_size, progress=False, labelled="probing")
     if val is None or not len(val) or (train.labels < 0).any():
-        raise UserError(f"{cfg.data.path or 'data'}: probing needs labelled training and "
-                        f"validation images")
+        raise DataError(f"{cfg.data.path or 'data'}: probing needs labelled training and "
+                        f"validation images (a val/ folder, or data.val_fraction > 0)")
     return train, val
 
 
-def probe_device(device: str) -> torch.device:
-    """``--device``, checked like the config key ``device`` and present on this machine."""
-    rule = RANGES["Config.device"]
-    if not rule.accepts(device):
-        raise UserError(f"--device {device}: expected {rule.describe()}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def pick_device(device: str = "auto") -> torch.device:
+    """``--device`` of a command that uses a trained model: ``auto`` is the best available
+    (a CUDA GPU, else Apple's MPS, else the CPU); a named one must be present."""
+    check_device(device)
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device == "auto":
+        device = next((d for d in ("cuda", "mps") if available[d]), "cpu")
     if not available.get(device.split(":")[0], True):
-        raise UserError(f"--device {device}: not available on this machine")
+        raise ConfigError(f"--device {device}: not available on this machine (try --device cpu)")
     return torch.device(device)
 
 
-def probe_run(run: str | Path, data: str | None = None, device: str = "cpu",
+def probe_run(run: str | Path, data: str | None = None, device: str = "auto",
               k: int = KNN_K) -> dict:
-    """Probe a run folder's model and write ``probe.json`` beside it; returns the result."""
+    """Probe a run folder's model and write ``probe.json`` beside it; returns the result.
+
+    ``data``: labelled images to probe on (default: the run's own). A restorer pre-trained on an
+    unlabelled folder has no classes of its own: pass ``data``, and every class of it is used."""
     if k < 1:
-        raise UserError(f"--k {k}: expected an integer >= 1 (neighbours in the vote)")
-    dev = probe_device(device)
+        raise ConfigError(f"--k {k}: expected an integer >= 1 (neighbours in the vote)")
+    dev = pick_device(device)
     model, cfg, classes = model_for_probe(run)
     if data:
         cfg.data.path = data
+        if cfg.data.source == "unlabelled":  # the run's source; the new data picks its own
+            cfg.data.source = "auto"
+    if not classes:  # pre-trained without labels: the probe's classes are the data's
+        classes, cfg.data.classes = None, "auto"
     train, val = labelled_splits(cfg, classes)
     result = probe_model(model, train, val, dev, k)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent

@@ -12,7 +12,7 @@ from vitmim import cli
 from vitmim.config import load_config
 from vitmim.engine import Env
 from vitmim.errors import UserError
-from vitmim.probe import knn_accuracy, linear_probe, probe_random_init, probe_run
+from vitmim.probes import knn_accuracy, linear_probe, probe_random_init, probe_run
 from vitmim.stages import pretrain
 
 TINY = ["data.classes=null", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
