@@ -104,7 +104,7 @@ def cmd_data_pack(args) -> None:
     from vitmim.data import load_splits, pack
     cfg = resolve_config(args)
     train, val = load_splits(cfg.data, cfg.model.img_size)
-    out = pack(train, val, Path(args.out))
+    out = pack(train, val, Path(args.out), source=cfg.data.path)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(train.classes)} classes)")
 
 
@@ -266,7 +266,9 @@ CONTINUE = {"run": RESUME, "pretrain": RESUME, "finetune": RESUME,
 
 def main(argv: list[str] | None = None) -> int:
     from vitmim.errors import fold_lines, input_error_line
+    from vitmim.lifetime import sigterm_as_interrupt
     args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
     t0 = time.time()
     try:
         args.fn(args)

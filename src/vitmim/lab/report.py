@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from vitmim import checkpoint, config
+from vitmim import config, outputs
 from vitmim.errors import UserError
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes
 from vitmim.lab.grid import CELL_KEYS, cell_name
@@ -437,7 +437,7 @@ def write_recipe(ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path,
             "#   vitmim grid configs/grids/unseen_subsets.yaml -c THIS_FILE --data DATA"]
     text = "\n".join(head if not recipe else head[:1] + head[2:]) + "\n"
     text += yaml.safe_dump({"scratch": recipe}, sort_keys=True)
-    checkpoint.write_text(path, text)
+    outputs.write_text(path, text)
     return path
 
 
@@ -542,8 +542,11 @@ def _figure(ncols: int, nrows: int = 1):
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        outputs.write_file(path, lambda p: fig.savefig(p, format="png", dpi=100),
+                           inside=path.parent.parent)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -651,7 +654,7 @@ def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str,
         for img in dict.fromkeys([images[0], images[-1]]):
             dest = out / "recon" / f"{r.cell}_seed{r.seed}_{img.stem}.png"
             data = img.read_bytes()
-            checkpoint.atomic_write(dest, lambda p, data=data: p.write_bytes(data))
+            outputs.write_file(dest, lambda p, data=data: p.write_bytes(data), inside=out)
             shown.append((f"{r.cell}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
     return shown
 
@@ -752,6 +755,11 @@ def reference_section(runs_dir: Path, summary: list[dict]) -> list[tuple[str, st
     return [("Beside the published figures", "\n".join(lines))]
 
 
+REPORT_FILES = ("report.md", "report.csv", "runs.csv", "report.html", "gains.csv",
+                "scratch_recipe.yaml", "plots/accuracy.png", "plots/curves.png",
+                "plots/signals.png", "plots/restoration.png", "plots/subset_gains.png")
+
+
 def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.md, report.csv, runs.csv, report.html and plots/ into ``out``
     (default ``RUNS_DIR/report``) for a grid folder or one ``vitmim run`` folder; returns the
@@ -760,6 +768,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a folder of runs")
     out = Path(out) if out else runs_dir / "report"
+    outputs.check_folder(out, REPORT_FILES)  # before anything is written: no half a report
     single = not any(runs_dir.glob("*/seed*/cell.json")) and is_run_folder(runs_dir)
     records = collect_run(runs_dir) if single else collect(runs_dir)
     rows = group(records)
@@ -780,11 +789,11 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     sections += _recipe_sections(records, runs_dir, out)
     recons = copy_reconstructions(records, out)
     title = f"vitmim report: {runs_dir.resolve().name}"
-    checkpoint.write_text(out / "report.md",
-                          markdown_page(title, summary, plots, recons, out, sections))
-    checkpoint.write_text(out / "report.csv", csv_text(summary))
-    checkpoint.write_text(out / "runs.csv", runs_csv_text(records))
-    checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
+    outputs.write_text(out / "report.md", markdown_page(title, summary, plots, recons, out,
+                                                        sections))
+    outputs.write_text(out / "report.csv", csv_text(summary))
+    outputs.write_text(out / "runs.csv", runs_csv_text(records))
+    outputs.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
     return out / "report.html"
 
 
@@ -808,7 +817,7 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
     rows = ["variant,label_fraction,subset,seed,baseline,gain"]
     rows += [f"{g.variant},{g.label_fraction},{g.subset},{g.seed},{g.kind},{g.value}"
              for g in gains]
-    checkpoint.write_text(out / "gains.csv", "\n".join(rows) + "\n")
+    outputs.write_text(out / "gains.csv", "\n".join(rows) + "\n")
     note = (f"Each row: the pre-trained run's val top-1 minus its baseline's, same seed and "
             f"class subset ({key}); the last row's std is over all subsets and seeds together.")
     return [("Gain per class subset", gains_table(gains, key) + "\n\n" + note)]
