@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from vitmim import checkpoint
+from vitmim import checkpoint, outputs
 from vitmim.augment import MEAN, STD, normalize
-from vitmim.config import Config, load_config
+from vitmim.config import Config, flatten, load_config, to_dict
 from vitmim.data import load_splits
 from vitmim.data.images import decode_image
 from vitmim.errors import CheckpointError, ConfigError, DataError, fold_lines
@@ -21,7 +22,7 @@ from vitmim.models.classifier import (
     to_timm_state,
 )
 from vitmim.models.restorer import restored_image
-from vitmim.runs import check_output, read_model
+from vitmim.runs import read_model
 from vitmim.stages import classification_metrics
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -74,9 +75,20 @@ def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.
     tensors, meta, _ = read_model(run)
     if meta.get("kind") != "restorer":
         raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
+    trained = load_config(base=meta["config"])
     cfg = load_config(base=meta["config"], overrides=overrides)
+    old, new = flatten(to_dict(trained.model)), flatten(to_dict(cfg.model))
+    changed = [k for k in old if old[k] != new[k]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--set model.{key}={new[key]!r}: {run} was trained with "
+                          f"model.{key}={old[key]!r}, and its weights fit only that; leave "
+                          f"model.* as trained (the masking, pretrain.*, may change)")
     model = build_restorer(cfg.model, cfg.pretrain)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError:  # a tensor of another shape
+        missing, unexpected = [], ["(another shape)"]
     if unexpected or [k for k in missing if not k.startswith("mask_token")]:
         raise ConfigError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
                           f"multiple of model.patch_size as it was trained")
@@ -112,13 +124,14 @@ def predict(run: str | Path, images: list[str], topk: int = 5) -> list[list[tupl
 def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
                 seed: int = 0) -> Path:
     """PNG grid of original | masked | restored for the given images."""
-    check_output(out)
+    outputs.check_file(out, inputs=[run, *images])
     model, cfg = load_restorer(run, overrides)
     x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
     g = torch.Generator().manual_seed(seed)
     p = cfg.pretrain
     mask = random_mask(len(x), cfg.model.img_size, p.mask_patch, p.mask_ratio, g)
     save_grid(out, x, mask, restored_image(model, x, mask, cfg))
+    outputs.record(Path(out))
     return out
 
 
@@ -148,23 +161,6 @@ def timm_weights(run: str | Path, encoder: bool = False
 EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
 
 
-def check_export_folder(out: Path) -> None:
-    """Refuse a model folder that would replace a run's files or the user's own: only an empty
-    folder or an earlier export (nothing but :data:`EXPORT_FILES`, config.json naming a timm
-    architecture) may be written."""
-    for name in EXPORT_FILES:
-        check_output(out / name)
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-    config = out / "config.json"
-    ours = config.is_file() and '"architecture"' in config.read_text(errors="replace")
-    if others or not ours:
-        shown = ", ".join(others[:3]) or "files that are not an earlier export"
-        raise ConfigError(f"--out {out}: holds {shown}; --format timm writes into an empty "
-                          f"folder or over an earlier export")
-
-
 def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = False) -> Path:
     """Write ``run``'s model for timm; returns ``out``.
 
@@ -182,24 +178,25 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     state, kwargs, cfg, meta = timm_weights(run, encoder)
     classes, names = ([], []) if encoder else (meta["classes"], meta["class_names"])
     if fmt == "file":
-        check_output(out)
         if out.suffix != ".safetensors":
             raise ConfigError(f"{out}: export writes safetensors weights and a .json beside "
                               f"them; name a .safetensors file")
-        check_output(out.with_suffix(".json"))
+        outputs.check_folder(out.parent, [out.name, out.with_suffix(".json").name], [run])
         checkpoint.save_weights(out, state, meta={
             "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
             "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
+        outputs.record(out)
+        outputs.record(out.with_suffix(".json"))
         return out
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; --format timm writes a folder")
-    check_export_folder(out)
+    outputs.check_folder(out, EXPORT_FILES, [run])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     checkpoint.save_weights(out / "model.safetensors", state)
-    checkpoint.write_json(out / "config.json", timm_config(cfg.model, kwargs, classes, names))
-    checkpoint.write_text(out / "README.md", model_card(cfg.model, len(classes),
-                                                        meta.get("metrics") or {}))
+    outputs.record(out / "model.safetensors")
+    outputs.write_text(out / "config.json", json.dumps(
+        timm_config(cfg.model, kwargs, classes, names), indent=2) + "\n", [run], out)
+    outputs.write_text(out / "README.md", model_card(cfg.model, len(classes),
+                                                     meta.get("metrics") or {}), [run], out)
     return out

@@ -28,9 +28,11 @@ machine). One run can be repeated by hand with
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +51,7 @@ from vitmim.config import (
     Config,
     flatten,
     load_config,
+    load_yaml,
     overrides_to_dict,
     read_json_mapping,
     read_yaml_mapping,
@@ -58,6 +61,8 @@ from vitmim.config import (
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
+from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
+from vitmim.outputs import claim_run
 from vitmim.runs import finished, json_object
 from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
@@ -334,6 +339,7 @@ def _execute(job: dict, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``python -m vitmim.lab.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
     args = sys.argv[1:] if argv is None else argv
+    sigterm_as_interrupt()
     try:
         run_job(args[0])
     except UserError as e:
@@ -347,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(run: Run) -> Path:
+    grid = run.dir.parent.parent  # OUT/<cell>/seed<k>
+    claim_run(run.dir, tuple(d.name for d in run.stage_dirs()), inside=grid)
     path = run.dir / "cell.json"
     checkpoint.write_json(path, run.job())
     return path
@@ -358,16 +366,17 @@ class Progress:
     def __init__(self, total: int, jobs: int, walls: list[float]):
         self.total, self.jobs, self.walls, self.done = total, jobs, list(walls), 0
 
-    def outcome(self, run: Run, ok: bool, wall_s: float) -> dict:
-        """Status of a finished job: ``status.json`` if the job got to write it, else the log
-        tail; printed with the progress of the whole grid."""
+    def outcome(self, run: Run, ok: bool, wall_s: float, killed: str | None = None) -> dict:
+        """Status of a finished job: ``killed`` (what a signal did), ``status.json`` if the job
+        got to write it, else the log tail; printed with the progress of the whole grid."""
         status = read_status(run.dir)
         if ok and run_finished(run):
             result = {"status": "done", "wall_s": wall_s}
             self.walls.append(wall_s)
         else:
             error = status.get("error") if status.get("status") == "failed" else None
-            result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
+            result = {"status": "failed", "error": killed or error or _log_tail(run.dir),
+                      "wall_s": wall_s}
         self.done += 1
         left = self.total - self.done
         eta = eta_text(sum(self.walls) / len(self.walls) * left / self.jobs) \
@@ -426,18 +435,33 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
                 cell_json = _prepare(run)
                 _start_line(len(runs) - len(queue), runs, run)
                 with open(run.dir / "log.txt", "a") as log:
-                    proc = subprocess.Popen([sys.executable, "-m", "vitmim.lab.grid",
-                                             str(cell_json)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=job_env(run, jobs))
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "vitmim.lab.grid", str(cell_json)], stdout=log,
+                        stderr=subprocess.STDOUT, env=job_env(run, jobs),
+                        # a job outlives no grid: SIGTERM (stopped like Ctrl-C) when it dies
+                        preexec_fn=functools.partial(die_with_parent, os.getpid(),
+                                                     signal.SIGTERM))
                 running[proc] = (run, time.time())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 run, t0 = running.pop(proc)
-                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0)
+                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0,
+                                                    _killed(proc.returncode))
     except KeyboardInterrupt:
         _interrupt(list(running))
         raise
     return results
+
+
+def _killed(returncode: int) -> str | None:
+    """What stopped a job that a signal ended (its log ends mid-line, in a progress bar)."""
+    if returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (out of memory, or stopped from outside); rerun to resume it"
 
 
 def _interrupt(procs: list[subprocess.Popen]) -> None:
@@ -454,7 +478,9 @@ def _interrupt(procs: list[subprocess.Popen]) -> None:
 
 def _log_tail(run_dir: Path) -> str:
     log = run_dir / "log.txt"
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] \
+    # progress-bar lines (redrawn after \r) say nothing about why a job stopped
+    lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+             if ln.strip() and not re.search(r"\d+%\|", ln)] \
         if log.exists() else []
     return lines[-1].strip() if lines else "no output"
 
@@ -568,7 +594,10 @@ def slurm_params(texts: list[str]) -> dict:
         if "=" not in text:
             raise UserError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
         key, value = text.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--slurm {key.strip()}: not a YAML value ({one_line(e)})") from None
     return params
 
 
