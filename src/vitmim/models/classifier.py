@@ -93,6 +93,10 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
             if source[key].shape != value.shape:
                 raise UserError(f"{origin}: {key} has shape {tuple(source[key].shape)}, the model "
                                 f"expects {tuple(value.shape)} (another model size?)")
+            if value.is_floating_point() and not source[key].is_floating_point():
+                # a cast would silently turn quantised or damaged weights into other numbers
+                raise UserError(f"{origin}: {key} holds {source[key].dtype} values, not "
+                                f"floating-point weights; pass the float weights of a run")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head."):
