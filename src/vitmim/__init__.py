@@ -21,6 +21,7 @@ Importing vitmim is cheap: torch and the rest load with the first call that need
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,24 @@ class PipelineResult:
     summary: str
 
 
+def _path(value: Any, name: str) -> Path:
+    """``value`` as a Path; anything but a str or path-like object is refused in one line."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name}={value!r}: expected a path (str or pathlib.Path), not "
+                          f"{type(value).__name__}")
+    return Path(value)
+
+
+def _paths(values: Any, name: str, empty: bool = False) -> list[Path]:
+    """A list of paths; a lone string (which would be read character by character) or an
+    empty list (unless ``empty``) is refused."""
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name}={values!r}: expected a list of paths, e.g. [{values!r}]")
+    if not values and not empty:
+        raise ConfigError(f"{name}: an empty list; give at least one path")
+    return [_path(v, name) for v in values]
+
+
 def _config(data: str | Path | None, preset: str | None, config: list[str | Path] | tuple,
             overrides: Overrides, dotted: dict[str, Any]):
     """The Config from keyword arguments, validated before any work starts."""
@@ -69,13 +88,17 @@ def _config(data: str | Path | None, preset: str | None, config: list[str | Path
     files = [_preset_file(preset)] if preset else []
     texts = _override_texts(overrides, dotted)
     if data is not None:
-        texts.append(f"data.path={json.dumps(str(data))}")
-    return load_config([*files, *config], texts)
+        texts.append(f"data.path={json.dumps(str(_path(data, 'data')))}")
+    return load_config([*files, *_paths(config, "config", empty=True)], texts)
 
 
 def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
     """``--set`` texts from a dict, a list of ``key=value`` texts and ``a__b=`` keywords."""
-    texts = list(overrides) if isinstance(overrides, list) else [
+    if not (overrides is None or isinstance(overrides, dict) or isinstance(
+            overrides, (list, tuple)) and all(isinstance(t, str) for t in overrides)):
+        raise ConfigError(f"overrides={overrides!r}: expected a dict ({{'key': value}}) or a "
+                          f"list of 'key=value' texts")
+    texts = list(overrides) if isinstance(overrides, (list, tuple)) else [
         f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]  # JSON values are YAML
     return texts + [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in dotted.items()]
 
@@ -107,7 +130,8 @@ def pretrain(*, out: str | Path, data: str | Path | None = None, preset: str | N
     from vitmim.tracking import tracking
     cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
-        metrics = run_pretrain(cfg, Path(out), _env(cfg), resume=resume, progress=progress)
+        metrics = run_pretrain(cfg, _path(out, "out"), _env(cfg), resume=resume,
+                               progress=progress)
     return RunResult(Path(out), metrics)
 
 
@@ -122,7 +146,8 @@ def finetune(*, out: str | Path, init: str | Path | None = None, data: str | Pat
     from vitmim.tracking import tracking
     cfg = _config(data, preset, config, overrides, dotted)
     with tracking(log, log_every):
-        metrics = run_finetune(cfg, Path(out), _env(cfg), init=init, resume=resume,
+        metrics = run_finetune(cfg, _path(out, "out"), _env(cfg),
+                               init=None if init is None else _path(init, "init"), resume=resume,
                                progress=progress)
     return RunResult(Path(out), metrics)
 
@@ -136,9 +161,13 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
     from vitmim.stages import BASELINES, run_all, summary_table
     from vitmim.tracking import tracking
     cfg = _config(data, preset, config, overrides, dotted)
+    counts = sorted({by for by in BASELINES.values() if by})
+    if equal_compute is not None and equal_compute not in counts:
+        raise ConfigError(f"equal_compute={equal_compute!r}: expected None or one of "
+                          f"{', '.join(map(repr, counts))}")
     equal = [kind for kind, by in BASELINES.items() if by and by == equal_compute]
     with tracking(log, log_every):
-        results = run_all(cfg, Path(out), _env(cfg), resume=resume,
+        results = run_all(cfg, _path(out, "out"), _env(cfg), resume=resume,
                           baselines=("scratch", "scratch_tuned", *equal))
     runs = {name: RunResult(Path(out) / name, metrics) for name, metrics in results.items()
             if "step" in metrics}  # a stage that did not train (no tuned recipe) is in .summary
@@ -148,14 +177,16 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
 def evaluate(run: str | Path, data: str | Path | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and loss of a fine-tuned run on the validation split."""
     from vitmim.inference import evaluate_run
-    return evaluate_run(run, str(data) if data else None)
+    return evaluate_run(_path(run, "run"), str(_path(data, "data")) if data else None)
 
 
 def predict(run: str | Path, images: list[str | Path], topk: int = 5
             ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image file."""
     from vitmim.inference import predict as run_predict
-    return run_predict(run, [str(p) for p in images], topk)
+    if isinstance(topk, bool) or not isinstance(topk, int):
+        raise ConfigError(f"topk={topk!r}: expected an integer >= 1")
+    return run_predict(_path(run, "run"), [str(p) for p in _paths(images, "images")], topk)
 
 
 def reconstruct(run: str | Path, images: list[str | Path], out: str | Path = "reconstruction.png",
@@ -163,15 +194,17 @@ def reconstruct(run: str | Path, images: list[str | Path], out: str | Path = "re
     """PNG grid of original | masked | restored, one row per image; returns its path.
     Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
     from vitmim.inference import reconstruct as run_reconstruct
-    return run_reconstruct(run, [str(p) for p in images], Path(out),
-                           _override_texts(overrides, dotted), seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected an integer")
+    return run_reconstruct(_path(run, "run"), [str(p) for p in _paths(images, "images")],
+                           _path(out, "out"), _override_texts(overrides, dotted), seed)
 
 
 def report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Tables, plots and a self-contained HTML page for a grid's run folders; returns the HTML
     page's path."""
     from vitmim.lab.report import build_report
-    return build_report(runs_dir, out)
+    return build_report(_path(runs_dir, "runs_dir"), None if out is None else _path(out, "out"))
 
 
 def export(run: str | Path, out: str | Path, format: str = "file", encoder: bool = False
@@ -180,7 +213,7 @@ def export(run: str | Path, out: str | Path, format: str = "file", encoder: bool
     that ``timm.create_model("local-dir:OUT", pretrained=True)`` loads; ``encoder`` the backbone
     alone."""
     from vitmim.inference import export as run_export
-    return run_export(run, out, format, encoder)
+    return run_export(_path(run, "run"), _path(out, "out"), format, encoder)
 
 
 def __getattr__(name: str):
