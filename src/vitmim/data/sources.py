@@ -120,9 +120,12 @@ class DirTree(Tree):
         for d, dnames, fnames in os.walk(self.root, followlinks=True):
             rel_d = os.path.relpath(d, self.root).replace(os.sep, "/")
             rel_d = "" if rel_d == "." else rel_d + "/"
-            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)]
+            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)
+                         and self._text_name(d, n, _visible(n))]
             self._dirs.update(rel_d + n for n in dnames)
             for n in fnames:
+                if not self._text_name(d, n, _is_image(n)):
+                    continue
                 try:
                     st = os.stat(os.path.join(d, n))
                 except OSError:
@@ -136,6 +139,20 @@ class DirTree(Tree):
                 files.append(rel_d + n)
         self._files = sorted(files)
         _say_skipped(self.display(""), skipped)
+
+    @staticmethod
+    def _text_name(folder: str, name: str, data: bool) -> bool:
+        """True for a name that is UTF-8 text; a name that is not (its bytes arrive as
+        surrogates) is refused where it would be data (an image, a class folder) and skipped
+        elsewhere: run folders, manifests and messages record names as text."""
+        try:
+            name.encode()
+            return True
+        except UnicodeEncodeError:
+            if not data:
+                return False
+        shown = os.fsencode(os.path.join(folder, name)).decode("utf-8", "backslashreplace")
+        raise DataError(f"{shown}: name is not valid UTF-8; rename it")
 
     @property
     def files(self) -> list[str]:

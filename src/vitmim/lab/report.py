@@ -103,11 +103,17 @@ def _read_run_config(path: Path, raw: dict | None = None) -> config.Config:
         raise UserError(f"{path}: {e}") from None
 
 
+KINDS = ("variant", *BASELINES)  # what cell.json may name
+
+
 def collect(runs_dir: Path) -> list[RunRecord]:
     """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
     records = []
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
+        if job["kind"] not in KINDS:
+            raise UserError(f"{cell_json}: kind {job['kind']!r} is not one vitmim writes "
+                            f"(known: {', '.join(KINDS)}); repair or remove the cell")
         seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
         pre_curve = read_metrics(pre) if finished(pre) else []
