@@ -119,6 +119,26 @@ def test_integer_init_weights_are_refused(run, tiny_tin, tmp_path, dtype):
                         overrides=TINY, progress=False)
 
 
+def test_non_finite_init_weights_are_refused_before_the_folder_is_used(run, tiny_tin,
+                                                                       tmp_path):
+    import torch
+
+    from vitmim.checkpoint import load_weights, save_weights
+    _resume(run, tiny_tin)
+    tensors = load_weights(run / "model.safetensors")
+    key = next(k for k in tensors if k.startswith("backbone."))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    weights = tmp_path / "nan.safetensors"
+    save_weights(weights, tensors)
+    ft = tmp_path / "ft"
+    kw = dict(data=tiny_tin, out=ft, preset="smoke", overrides=TINY, progress=False)
+    with pytest.raises(UserError, match=f"{key} holds NaN or infinite values") as e:
+        vitmim.finetune(init=weights, **kw)
+    assert ".lr" not in str(e.value)
+    assert not ft.exists() or not any(p.name != ".lock" for p in ft.iterdir())
+    vitmim.finetune(init=run, **kw)  # the corrected command is not trapped by the folder
+
+
 def test_one_class_is_refused_for_classification(tin_tools, tmp_path):
     data = tin_tools.write_folder_set(tmp_path / "one", classes=("cat",))
     with pytest.raises(UserError, match="1 class; a classifier needs at least 2"):

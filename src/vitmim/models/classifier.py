@@ -97,6 +97,10 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
                 # a cast would silently turn quantised or damaged weights into other numbers
                 raise UserError(f"{origin}: {key} holds {source[key].dtype} values, not "
                                 f"floating-point weights; pass the float weights of a run")
+            if value.is_floating_point() and not source[key].isfinite().all():
+                # refused here, not as a non-finite loss that would blame the learning rate
+                raise UserError(f"{origin}: {key} holds NaN or infinite values; these weights "
+                                f"cannot start a fine-tune (pass another --init)")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head."):
