@@ -211,3 +211,15 @@ def test_finetune_refuses_an_out_that_is_its_init(runs, tin2, tmp_path):
     shutil.copytree(runs / "pretrain", init)
     with pytest.raises(UserError, match="input of this run"):
         vitmim.finetune(init=init, out=init, data=tin2.path, preset="smoke", progress=False)
+
+
+def test_grid_status_never_replaces_a_users_file(tmp_path):
+    from vitmim.lab.grid import write_grid_status
+    mine = tmp_path / "grid.json"
+    mine.write_text(USER_TEXT)
+    with pytest.raises(UserError, match="grid.json: exists and was not written by vitmim"):
+        write_grid_status(tmp_path, [], {})
+    assert mine.read_text() == USER_TEXT
+    mine.unlink()
+    write_grid_status(tmp_path, [], {})
+    write_grid_status(tmp_path, [], {})  # its own status, rewritten as the grid goes

@@ -77,13 +77,16 @@ def record(path: Path) -> None:
 
 
 def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
-               inside: str | Path | None = None) -> Path:
+               inside: str | Path | None = None,
+               ours: Callable[[Path], bool] | None = None) -> Path:
     """Refuse, before anything is written, an output file that breaks the rule; returns it.
 
     Args:
         path: the file about to be written.
         inputs: files and folders the command reads (never written onto, or into).
         inside: the output folder ``path`` must stay in.
+        ours: for a file rewritten as a command goes (a grid's status), what proves by its
+            content that vitmim wrote it, besides the ledger.
     """
     path = Path(path).expanduser()
     if inside is not None and not _within(path, inside):
@@ -98,7 +101,8 @@ def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
                              path.exists() and path.samefile(src)):
             raise UserError(f"{path}: {'lies inside' if src.is_dir() else 'is'} the input "
                             f"{src} of this command; choose an --out elsewhere")
-    if (path.exists() or path.is_symlink()) and not recorded(path):
+    if (path.exists() or path.is_symlink()) and not recorded(path) and not (
+            ours is not None and path.is_file() and ours(path)):
         raise UserError(f"{path}: exists and was not written by vitmim (or was changed since); "
                         f"delete it, or choose another --out")
     return path

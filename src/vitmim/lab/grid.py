@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vitmim import checkpoint
+from vitmim import checkpoint, outputs
 from vitmim.config import (
     PRESETS,
     Config,
@@ -62,7 +62,6 @@ from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.baselines import DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
-from vitmim.outputs import claim_run
 from vitmim.runs import finished, json_object
 from vitmim.stages import BASELINES, eta_text, run_all, stage_dirname
 
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepare(run: Run) -> Path:
     grid = run.dir.parent.parent  # OUT/<cell>/seed<k>
-    claim_run(run.dir, tuple(d.name for d in run.stage_dirs()), inside=grid)
+    outputs.claim_run(run.dir, tuple(d.name for d in run.stage_dirs()), inside=grid)
     path = run.dir / "cell.json"
     checkpoint.write_json(path, run.job())
     return path
@@ -537,7 +536,8 @@ def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict],
         r = results.get(run.dir) or {"status": "done" if run_finished(run) else "pending"}
         rows.append({"cell": run.cell, "kind": run.kind, "seed": run.seed,
                      "dir": str(run.dir.relative_to(out)), **r})
-    path = out / "grid.json"
+    path = outputs.check_file(out / "grid.json", ours=lambda p: isinstance(
+        json_object(p).get("runs"), list))  # a grid's status, of this grid or an earlier one
     checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows,
                                  **({"reference": reference} if reference else {})})
     return path
