@@ -97,6 +97,12 @@ def test_a_changed_init_is_refused(stopped, tiny_tin, tmp_path):
     vitmim.finetune(init=pre_a, resume=True, **kw)
 
 
+def test_a_stage_never_trains_in_the_folder_of_another(run, tiny_tin):
+    _resume(run, tiny_tin)
+    with pytest.raises(UserError, match="holds a pretrain run, not a finetune run"):
+        vitmim.finetune(data=tiny_tin, out=run, preset="smoke", overrides=TINY, progress=False)
+
+
 def test_a_rerun_after_its_checkpoints_were_deleted_does_not_mix_metrics(run, tiny_tin):
     before = (run / "metrics.jsonl").read_text().splitlines()
     shutil.rmtree(run / "checkpoints")

@@ -201,6 +201,14 @@ def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
                         f"same data to continue it, or choose another --out")
 
 
+def check_same_stage(run_dir: Path, stage: str) -> None:
+    """Refuse to train one stage in the folder of another (a pre-training in a fine-tune's)."""
+    recorded = json_object(run_dir / "manifest.json").get("stage")
+    if recorded not in (None, stage):
+        raise UserError(f"{run_dir}: holds a {recorded} run, not a {stage} run; choose another "
+                        f"--out")
+
+
 def check_same_init(run_dir: Path, init_sha256: str | None) -> None:
     """Refuse to continue or reuse a fine-tune from other starting weights (by content)."""
     recorded = json_object(run_dir / "manifest.json")

@@ -34,6 +34,7 @@ from vitmim.runs import (
     check_same_config,
     check_same_data,
     check_same_init,
+    check_same_stage,
     finished,
     last_metrics,
     open_run,
@@ -212,6 +213,7 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     cfg = absolute_data(cfg)
     claim_run(run_dir, inputs=[cfg.data.path])
+    check_same_stage(run_dir, "pretrain")
     check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     check_same_data(run_dir, train_set.fingerprint)
@@ -249,6 +251,7 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     claim_run(run_dir, inputs=[cfg.data.path, *([init] if init else [])])
+    check_same_stage(run_dir, "finetune")
     check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     if (train_set.labels < 0).any():
