@@ -28,7 +28,6 @@ machine). One run can be repeated by hand with
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -339,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vitmim.lab.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
     args = sys.argv[1:] if argv is None else argv
     sigterm_as_interrupt()
+    if GRID_PID in os.environ:  # a job outlives no grid: stopped like Ctrl-C when it dies
+        die_with_parent(int(os.environ[GRID_PID]), signal.SIGTERM)
     try:
         run_job(args[0])
     except UserError as e:
@@ -409,11 +410,14 @@ def launch_inline(runs: list[Run], progress: Progress) -> dict[Path, dict]:
     return results
 
 
+GRID_PID = "VITMIM_GRID_PID"  # the grid process a job belongs to
+
+
 def job_env(run: Run, jobs: int) -> dict[str, str]:
     """A job's environment: on a CPU each of ``jobs`` simultaneous jobs gets its share of the
     cores (OpenMP threads, which torch follows), so that together they do not oversubscribe
     them."""
-    env = dict(os.environ)
+    env = {**os.environ, GRID_PID: str(os.getpid())}
     device = run.config["device"]
     on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
     if jobs > 1 and on_cpu:
@@ -434,12 +438,9 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
                 cell_json = _prepare(run)
                 _start_line(len(runs) - len(queue), runs, run)
                 with open(run.dir / "log.txt", "a") as log:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "vitmim.lab.grid", str(cell_json)], stdout=log,
-                        stderr=subprocess.STDOUT, env=job_env(run, jobs),
-                        # a job outlives no grid: SIGTERM (stopped like Ctrl-C) when it dies
-                        preexec_fn=functools.partial(die_with_parent, os.getpid(),
-                                                     signal.SIGTERM))
+                    proc = subprocess.Popen([sys.executable, "-m", "vitmim.lab.grid",
+                                             str(cell_json)], stdout=log,
+                                            stderr=subprocess.STDOUT, env=job_env(run, jobs))
                 running[proc] = (run, time.time())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
