@@ -34,13 +34,21 @@ def _holds_runs(folder: Path) -> bool:
 
 
 def _run_or_stages(folder: Path) -> bool:
-    """:func:`_holds_runs`, or a folder with a run directly in it: a ``vitmim run`` folder
-    before its summary is written."""
+    """:func:`_holds_runs`, or a folder with a stage folder of ``vitmim run`` (``pretrain/``,
+    ``finetune_lf0.1/``, ...) that holds a run: a ``vitmim run`` folder before its summary is
+    written. A folder of runs of other names (``runs/pre``, ``runs/ft``) is the user's."""
+    from vitmim.stages import RUN_DIRS  # stages trains through this module: imported on use
+    names = set(RUN_DIRS.values())
+    return _holds_runs(folder) or any(
+        (folder / name).is_dir() and name.split("_lf")[0] in names and is_run(folder / name)
+        for name in _child_names(folder))
+
+
+def _child_names(folder: Path) -> list[str]:
     try:
-        children = [p for p in folder.iterdir() if p.is_dir()]
+        return [p.name for p in folder.iterdir()]
     except OSError:
-        children = []
-    return _holds_runs(folder) or any(is_run(c) for c in children)
+        return []
 
 
 def _within(path: Path, folder: Path) -> bool:
