@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -74,14 +75,19 @@ def recorded(path: Path) -> bool:
 
 
 def record(path: Path) -> None:
-    """Add ``path`` (just written) to the ledger; entries of files gone since are dropped."""
+    """Add ``path`` (just written) to the ledger; entries of files gone since are dropped. An
+    unwritable ledger costs only the right to replace the file later: a note, not an error."""
     ledger = _ledger()
-    digest = checkpoint.sha256(path)
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    with open(ledger.with_suffix(".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # commands writing at once each keep their entries
-        entries = {k: v for k, v in json_object(ledger).items() if os.path.isfile(k)}
-        checkpoint.write_json(ledger, {**entries, _key(path): digest})
+    try:
+        digest = checkpoint.sha256(path)
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(ledger.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # commands writing at once each keep their entries
+            entries = {k: v for k, v in json_object(ledger).items() if os.path.isfile(k)}
+            checkpoint.write_json(ledger, {**entries, _key(path): digest})
+    except (OSError, UserError) as e:
+        print(f"note: {ledger}: cannot record {path} ({e}); a later command will not replace "
+              f"it", file=sys.stderr)
 
 
 def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
