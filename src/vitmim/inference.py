@@ -178,10 +178,10 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     state, kwargs, cfg, meta = timm_weights(run, encoder)
     classes, names = ([], []) if encoder else (meta["classes"], meta["class_names"])
     if fmt == "file":
+        outputs.check_folder(out.parent, [out.name, out.with_suffix(".json").name], [run])
         if out.suffix != ".safetensors":
             raise ConfigError(f"{out}: export writes safetensors weights and a .json beside "
                               f"them; name a .safetensors file")
-        outputs.check_folder(out.parent, [out.name, out.with_suffix(".json").name], [run])
         checkpoint.save_weights(out, state, meta={
             "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
             "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
