@@ -186,25 +186,28 @@ def test_outputs_never_replace_the_files_of_a_run(trained, tmp_path):
     (user_folder / "old.txt").parent.mkdir()
     (user_folder / "old.txt").write_text("mine\n")
     before = files_under(out) | files_under(user_folder)
+    inside = "would write into the run folder"
     refused = {  # arguments: what the one line must say
-        ("export", ft, "--out", ft / "model.safetensors"): "would replace a file of the run",
-        ("export", ft, "--out", ft / "manifest.safetensors"): "manifest.json: would replace",
-        ("export", ft, "--out", ft / "checkpoints" / "a.safetensors"): "would replace",
-        ("export", ft, "--out", ft / "config.yaml"): "would replace",
+        ("export", ft, "--out", ft / "model.safetensors"): inside,
+        ("export", ft, "--out", ft / "manifest.safetensors"): inside,
+        ("export", ft, "--out", ft / "checkpoints" / "a.safetensors"): inside,
+        ("export", ft, "--out", ft / "config.yaml"): inside,
         ("export", ft, "--out", tmp_path / "weights.json"): "name a .safetensors file",
         ("export", ft, "--out", user_folder): "is a folder",
-        ("reconstruct", pre, img, "--out", pre / "metrics.jsonl"): "would replace",
-        ("reconstruct", pre, img, "--out", pre / "images" / "recon_epoch001.png"): "would replace",
-        ("reconstruct", pre, img, "--out", out / "summary.md"): "would replace",
+        ("reconstruct", pre, img, "--out", pre / "metrics.jsonl"): inside,
+        ("reconstruct", pre, img, "--out", pre / "images" / "recon_epoch001.png"): inside,
+        ("reconstruct", pre, img, "--out", out / "summary.md"): inside,
+        # a new name beside the run's own files is another run's folder all the same
+        ("reconstruct", pre, img, "--out", pre / "my_grid.png"): inside,
         ("reconstruct", pre, img, "--out", user_folder): "is a folder",
     }
     for args, message in refused.items():
         assert message in one_error_line(vitmim(*args, check=False)), args
     assert files_under(out) | files_under(user_folder) == before
-    # a new name beside the run's own files is fine
-    vitmim("reconstruct", pre, img, "--out", pre / "my_grid.png")
-    assert (pre / "my_grid.png").is_file()
-    (pre / "my_grid.png").unlink()
+    # the run's report folder is the one place beside its stages that other commands write
+    vitmim("reconstruct", pre, img, "--out", out / "report" / "my_grid.png")
+    assert (out / "report" / "my_grid.png").is_file()
+    shutil.rmtree(out / "report")
 
 
 @pytest.mark.parametrize("change, key", [

@@ -25,7 +25,7 @@ import torch
 from conftest import image_bytes
 
 from vitmim import checkpoint
-from vitmim.config import load_config
+from vitmim.config import dump, load_config
 from vitmim.data import load_splits
 from vitmim.models import build_classifier, build_restorer
 
@@ -172,12 +172,21 @@ def other_arch_restorer(c: Ctx) -> Path:
 
 
 def resume_other_size(c: Ctx) -> list[str]:
-    """A run folder whose checkpoint holds a smaller model, resumed with the smoke model."""
+    """A run folder whose checkpoint holds a smaller model, resumed with the smoke model; its
+    config.yaml says so, as the run that wrote the checkpoint left it."""
     cfg = load_config([], ["model.embed_dim=32", "model.num_heads=2"])
     model = build_classifier(cfg.model, 4)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     checkpoint.save_checkpoint(c.out, 0, tensors, {"stage": "finetune", "step": 0})
+    (c.out / "config.yaml").write_text(dump(cfg))
     return ["finetune", *SMOKE, "--data", str(c.tin()), "--out", str(c.out), "--resume"]
+
+
+def resume_unrecorded(c: Ctx) -> list[str]:
+    """A run folder holding a checkpoint but neither config.yaml nor manifest.json."""
+    args = resume_other_size(c)
+    (c.out / "config.yaml").unlink()
+    return args
 
 
 def pickle_file(c: Ctx, name: str) -> Path:
@@ -223,7 +232,8 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], str]] = {
                              "small.safetensors"),
     "init of another architecture": (lambda c: finetune_init(c, other_arch_restorer(c)),
                                      "unet.safetensors"),
-    "resume a checkpoint of another size": (resume_other_size, "does not fit"),
+    "resume a checkpoint of another size": (resume_other_size, "holds a run made with "),
+    "resume checkpoints without config or manifest": (resume_unrecorded, "cannot be told"),
     "pickle as init": (lambda c: finetune_init(c, pickle_file(c, "w.pt")), "pickle"),
     "pickle named .safetensors": (
         lambda c: finetune_init(c, pickle_file(c, "w.safetensors")), "pickle"),

@@ -21,6 +21,7 @@ Importing vitmim is cheap: torch and the rest load with the first call that need
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,34 @@ class PipelineResult:
     summary: str
 
 
+def _path(value: Any, name: str) -> Path:
+    """``value`` as a Path; anything but a str or path-like object is refused in one line."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name}={value!r}: expected a path (str or pathlib.Path), not "
+                          f"{type(value).__name__}")
+    return Path(value)
+
+
+def _paths(values: Any, name: str, empty: bool = False) -> list[Path]:
+    """A list of paths; a lone string (which would be read character by character) or an
+    empty list (unless ``empty``) is refused."""
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name}={values!r}: expected a list of paths, e.g. [{values!r}]")
+    if not values and not empty:
+        raise ConfigError(f"{name}: an empty list; give at least one path")
+    return [_path(v, name) for v in values]
+
+
 def _config(data: str | Path | None, preset: str | None, config: list[str | Path] | tuple,
             overrides: Overrides, dotted: dict[str, Any], init: str | Path | None = None):
     """The Config from keyword arguments, validated before any work starts (and before torch
     is imported: a typo costs a fraction of a second). With ``init``, a trained run, its model
     section is the base (:func:`vitmim.config.load_config_for_init`)."""
     from vitmim.config import load_config, load_config_for_init
-    files = [*([_preset_file(preset)] if preset else []), *config]
+    files = [*([_preset_file(preset)] if preset else []), *_paths(config, "config", empty=True)]
     texts = _override_texts(overrides, dotted)
     if data is not None:
-        texts.append(f"data.path={json.dumps(str(data))}")
+        texts.append(f"data.path={json.dumps(str(_path(data, 'data')))}")
     run_model = _run_model(init) if init is not None else None
     if run_model is None:
         return load_config(files, texts)
@@ -95,7 +114,11 @@ def _run_model(init: str | Path) -> dict | None:
 
 def _override_texts(overrides: Overrides, dotted: dict[str, Any]) -> list[str]:
     """``--set`` texts from a dict, a list of ``key=value`` texts and ``a__b=`` keywords."""
-    texts = list(overrides) if isinstance(overrides, list) else [
+    if not (overrides is None or isinstance(overrides, dict) or isinstance(
+            overrides, (list, tuple)) and all(isinstance(t, str) for t in overrides)):
+        raise ConfigError(f"overrides={overrides!r}: expected a dict ({{'key': value}}) or a "
+                          f"list of 'key=value' texts")
+    texts = list(overrides) if isinstance(overrides, (list, tuple)) else [
         f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]  # JSON values are YAML
     return texts + [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in dotted.items()]
 
@@ -133,7 +156,8 @@ def pretrain(*, out: str | Path, data: str | Path | None = None, preset: str | N
     from vitmim.stages import pretrain as run_pretrain
     from vitmim.tracking import tracking
     with tracking(log, log_every):
-        metrics = run_pretrain(cfg, Path(out), _env(cfg), resume=resume, progress=progress)
+        metrics = run_pretrain(cfg, _path(out, "out"), _env(cfg), resume=resume,
+                               progress=progress)
     return RunResult(Path(out), metrics)
 
 
@@ -148,7 +172,8 @@ def finetune(*, out: str | Path, init: str | Path | None = None, data: str | Pat
     from vitmim.stages import finetune as run_finetune
     from vitmim.tracking import tracking
     with tracking(log, log_every):
-        metrics = run_finetune(cfg, Path(out), _env(cfg), init=init, resume=resume,
+        metrics = run_finetune(cfg, _path(out, "out"), _env(cfg),
+                               init=None if init is None else _path(init, "init"), resume=resume,
                                progress=progress)
     return RunResult(Path(out), metrics)
 
@@ -161,12 +186,16 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
     ("steps" or "flops") adds scratch trained as long as both stages together."""
     cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.baselines import BASELINES
+    counts = sorted({b.equal for b in BASELINES.values() if b.equal})
+    if equal_compute is not None and equal_compute not in counts:
+        raise ConfigError(f"equal_compute={equal_compute!r}: expected None or one of "
+                          f"{', '.join(map(repr, counts))}")
     from vitmim.stages import run_all, summary_table
     from vitmim.tracking import tracking
     # every baseline at the fine-tune epochs, and those at equal compute counted as asked
     baselines = tuple(name for name, b in BASELINES.items() if b.equal in (None, equal_compute))
     with tracking(log, log_every):
-        results = run_all(cfg, Path(out), _env(cfg), resume=resume, baselines=baselines)
+        results = run_all(cfg, _path(out, "out"), _env(cfg), resume=resume, baselines=baselines)
     runs = {name: RunResult(Path(out) / name, metrics) for name, metrics in results.items()
             if "step" in metrics}  # a stage that did not train (no tuned recipe) is in .summary
     return PipelineResult(Path(out), runs, summary_table(results))
@@ -175,9 +204,10 @@ def run(*, out: str | Path = "runs/run", data: str | Path | None = None,
 Images = str | Path | list[str | Path] | tuple[str | Path, ...]
 
 
-def _paths(images: Images) -> list[str]:
-    """One image path (str or Path) or several, as a list of str."""
-    return [str(images)] if isinstance(images, (str, Path)) else [str(p) for p in images]
+def _image_paths(images: Images) -> list[str]:
+    """One image path (str or Path) or a non-empty list of them, as a list of str."""
+    return [str(_path(images, "images"))] if isinstance(images, (str, os.PathLike)) else [
+        str(p) for p in _paths(images, "images")]
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, device: str = "auto"
@@ -186,7 +216,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     ``device``: ``auto`` (the best available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     _check_device(device)
     from vitmim.inference import evaluate_run
-    return evaluate_run(run, str(data) if data else None, device)
+    return evaluate_run(_path(run, "run"), str(_path(data, "data")) if data else None, device)
 
 
 def predict(run: str | Path, images: Images, topk: int = 5, device: str = "auto"
@@ -195,7 +225,9 @@ def predict(run: str | Path, images: Images, topk: int = 5, device: str = "auto"
     one list per image."""
     _check_device(device)
     from vitmim.inference import predict as run_predict
-    top = run_predict(run, _paths(images), topk, device)
+    if isinstance(topk, bool) or not isinstance(topk, int):
+        raise ConfigError(f"topk={topk!r}: expected an integer >= 1")
+    top = run_predict(_path(run, "run"), _image_paths(images), topk, device)
     return top[0] if isinstance(images, (str, Path)) else top
 
 
@@ -206,8 +238,10 @@ def reconstruct(run: str | Path, images: Images, out: str | Path = "reconstructi
     returns its path. Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
     _check_device(device)
     from vitmim.inference import reconstruct as run_reconstruct
-    return run_reconstruct(run, _paths(images), Path(out), _override_texts(overrides, dotted),
-                           seed, device)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected an integer")
+    return run_reconstruct(_path(run, "run"), _image_paths(images), _path(out, "out"),
+                           _override_texts(overrides, dotted), seed, device)
 
 
 def load(run: str | Path, device: str = "auto"):
@@ -277,14 +311,14 @@ def pack_data(out: str | Path, data: str | Path | None = None, preset: str | Non
     from vitmim.data import load_splits, pack
     cfg = _config(data, preset, config, overrides, dotted)
     train, val = load_splits(cfg.data, cfg.model.img_size)
-    return pack(train, val, Path(out))
+    return pack(train, val, _path(out, "out"), source=cfg.data.path)
 
 
 def report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Tables, plots and a self-contained HTML page for a grid's run folders; returns the HTML
     page's path."""
     from vitmim.lab.report import build_report
-    return build_report(runs_dir, out)
+    return build_report(_path(runs_dir, "runs_dir"), None if out is None else _path(out, "out"))
 
 
 def export(run: str | Path, out: str | Path, format: str = "file", encoder: bool = False
@@ -293,7 +327,7 @@ def export(run: str | Path, out: str | Path, format: str = "file", encoder: bool
     that ``timm.create_model("local-dir:OUT", pretrained=True)`` loads; ``encoder`` the backbone
     alone."""
     from vitmim.inference import export as run_export
-    return run_export(run, out, format, encoder)
+    return run_export(_path(run, "run"), _path(out, "out"), format, encoder)
 
 
 def __getattr__(name: str):

@@ -277,7 +277,9 @@ CONTINUE = {"run": RESUME, "pretrain": RESUME, "finetune": RESUME,
 
 def main(argv: list[str] | None = None) -> int:
     from vitmim.errors import fold_lines, input_error_line
+    from vitmim.lifetime import sigterm_as_interrupt
     args = build_parser().parse_args(argv)
+    sigterm_as_interrupt()
     t0 = time.time()
     try:
         args.fn(args)

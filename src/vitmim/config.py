@@ -446,12 +446,39 @@ def _read_text(path: str | Path, what: str) -> str:
         raise ConfigError(f"{p}: cannot read the {what} ({e.strerror})") from None
 
 
+MAX_YAML_VALUES = 100_000  # a config holds hundreds; an alias bomb's billions only once expanded
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A YAML document that expands (through aliases) to more values than a config holds."""
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` for every config, override and run file vitmim reads; a document
+    whose aliases expand to more than MAX_YAML_VALUES values (371 bytes of nested aliases make
+    billions, and walking them took minutes and gigabytes) raises YAMLTooLarge."""
+    data = yaml.safe_load(text)
+    stack, seen = [data], 0
+    while stack:  # counts each value as often as aliases repeat it, stopping at the limit
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise YAMLTooLarge(f"expands to more than {MAX_YAML_VALUES:,} values through its "
+                               f"aliases (&/*); a config is far smaller")
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return data
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file whose top level is a mapping, or a one-line UserError naming the file."""
     p = Path(path)
     text = _read_text(p, what)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except RecursionError:
@@ -547,7 +574,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {_clip(text)}: expected a dotted key, e.g. "
                         f"pretrain.mask_ratio=0.4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
+    except YAMLTooLarge as e:
+        raise ConfigError(f"--set {key.strip()}: value {e}") from None
     except yaml.YAMLError:
         value = raw
     except RecursionError:

@@ -452,6 +452,8 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
         on_start()
     trainer.env.barrier()  # every process has looked before the main one writes step 0
     if trainer.step == 0:
+        if trainer.env.main:  # records of an earlier run whose checkpoints are gone
+            truncate_metrics(trainer.run_dir, 0)
         trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
     return trainer.fit() or last_metrics(trainer.run_dir)
 

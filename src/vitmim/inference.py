@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vitmim import checkpoint
+from vitmim import checkpoint, outputs
 from vitmim.augment import MEAN, STD, normalize
-from vitmim.config import Config, load_config
+from vitmim.config import Config, flatten, load_config, to_dict
 from vitmim.data import load_splits
 from vitmim.data.images import decode_image, prepare_image
 from vitmim.errors import CheckpointError, ConfigError, DataError, fold_lines
@@ -23,7 +24,7 @@ from vitmim.models.classifier import (
 )
 from vitmim.models.restorer import restored_image
 from vitmim.probes import pick_device
-from vitmim.runs import check_output, json_object, read_model
+from vitmim.runs import json_object, read_model
 from vitmim.stages import classification_metrics
 from vitmim.stages import save_reconstruction_grid as save_grid
 
@@ -107,9 +108,20 @@ def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.
     tensors, meta, _ = read_model(run)
     if meta.get("kind") != "restorer":
         raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
+    trained = load_config(base=meta["config"])
     cfg = load_config(base=meta["config"], overrides=overrides)
+    old, new = flatten(to_dict(trained.model)), flatten(to_dict(cfg.model))
+    changed = [k for k in old if old[k] != new[k]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--set model.{key}={new[key]!r}: {run} was trained with "
+                          f"model.{key}={old[key]!r}, and its weights fit only that; leave "
+                          f"model.* as trained (the masking, pretrain.*, may change)")
     model = build_restorer(cfg.model, cfg.pretrain)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError:  # a tensor of another shape
+        missing, unexpected = [], ["(another shape)"]
     if unexpected or [k for k in missing if not k.startswith("mask_token")]:
         raise ConfigError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
                           f"multiple of model.patch_size as it was trained")
@@ -150,7 +162,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5, device: str = "au
 def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
                 seed: int = 0, device: str = "auto") -> Path:
     """PNG grid of original | masked | restored for the given images."""
-    check_output(out)
+    outputs.check_file(out, inputs=[run, *images])
     dev = pick_device(device)
     model, cfg = load_restorer(run, overrides)
     x = normalize(load_images(images, cfg.model.img_size, single_image_resize(cfg)))
@@ -158,6 +170,7 @@ def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[s
     p = cfg.pretrain
     mask = random_mask(len(x), cfg.model.img_size, p.mask_patch, p.mask_ratio, g)
     save_grid(out, x, mask, restored_image(model.to(dev), x.to(dev), mask.to(dev), cfg).cpu())
+    outputs.record(Path(out))
     return out
 
 
@@ -187,23 +200,6 @@ def timm_weights(run: str | Path, encoder: bool = False
 EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
 
 
-def check_export_folder(out: Path) -> None:
-    """Refuse a model folder that would replace a run's files or the user's own: only an empty
-    folder or an earlier export (nothing but :data:`EXPORT_FILES`, config.json naming a timm
-    architecture) may be written."""
-    for name in EXPORT_FILES:
-        check_output(out / name)
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-    config = out / "config.json"
-    ours = config.is_file() and '"architecture"' in config.read_text(errors="replace")
-    if others or not ours:
-        shown = ", ".join(others[:3]) or "files that are not an earlier export"
-        raise ConfigError(f"--out {out}: holds {shown}; --format timm writes into an empty "
-                          f"folder or over an earlier export")
-
-
 def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = False) -> Path:
     """Write ``run``'s model for timm; returns ``out``.
 
@@ -221,30 +217,30 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     state, kwargs, cfg, meta = timm_weights(run, encoder)
     classes, names = ([], []) if encoder else (meta["classes"], meta["class_names"])
     if fmt == "file":
-        check_output(out)
+        outputs.check_folder(out.parent, [out.name, out.with_suffix(".json").name], [run])
         if out.suffix != ".safetensors":
             raise ConfigError(f"{out}: export writes safetensors weights and a .json beside "
                               f"them; name a .safetensors file")
-        check_output(out.with_suffix(".json"))
         checkpoint.save_weights(out, state, meta={
             "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
             "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
+        outputs.record(out)
+        outputs.record(out.with_suffix(".json"))
         return out
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; --format timm writes a folder")
-    check_export_folder(out)
+    outputs.check_folder(out, EXPORT_FILES, [run])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     resize = single_image_resize(cfg)
     checkpoint.save_weights(out / "model.safetensors", state)
-    checkpoint.write_json(out / "config.json",
-                          timm_config(cfg.model, kwargs, classes, names, resize))
+    outputs.record(out / "model.safetensors")
+    outputs.write_text(out / "config.json", json.dumps(
+        timm_config(cfg.model, kwargs, classes, names, resize), indent=2) + "\n", [run], out)
     data = {"path": Path(cfg.data.path or "").name or cfg.data.path, "resize": resize,
             "images": training_images(run)}
-    checkpoint.write_text(out / "README.md", model_card(cfg.model, len(classes),
-                                                        meta.get("metrics") or {}, data))
+    outputs.write_text(out / "README.md", model_card(cfg.model, len(classes),
+                                                     meta.get("metrics") or {}, data), [run], out)
     return out
 
 

@@ -36,6 +36,7 @@ from vitmim.config import (
     dump,
     flatten,
     load_config,
+    load_yaml,
     read_json_mapping,
     read_jsonl,
     to_dict,
@@ -49,12 +50,6 @@ if TYPE_CHECKING:  # engine imports this module
 
 METRICS = "metrics.jsonl"
 MODEL = "model.safetensors"
-# what vitmim writes in a run folder (and, for summary/cell/status, in a folder of runs): an
-# output path that would replace one of these is refused
-OWN_FILES = frozenset({MODEL, "model.json", "config.yaml", "manifest.json", METRICS, ".lock",
-                       "probe.json", "probe_random_init.json", "summary.md", "summary.json",
-                       "cell.json", "status.json", "log.txt"})
-OWN_FOLDERS = frozenset({"checkpoints", "images"})
 # written into a folder of stage folders (`vitmim run --out`, a grid cell) before its stages
 PARENT_MARKERS = ("summary.json", "cell.json")
 
@@ -122,43 +117,10 @@ def _yaml_mapping(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
-    try:
-        names = {p.name for p in folder.iterdir()}
-    except OSError as e:
-        raise UserError(f"{folder}: cannot read the run folder ({e.strerror})") from None
-    return (names <= {".lock"}  # new, or a run stopped before it wrote its config
-            or is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS)
-            or any((folder / s).is_dir() and _is_ours(folder / s, ()) for s in stages))
-
-
-def claim(folder: Path, stages: tuple[str, ...] = ()) -> None:
-    """Refuse, before anything is written there, to train in a folder that holds files but no
-    vitmim run: a run folder, or with ``stages`` a folder of stage folders (``vitmim run``)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: is a file, not a run folder; choose another --out")
-    if folder.is_dir() and not _is_ours(folder, stages):
-        raise UserError(f"{folder}: holds files that are not a vitmim run; choose a new or "
-                        f"empty --out")
-
-
-def check_output(out: Path) -> None:
-    """Refuse an output file that names a folder, or that would replace a file of a run."""
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; --out names the file to write")
-    for folder in out.absolute().parents:
-        if is_run(folder) or any((folder / m).is_file() for m in PARENT_MARKERS):
-            rel = out.absolute().relative_to(folder)
-            if rel.parts[0] in OWN_FOLDERS or str(rel) in OWN_FILES:
-                raise UserError(f"{out}: would replace a file of the run in {folder}; choose "
-                                f"another --out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,13 +187,34 @@ def differing_key(saved: Config | dict, cfg: Config | dict,
     return None
 
 
+def _has_trained(run_dir: Path) -> bool:
+    """``run_dir`` holds something a run trained: checkpoints, epoch records or a final model."""
+    return (any(run_dir.glob("checkpoints/step_*.json")) or (run_dir / METRICS).exists()
+            or (run_dir / MODEL).exists())
+
+
+def _unknown_run(run_dir: Path, what: str) -> UserError:
+    return UserError(f"{run_dir}: holds a run without {what}, so whether it is this one cannot "
+                     f"be told; delete the folder to start afresh, or choose another --out")
+
+
 def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict], dict] = run_keys
                       ) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
-    differing key of ``keys`` (:func:`restorer_keys` for a pre-training); a folder without a
-    config holds nothing to compare."""
+    differing key of ``keys`` (:func:`restorer_keys` for a pre-training). Without a readable
+    config.yaml the manifest's config fingerprint is compared (which covers every run key); a
+    trained folder with neither is refused (nothing proves it is the same run)."""
     saved = _yaml_mapping(run_dir / "config.yaml")
-    diff = differing_key(saved, cfg, keys) if saved else None
+    if not saved:
+        recorded = json_object(run_dir / "manifest.json").get("config_fingerprint")
+        if recorded is None and _has_trained(run_dir):
+            raise _unknown_run(run_dir, "a readable config.yaml or manifest.json")
+        if recorded is not None and recorded != config_fingerprint(cfg):
+            raise UserError(f"{run_dir}: holds a run made with another config (its "
+                            f"config.yaml is missing or damaged; manifest.json records another "
+                            f"config fingerprint); use the same settings, or choose another --out")
+        return
+    diff = differing_key(saved, cfg, keys)
     if diff:
         key, _, change = diff.partition("=")
         was, now = change.split(" -> ", 1)
@@ -241,12 +224,35 @@ def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict]
 
 def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` on other data (by content: the same
-    data at another path is the same run)."""
+    data at another path is the same run); a trained folder whose manifest does not record its
+    data is refused."""
     recorded = json_object(run_dir / "manifest.json")
-    if recorded.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+    if "data_fingerprint" not in recorded:
+        if _has_trained(run_dir):
+            raise _unknown_run(run_dir, "a manifest.json that records its data")
+        return
+    if recorded["data_fingerprint"] != data_fingerprint:
         where = recorded.get("data", {}).get("path", "another data set")
         raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "
                         f"same data to continue it, or choose another --out")
+
+
+def check_same_stage(run_dir: Path, stage: str) -> None:
+    """Refuse to train one stage in the folder of another (a pre-training in a fine-tune's)."""
+    recorded = json_object(run_dir / "manifest.json").get("stage")
+    if recorded not in (None, stage):
+        raise UserError(f"{run_dir}: holds a {recorded} run, not a {stage} run; choose another "
+                        f"--out")
+
+
+def check_same_init(run_dir: Path, init_sha256: str | None) -> None:
+    """Refuse to continue or reuse a fine-tune from other starting weights (by content)."""
+    recorded = json_object(run_dir / "manifest.json")
+    if "init_sha256" in recorded and recorded["init_sha256"] != init_sha256:
+        was = recorded.get("init") or "random weights"
+        raise UserError(f"{run_dir}: holds a fine-tune started from {was}, not from "
+                        f"{'these weights' if init_sha256 else 'random weights'}; pass the same "
+                        f"--init to continue it, or choose another --out")
 
 
 def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:

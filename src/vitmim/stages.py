@@ -24,16 +24,18 @@ from vitmim.baselines import BASELINES, is_tuned
 from vitmim.config import Config, tuned_scratch
 from vitmim.data import ImageSet, load_splits
 from vitmim.engine import Env, Trainer, derive_seed, train
-from vitmim.errors import UserError
+from vitmim.errors import DataError, UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
+from vitmim.outputs import claim_run
 from vitmim.probes import probe_random_init, probe_run
 from vitmim.runs import (
     absolute_data,
     check_same_config,
     check_same_data,
-    claim,
+    check_same_init,
+    check_same_stage,
     finished,
     last_metrics,
     open_run,
@@ -233,8 +235,9 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
 def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
              progress: bool = True) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
-    claim(run_dir)
     cfg = absolute_data(cfg)
+    claim_run(run_dir, inputs=[cfg.data.path])
+    check_same_stage(run_dir, "pretrain")
     check_same_config(run_dir, cfg, restorer_keys)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
     check_same_data(run_dir, train_set.fingerprint)
@@ -271,20 +274,27 @@ def scratch_recipe(cfg: Config) -> Config:
 def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
-    claim(run_dir)
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
+    claim_run(run_dir, inputs=[cfg.data.path, *([init] if init else [])])
+    check_same_stage(run_dir, "finetune")
     check_same_config(run_dir, cfg)
     train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main,
                                      labelled="fine-tuning")
     if (train_set.labels < 0).any():
         raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
                         f"(source {cfg.data.source} has none)")
+    if len(train_set.classes) < 2:
+        raise DataError(f"{cfg.data.path}: {len(train_set.classes)} class; a classifier needs at "
+                        f"least 2 (its accuracy would be 100 % by construction)")
     check_same_data(run_dir, train_set.fingerprint)
+    source, _, origin = read_model(init, described=False) if init else ({}, {}, None)
+    init_sha256 = checkpoint.sha256(origin) if init else None
+    check_same_init(run_dir, init_sha256)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
-    extra: dict = {"stage": "finetune", "init": str(init) if init else None}
+    extra: dict = {"stage": "finetune", "init": str(init) if init else None,
+                   "init_sha256": init_sha256}
     if init:
-        source, _, origin = read_model(init, described=False)
         report = transfer(source, model, str(origin))
         extra["transfer"] = {"new": report.new, "dropped": report.dropped,
                              "copied": len(report.copied)}
@@ -435,7 +445,7 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
                    for lf in label_fractions or [None]]
     untrained = [c for c in classifiers if is_tuned(c[0]) and not cfg.scratch]
     classifiers = [c for c in classifiers if c not in untrained]
-    claim(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],))
+    claim_run(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],), [cfg.data.path])
     # refuse a changed config before the data (whose decoding shows progress) is read
     if pretrained:
         check_same_config(out / dirs["pretrain"], cfg, restorer_keys)

@@ -76,10 +76,12 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
     _check_url(url, allow_local_http)
     want = _expected(url, sha256)
     dest = Path(dest).expanduser()
+    if want and dest.is_file() and _matches(_file_digests(dest), want):
+        print(f"{dest}: already there, checksum matches; not downloading", file=sys.stderr)
+        return dest
+    from vitmim import outputs  # runs (which outputs reads) imports this package
+    outputs.check_file(dest)
     if want and dest.is_file():
-        if _matches(_file_digests(dest), want):
-            print(f"{dest}: already there, checksum matches; not downloading", file=sys.stderr)
-            return dest
         print(f"{dest}: checksum does not match; downloading again", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -93,6 +95,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+    outputs.record(dest)
     return dest
 
 
@@ -177,14 +180,17 @@ def _jpeg(img: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def pack(train: ImageSet, val: ImageSet | None, dest: Path) -> Path:
+def pack(train: ImageSet, val: ImageSet | None, dest: Path, source: str | Path | None = None
+         ) -> Path:
     """Write the splits as a small zip in the official Tiny ImageNet layout.
 
     Images are re-encoded as JPEG (quality 95, 4:4:4; a few grey levels off the source), so
     ten classes (5,500 images) take about 25 MB. ``load_splits`` (source auto or tin) reads the
     result; an unlabelled ``train`` (no classes) is written as a plain folder of images.
+    ``source``: the data set it was read from, never written onto or into.
     """
-    dest = Path(dest).expanduser()
+    from vitmim import outputs  # runs (which outputs reads) imports this package
+    dest = outputs.check_file(dest, inputs=[source] if source else [])
     dest.parent.mkdir(parents=True, exist_ok=True)
     top = (dest.stem or "data") + "/"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -201,6 +207,7 @@ def pack(train: ImageSet, val: ImageSet | None, dest: Path) -> Path:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+    outputs.record(dest)
     return dest
 
 

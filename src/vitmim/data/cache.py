@@ -43,6 +43,7 @@ from tqdm import tqdm
 from vitmim.data.images import decode_image
 from vitmim.data.sources import Plan, Tree, tree_for
 from vitmim.errors import DataError, UserError, fold_lines
+from vitmim.lifetime import die_with_parent
 
 CACHE_VERSION = 2  # bump when the cache layout or decoding changes
 CHUNK = 500  # images per decode task: small enough for a smooth progress bar
@@ -158,7 +159,8 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int
         return resized
     # Workers start before the progress bar's monitor thread exists; a dead worker (OOM kill)
     # surfaces as BrokenProcessPool instead of a hang.
-    ex = ProcessPoolExecutor(workers, mp_context=_mp_context())
+    ex = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=die_with_parent,
+                             initargs=(os.getpid(),))
     ok = False
     try:
         futures = [ex.submit(_worker, t) for t in tasks]
@@ -201,7 +203,8 @@ def _split_fingerprint(key: str, split: str) -> str:
 def _locked(path: Path) -> Iterator[None]:
     """Exclusive lock on ``path`` while building, so concurrent ranks do not decode twice.
 
-    The OS drops the lock when its holder dies, so a killed build never blocks the next one.
+    The OS drops the lock when its holder dies (its decoder workers die with it), so a killed
+    build never blocks the next one; a wait says whom it waits for.
     """
     try:
         import fcntl
@@ -209,7 +212,17 @@ def _locked(path: Path) -> Iterator[None]:
         yield
         return
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"{path.parent}: waiting for process {holder}, which is building this data "
+                  f"cache (lock {path.name})", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
         try:
             yield
         finally:

@@ -114,7 +114,7 @@ class DirTree(Tree):
         self.root = root.resolve()
         self.spec = ("dir", str(self.root))
         self._files: list[str] | None = None  # listed lazily: workers only read
-        self._stats: dict[str, tuple[int, int]] = {}
+        self._stats: dict[str, tuple[int, int, int, int]] = {}
         self._dirs: set[str] = set()
 
     def _walk(self) -> None:
@@ -125,9 +125,12 @@ class DirTree(Tree):
         for d, dnames, fnames in os.walk(self.root, followlinks=True):
             rel_d = os.path.relpath(d, self.root).replace(os.sep, "/")
             rel_d = "" if rel_d == "." else rel_d + "/"
-            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)]
+            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)
+                         and self._text_name(d, n, _visible(n))]
             self._dirs.update(rel_d + n for n in dnames)
             for n in fnames:
+                if not self._text_name(d, n, _is_image(n)):
+                    continue
                 try:
                     st = os.stat(os.path.join(d, n))
                 except OSError:
@@ -137,10 +140,24 @@ class DirTree(Tree):
                     # A FIFO would block its reader forever; sockets and devices are no data.
                     skipped[_kind(st.st_mode)] += 1
                     continue
-                self._stats[rel_d + n] = (st.st_size, st.st_mtime_ns)
+                self._stats[rel_d + n] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                 files.append(rel_d + n)
         self._files = sorted(files)
         _say_skipped(self.display(""), skipped)
+
+    @staticmethod
+    def _text_name(folder: str, name: str, data: bool) -> bool:
+        """True for a name that is UTF-8 text; a name that is not (its bytes arrive as
+        surrogates) is refused where it would be data (an image, a class folder) and skipped
+        elsewhere: run folders, manifests and messages record names as text."""
+        try:
+            name.encode()
+            return True
+        except UnicodeEncodeError:
+            if not data:
+                return False
+        shown = os.fsencode(os.path.join(folder, name)).decode("utf-8", "backslashreplace")
+        raise DataError(f"{shown}: name is not valid UTF-8; rename it")
 
     @property
     def files(self) -> list[str]:
@@ -169,11 +186,14 @@ class DirTree(Tree):
         return str(self.root / rel) if rel else str(self.root)
 
     def fingerprint(self) -> str:
-        # Paths, sizes and mtimes: an edited or replaced file gives a new cache.
+        # Paths, sizes, mtimes, inodes and ctimes: an edited or replaced file gives a new cache,
+        # also one copied over the old with its size and mtime kept (cp -p, rsync -t), since
+        # neither can set the ctime and rsync makes a new inode. Hidden files are never data:
+        # a .DS_Store appearing does not make the same images other data.
         h = hashlib.sha256(b"dir\n")
-        for rel in self.files:
-            size, mtime = self._stats[rel]
-            h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        for rel in filter(_visible, self.files):
+            size, mtime, inode, ctime = self._stats[rel]
+            h.update(f"{rel}\0{size}\0{mtime}\0{inode}\0{ctime}\n".encode())
         return h.hexdigest()
 
 
@@ -552,6 +572,10 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
         for d in sorted(x for x in tree.listdir(vp)[0] if _visible(x)):
             if d not in found:
                 raise DataError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
+        loose = sorted(f for f in tree.listdir(vp)[1] if _is_image(f))
+        if loose:  # without class folders they have no labels: val top-1 would read 0
+            raise DataError(f"{tree.display(vp + loose[0])}: a validation image outside a class "
+                            f"folder ({len(loose)} in val/); move them to val/<class>/")
         vfiles = _class_files(tree, vp, classes)
         val = Split([f for c in classes for f in vfiles[c]],
                      np.asarray([index[c] for c in classes for _ in vfiles[c]], np.int64))

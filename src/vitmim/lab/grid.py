@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,13 +44,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from vitmim import checkpoint
+from vitmim import checkpoint, outputs
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned, variant_axes
 from vitmim.config import (
     PRESETS,
     Config,
     flatten,
     load_config,
+    load_yaml,
     overrides_to_dict,
     read_json_mapping,
     read_yaml_mapping,
@@ -60,6 +62,7 @@ from vitmim.data import train_fingerprint
 from vitmim.engine import env_for
 from vitmim.errors import UserError, one_line
 from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
+from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
 from vitmim.runs import finished, json_object, restorer_keys
 from vitmim.stages import eta_text, run_all, stage_dirname
 
@@ -443,6 +446,9 @@ def _execute(job: dict, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``python -m vitmim.lab.grid CELL_JSON``: one job in its own process (what ``local`` runs)."""
     args = sys.argv[1:] if argv is None else argv
+    sigterm_as_interrupt()
+    if GRID_PID in os.environ:  # a job outlives no grid: stopped like Ctrl-C when it dies
+        die_with_parent(int(os.environ[GRID_PID]), signal.SIGTERM)
     try:
         run_job(args[0])
     except UserError as e:
@@ -456,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(run: Run) -> Path:
+    grid = run.dir.parent.parent  # OUT/<cell>/seed<k>
+    outputs.claim_run(run.dir, tuple(d.name for d in run.stage_dirs()), inside=grid)
     path = run.dir / "cell.json"
     checkpoint.write_json(path, run.job())
     share_restorer(run)
@@ -501,9 +509,9 @@ class Progress:
         self.total, self.jobs, self.walls, self.done = total, jobs, list(walls), 0
         self.on_done = on_done  # called with each run that finished
 
-    def outcome(self, run: Run, ok: bool, wall_s: float) -> dict:
-        """Status of a finished job: ``status.json`` if the job got to write it, else the log
-        tail; printed with the progress of the whole grid."""
+    def outcome(self, run: Run, ok: bool, wall_s: float, killed: str | None = None) -> dict:
+        """Status of a finished job: ``killed`` (what a signal did), ``status.json`` if the job
+        got to write it, else the log tail; printed with the progress of the whole grid."""
         status = read_status(run.dir)
         if ok and run_finished(run):
             result = {"status": "done", "wall_s": wall_s}
@@ -512,7 +520,8 @@ class Progress:
                 self.on_done(run)
         else:
             error = status.get("error") if status.get("status") == "failed" else None
-            result = {"status": "failed", "error": error or _log_tail(run.dir), "wall_s": wall_s}
+            result = {"status": "failed", "error": killed or error or _log_tail(run.dir),
+                      "wall_s": wall_s}
         self.done += 1
         left = self.total - self.done
         eta = eta_text(sum(self.walls) / len(self.walls) * left / self.jobs) \
@@ -546,11 +555,14 @@ def launch_inline(runs: list[Run], progress: Progress) -> dict[Path, dict]:
     return results
 
 
+GRID_PID = "VITMIM_GRID_PID"  # the grid process a job belongs to
+
+
 def job_env(run: Run, jobs: int) -> dict[str, str]:
     """A job's environment: on a CPU each of ``jobs`` simultaneous jobs gets its share of the
     cores (OpenMP threads, which torch follows), so that together they do not oversubscribe
     them."""
-    env = dict(os.environ)
+    env = {**os.environ, GRID_PID: str(os.getpid())}
     device = run.config["device"]
     on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
     if jobs > 1 and on_cpu:
@@ -585,11 +597,23 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 run, t0 = running.pop(proc)
-                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0)
+                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0,
+                                                    _killed(proc.returncode))
     except KeyboardInterrupt:
         _interrupt(list(running))
         raise
     return results
+
+
+def _killed(returncode: int) -> str | None:
+    """What stopped a job that a signal ended (its log ends mid-line, in a progress bar)."""
+    if returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (out of memory, or stopped from outside); rerun to resume it"
 
 
 def _interrupt(procs: list[subprocess.Popen]) -> None:
@@ -606,7 +630,9 @@ def _interrupt(procs: list[subprocess.Popen]) -> None:
 
 def _log_tail(run_dir: Path) -> str:
     log = run_dir / "log.txt"
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] \
+    # progress-bar lines (redrawn after \r) say nothing about why a job stopped
+    lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+             if ln.strip() and not re.search(r"\d+%\|", ln)] \
         if log.exists() else []
     return lines[-1].strip() if lines else "no output"
 
@@ -664,7 +690,8 @@ def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict],
         r = results.get(run.dir) or {"status": "done" if run_finished(run) else "pending"}
         rows.append({"cell": run.cell, "kind": run.kind, "seed": run.seed,
                      "dir": str(run.dir.relative_to(out)), **r})
-    path = out / "grid.json"
+    path = outputs.check_file(out / "grid.json", ours=lambda p: isinstance(
+        json_object(p).get("runs"), list))  # a grid's status, of this grid or an earlier one
     checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows,
                                  **({"reference": reference} if reference else {})})
     return path
@@ -735,7 +762,10 @@ def slurm_params(texts: list[str]) -> dict:
         if "=" not in text:
             raise UserError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
         key, value = text.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--slurm {key.strip()}: not a YAML value ({one_line(e)})") from None
     return params
 
 

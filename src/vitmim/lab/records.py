@@ -26,6 +26,7 @@ import statistics
 from pathlib import Path
 
 from vitmim import checkpoint
+from vitmim.errors import UserError
 from vitmim.runs import METRICS, MODEL, differing_key, finished, json_object
 
 RECORD = "record.json"
@@ -67,6 +68,10 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     """Copy what the finished run in ``run_dir`` measured into ``record_dir`` (replacing an
     older record there: the plan decided it is stale); ``record.json`` last, so that a record
     cut off half-way is not one."""
+    if record_dir.exists() and not is_recorded(record_dir):
+        raise UserError(f"{record_dir}: exists and holds no record ({RECORD}); the grid writes "
+                        f"records only into folders of its own: move it, or name another "
+                        f"`records:` folder in the spec")
     tmp = record_dir.with_name(record_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

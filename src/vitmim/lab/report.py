@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vitmim import checkpoint, config
+from vitmim import config, outputs
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned
 from vitmim.errors import UserError
 from vitmim.lab.grid import CELL_KEYS, cell_name
@@ -99,11 +99,17 @@ def _read_run_config(path: Path, raw: dict | None = None) -> config.Config:
         raise UserError(f"{path}: {e}") from None
 
 
+KINDS = ("variant", *BASELINES)  # what cell.json may name
+
+
 def collect(runs_dir: Path) -> list[RunRecord]:
     """Every fine-tune stage folder under ``runs_dir/<cell>/seed<k>/``, finished or not."""
     records = []
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
+        if job["kind"] not in KINDS:
+            raise UserError(f"{cell_json}: kind {job['kind']!r} is not one vitmim writes "
+                            f"(known: {', '.join(KINDS)}); repair or remove the cell")
         seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
         pre_curve = read_metrics(pre) if stage_done(pre) else []
@@ -515,7 +521,7 @@ def write_recipe(ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path,
             "#   vitmim grid configs/grids/unseen_subsets.yaml -c THIS_FILE --data DATA"]
     text = "\n".join(head if not recipe else head[:1] + head[2:]) + "\n"
     text += yaml.safe_dump({"scratch": recipe}, sort_keys=True)
-    checkpoint.write_text(path, text)
+    outputs.write_text(path, text)
     return path
 
 
@@ -619,8 +625,11 @@ def _figure(ncols: int, nrows: int = 1):
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        outputs.write_file(path, lambda p: fig.savefig(p, format="png", dpi=100),
+                           inside=path.parent.parent)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -776,7 +785,7 @@ def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str,
             name = stage_label(r, "pretrain")
             dest = out / "recon" / f"{name}_seed{r.seed}_{img.stem}.png"
             data = img.read_bytes()
-            checkpoint.atomic_write(dest, lambda p, data=data: p.write_bytes(data))
+            outputs.write_file(dest, lambda p, data=data: p.write_bytes(data), inside=out)
             shown.append((f"{name}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
     return shown
 
@@ -878,6 +887,11 @@ def reference_section(runs_dir: Path, summary: list[dict]) -> list[tuple[str, st
     return [("Beside the published figures", "\n".join(lines))]
 
 
+REPORT_FILES = ("report.md", "report.csv", "runs.csv", "report.html", "gains.csv",
+                "scratch_recipe.yaml", "plots/accuracy.png", "plots/curves.png",
+                "plots/signals.png", "plots/restoration.png", "plots/subset_gains.png")
+
+
 def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.md, report.csv, runs.csv, report.html and plots/ into ``out``
     (default ``RUNS_DIR/report``) for a grid folder or one ``vitmim run`` folder; returns the
@@ -886,6 +900,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a folder of runs")
     out = Path(out) if out else runs_dir / "report"
+    outputs.check_folder(out, REPORT_FILES)  # before anything is written: no half a report
     single = not any(runs_dir.glob("*/seed*/cell.json")) and is_run_folder(runs_dir)
     records = collect_run(runs_dir) if single else collect(runs_dir)
     rows = group(records)
@@ -906,11 +921,11 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     sections += _recipe_sections(records, runs_dir, out)
     recons = copy_reconstructions(records, out)
     title = f"vitmim report: {runs_dir.resolve().name}"
-    checkpoint.write_text(out / "report.md",
-                          markdown_page(title, summary, plots, recons, out, sections))
-    checkpoint.write_text(out / "report.csv", csv_text(summary))
-    checkpoint.write_text(out / "runs.csv", runs_csv_text(records, runs_dir))
-    checkpoint.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
+    outputs.write_text(out / "report.md", markdown_page(title, summary, plots, recons, out,
+                                                        sections))
+    outputs.write_text(out / "report.csv", csv_text(summary))
+    outputs.write_text(out / "runs.csv", runs_csv_text(records, runs_dir))
+    outputs.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
     return out / "report.html"
 
 
@@ -934,12 +949,12 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
                   plot_regimes(regimes, out / "plots/regime_gains.png")))
     plots.append(("gain of pre-training per class subset",
                   plot_gains(gains, key, out / "plots/subset_gains.png")))
-    checkpoint.write_text(out / "gains.csv", _csv(
+    outputs.write_text(out / "gains.csv", _csv(
         ["variant", "label_fraction", "subset", "seed", "baseline", "gain", "core_min",
          "baseline_core_min"],
         [[g.variant, g.label_fraction, g.subset, g.seed, g.kind, g.value, g.cost,
           g.baseline_cost] for g in gains]))
-    checkpoint.write_text(out / "regimes.csv", _csv(
+    outputs.write_text(out / "regimes.csv", _csv(
         ["regime", "label_fraction", "baseline", "gain", "std", "n", "ci95_low", "ci95_high",
          "core_min", "baseline_core_min"],
         [[r["regime"], r["labels"], r["baseline"], r["gain"], r["std"], r["n"],

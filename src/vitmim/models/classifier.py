@@ -108,6 +108,14 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
                 raise CheckpointError(f"{origin}: {key} has shape {tuple(source[key].shape)}, "
                                       f"the model expects {tuple(value.shape)} (another model "
                                       f"size?)")
+            if value.is_floating_point() and not source[key].is_floating_point():
+                # a cast would silently turn quantised or damaged weights into other numbers
+                raise CheckpointError(f"{origin}: {key} holds {source[key].dtype} values, not "
+                                      f"floating-point weights; pass the float weights of a run")
+            if value.is_floating_point() and not source[key].isfinite().all():
+                # refused here, not as a non-finite loss that would blame the learning rate
+                raise CheckpointError(f"{origin}: {key} holds NaN or infinite values; these "
+                                      f"weights cannot start a fine-tune (pass another --init)")
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head.") or key == "cls_token":  # a restorer has neither
