@@ -32,14 +32,14 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
      "out=123: expected a path"),
     (lambda r, img, tmp: vitmim.reconstruct(r.pre.run_dir, [], tmp / "g.png"),
      "images: an empty list"),
-    (lambda r, img, tmp: vitmim.reconstruct(r.pre.run_dir, str(img), tmp / "g.png"),
-     "expected a list of paths"),
+    (lambda r, img, tmp: vitmim.reconstruct(r.pre.run_dir, 7, tmp / "g.png"),
+     "images=7: expected a list of paths"),
     (lambda r, img, tmp: vitmim.reconstruct(r.pre.run_dir, [img], tmp / "g.png",
                                              overrides="pretrain.mask_ratio=0.4"),
      "overrides='pretrain.mask_ratio=0.4': expected a dict"),
     (lambda r, img, tmp: vitmim.predict(r.ft.run_dir, [img], topk=1.5),
      "topk=1.5: expected an integer"),
-    (lambda r, img, tmp: vitmim.predict(r.ft.run_dir, str(img)), "expected a list of paths"),
+    (lambda r, img, tmp: vitmim.predict(r.ft.run_dir, {img}), "expected a list of paths"),
     (lambda r, img, tmp: vitmim.export(r.ft.run_dir, out=123), "out=123: expected a path"),
     (lambda r, img, tmp: vitmim.evaluate(123), "run=123: expected a path"),
     (lambda r, img, tmp: vitmim.report(["a"]), "runs_dir=['a']: expected a path"),
@@ -52,6 +52,15 @@ def test_api_wrong_types_are_one_line(call, message, tin2_runs, tin2, tmp_path):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
         call(tin2_runs, tin2.images[0], tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_a_single_image_path_is_one_image_not_its_characters(tin2_runs, tin2, tmp_path):
+    img = tin2.images[0]
+    assert vitmim.predict(tin2_runs.ft.run_dir, str(img)) == \
+        vitmim.predict(tin2_runs.ft.run_dir, [img])[0]
+    one = vitmim.reconstruct(tin2_runs.pre.run_dir, Path(img), tmp_path / "one.png")
+    two = vitmim.reconstruct(tin2_runs.pre.run_dir, [img], tmp_path / "two.png")
+    assert one.read_bytes() == two.read_bytes()
 
 
 @pytest.mark.parametrize("key, value", [("model.embed_dim", 32), ("model.depth", 1)])

@@ -168,13 +168,13 @@ def finetune(*, out: str | Path, init: str | Path | None = None, data: str | Pat
     """Fine-tune a classifier in ``out`` from ``init`` (a pre-trained run folder or weights
     file), or from scratch without it (``vitmim finetune``). Other arguments as :func:`pretrain`.
     """
+    init = None if init is None else _path(init, "init")
     cfg = _config(data, preset, config, overrides, dotted, init)
     from vitmim.stages import finetune as run_finetune
     from vitmim.tracking import tracking
     with tracking(log, log_every):
         metrics = run_finetune(cfg, _path(out, "out"), _env(cfg),
-                               init=None if init is None else _path(init, "init"), resume=resume,
-                               progress=progress)
+                               init=init, resume=resume, progress=progress)
     return RunResult(Path(out), metrics)
 
 
