@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from vitmim.errors import CheckpointError, ConfigError, DataError, UserError
 
@@ -219,6 +219,16 @@ def evaluate(run: str | Path, data: str | Path | None = None, device: str = "aut
     return evaluate_run(_path(run, "run"), str(_path(data, "data")) if data else None, device)
 
 
+@overload
+def predict(run: str | Path, images: str | Path, topk: int = 5, device: str = "auto"
+            ) -> list[tuple[str, float]]: ...
+
+
+@overload
+def predict(run: str | Path, images: list[str | Path] | tuple[str | Path, ...], topk: int = 5,
+            device: str = "auto") -> list[list[tuple[str, float]]]: ...
+
+
 def predict(run: str | Path, images: Images, topk: int = 5, device: str = "auto"
             ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
     """Top-k (class name, probability): for one image path, its list; for a list of paths,
@@ -282,7 +292,7 @@ def grid(spec: str | Path, out: str | Path | None = None, data: str | Path | Non
     if data is not None:
         texts.append(f"data.path={json.dumps(str(data))}")
     run_grid(loaded, folder, executor, texts, slurm_params(slurm or []), wait, dry_run,
-             list(config), jobs)
+             [str(c) for c in _paths(config, "config", empty=True)], jobs)
     return folder
 
 

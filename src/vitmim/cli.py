@@ -80,7 +80,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    for path, top in zip(args.images, vitmim.predict(args.run, args.images, args.topk,
+    for path, top in zip(args.images, vitmim.predict(args.run, list(args.images), args.topk,
                                                      args.device)):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 

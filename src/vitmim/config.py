@@ -15,6 +15,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -410,7 +411,8 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             section = values.get(f.name, {})
-            kwargs[f.name] = _build(tp, {} if section is None else section, key)
+            kwargs[f.name] = _build(typing.cast(type, tp), {} if section is None else section,
+                                    key)
         elif f.name in values:
             kwargs[f.name] = _check(values[f.name], tp, key)
     return cls(**kwargs)
@@ -592,7 +594,7 @@ def overrides_to_dict(overrides: list[str]) -> dict:
     return out
 
 
-def load_config(files: list[str | Path] = (), overrides: list[str] = (),
+def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
                 base: dict | None = None) -> Config:
     """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
     if base is not None and not isinstance(base, dict):
@@ -603,7 +605,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),
     return cfg
 
 
-def explicit_values(files: list[str | Path] = (), overrides: list[str] = ()) -> dict:
+def explicit_values(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> dict:
     """The keys the files and overrides set, merged in order (defaults left out)."""
     values: dict = {}
     for f in files:
@@ -615,7 +617,7 @@ def explicit_values(files: list[str | Path] = (), overrides: list[str] = ()) -> 
 DECODER_KEYS = frozenset({"decoder_dim", "decoder_depth"})
 
 
-def load_config_for_init(files: list[str | Path], overrides: list[str], run_model: dict,
+def load_config_for_init(files: Sequence[str | Path], overrides: Sequence[str], run_model: dict,
                          origin: str) -> Config:
     """The config of a fine-tune from a trained run: the model section (architecture, image and
     patch size, stem) comes from the run, as timm's ``pretrained_cfg`` does, under the files

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -128,7 +128,8 @@ def param_groups(model: nn.Module, st: StageConfig) -> list[dict]:
     embeddings, mask tokens). A fine-tune stage with ``layer_decay`` < 1 trains a classifier, a
     :class:`~vitmim.models.vit.Backbone`: the lr of layer ``i`` is scaled by
     ``layer_decay ** (depth + 1 - i)``."""
-    no_wd = model.no_weight_decay()
+    net: Any = model  # a Backbone when layer decay is on; any model with no_weight_decay()
+    no_wd = net.no_weight_decay()
     layer_decay = st.layer_decay if isinstance(st, FinetuneConfig) else 1.0
     groups: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
@@ -137,7 +138,7 @@ def param_groups(model: nn.Module, st: StageConfig) -> list[dict]:
         wd = 0.0 if p.ndim <= 1 or name in no_wd else st.weight_decay
         scale = 1.0
         if layer_decay < 1.0:
-            scale = layer_decay ** (model.depth + 1 - model.layer_id(name))
+            scale = layer_decay ** (net.depth + 1 - net.layer_id(name))
         g = groups.setdefault((wd, scale), {"params": [], "weight_decay": wd, "lr_scale": scale})
         g["params"].append(p)
     return list(groups.values())

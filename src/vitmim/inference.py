@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from vitmim.errors import CheckpointError, ConfigError, DataError, fold_lines
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import (
+    Classifier,
     model_card,
     timm_config,
     timm_kwargs,
@@ -56,7 +58,7 @@ class Preprocess:
         return f"Preprocess(img_size={self.img_size}, resize={self.resize!r})"
 
 
-def load_images(paths: list[str | Path], img_size: int = 64,
+def load_images(paths: Sequence[str | Path], img_size: int = 64,
                 resize: str = "crop") -> torch.Tensor:
     """(N, 3, img_size, img_size) uint8 RGB from image files (for predict / reconstruct).
 
@@ -89,7 +91,7 @@ def load(run: str | Path, device: str = "auto") -> tuple[torch.nn.Module, Prepro
     return model.to(pick_device(device)), preprocess
 
 
-def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
+def load_classifier(run: str | Path) -> tuple[Classifier, Config, dict]:
     """A fine-tuned classifier in eval mode, its config and its JSON description."""
     tensors, meta, _ = read_model(run)
     if meta.get("kind") != "classifier":
@@ -104,7 +106,7 @@ def load_classifier(run: str | Path) -> tuple[torch.nn.Module, Config, dict]:
     return model.eval(), cfg, meta
 
 
-def load_restorer(run: str | Path, overrides: list[str] = ()) -> tuple[torch.nn.Module, Config]:
+def load_restorer(run: str | Path, overrides: Sequence[str] = ()) -> tuple[torch.nn.Module, Config]:
     tensors, meta, _ = read_model(run)
     if meta.get("kind") != "restorer":
         raise CheckpointError(f"{run}: holds a {meta.get('kind')}, not a pre-trained restorer")
@@ -159,7 +161,7 @@ def predict(run: str | Path, images: list[str], topk: int = 5, device: str = "au
 
 
 @torch.no_grad()
-def reconstruct(run: str | Path, images: list[str], out: Path, overrides: list[str] = (),
+def reconstruct(run: str | Path, images: list[str], out: Path, overrides: Sequence[str] = (),
                 seed: int = 0, device: str = "auto") -> Path:
     """PNG grid of original | masked | restored for the given images."""
     outputs.check_file(out, inputs=[run, *images])

@@ -103,7 +103,7 @@ def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
             content that vitmim wrote it, besides the ledger.
     """
     path = Path(path).expanduser()
-    if inside is not None and not _within(path, inside):
+    if inside is not None and not _within(path, Path(inside)):
         raise UserError(f"{path}: lies outside {inside}, where this command writes; rename what "
                         f"leads there (a cell or file name with '..' or a link)")
     if path.is_dir():
@@ -159,16 +159,17 @@ def check_folder(folder: str | Path, names: Iterable[str], inputs: Iterable[str 
 
 
 def claim_run(folder: str | Path, stages: tuple[str, ...] = (),
-              inputs: Iterable[str | Path] = (), inside: str | Path | None = None) -> None:
+              inputs: Iterable[str | Path | None] = (), inside: str | Path | None = None
+              ) -> None:
     """Refuse, before anything is written there, to train in a folder that holds files but no
     vitmim run (a run folder, or with ``stages`` a folder of stage folders), in a folder that
     is one of the run's inputs or lies inside one (the data it reads, the weights it starts
     from), or, given ``inside``, outside that folder (a grid cell stays in its grid)."""
     folder = Path(folder).expanduser()
-    if inside is not None and not _within(folder, inside):
+    if inside is not None and not _within(folder, Path(inside)):
         raise UserError(f"{folder}: lies outside {inside}, where this command writes; rename "
                         f"what leads there (a cell name with '..' or a link)")
-    for src in inputs:
+    for src in (p for p in inputs if p):  # an unset data path reads nothing here
         src = Path(src).expanduser()
         if src.is_dir() and _within(folder, src) or src.is_file() and _within(src, folder):
             raise UserError(f"{folder}: {'lies inside' if src.is_dir() else 'holds'} {src}, an "

@@ -55,7 +55,7 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tens
         top_sim, top_idx = sim.topk(k, dim=1)  # (b, k)
         votes = torch.zeros(len(sim), num_classes)
         votes.scatter_add_(1, train_y[top_idx], (top_sim / temperature).exp())
-        correct += (votes.argmax(1) == val_y[i:i + batch]).sum().item()
+        correct += int((votes.argmax(1) == val_y[i:i + batch]).sum().item())
     return 100.0 * correct / max(len(val_f), 1)
 
 
@@ -148,8 +148,8 @@ def probe_run(run: str | Path, data: str | None = None, device: str = "auto",
         if cfg.data.source == "unlabelled":  # the run's source; the new data picks its own
             cfg.data.source = "auto"
     if not classes:  # pre-trained without labels: the probe's classes are the data's
-        classes, cfg.data.classes = None, "auto"
-    train, val = labelled_splits(cfg, classes)
+        cfg.data.classes = "auto"
+    train, val = labelled_splits(cfg, classes or None)
     result = probe_model(model, train, val, dev, k)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     checkpoint.write_json(run_dir / "probe.json", result)

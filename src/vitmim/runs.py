@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import yaml
@@ -148,7 +148,7 @@ def absolute_data(cfg: Config) -> Config:
         if out.data.classes == "auto":
             out.data.classes = default_classes(kind)
         if out.data.resize == "auto" and kind != "tin":  # TIN's auto: refuse other sizes
-            out.data.resize = AUTO_RESIZE[kind]
+            out.data.resize = cast(Literal["fit"], AUTO_RESIZE[kind])
     return out
 
 

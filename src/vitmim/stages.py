@@ -288,7 +288,7 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
                         f"least 2 (its accuracy would be 100 % by construction)")
     check_same_data(run_dir, train_set.fingerprint)
     source, _, origin = read_model(init, described=False) if init else ({}, {}, None)
-    init_sha256 = checkpoint.sha256(origin) if init else None
+    init_sha256 = checkpoint.sha256(origin) if origin else None
     check_same_init(run_dir, init_sha256)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
@@ -370,7 +370,7 @@ def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = N
     if train_set is None:
         train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
     pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
-    pre_steps = pre_per_epoch * cfg.pretrain.epochs
+    pre_steps: float = pre_per_epoch * cfg.pretrain.epochs
     if per_epoch == 0:
         n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction,
                                       cfg.finetune.seed))
@@ -498,7 +498,7 @@ def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
     init = out / pretrain_dir if pretrained else None
     stages = []
-    if pretrained:
+    if init is not None:
         steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
         stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}))
     for kind, lf, folder in classifiers:

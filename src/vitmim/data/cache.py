@@ -376,7 +376,7 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     total = len(plan.train.files) + (len(plan.val.files) if plan.val else 0)
-    if plan.held_out is not None:
+    if plan.held_out is not None and plan.val is not None:
         fraction, seed = plan.held_out
         print(f"validation: {len(plan.val.files):,} of {total:,} images held out "
               f"(data.val_fraction={fraction:g}, data.split_seed={seed}; no val/ folder)",

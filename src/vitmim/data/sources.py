@@ -163,6 +163,7 @@ class DirTree(Tree):
     def files(self) -> list[str]:
         if self._files is None:
             self._walk()
+        assert self._files is not None  # set by _walk
         return self._files
 
     @property

@@ -22,7 +22,7 @@ import csv
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -784,14 +784,19 @@ def copy_reconstructions(records: list[RunRecord], out: Path) -> list[tuple[str,
         for img in dict.fromkeys([images[0], images[-1]]):
             name = stage_label(r, "pretrain")
             dest = out / "recon" / f"{name}_seed{r.seed}_{img.stem}.png"
-            data = img.read_bytes()
-            outputs.write_file(dest, lambda p, data=data: p.write_bytes(data), inside=out)
+            outputs.write_file(dest, _copier(img), inside=out)
             shown.append((f"{name}, seed {r.seed}, {img.stem.split('_')[-1]}", dest))
     return shown
 
 
 # ---------------------------------------------------------------------------------------------
 # the page
+
+
+def _copier(src: Path) -> Callable[[Path], object]:
+    """A writer of ``src``'s bytes to the path it is given."""
+    data = src.read_bytes()
+    return lambda p: p.write_bytes(data)
 
 
 def _data_uri(path: Path) -> str:

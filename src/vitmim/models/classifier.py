@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import timm
@@ -11,7 +12,7 @@ from torch import nn
 from vitmim.augment import MEAN, STD
 from vitmim.config import ModelConfig
 from vitmim.errors import CheckpointError, ConfigError
-from vitmim.models.vit import Backbone
+from vitmim.models.vit import Backbone, ViT
 
 
 class Classifier(nn.Module):
@@ -46,7 +47,7 @@ class Classifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.cls_token is None:
             return self.backbone.forward_features(x)  # (B, N, D)
-        bb = self.backbone
+        bb = typing.cast(ViT, self.backbone)  # a class token needs the ViT's two halves
         tokens = bb.embed(x) + bb.pos_embed  # (B, N, D)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return bb.forward_tokens(torch.cat([cls, tokens], dim=1))  # (B, 1 + N, D)
@@ -235,8 +236,8 @@ def model_card(m: ModelConfig, num_classes: int, metrics: dict, data: dict) -> s
     question, how to load it. ``data``: ``path``, ``images`` (training count), ``resize``."""
     what = (f"an image classifier over {num_classes} classes" if num_classes else
             "the backbone alone (pooled features, no head)")
-    metrics = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                        if k.startswith("val_") and isinstance(v, (int, float)))
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                       if k.startswith("val_") and isinstance(v, (int, float)))
     resize = data.get("resize", "crop")
     how = {"fit": "scaled to {s}x{s} whole (aspect not kept)",
            "crop": "shorter side scaled to {s}, centre {s}x{s} cut out",
@@ -257,7 +258,7 @@ small image data sets); this is {what}. timm builds it as `VisionTransformer` fr
 `config.json`'s `model_args` (its `architecture` names the nearest registered family only).
 
 - Data: `{data.get("path")}`, {data.get("images", "?")} training images. Validation metrics of
-  the run: {metrics or 'none recorded'}.
+  the run: {scores or 'none recorded'}.
 - Preprocessing: RGB, transparency composited on white; {how.format(s=m.img_size)}
   (bicubic); mean {list(MEAN)}, std {list(STD)}. `config.json` gives timm these (crop_mode
   `{TIMM_CROP_MODES[resize]}`, crop_pct 1.0).{pad_note.format(s=m.img_size)}

@@ -75,6 +75,9 @@ def unpatchify(x: torch.Tensor, p: int, c: int = 3) -> torch.Tensor:
 class FastDecoder(nn.Module):
     """MAE decoder: visible encoder tokens + mask tokens -> pixels of every patch."""
 
+    pos_embed: torch.Tensor  # (1, N, dim), fixed sine-cosine
+    mask_token: torch.Tensor  # (1, 1, dim)
+
     def __init__(self, enc_dim: int, dim: int, depth: int, num_heads: int, grid: int, patch: int):
         super().__init__()
         self.embed = nn.Linear(enc_dim, dim)
@@ -114,7 +117,7 @@ class Restorer(nn.Module):
             tokens_per_cell = (pcfg.mask_patch // p) ** 2
             # visible tokens per image: a Python int, so the fast path's shapes are static
             self.n_keep = (cells - num_masked(cells, pcfg.mask_ratio)) * tokens_per_cell
-            self.decoder = FastDecoder(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_depth,
+            self.decoder: nn.Module = FastDecoder(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_depth,
                                        cfg.num_heads, self.backbone.grid, p)
         else:
             if self.token_masking:

@@ -21,7 +21,7 @@ from torch import nn
 
 from vitmim.config import ModelConfig, PretrainConfig
 from vitmim.masking import apply_fill
-from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
+from vitmim.models.vit import Block, init_weights, layer_id, sincos_pos_embed
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -102,7 +102,7 @@ class UNetViTEncoder(nn.Module):
         """Depth index for layer-wise lr decay: the conv encoder counts as the embedding (0)."""
         if name.startswith(("stem", "levels", "downs")):
             return 0
-        return ViT.layer_id(self, name)  # pos_embed, blocks.N and norm are named as in the ViT
+        return layer_id(name, self.depth)  # pos_embed, blocks.N and norm are named as in the ViT
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}

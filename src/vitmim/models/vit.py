@@ -39,6 +39,16 @@ class Backbone(Protocol):
         """Parameter names (besides biases and norms) kept free of weight decay."""
 
 
+def layer_id(name: str, depth: int) -> int:
+    """Depth index of a ViT parameter for layer-wise lr decay: 0 = embedding (``patch_embed``,
+    ``pos_embed``), i + 1 = ``blocks.i``, depth + 1 = the rest (the final norm)."""
+    if name.startswith(("patch_embed", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     """2-D sine-cosine position embedding (MAE), (1, grid*grid, dim); rows then columns."""
     if dim % 4:
@@ -151,11 +161,7 @@ class ViT(nn.Module):
 
     def layer_id(self, name: str) -> int:
         """Depth index of a parameter for layer-wise lr decay: 0 = embedding, depth+1 = top."""
-        if name.startswith(("patch_embed", "pos_embed")):
-            return 0
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1
-        return self.depth + 1
+        return layer_id(name, self.depth)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
