@@ -20,13 +20,22 @@ from vitmim.engine import Env, setup_env
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="Tiny ImageNet zip (default: $VITMIM_DATA)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (default: every core this process may use)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: every core this process may use)",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--set", action="append", default=[], dest="overrides",
-                   help="config override, e.g. --set model.depth=12")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="config override, e.g. --set model.depth=12",
+    )
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, Env]:
@@ -40,10 +49,12 @@ def setup(args: argparse.Namespace) -> tuple[Config, Env]:
     env = setup_env(cfg.device, cfg.amp)
     name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "CPU"
     m = cfg.model
-    print(f"device: {env.device} ({name}), torch threads {torch.get_num_threads()}, "
-          f"bf16 autocast {env.amp}, compile {cfg.compile}; model: ViT embed {m.embed_dim}, "
-          f"depth {m.depth}, heads {m.num_heads}, patch {m.patch_size}, image {m.img_size}",
-          flush=True)
+    print(
+        f"device: {env.device} ({name}), torch threads {torch.get_num_threads()}, "
+        f"bf16 autocast {env.amp}, compile {cfg.compile}; model: ViT embed {m.embed_dim}, "
+        f"depth {m.depth}, heads {m.num_heads}, patch {m.patch_size}, image {m.img_size}",
+        flush=True,
+    )
     return cfg, env
 
 
@@ -52,8 +63,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_s(step: Callable[[], None], batch: int, seconds: float, warmup: int,
-                 device: torch.device) -> float:
+def images_per_s(
+    step: Callable[[], None], batch: int, seconds: float, warmup: int, device: torch.device
+) -> float:
     """Training images per second of ``step`` (one optimiser step on ``batch`` images), timed
     for about ``seconds`` after ``warmup`` untimed steps."""
     for _ in range(warmup):
@@ -67,8 +79,14 @@ def images_per_s(step: Callable[[], None], batch: int, seconds: float, warmup: i
     return n * batch / (time.perf_counter() - t0)
 
 
-def compare(steps: dict[str, Callable[[], None]], batch: int, seconds: float, warmup: int,
-            device: torch.device, rounds: int = 4) -> dict[str, float]:
+def compare(
+    steps: dict[str, Callable[[], None]],
+    batch: int,
+    seconds: float,
+    warmup: int,
+    device: torch.device,
+    rounds: int = 4,
+) -> dict[str, float]:
     """images/s of each step, timed in ``rounds`` alternating slices of ``seconds / rounds``:
     on a shared machine the load drifts, and alternating spreads the drift over every side."""
     for step in steps.values():

@@ -32,9 +32,14 @@ def main() -> None:
             raise SystemExit(f"{run}: no fine-tune metrics.jsonl with val_top1")
         if label not in labels:
             labels.append(label)
-        ax.plot([r["epoch"] for r in curve], [r["val_top1"] for r in curve], lw=1,
-                color=f"C{labels.index(label) % 10}", alpha=0.85,
-                label=f"{label} ({curve[-1]['val_top1']:.1f})")
+        ax.plot(
+            [r["epoch"] for r in curve],
+            [r["val_top1"] for r in curve],
+            lw=1,
+            color=f"C{labels.index(label) % 10}",
+            alpha=0.85,
+            label=f"{label} ({curve[-1]['val_top1']:.1f})",
+        )
     ax.set_xlabel("fine-tune epoch")
     ax.set_ylabel("val top-1 (%)")
     ax.grid(alpha=0.3)

@@ -38,6 +38,7 @@ def augmentation_rate(task, batch: int, args, env: Env) -> float:
     def step() -> None:
         idx = torch.randint(0, task.n_train, (batch,), device=env.device)
         task.make_batch(idx, g)
+
     return images_per_s(step, batch, args.seconds, args.warmup, env.device)
 
 
@@ -54,8 +55,9 @@ def model_rate(task, cfg: Config, env: Env, pretrain: bool, args, run_dir: Path)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--classes", type=int, default=0,
-                   help="classes to cache (default 0 = the whole archive)")
+    p.add_argument(
+        "--classes", type=int, default=0, help="classes to cache (default 0 = the whole archive)"
+    )
     args = p.parse_args()
     cfg, env = setup(args)
     with temp_dir("vitmim-cache-bench-") as tmp:
@@ -63,13 +65,19 @@ def main() -> None:
         build_s, _ = timed_load(cfg)
         reopen_s, (train_set, val_set) = timed_load(cfg)
         n_val = len(val_set) if val_set is not None else 0
-        print(f"cache: {len(train_set)} train + {n_val} val images of "
-              f"{len(train_set.classes)} classes; built in {build_s:.1f} s, "
-              f"reopened in {reopen_s:.2f} s", flush=True)
+        print(
+            f"cache: {len(train_set)} train + {n_val} val images of "
+            f"{len(train_set.classes)} classes; built in {build_s:.1f} s, "
+            f"reopened in {reopen_s:.2f} s",
+            flush=True,
+        )
         rows = []
         for pretrain in (False, True):
-            task = (PretrainTask(train_set, val_set, cfg, env, Path(tmp)) if pretrain
-                    else FinetuneTask(train_set, val_set, cfg, env))
+            task = (
+                PretrainTask(train_set, val_set, cfg, env, Path(tmp))
+                if pretrain
+                else FinetuneTask(train_set, val_set, cfg, env)
+            )
             st = cfg.pretrain if pretrain else cfg.finetune
             aug = augmentation_rate(task, st.batch_size, args, env)
             model = model_rate(task, cfg, env, pretrain, args, Path(tmp))

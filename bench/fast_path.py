@@ -46,27 +46,37 @@ def accuracy(cfg: Config, env: Env, out: Path) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--accuracy", action="store_true",
-                   help="also pre-train + fine-tune once per path and report TIN-10 top-1")
+    p.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also pre-train + fine-tune once per path and report TIN-10 top-1",
+    )
     p.add_argument("--pretrain-epochs", type=int, help="with --accuracy (default: the config's)")
     p.add_argument("--finetune-epochs", type=int, help="with --accuracy (default: the config's)")
     p.add_argument("--out", help="with --accuracy: folder for the runs (default: a temp folder)")
     args = p.parse_args()
-    args.overrides = ["pretrain.mask_ratio=0.6", "pretrain.mask_patch=8",
-                      "model.patch_size=8", *args.overrides]
+    args.overrides = [
+        "pretrain.mask_ratio=0.6",
+        "pretrain.mask_patch=8",
+        "model.patch_size=8",
+        *args.overrides,
+    ]
     cfg, env = setup(args)
     if cfg.pretrain.mask_patch % cfg.model.patch_size:
         raise SystemExit("the fast path needs pretrain.mask_patch % model.patch_size == 0")
     sets = load_splits(cfg.data, cfg.model.img_size, progress=False)
     with temp_dir("vitmim-fastpath-") as tmp:
-        steps = {fast: speed_step(path_config(cfg, fast), env, sets, Path(tmp))
-                 for fast in (False, True)}
-        rates = compare(steps, cfg.pretrain.batch_size, 2 * args.seconds, args.warmup,
-                        env.device)
-    print(f"pre-training images/s at mask_ratio {cfg.pretrain.mask_ratio}, mask_patch "
-          f"{cfg.pretrain.mask_patch}, patch {cfg.model.patch_size}: full path "
-          f"{rates[False]:.1f}, fast path {rates[True]:.1f}, ratio "
-          f"{rates[True] / rates[False]:.2f}x (target >= 1.8x)", flush=True)
+        steps = {
+            fast: speed_step(path_config(cfg, fast), env, sets, Path(tmp)) for fast in (False, True)
+        }
+        rates = compare(steps, cfg.pretrain.batch_size, 2 * args.seconds, args.warmup, env.device)
+    print(
+        f"pre-training images/s at mask_ratio {cfg.pretrain.mask_ratio}, mask_patch "
+        f"{cfg.pretrain.mask_patch}, patch {cfg.model.patch_size}: full path "
+        f"{rates[False]:.1f}, fast path {rates[True]:.1f}, ratio "
+        f"{rates[True] / rates[False]:.2f}x (target >= 1.8x)",
+        flush=True,
+    )
     if not args.accuracy:
         return
     if args.pretrain_epochs:
@@ -75,13 +85,17 @@ def main() -> None:
         cfg.finetune.epochs = args.finetune_epochs
     with temp_dir("vitmim-fastpath-runs-") as tmp:
         out = Path(args.out or tmp)
-        acc = {fast: accuracy(path_config(cfg, fast), env, out / ("fast" if fast else "full"))
-               for fast in (False, True)}
-    print(f"TIN-{len(sets[0].classes)} after {cfg.pretrain.epochs} pre-train + "
-          f"{cfg.finetune.epochs} fine-tune epochs: val top-1 full path "
-          f"{acc[False]['val_top1']:.2f} %, fast path {acc[True]['val_top1']:.2f} % "
-          f"(difference {acc[True]['val_top1'] - acc[False]['val_top1']:+.2f} points; "
-          f"target within 1)")
+        acc = {
+            fast: accuracy(path_config(cfg, fast), env, out / ("fast" if fast else "full"))
+            for fast in (False, True)
+        }
+    print(
+        f"TIN-{len(sets[0].classes)} after {cfg.pretrain.epochs} pre-train + "
+        f"{cfg.finetune.epochs} fine-tune epochs: val top-1 full path "
+        f"{acc[False]['val_top1']:.2f} %, fast path {acc[True]['val_top1']:.2f} % "
+        f"(difference {acc[True]['val_top1'] - acc[False]['val_top1']:+.2f} points; "
+        f"target within 1)"
+    )
 
 
 if __name__ == "__main__":

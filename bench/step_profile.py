@@ -35,9 +35,13 @@ from vitmim.engine import Env, Trainer
 from vitmim.models import build_classifier, build_restorer
 from vitmim.stages import FinetuneTask, PretrainTask
 
-RECIPE = ["pretrain.augment.trivial_augment=true", "pretrain.augment.erasing=0.25",
-          "finetune.augment.trivial_augment=true", "finetune.augment.erasing=0.25",
-          "finetune.ema=0.9998"]
+RECIPE = [
+    "pretrain.augment.trivial_augment=true",
+    "pretrain.augment.erasing=0.25",
+    "finetune.augment.trivial_augment=true",
+    "finetune.augment.erasing=0.25",
+    "finetune.ema=0.9998",
+]
 
 
 def random_images(n: int, size: int, classes: int) -> ImageSet:
@@ -59,8 +63,9 @@ def make_trainer(cfg: Config, env: Env, stage: str, batch: int, run_dir: Path) -
     else:
         task = FinetuneTask(data, None, cfg, env)
         model = build_classifier(cfg.model, 200, cfg.finetune.drop_path)
-    return Trainer(task, model, st, run_dir=run_dir, env=env, stage=stage, compile=cfg.compile,
-                   progress=False)
+    return Trainer(
+        task, model, st, run_dir=run_dir, env=env, stage=stage, compile=cfg.compile, progress=False
+    )
 
 
 def count_step_ops(t: Trainer, steps: int, warmup: int) -> dict[str, float]:
@@ -70,8 +75,9 @@ def count_step_ops(t: Trainer, steps: int, warmup: int) -> dict[str, float]:
 
     def step() -> None:
         i = t.step % t.spe
-        t.train_step(order[i * b:(i + 1) * b])
+        t.train_step(order[i * b : (i + 1) * b])
         t.step += 1
+
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU]
@@ -93,6 +99,7 @@ def count_step_ops(t: Trainer, steps: int, warmup: int) -> dict[str, float]:
                 return True
             p = p.cpu_parent
         return False
+
     out = {"top": sum(not nested(e) for e in aten) / steps, "all": len(aten) / steps}
     if t.env.device.type == "cuda":
         out["kernels"] = sum(e.device_type == DeviceType.CUDA for e in events) / steps
@@ -116,11 +123,15 @@ def main() -> None:
                 rows.append((stage, b, count_step_ops(t, args.steps, max(args.warmup, 1))))
                 print(f"  {stage} batch {b}: {rows[-1][2]}", flush=True)
     cuda = env.device.type == "cuda"
-    print(f"\n{'stage':<9} {'batch':>6} {'top-level ops':>14} {'all ops':>9}"
-          + (f" {'CUDA kernels':>13}" if cuda else ""))
+    print(
+        f"\n{'stage':<9} {'batch':>6} {'top-level ops':>14} {'all ops':>9}"
+        + (f" {'CUDA kernels':>13}" if cuda else "")
+    )
     for stage, b, c in rows:
-        print(f"{stage:<9} {b:>6} {c['top']:>14.0f} {c['all']:>9.0f}"
-              + (f" {c['kernels']:>13.0f}" if cuda else ""))
+        print(
+            f"{stage:<9} {b:>6} {c['top']:>14.0f} {c['all']:>9.0f}"
+            + (f" {c['kernels']:>13.0f}" if cuda else "")
+        )
 
 
 if __name__ == "__main__":

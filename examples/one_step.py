@@ -25,8 +25,9 @@ x = normalize(images)  # (B, 3, H, W) float, the data set's mean and std
 ## pre-training: hide mask_ratio of the mask_patch px cells, restore them, L1 on the hidden pixels
 restorer = build_restorer(cfg.model, cfg.pretrain)
 opt = torch.optim.AdamW(restorer.parameters(), lr=cfg.pretrain.lr)
-mask = random_mask(len(x), cfg.model.img_size, cfg.pretrain.mask_patch,
-                   cfg.pretrain.mask_ratio)  # (B, 1, H, W), 1 = masked
+mask = random_mask(
+    len(x), cfg.model.img_size, cfg.pretrain.mask_patch, cfg.pretrain.mask_ratio
+)  # (B, 1, H, W), 1 = masked
 pred = restorer(x, mask)  # forward_encoder (visible tokens) -> forward_decoder: (B, 3, H, W)
 loss = forward_loss(pred, x, mask, cfg.pretrain, cfg.model.patch_size)
 loss.backward()

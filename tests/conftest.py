@@ -23,17 +23,23 @@ import pytest
 from PIL import Image
 
 TIN_CLASSES = ["n02000003", "n01000001", "n03000007", "n01500002"]  # wnids.txt order, unsorted
-TIN_WORDS = {"n02000003": "red fox, Vulpes vulpes", "n01000001": "goldfish",
-             "n03000007": "teapot", "n01500002": "volleyball"}
+TIN_WORDS = {
+    "n02000003": "red fox, Vulpes vulpes",
+    "n01000001": "goldfish",
+    "n03000007": "teapot",
+    "n01500002": "volleyball",
+}
 
 
-def image_bytes(seed: int, size: int | tuple[int, int] = 64, gray: bool = False,
-                fmt: str = "JPEG") -> bytes:
+def image_bytes(
+    seed: int, size: int | tuple[int, int] = 64, gray: bool = False, fmt: str = "JPEG"
+) -> bytes:
     """A smooth random image (looks like a photo to a codec), encoded as ``fmt``."""
     w, h = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
-        (w, h), Image.Resampling.BILINEAR)
+        (w, h), Image.Resampling.BILINEAR
+    )
     if gray:
         img = img.convert("L")
     buf = io.BytesIO()
@@ -41,8 +47,14 @@ def image_bytes(seed: int, size: int | tuple[int, int] = 64, gray: bool = False,
     return buf.getvalue()
 
 
-def write_tin(root: Path, n_classes: int = 4, n_train: int = 12, n_val: int = 3,
-              size: int = 64, test_dir: bool = True) -> Path:
+def write_tin(
+    root: Path,
+    n_classes: int = 4,
+    n_train: int = 12,
+    n_val: int = 3,
+    size: int = 64,
+    test_dir: bool = True,
+) -> Path:
     """Write the official layout under ``root/tiny-imagenet-200``; return that folder."""
     top = root / "tiny-imagenet-200"
     classes = TIN_CLASSES[:n_classes]
@@ -65,7 +77,8 @@ def write_tin(root: Path, n_classes: int = 4, n_train: int = 12, n_val: int = 3,
     for i in range(n_val * n_classes):
         seed += 1
         (top / "val" / "images" / f"val_{i}.JPEG").write_bytes(
-            image_bytes(seed, size, gray=seed % 5 == 0))
+            image_bytes(seed, size, gray=seed % 5 == 0)
+        )
         lines.append(f"val_{i}.JPEG\t{classes[i % n_classes]}\t1\t2\t40\t50\n")
     (top / "val" / "val_annotations.txt").write_text("".join(lines))
     if test_dir:  # the official archive has unlabelled test images; they must be ignored
@@ -85,8 +98,13 @@ def zip_dir(src: Path, dest: Path) -> Path:
     return dest
 
 
-def write_folder_set(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"),
-                     n_train: int = 5, n_val: int = 2, val: bool = True) -> Path:
+def write_folder_set(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "fox"),
+    n_train: int = 5,
+    n_val: int = 2,
+    val: bool = True,
+) -> Path:
     """``root/train/<class>/`` (jpg and png, one grayscale each) and ``root/val/<class>/``."""
     for ci, c in enumerate(classes):
         for k in range(n_train):
@@ -124,9 +142,15 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tin_tools() -> SimpleNamespace:
-    return SimpleNamespace(image_bytes=image_bytes, write_tin=write_tin, zip_dir=zip_dir,
-                           write_folder_set=write_folder_set, write_unlabelled=write_unlabelled,
-                           classes=TIN_CLASSES, words=TIN_WORDS)
+    return SimpleNamespace(
+        image_bytes=image_bytes,
+        write_tin=write_tin,
+        zip_dir=zip_dir,
+        write_folder_set=write_folder_set,
+        write_unlabelled=write_unlabelled,
+        classes=TIN_CLASSES,
+        words=TIN_WORDS,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -158,10 +182,26 @@ def smoke_grid(tmp_path_factory: pytest.TempPathFactory, tiny_tin: Path) -> Path
     """Run folders of the shipped smoke grid (2 mask ratios x 2 seeds + both baselines, probes)
     on ``tiny_tin``, run in-process once and shared by the grid and report tests."""
     from vitmim import cli
+
     out = tmp_path_factory.mktemp("grid") / "smoke"
     spec = Path(__file__).resolve().parents[1] / "configs" / "grids" / "smoke.yaml"
-    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
-                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(out),
+                "--data",
+                str(tiny_tin),
+                "--set",
+                "data.classes=null",
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -174,14 +214,16 @@ def tin2(tiny_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleName
     its path, the dotted overrides of a seconds-long smoke run on it, and 4 of its validation
     images as JPEG files."""
     import zipfile
+
     real = REAL_TIN.exists()
     path = REAL_TIN if real else tiny_tin
     batch = 64 if real else 8
     overrides = {"data.classes": 2, "pretrain.batch_size": batch, "finetune.batch_size": batch}
     with zipfile.ZipFile(path) as zf:
         names = sorted(n for n in zf.namelist() if "/val/images/" in n and n.endswith(".JPEG"))
-        images = [Path(zf.extract(n, path=tmp_path_factory.mktemp("tin2-images")))
-                  for n in names[:4]]
+        images = [
+            Path(zf.extract(n, path=tmp_path_factory.mktemp("tin2-images"))) for n in names[:4]
+        ]
     return SimpleNamespace(path=path, overrides=overrides, images=images)
 
 
@@ -189,9 +231,18 @@ def tin2(tiny_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleName
 def tin2_runs(tin2: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A smoke pre-training and a fine-tune from it on ``tin2``, through the Python API."""
     import vitmim
+
     out = tmp_path_factory.mktemp("tin2-runs")
-    pre = vitmim.pretrain(data=tin2.path, out=out / "pre", preset="smoke",
-                          overrides=tin2.overrides, progress=False)
-    ft = vitmim.finetune(init=pre.run_dir, data=tin2.path, out=out / "ft", preset="smoke",
-                         overrides=tin2.overrides, progress=False, finetune__epochs=2)
+    pre = vitmim.pretrain(
+        data=tin2.path, out=out / "pre", preset="smoke", overrides=tin2.overrides, progress=False
+    )
+    ft = vitmim.finetune(
+        init=pre.run_dir,
+        data=tin2.path,
+        out=out / "ft",
+        preset="smoke",
+        overrides=tin2.overrides,
+        progress=False,
+        finetune__epochs=2,
+    )
     return SimpleNamespace(pre=pre, ft=ft)

@@ -20,13 +20,23 @@ import vitmim
 
 
 def python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ}, timeout=120, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=120,
+        check=True,
+    )
 
 
 def test_version_flag_prints_the_installed_version():
-    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", "--version"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitmim.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout == f"vitmim {version('vitmim')}\n"
 
 
@@ -58,8 +68,9 @@ def test_evaluate_predict_reconstruct_on_a_finished_run(tin2_runs, tin2, tmp_pat
     for row in top:
         assert {name for name, _ in row} == set(names)
         assert sum(p for _, p in row) == pytest.approx(1.0, abs=1e-5)
-    png = vitmim.reconstruct(tin2_runs.pre.run_dir, tin2.images[:2], tmp_path / "r.png",
-                             pretrain__mask_ratio=0.5)
+    png = vitmim.reconstruct(
+        tin2_runs.pre.run_dir, tin2.images[:2], tmp_path / "r.png", pretrain__mask_ratio=0.5
+    )
     with Image.open(png) as im:
         assert im.size == (4 + 3 * 132, 24 + 2 * 132 + 4)  # a title row, 2 rows of 128 px
 
@@ -73,11 +84,14 @@ def test_run_returns_every_stage_and_the_summary(tin2, tmp_path):
     assert result.summary in (tmp_path / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"preset": "nope"}, vitmim.ConfigError),
-    ({"overrides": {"pretrain.mask_ratio": 1.5}}, vitmim.ConfigError),
-    ({"pretrain__no_such_key": 1}, vitmim.ConfigError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"preset": "nope"}, vitmim.ConfigError),
+        ({"overrides": {"pretrain.mask_ratio": 1.5}}, vitmim.ConfigError),
+        ({"pretrain__no_such_key": 1}, vitmim.ConfigError),
+    ],
+)
 def test_bad_arguments_raise_before_any_work(tin2, tmp_path, kwargs, error):
     with pytest.raises(error):
         vitmim.pretrain(data=tin2.path, out=tmp_path / "x", **kwargs)
@@ -89,10 +103,25 @@ def test_errors_are_user_errors():
         assert issubclass(cls, vitmim.UserError) and cls.exit_code == 2
 
 
-@pytest.mark.parametrize("name", [
-    "pretrain", "finetune", "run", "evaluate", "predict", "reconstruct", "export",
-    "report", "probe", "grid", "load", "load_data", "pack_data", "download_data",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pretrain",
+        "finetune",
+        "run",
+        "evaluate",
+        "predict",
+        "reconstruct",
+        "export",
+        "report",
+        "probe",
+        "grid",
+        "load",
+        "load_data",
+        "pack_data",
+        "download_data",
+    ],
+)
 def test_api_functions_survive_importing_every_submodule(name):
     """Importing a submodule sets it as an attribute of the package: a module named like an API
     function would replace the function."""
@@ -113,5 +142,10 @@ def test_data_and_checkpoint_errors_are_typed(tin2, tmp_path):
         vitmim.pretrain(data=tmp_path / "no-such-archive.zip", out=tmp_path / "x", preset="smoke")
     (tmp_path / "w.safetensors").write_bytes(b"not weights")
     with pytest.raises(vitmim.CheckpointError):
-        vitmim.finetune(init=tmp_path / "w.safetensors", data=tin2.path, out=tmp_path / "y",
-                        preset="smoke", overrides=tin2.overrides)
+        vitmim.finetune(
+            init=tmp_path / "w.safetensors",
+            data=tin2.path,
+            out=tmp_path / "y",
+            preset="smoke",
+            overrides=tin2.overrides,
+        )

@@ -25,8 +25,9 @@ from vitmim.config import AugmentConfig
 
 
 def images(n=6, seed=0):
-    return torch.randint(0, 256, (n, 3, 64, 64), generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, 64, 64), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def test_crop_is_a_window_of_the_reflect_padded_image():
@@ -35,7 +36,7 @@ def test_crop_is_a_window_of_the_reflect_padded_image():
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = F.pad(x.float(), (4,) * 4, mode="reflect")
     for i in range(len(x)):
-        windows = [padded[i, :, dy:dy + 64, dx:dx + 64] for dy in range(9) for dx in range(9)]
+        windows = [padded[i, :, dy : dy + 64, dx : dx + 64] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i].float(), w) for w in windows)
 
 
@@ -74,8 +75,9 @@ def test_mix_gives_soft_targets_summing_to_one():
 def smooth_images(n=4, seed=0):
     """Photo-like uint8 images (smooth, full range) so every op has something to change."""
     small = torch.randint(0, 256, (n, 3, 8, 8), generator=torch.Generator().manual_seed(seed))
-    return F.interpolate(small.float(), size=64, mode="bilinear").round().clamp(0, 255).to(
-        torch.uint8)
+    return (
+        F.interpolate(small.float(), size=64, mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+    )
 
 
 def torchvision_op(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
@@ -83,14 +85,18 @@ def torchvision_op(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
     shear = math.degrees(math.atan(m))
     ops = {
         "identity": lambda: img,
-        "shear_x": lambda: TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0,
-                                     shear=[shear, 0.0], center=[0, 0]),
-        "shear_y": lambda: TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0,
-                                     shear=[0.0, shear], center=[0, 0]),
-        "translate_x": lambda: TF.affine(img, angle=0.0, translate=[int(m), 0], scale=1.0,
-                                         shear=[0.0, 0.0]),
-        "translate_y": lambda: TF.affine(img, angle=0.0, translate=[0, int(m)], scale=1.0,
-                                         shear=[0.0, 0.0]),
+        "shear_x": lambda: TF.affine(
+            img, angle=0.0, translate=[0, 0], scale=1.0, shear=[shear, 0.0], center=[0, 0]
+        ),
+        "shear_y": lambda: TF.affine(
+            img, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, shear], center=[0, 0]
+        ),
+        "translate_x": lambda: TF.affine(
+            img, angle=0.0, translate=[int(m), 0], scale=1.0, shear=[0.0, 0.0]
+        ),
+        "translate_y": lambda: TF.affine(
+            img, angle=0.0, translate=[0, int(m)], scale=1.0, shear=[0.0, 0.0]
+        ),
         "rotate": lambda: TF.rotate(img, angle=m),
         "brightness": lambda: TF.adjust_brightness(img, 1.0 + m),
         "color": lambda: TF.adjust_saturation(img, 1.0 + m),
@@ -105,16 +111,32 @@ def torchvision_op(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
 
 
 # magnitudes of torchvision's bins 3 and 30 (posterize: bits; solarize: threshold in grey levels)
-MAGNITUDES = {"shear_x": 0.99, "shear_y": -0.099, "translate_x": -32.0, "translate_y": 3.2,
-              "rotate": 135.0, "brightness": -0.99, "color": 0.99, "contrast": -0.099,
-              "sharpness": 0.99, "posterize": 2.0, "solarize": 110.5}
+MAGNITUDES = {
+    "shear_x": 0.99,
+    "shear_y": -0.099,
+    "translate_x": -32.0,
+    "translate_y": 3.2,
+    "rotate": 135.0,
+    "brightness": -0.99,
+    "color": 0.99,
+    "contrast": -0.099,
+    "sharpness": 0.99,
+    "posterize": 2.0,
+    "solarize": 110.5,
+}
 
 
 @pytest.mark.parametrize("name", TA_OPS)
 def test_each_trivial_augment_op_matches_torchvision(name):
     x = smooth_images()
-    for m in {MAGNITUDES.get(name, 0.0), -MAGNITUDES.get(name, 0.0) if name not in (
-            "posterize", "solarize") else 6.0 if name == "posterize" else 229.5}:
+    for m in {
+        MAGNITUDES.get(name, 0.0),
+        -MAGNITUDES.get(name, 0.0)
+        if name not in ("posterize", "solarize")
+        else 6.0
+        if name == "posterize"
+        else 229.5,
+    }:
         op = torch.full((len(x),), TA_OPS.index(name))
         out = trivial_augment(x, op, torch.full((len(x),), m, dtype=torch.float64))
         ref = torch.stack([torchvision_op(img, name, m) for img in x])

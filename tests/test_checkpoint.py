@@ -54,8 +54,7 @@ CORRUPTIONS = {  # name: (file of the newest checkpoint to damage, damage)
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_damaged_checkpoint_falls_back_to_previous_with_warning(tmp_path: Path, name: str
-                                                                ) -> None:
+def test_damaged_checkpoint_falls_back_to_previous_with_warning(tmp_path: Path, name: str) -> None:
     save_steps(tmp_path, (2, 4))
     suffix, damage = CORRUPTIONS[name]
     damage(tmp_path / "checkpoints" / f"step_00000004.{suffix}")
@@ -79,8 +78,11 @@ def test_keeps_two_checkpoints_and_clears_leftovers_of_a_killed_save(tmp_path: P
     (ckpt / "step_00000003.safetensors").write_bytes(b"x")  # killed before its JSON
     save_steps(tmp_path, (4, 5))
     assert sorted(p.name for p in ckpt.iterdir()) == [
-        "step_00000004.json", "step_00000004.safetensors",
-        "step_00000005.json", "step_00000005.safetensors"]
+        "step_00000004.json",
+        "step_00000004.safetensors",
+        "step_00000005.json",
+        "step_00000005.safetensors",
+    ]
 
 
 def test_pickle_is_refused_and_never_executed(tmp_path: Path) -> None:
@@ -112,19 +114,22 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> N
     def half_then_crash(p: Path) -> None:
         p.write_text("half")
         raise RuntimeError("killed")
+
     with pytest.raises(RuntimeError):
         atomic_write(target, half_then_crash)
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.jsonl"]
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
-def test_disk_errors_become_one_line_user_errors(tmp_path: Path, code: int,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_errors_become_one_line_user_errors(
+    tmp_path: Path, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     save_steps(tmp_path, (2,))
     before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
 
     def fail(src, dst):
         raise OSError(code, os.strerror(code))
+
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(UserError, match=os.strerror(code)) as e:
         save_steps(tmp_path, (4,))
@@ -163,11 +168,13 @@ def test_second_process_on_the_same_folder_is_refused(tmp_path: Path, tiny_tin: 
     assert (out / "model.safetensors").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path,
-                                                                  tiny_tin: Path) -> None:
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_tin: Path
+) -> None:
     out, log = tmp_path / "run", tmp_path / "sha.log"
-    rc, _, err = run(tmp_path, [*PRETRAIN, "--data", str(tiny_tin), "--out", str(out)],
-                     f"nan:7,shalog:{log}")
+    rc, _, err = run(
+        tmp_path, [*PRETRAIN, "--data", str(tiny_tin), "--out", str(out)], f"nan:7,shalog:{log}"
+    )
     line = one_error_line(err)
     assert rc == 2 and "non-finite at step 8" in line and "pretrain.lr" in line
     written = dict(ln.split() for ln in log.read_text().splitlines())  # step -> sha256
@@ -180,23 +187,48 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     assert not (out / "model.safetensors").exists()
 
 
-def test_rollback_retries_from_the_last_checkpoint_with_half_the_lr(tmp_path: Path,
-                                                                    tiny_tin: Path) -> None:
+def test_rollback_retries_from_the_last_checkpoint_with_half_the_lr(
+    tmp_path: Path, tiny_tin: Path
+) -> None:
     out = tmp_path / "run"
-    rc, stdout, err = run(tmp_path, [*PRETRAIN, "--data", str(tiny_tin), "--out", str(out),
-                                     "--set", "pretrain.nan_policy=rollback"], "nan:7")
+    rc, stdout, err = run(
+        tmp_path,
+        [
+            *PRETRAIN,
+            "--data",
+            str(tiny_tin),
+            "--out",
+            str(out),
+            "--set",
+            "pretrain.nan_policy=rollback",
+        ],
+        "nan:7",
+    )
     assert rc == 0, err[-3000:]
     assert "non-finite loss; rolled back to step 6 and halved the learning rate (x0.5)" in stdout
     meta = json.loads(max((out / "checkpoints").glob("step_*.json")).read_text())
     assert meta["step"] == 12 and meta["lr_factor"] == 0.5
-    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()
-            ] == [1, 2]
+    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]
 
 
 def test_rollback_gives_up_when_the_lr_cannot_help(tmp_path: Path, tiny_tin: Path) -> None:
     out = tmp_path / "run"
-    proc = start(tmp_path, [*PRETRAIN, "--data", str(tiny_tin), "--out", str(out),
-                            "--set", "pretrain.nan_policy=rollback"], "nanfrom:7")
+    proc = start(
+        tmp_path,
+        [
+            *PRETRAIN,
+            "--data",
+            str(tiny_tin),
+            "--out",
+            str(out),
+            "--set",
+            "pretrain.nan_policy=rollback",
+        ],
+        "nanfrom:7",
+    )
     try:
         rc = proc.wait(180)
     finally:

@@ -17,14 +17,30 @@ from PIL import Image
 from safetensors.torch import load_file
 
 REAL_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
-TINY = ["--preset", "smoke", "--set", "data.classes=null", "--set", "pretrain.batch_size=16",
-        "--set", "finetune.batch_size=16", "--set", "pretrain.epochs=2",
-        "--set", "finetune.epochs=2"]
+TINY = [
+    "--preset",
+    "smoke",
+    "--set",
+    "data.classes=null",
+    "--set",
+    "pretrain.batch_size=16",
+    "--set",
+    "finetune.batch_size=16",
+    "--set",
+    "pretrain.epochs=2",
+    "--set",
+    "finetune.epochs=2",
+]
 
 
 def vitmim(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", *map(str, args)],
-                          capture_output=True, text=True, env={**os.environ}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitmim.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"vitmim {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc
@@ -34,8 +50,9 @@ def vitmim(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def trained(tiny_tin, tmp_path_factory):
     """One tiny `vitmim run` on the generated archive, shared by the tests below."""
     out = tmp_path_factory.mktemp("run")
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
-                  "--set", "finetune.layer_decay=0.8")
+    proc = vitmim(
+        "run", "--data", tiny_tin, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8"
+    )
     return out, proc
 
 
@@ -43,8 +60,13 @@ def test_run_writes_three_runs_and_a_summary(trained):
     out, proc = trained
     for stage in ("pretrain", "finetune", "scratch"):
         d = out / stage
-        for name in ("config.yaml", "manifest.json", "metrics.jsonl", "model.safetensors",
-                     "model.json"):
+        for name in (
+            "config.yaml",
+            "manifest.json",
+            "metrics.jsonl",
+            "model.safetensors",
+            "model.json",
+        ):
             assert (d / name).is_file(), f"{stage}/{name} missing"
         lines = (d / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
@@ -61,11 +83,14 @@ def test_pretrained_and_scratch_differ_only_by_init(trained):
     pre = load_file(out / "finetune" / "model.safetensors")
     scratch = load_file(out / "scratch" / "model.safetensors")
     assert pre.keys() == scratch.keys()
-    assert not torch.equal(pre["backbone.blocks.0.attn.qkv.weight"],
-                           scratch["backbone.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        pre["backbone.blocks.0.attn.qkv.weight"], scratch["backbone.blocks.0.attn.qkv.weight"]
+    )
     # layer decay protects pre-trained layers; on random weights it would only handicap scratch
-    recipes = {run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
-               for run in ("finetune", "scratch")}
+    recipes = {
+        run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
+        for run in ("finetune", "scratch")
+    }
     assert recipes["finetune"].pop("layer_decay") == 0.8
     assert recipes["scratch"].pop("layer_decay") == 1.0
     assert recipes["finetune"] == recipes["scratch"]
@@ -76,14 +101,14 @@ def test_run_announces_each_stage_with_an_eta(trained):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("== stage")]
     assert [ln.split(":")[0] for ln in lines] == ["== stage 1/3", "== stage 2/3", "== stage 3/3"]
     assert "ETA" not in lines[0]  # no pace measured before the first stage ends
-    assert all(re.search(r"\(ETA \d\d:\d\d, about \d+ (s|min) left\)$", ln)
-               for ln in lines[1:])
+    assert all(re.search(r"\(ETA \d\d:\d\d, about \d+ (s|min) left\)$", ln) for ln in lines[1:])
 
 
 def test_rerun_skips_finished_stages(trained, tiny_tin):
     out, _ = trained
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
-                  "--set", "finetune.layer_decay=0.8")  # the same command as the first run
+    proc = vitmim(
+        "run", "--data", tiny_tin, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8"
+    )  # the same command as the first run
     assert proc.stdout.count("already finished") == 3
 
 
@@ -92,14 +117,25 @@ def test_equal_flops_baseline_trains_as_many_flops(trained, tiny_tin, tmp_path):
     from the FLOPs per image that each run's manifest recorded at start-up."""
     out = tmp_path / "run"
     shutil.copytree(trained[0], out)
-    proc = vitmim("run", "--data", tiny_tin, "--out", out, *TINY,
-                  "--set", "finetune.layer_decay=0.8", "--equal-compute", "flops")
+    proc = vitmim(
+        "run",
+        "--data",
+        tiny_tin,
+        "--out",
+        out,
+        *TINY,
+        "--set",
+        "finetune.layer_decay=0.8",
+        "--equal-compute",
+        "flops",
+    )
     assert proc.stdout.count("already finished") == 3 and "| scratch_flops |" in proc.stdout
 
     def recorded(run: str) -> tuple[float, int]:
         flops = json.loads((out / run / "manifest.json").read_text())["model"]["flops_per_image"]
         last = json.loads((out / run / "metrics.jsonl").read_text().splitlines()[-1])
         return flops, last["step"]
+
     pre_flops, pre_steps = recorded("pretrain")
     ft_flops, ft_steps = recorded("finetune")
     assert pre_flops < ft_flops  # the fast path encodes only the visible tokens
@@ -120,8 +156,12 @@ def test_eval_predict_reconstruct_export(trained, tiny_tin, tmp_path):
     Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
     lines = vitmim("predict", out / "finetune", img, "--topk", "3").stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith(str(img)) and lines[0].count("%") == 3
-    assert "goldfish" in lines[0] or "teapot" in lines[0] or "fox" in lines[0] \
+    assert (
+        "goldfish" in lines[0]
+        or "teapot" in lines[0]
+        or "fox" in lines[0]
         or "volleyball" in lines[0]
+    )
 
     grid = tmp_path / "grid.png"
     vitmim("reconstruct", out / "pretrain", img, img, "--out", grid)
@@ -136,14 +176,22 @@ def test_eval_predict_reconstruct_export(trained, tiny_tin, tmp_path):
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, tiny_tin):
-    proc = vitmim("pretrain", "--out", tmp_path / "x", "--data", tmp_path / "nowhere",
-                  check=False)
+    proc = vitmim("pretrain", "--out", tmp_path / "x", "--data", tmp_path / "nowhere", check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "nowhere" in proc.stderr
     proc = vitmim("run", "--set", "pretrain.mask_ratio=1.5", check=False)
     assert proc.returncode == 2 and "pretrain.mask_ratio" in proc.stderr
-    proc = vitmim("finetune", "--data", tiny_tin, "--out", tmp_path / "y", *TINY,
-                  "--init", tmp_path / "missing.safetensors", check=False)
+    proc = vitmim(
+        "finetune",
+        "--data",
+        tiny_tin,
+        "--out",
+        tmp_path / "y",
+        *TINY,
+        "--init",
+        tmp_path / "missing.safetensors",
+        check=False,
+    )
     assert proc.returncode == 2 and "missing.safetensors" in proc.stderr
     assert not (tmp_path / "y" / "checkpoints").exists()
 
@@ -210,23 +258,39 @@ def test_outputs_never_replace_the_files_of_a_run(trained, tmp_path):
     shutil.rmtree(out / "report")
 
 
-@pytest.mark.parametrize("change, key, stage", [
-    ("pretrain.mask_ratio=0.5", "pretrain.mask_ratio=0.75, not 0.5", "pretrain"),
-    # a fine-tune setting leaves the restorer as it is: the fine-tune stage refuses it
-    ("finetune.epochs=3", "finetune.epochs=2, not 3", "finetune"),
-    ("model.depth=1", "model.depth=2, not 1", "pretrain"),
-    ("data.classes=2", "data.classes=None, not 2", "pretrain"),
-    ("pretrain.seed=1", "pretrain.seed=0, not 1", "pretrain"),
-])
-def test_rerun_or_resume_with_other_settings_is_refused_naming_the_key(trained, tiny_tin, change,
-                                                                        key, stage):
+@pytest.mark.parametrize(
+    "change, key, stage",
+    [
+        ("pretrain.mask_ratio=0.5", "pretrain.mask_ratio=0.75, not 0.5", "pretrain"),
+        # a fine-tune setting leaves the restorer as it is: the fine-tune stage refuses it
+        ("finetune.epochs=3", "finetune.epochs=2, not 3", "finetune"),
+        ("model.depth=1", "model.depth=2, not 1", "pretrain"),
+        ("data.classes=2", "data.classes=None, not 2", "pretrain"),
+        ("pretrain.seed=1", "pretrain.seed=0, not 1", "pretrain"),
+    ],
+)
+def test_rerun_or_resume_with_other_settings_is_refused_naming_the_key(
+    trained, tiny_tin, change, key, stage
+):
     out, _ = trained
     before = files_under(out)
     same = [*TINY, "--set", "finetune.layer_decay=0.8"]
     proc = vitmim("run", "--data", tiny_tin, "--out", out, *same, "--set", change, check=False)
     assert key in one_error_line(proc) and f"{out / stage}:" in proc.stderr
-    proc = vitmim("finetune", "--data", tiny_tin, "--out", out / "finetune", "--init",
-                  out / "pretrain", "--resume", *same, "--set", change, check=False)
+    proc = vitmim(
+        "finetune",
+        "--data",
+        tiny_tin,
+        "--out",
+        out / "finetune",
+        "--init",
+        out / "pretrain",
+        "--resume",
+        *same,
+        "--set",
+        change,
+        check=False,
+    )
     stage = "finetune"
     if change.startswith("model."):  # the model comes from --init: that conflict comes first
         name, value = change.split("=")
@@ -240,8 +304,17 @@ def test_rerun_on_other_data_is_refused(trained, tiny_tin, tin_tools, tmp_path):
     out, _ = trained
     other = tin_tools.zip_dir(tin_tools.write_tin(tmp_path, n_train=13), tmp_path / "other.zip")
     before = files_under(out)
-    proc = vitmim("run", "--data", other, "--out", out, *TINY, "--set", "finetune.layer_decay=0.8",
-                  check=False)
+    proc = vitmim(
+        "run",
+        "--data",
+        other,
+        "--out",
+        out,
+        *TINY,
+        "--set",
+        "finetune.layer_decay=0.8",
+        check=False,
+    )
     # the new data is decoded (with its progress bar) to learn its fingerprint; then one line
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"holds a run on other data (made from {tiny_tin})" in proc.stderr.splitlines()[-1]
@@ -260,15 +333,36 @@ def test_run_folder_records_absolute_data_and_fingerprints(trained, tiny_tin, tm
     assert len(manifest["config_fingerprint"]) == 64
     # a relative --data is stored absolute, so the run evaluates from any working folder
     run = tmp_path / "scratch"
-    subprocess.run([sys.executable, "-m", "vitmim.cli", "finetune", "--data", tiny_tin.name,
-                    "--out", run, *TINY, "--set", "finetune.epochs=1"], cwd=tiny_tin.parent,
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitmim.cli",
+            "finetune",
+            "--data",
+            tiny_tin.name,
+            "--out",
+            run,
+            *TINY,
+            "--set",
+            "finetune.epochs=1",
+        ],
+        cwd=tiny_tin.parent,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["path"] == str(tiny_tin)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", "eval", run], cwd=elsewhere,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitmim.cli", "eval", run],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 0 <= json.loads(proc.stdout)["val_top1"] <= 100
 
@@ -283,7 +377,16 @@ def test_corrupted_final_model_is_refused_on_load(trained, tiny_tin, tmp_path):
         weights.write_bytes(bytes(data))
     proc = vitmim("eval", out / "finetune", check=False)
     assert "sha256 differs" in one_error_line(proc) and "finetune" in proc.stderr
-    proc = vitmim("finetune", "--data", tiny_tin, "--out", tmp_path / "ft", *TINY,
-                  "--init", out / "pretrain", check=False)
+    proc = vitmim(
+        "finetune",
+        "--data",
+        tiny_tin,
+        "--out",
+        tmp_path / "ft",
+        *TINY,
+        "--init",
+        out / "pretrain",
+        check=False,
+    )
     assert "sha256 differs" in one_error_line(proc) and "pretrain" in proc.stderr
     assert not (tmp_path / "ft" / "checkpoints").exists()

@@ -19,8 +19,14 @@ def test_files_then_overrides_in_order(tmp_path):
     a.write_text("pretrain: {mask_ratio: 0.4, epochs: 3}\nmodel: {depth: 4}\n")
     b = tmp_path / "b.yaml"
     b.write_text("base: a.yaml\npretrain: {epochs: 5}\n")
-    cfg = load_config([b], ["pretrain.mask_patch=4", "data.classes=[n01443537, n01629819]",
-                            "finetune.augment.mixup=0.8"])
+    cfg = load_config(
+        [b],
+        [
+            "pretrain.mask_patch=4",
+            "data.classes=[n01443537, n01629819]",
+            "finetune.augment.mixup=0.8",
+        ],
+    )
     assert (cfg.pretrain.mask_ratio, cfg.pretrain.epochs, cfg.model.depth) == (0.4, 5, 4)
     assert cfg.pretrain.mask_patch == 4
     assert cfg.data.classes == ["n01443537", "n01629819"]
@@ -28,23 +34,26 @@ def test_files_then_overrides_in_order(tmp_path):
     assert isinstance(load_config(overrides=["finetune.lr=1"]).finetune.lr, float)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("pretrain.mask_ratoi=0.5", "unknown config key pretrain.mask_ratoi"),
-    ("nonsense=1", "unknown config key nonsense"),
-    ("pretrain.epochs=ten", "pretrain.epochs: expected an integer"),
-    ("pretrain.epochs=2.5", "pretrain.epochs: expected an integer"),
-    ("pretrain.lr=fast", "pretrain.lr: expected a number"),
-    ("model.rezero=maybe", "model.rezero: expected true/false"),
-    ("model.arch=resnet", "model.arch: expected one of"),
-    ("pretrain.mask_ratio=1.2", "pretrain.mask_ratio: expected a number in (0, 1)"),
-    ("pretrain.mask_ratio=0", "pretrain.mask_ratio"),
-    ("pretrain.mask_patch=5", "pretrain.mask_patch: 5 px cells must divide"),
-    ("model.patch_size=7", "model.patch_size"),
-    ("data.label_fraction=0", "data.label_fraction"),
-    ("finetune.batch_size=0", "finetune.batch_size"),
-    ("pretrain=3", "pretrain: expected a mapping"),
-    ("pretrain.mask_ratio", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("pretrain.mask_ratoi=0.5", "unknown config key pretrain.mask_ratoi"),
+        ("nonsense=1", "unknown config key nonsense"),
+        ("pretrain.epochs=ten", "pretrain.epochs: expected an integer"),
+        ("pretrain.epochs=2.5", "pretrain.epochs: expected an integer"),
+        ("pretrain.lr=fast", "pretrain.lr: expected a number"),
+        ("model.rezero=maybe", "model.rezero: expected true/false"),
+        ("model.arch=resnet", "model.arch: expected one of"),
+        ("pretrain.mask_ratio=1.2", "pretrain.mask_ratio: expected a number in (0, 1)"),
+        ("pretrain.mask_ratio=0", "pretrain.mask_ratio"),
+        ("pretrain.mask_patch=5", "pretrain.mask_patch: 5 px cells must divide"),
+        ("model.patch_size=7", "model.patch_size"),
+        ("data.label_fraction=0", "data.label_fraction"),
+        ("finetune.batch_size=0", "finetune.batch_size"),
+        ("pretrain=3", "pretrain: expected a mapping"),
+        ("pretrain.mask_ratio", "expected key=value"),
+    ],
+)
 def test_bad_values_are_refused_with_the_key_named(override, message):
     with pytest.raises(UserError) as e:
         load_config(overrides=[override])
@@ -67,6 +76,7 @@ def test_exponent_without_dot_is_a_number():
 
 def test_shipped_presets_load_and_keep_their_measured_recipes():
     from vitmim.config import PRESETS, preset_names
+
     assert {"smoke", "tin10_long", "tin200"} <= set(preset_names())
     for name in preset_names():
         load_config([PRESETS / f"{name}.yaml"])  # every shipped file validates
@@ -85,12 +95,19 @@ def test_shipped_presets_load_and_keep_their_measured_recipes():
 
 def test_scratch_section_holds_typed_finetune_overrides(tmp_path):
     from vitmim.config import tuned_scratch
+
     path = tmp_path / "recipe.yaml"
-    path.write_text("scratch:\n  finetune.lr: 2e-3\n  finetune:\n    drop_path: 0.0\n"
-                    "    augment: {mixup: 0.2}\n")
+    path.write_text(
+        "scratch:\n  finetune.lr: 2e-3\n  finetune:\n    drop_path: 0.0\n"
+        "    augment: {mixup: 0.2}\n"
+    )
     cfg = load_config([path], ["scratch.finetune.epochs=22"])
-    assert cfg.scratch == {"finetune.lr": 0.002, "finetune.drop_path": 0.0,
-                           "finetune.augment.mixup": 0.2, "finetune.epochs": 22}
+    assert cfg.scratch == {
+        "finetune.lr": 0.002,
+        "finetune.drop_path": 0.0,
+        "finetune.augment.mixup": 0.2,
+        "finetune.epochs": 22,
+    }
     tuned = tuned_scratch(cfg)
     assert (tuned.finetune.lr, tuned.finetune.drop_path, tuned.finetune.epochs) == (0.002, 0.0, 22)
     assert tuned.finetune.augment.mixup == 0.2 and tuned.scratch == cfg.scratch
@@ -102,16 +119,22 @@ def test_scratch_section_holds_typed_finetune_overrides(tmp_path):
     assert load_config(overrides=["scratch.finetune.lr=1", "scratch={}"]).scratch == {}
 
 
-@pytest.mark.parametrize("override,message", [
-    ("scratch.finetune.lrr=1", "unknown config key scratch.finetune.lrr"),
-    ("scratch.finetune.lr=fast", "config key scratch.finetune.lr: expected a number"),
-    ("scratch.finetune.augment.mixupp=1", "unknown config key scratch.finetune.augment.mixupp"),
-    ("scratch.pretrain.epochs=3", "config key scratch.pretrain.epochs: expected a finetune"),
-    ("scratch.finetune.seed=3", "config key scratch.finetune.seed: expected a finetune"),
-    ("scratch=3", "config key scratch: expected a mapping"),
-    ("scratch.finetune.epochs=0", "finetune.epochs: expected an integer >= 1, got 0 "
-                                  r"\(in config section scratch\)"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("scratch.finetune.lrr=1", "unknown config key scratch.finetune.lrr"),
+        ("scratch.finetune.lr=fast", "config key scratch.finetune.lr: expected a number"),
+        ("scratch.finetune.augment.mixupp=1", "unknown config key scratch.finetune.augment.mixupp"),
+        ("scratch.pretrain.epochs=3", "config key scratch.pretrain.epochs: expected a finetune"),
+        ("scratch.finetune.seed=3", "config key scratch.finetune.seed: expected a finetune"),
+        ("scratch=3", "config key scratch: expected a mapping"),
+        (
+            "scratch.finetune.epochs=0",
+            "finetune.epochs: expected an integer >= 1, got 0 "
+            r"\(in config section scratch\)",
+        ),
+    ],
+)
 def test_bad_scratch_recipes_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         load_config(overrides=[override])
@@ -119,6 +142,7 @@ def test_bad_scratch_recipes_are_refused(override, message):
 
 def test_bad_scratch_recipe_stops_vitmim_run_before_any_work(tmp_path, capsys):
     from vitmim import cli
+
     out = tmp_path / "run"
     assert cli.main(["run", "--out", str(out), "--set", "scratch.finetune.lrr=1"]) == 2
     err = capsys.readouterr().err
@@ -137,6 +161,7 @@ def test_base_may_list_files_and_share_a_common_one(tmp_path):
 
 def test_base_chains_have_a_depth_limit(tmp_path):
     from vitmim.config import MAX_BASE_DEPTH
+
     for i in range(MAX_BASE_DEPTH + 2):
         (tmp_path / f"f{i}.yaml").write_text(f"base: f{i + 1}.yaml\n")
     (tmp_path / f"f{MAX_BASE_DEPTH + 2}.yaml").write_text("model: {depth: 2}\n")
@@ -146,10 +171,14 @@ def test_base_chains_have_a_depth_limit(tmp_path):
 
 def test_validate_checks_configs_built_in_python():
     from vitmim.config import validate
+
     cfg = Config()
     cfg.finetune.augment.erasing = 1.5
-    with pytest.raises(UserError, match=r"finetune.augment.erasing: expected a number in "
-                                        r"\[0, 1\], got 1.5"):
+    with pytest.raises(
+        UserError,
+        match=r"finetune.augment.erasing: expected a number in "
+        r"\[0, 1\], got 1.5",
+    ):
         validate(cfg)
     cfg = Config()
     cfg.pretrain.epochs = True  # a bool is not a count
@@ -159,6 +188,7 @@ def test_validate_checks_configs_built_in_python():
 
 def test_json_readers(tmp_path):
     from vitmim.config import read_json_mapping, read_jsonl
+
     assert read_jsonl(tmp_path / "missing.jsonl") == []
     log = tmp_path / "m.jsonl"
     log.write_text('{"step": 1}\n\n{"step": 2}\n')

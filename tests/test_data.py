@@ -42,14 +42,18 @@ def load(path: Path, cache: Path, **kw) -> tuple[ImageSet, ImageSet | None]:
 
 def cache_entries(cache: Path) -> list[str]:
     """What a build left in the cache root, lock files aside."""
-    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) \
-        if cache.exists() else []
+    return (
+        sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+        if cache.exists()
+        else []
+    )
 
 
 def pil_rgb(raw: bytes) -> torch.Tensor:
     """(3, H, W) uint8 reference decode."""
-    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).copy()) \
-        .permute(2, 0, 1)
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).copy()).permute(
+        2, 0, 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +134,10 @@ def real_wnids() -> list[str]:
 def test_class_subsets_are_disjoint_from_the_first_ten_and_each_other():
     wnids = real_wnids()
     where = str(REAL)
-    picks = {k: sources._select_classes(wnids, DataConfig(classes=10, class_subset=k), where)
-             for k in range(6)}
+    picks = {
+        k: sources._select_classes(wnids, DataConfig(classes=10, class_subset=k), where)
+        for k in range(6)
+    }
     assert picks[0] == wnids[:10]  # subset 0: the classes every recipe was chosen on
     seen: set[str] = set()
     for k in range(6):
@@ -157,13 +163,17 @@ def test_class_subset_loads_a_disjoint_block(tiny_tin, tin_tools, tmp_path):
         load(tiny_tin, tmp_path, classes=2, class_subset=2)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.class_subset=-1"], "data.class_subset: expected 0"),
-    (["data.class_subset=1", "data.classes=null"], "needs a class count"),
-    (["data.class_subset=1", "data.class_seed=3"], "either it or data.class_seed"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.class_subset=-1"], "data.class_subset: expected 0"),
+        (["data.class_subset=1", "data.classes=null"], "needs a class count"),
+        (["data.class_subset=1", "data.class_seed=3"], "either it or data.class_seed"),
+    ],
+)
 def test_bad_class_subsets_are_refused(overrides, message):
     from vitmim.config import load_config
+
     with pytest.raises(UserError, match=message):
         load_config(overrides=overrides)
 
@@ -207,8 +217,12 @@ def test_cache_reused_without_decoding(tiny_tin, tmp_path, monkeypatch):
     (key,) = cache_entries(tmp_path)
     d = tmp_path / key
     assert sorted(p.name for p in d.iterdir()) == [
-        "meta.json", "train_images.npy", "train_labels.npy", "val_images.npy",
-        "val_labels.npy"]
+        "meta.json",
+        "train_images.npy",
+        "train_labels.npy",
+        "val_images.npy",
+        "val_labels.npy",
+    ]
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
@@ -261,8 +275,10 @@ def test_stale_temp_folder_is_ignored(tiny_tin, tmp_path):
 
 def test_concurrent_builds_share_one_cache(tiny_tin, tmp_path):
     results = []
-    threads = [threading.Thread(target=lambda: results.append(load(tiny_tin, tmp_path)[0]))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(load(tiny_tin, tmp_path)[0]))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -400,8 +416,7 @@ def test_resolve_data_path(tiny_tin, tmp_path, monkeypatch):
 
 
 def small_tin(tin_tools, tmp_path: Path) -> Path:
-    return tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1,
-                               test_dir=False)
+    return tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1, test_dir=False)
 
 
 def expect_error(path: Path, cache: Path, match: str, **kw) -> str:
@@ -435,7 +450,7 @@ def test_error_corrupt_member(tiny_tin, tmp_path):
     with zipfile.ZipFile(tiny_tin) as zf:
         info = zf.getinfo("tiny-imagenet-200/train/n01000001/images/n01000001_2.JPEG")
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 100
-    raw[start:start + 50] = b"\x00" * 50
+    raw[start : start + 50] = b"\x00" * 50
     p = tmp_path / "bad.zip"
     p.write_bytes(bytes(raw))
     expect_error(p, tmp_path / "c", "n01000001_2.JPEG")
@@ -506,8 +521,11 @@ def test_error_wrong_image_size(tin_tools, tmp_path):
     expect_error(top, tmp_path / "c", f"{p.name}: image is 48x64 px, expected 64x64")
     # and the whole set at another size than asked
     with pytest.raises(UserError, match="expected 32x32"):
-        load_splits(cfg_for(small_tin(tin_tools, tmp_path / "x"), tmp_path / "c"), img_size=32,
-                    progress=False)
+        load_splits(
+            cfg_for(small_tin(tin_tools, tmp_path / "x"), tmp_path / "c"),
+            img_size=32,
+            progress=False,
+        )
 
 
 def test_error_folder_val_class_not_in_train(tin_tools, tmp_path):
@@ -553,8 +571,9 @@ def test_real_tiny_imagenet(tmp_path):
     assert torch.bincount(train.labels, minlength=200).tolist() == [500] * 200
     assert torch.bincount(val.labels, minlength=200).tolist() == [50] * 200
     with zipfile.ZipFile(REAL) as zf:
-        first = zf.read(f"tiny-imagenet-200/train/{train.classes[0]}/images/"
-                        f"{train.classes[0]}_0.JPEG")
+        first = zf.read(
+            f"tiny-imagenet-200/train/{train.classes[0]}/images/{train.classes[0]}_0.JPEG"
+        )
     assert torch.equal(train.images[0], pil_rgb(first))
     t0 = time.perf_counter()
     again, _ = load_splits(cfg, progress=False)

@@ -37,7 +37,7 @@ class Server:
                 seen.append(self.path)
                 if self.path.startswith("/to/"):
                     self.send_response(302)
-                    self.send_header("Location", self.path[len("/to/"):])
+                    self.send_header("Location", self.path[len("/to/") :])
                     self.end_headers()
                     return
                 super().do_GET()
@@ -72,8 +72,13 @@ def http_server(server) -> str:
 
 def test_download_ok(http_server, tiny_tin, tmp_path):
     digest = hashlib.sha256(tiny_tin.read_bytes()).hexdigest()
-    dest = download(f"{http_server}/{tiny_tin.name}", tmp_path / "d" / "t.zip", sha256=digest,
-                    progress=False, allow_local_http=True)
+    dest = download(
+        f"{http_server}/{tiny_tin.name}",
+        tmp_path / "d" / "t.zip",
+        sha256=digest,
+        progress=False,
+        allow_local_http=True,
+    )
     assert dest.read_bytes() == tiny_tin.read_bytes()
     assert [p.name for p in dest.parent.iterdir()] == ["t.zip"]
 
@@ -81,15 +86,21 @@ def test_download_ok(http_server, tiny_tin, tmp_path):
 def test_download_checksum_mismatch(http_server, tiny_tin, tmp_path):
     dest = tmp_path / "t.zip"
     with pytest.raises(UserError, match="sha256 mismatch"):
-        download(f"{http_server}/{tiny_tin.name}", dest, sha256="0" * 64, progress=False,
-                 allow_local_http=True)
+        download(
+            f"{http_server}/{tiny_tin.name}",
+            dest,
+            sha256="0" * 64,
+            progress=False,
+            allow_local_http=True,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_download_http_error(http_server, tmp_path):
     with pytest.raises(UserError, match="missing.zip: download failed"):
-        download(f"{http_server}/missing.zip", tmp_path / "t.zip", progress=False,
-                 allow_local_http=True)
+        download(
+            f"{http_server}/missing.zip", tmp_path / "t.zip", progress=False, allow_local_http=True
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -98,21 +109,33 @@ def test_official_url_is_https():
 
 
 def test_plain_http_refused_without_contacting_the_server(server, tiny_tin, tmp_path):
-    for url in (f"{server.url}/{tiny_tin.name}", "http://example.com/tiny-imagenet-200.zip",
-                "ftp://example.com/x.zip", "file:///etc/passwd"):
+    for url in (
+        f"{server.url}/{tiny_tin.name}",
+        "http://example.com/tiny-imagenet-200.zip",
+        "ftp://example.com/x.zip",
+        "file:///etc/passwd",
+    ):
         with pytest.raises(UserError, match="only https downloads are accepted") as e:
             download(url, tmp_path / "d" / "t.zip", progress=False)
         assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="only https"):  # the test switch is for this machine
-        download("http://example.com/x.zip", tmp_path / "d" / "t.zip", progress=False,
-                 allow_local_http=True)
+        download(
+            "http://example.com/x.zip",
+            tmp_path / "d" / "t.zip",
+            progress=False,
+            allow_local_http=True,
+        )
     assert server.requests == [] and not (tmp_path / "d").exists()
 
 
 def test_redirect_to_plain_http_refused(server, tiny_tin, tmp_path):
     with pytest.raises(UserError, match="http://example.com/t.zip: only https"):
-        download(f"{server.url}/to/http://example.com/t.zip", tmp_path / "t.zip",
-                 progress=False, allow_local_http=True)
+        download(
+            f"{server.url}/to/http://example.com/t.zip",
+            tmp_path / "t.zip",
+            progress=False,
+            allow_local_http=True,
+        )
     assert server.requests == ["/to/http://example.com/t.zip"]
     assert list(tmp_path.iterdir()) == []
 
@@ -120,8 +143,7 @@ def test_redirect_to_plain_http_refused(server, tiny_tin, tmp_path):
 def test_pinned_checksum_refuses_another_archive(server, tiny_tin, tmp_path):
     # The fake archive has the official name but not the official bytes.
     dest = tmp_path / "tiny-imagenet-200.zip"
-    with pytest.raises(UserError, match=f"sha256 mismatch .*expected sha256 {PINNED[0][1]}"
-                       ) as e:
+    with pytest.raises(UserError, match=f"sha256 mismatch .*expected sha256 {PINNED[0][1]}") as e:
         download(f"{server.url}/{tiny_tin.name}", dest, progress=False, allow_local_http=True)
     assert "\n" not in str(e.value) and "nothing saved" in str(e.value)
     assert list(tmp_path.iterdir()) == []  # no partial file either
@@ -148,12 +170,15 @@ def test_verified_copy_on_disk_is_kept(server, tiny_tin, tmp_path, capsys):
 def test_real_archive_matches_the_pin(tmp_path):
     """The real archive: downloaded over HTTP it passes the pin; already at dest it is kept."""
     with Server(REAL.parent) as server:
-        dest = download(f"{server.url}/{REAL.name}", tmp_path / REAL.name, progress=False,
-                        allow_local_http=True)
+        dest = download(
+            f"{server.url}/{REAL.name}", tmp_path / REAL.name, progress=False, allow_local_http=True
+        )
         assert dest.stat().st_size == REAL.stat().st_size
         kept = tmp_path / "kept" / REAL.name
         kept.parent.mkdir()
         os.symlink(REAL, kept)
-        assert download(f"{server.url}/{REAL.name}", kept, progress=False,
-                        allow_local_http=True) == kept
+        assert (
+            download(f"{server.url}/{REAL.name}", kept, progress=False, allow_local_http=True)
+            == kept
+        )
         assert server.requests == [f"/{REAL.name}"]

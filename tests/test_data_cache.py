@@ -13,8 +13,7 @@ from vitmim.data import cache, load_splits
 
 
 def load(src: Path, root: Path):
-    return load_splits(DataConfig(path=str(src), cache_dir=str(root), classes=None),
-                       progress=False)
+    return load_splits(DataConfig(path=str(src), cache_dir=str(root), classes=None), progress=False)
 
 
 def the_cache(root: Path) -> Path:
@@ -32,8 +31,12 @@ def test_meta_records_size_and_digest_of_every_array(tiny_tin, tmp_path):
     load(tiny_tin, tmp_path)
     d = the_cache(tmp_path)
     sums = json.loads((d / "meta.json").read_text())["checksums"]
-    assert sorted(sums) == ["train_images.npy", "train_labels.npy", "val_images.npy",
-                            "val_labels.npy"]
+    assert sorted(sums) == [
+        "train_images.npy",
+        "train_labels.npy",
+        "val_images.npy",
+        "val_labels.npy",
+    ]
     assert sums["train_images.npy"][0] == (d / "train_images.npy").stat().st_size
 
 
@@ -48,7 +51,8 @@ def test_flipped_byte_rebuilds(tiny_tin, tmp_path, capsys, name):
     capsys.readouterr()
     t2, v2 = load(tiny_tin, tmp_path)
     assert capsys.readouterr().err.strip() == (
-        f"{d}: {name} does not match its checksum; rebuilding the cache")
+        f"{d}: {name} does not match its checksum; rebuilding the cache"
+    )
     assert torch.equal(t2.images, want_images) and torch.equal(v2.labels, want_labels)
     load(tiny_tin, tmp_path)  # repaired: opens silently
     assert capsys.readouterr().err == ""

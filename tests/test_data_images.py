@@ -24,8 +24,12 @@ def decoded(img: Image.Image, tmp_path: Path, name: str = "x.png", **save) -> to
     folder.mkdir()
     img.save(folder / name, **save)
     w, h = img.size
-    cfg = DataConfig(path=str(folder), cache_dir=str(tmp_path / "c"), source="unlabelled",
-                     resize="error" if w == h else "fit")
+    cfg = DataConfig(
+        path=str(folder),
+        cache_dir=str(tmp_path / "c"),
+        source="unlabelled",
+        resize="error" if w == h else "fit",
+    )
     train, _ = load_splits(cfg, img_size=w, progress=False)
     return train.images[0]
 
@@ -114,8 +118,11 @@ def test_exif_rotation_of_a_non_square_photo(tmp_path):
     folder.mkdir()
     im.save(folder / "p.jpg", exif=exif)
     with pytest.raises(UserError, match="p.jpg: image is 64x32 px"):
-        load_splits(DataConfig(path=str(folder), cache_dir=str(tmp_path / "c"),
-                               resize="error"), 32, progress=False)
+        load_splits(
+            DataConfig(path=str(folder), cache_dir=str(tmp_path / "c"), resize="error"),
+            32,
+            progress=False,
+        )
     x = load_images([folder / "p.jpg"], img_size=16, resize="pad")[0]
     assert px(x, 8, 0) == WHITE and px(x, 0, 8)[0] > 200  # upright 32x64: bars left and right
 
@@ -126,8 +133,7 @@ def test_decode_error_names_the_file(tmp_path, raw):
     folder.mkdir()
     (folder / "bad.png").write_bytes(raw)
     with pytest.raises(UserError) as e:
-        load_splits(DataConfig(path=str(folder), cache_dir=str(tmp_path / "c")), 32,
-                    progress=False)
+        load_splits(DataConfig(path=str(folder), cache_dir=str(tmp_path / "c")), 32, progress=False)
     msg = str(e.value)
     assert msg.startswith(f"{folder / 'bad.png'}: not a readable image")
     assert "BytesIO" not in msg and "0x" not in msg and "\n" not in msg

@@ -44,8 +44,11 @@ def mixed_folder(tmp_path: Path) -> Path:
 
 
 def load(root: Path, cache: Path, img_size: int = 32, **kw):
-    return load_splits(DataConfig(path=str(root), cache_dir=str(cache), classes=None, **kw),
-                       img_size, progress=False)
+    return load_splits(
+        DataConfig(path=str(root), cache_dir=str(cache), classes=None, **kw),
+        img_size,
+        progress=False,
+    )
 
 
 def test_fit_is_pil_antialiased_resize(mixed_folder, tmp_path, capsys):
@@ -54,8 +57,7 @@ def test_fit_is_pil_antialiased_resize(mixed_folder, tmp_path, capsys):
     src = Image.open(mixed_folder / "train" / "a" / "0.png")
     assert torch.equal(train.images[0], chw(src.resize((32, 32), Image.Resampling.BICUBIC)))
     assert torch.equal(train.images[1], chw(Image.open(mixed_folder / "train" / "a" / "1.png")))
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "resized 2 of 3 images to 32x32 (fit)"]
+    assert capsys.readouterr().err.strip().splitlines() == ["resized 2 of 3 images to 32x32 (fit)"]
     again, _ = load(mixed_folder, tmp_path / "c", resize="fit")  # from the cache: no line
     assert torch.equal(again.images, train.images) and capsys.readouterr().err == ""
 
@@ -105,8 +107,7 @@ def test_error_mode_refuses_in_one_line(mixed_folder, tmp_path):
 
 
 def test_tin_at_another_size_with_fit(tin_tools, tmp_path, capsys):
-    top = tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1,
-                              test_dir=False)
+    top = tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1, test_dir=False)
     train, val = load(top, tmp_path / "c", img_size=32, resize="fit")
     assert train.images.shape == (6, 3, 32, 32) and val.images.shape == (2, 3, 32, 32)
     assert "resized 8 of 8 images to 32x32 (fit)" in capsys.readouterr().err
@@ -122,8 +123,9 @@ def test_config_key(tmp_path):
 def test_load_images_takes_a_resize_mode(tmp_path):
     p = write(tmp_path / "wide.png", Image.new("RGB", (64, 32), (255, 0, 0)))
     crop = load_images([p], img_size=16)
-    assert torch.equal(crop[0], torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None]
-                       .expand(3, 16, 16))
+    assert torch.equal(
+        crop[0], torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None].expand(3, 16, 16)
+    )
     pad = load_images([p], img_size=16, resize="pad")
     assert pad[0, :, 0, 0].tolist() == list(BACKGROUND)
 
@@ -135,12 +137,35 @@ def test_training_on_odd_sized_images(tmp_path):
         for k in range(4):
             write(root / "train" / c / f"{k}.png", gradient(50, 37, k + (10 if c == "b" else 0)))
     out = tmp_path / "run"
-    args = ["pretrain", "--data", str(root), "--out", str(out), "--set", "data.classes=null",
-            "--set", "model.img_size=32", "--set", "model.patch_size=8",
-            "--set", "model.embed_dim=32", "--set", "model.depth=1", "--set", "model.num_heads=2",
-            "--set", "model.decoder_dim=32", "--set", "pretrain.mask_patch=8",
-            "--set", "pretrain.epochs=1", "--set", "pretrain.batch_size=4",
-            "--set", f"data.cache_dir={tmp_path / 'c'}"]
+    args = [
+        "pretrain",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--set",
+        "data.classes=null",
+        "--set",
+        "model.img_size=32",
+        "--set",
+        "model.patch_size=8",
+        "--set",
+        "model.embed_dim=32",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "model.num_heads=2",
+        "--set",
+        "model.decoder_dim=32",
+        "--set",
+        "pretrain.mask_patch=8",
+        "--set",
+        "pretrain.epochs=1",
+        "--set",
+        "pretrain.batch_size=4",
+        "--set",
+        f"data.cache_dir={tmp_path / 'c'}",
+    ]
     assert cli.main(args) == 0
     assert (out / "model.safetensors").is_file()
 

@@ -57,16 +57,19 @@ def test_special_files_skipped_with_a_count(tin_tools, tmp_path, capsys):
         shutil.rmtree(short.parent)
     assert len(train) == 3
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "skipped" in ln]
-    assert lines == [f"{root}: skipped 4 entries that are not regular files "
-                     "(1 broken link, 1 device, 1 fifo, 1 socket)"]
+    assert lines == [
+        f"{root}: skipped 4 entries that are not regular files "
+        "(1 broken link, 1 device, 1 fifo, 1 socket)"
+    ]
 
 
 def test_fifo_in_a_class_folder(tin_tools, tmp_path):
     root = tin_tools.write_folder_set(tmp_path / "set")
     os.mkfifo(root / "train" / "cat" / "9.png")
     os.mkfifo(root / "val" / "dog" / "v9.jpg")
-    train, val = load_within(DataConfig(path=str(root), cache_dir=str(tmp_path / "c"),
-                                        classes=None))
+    train, val = load_within(
+        DataConfig(path=str(root), cache_dir=str(tmp_path / "c"), classes=None)
+    )
     assert len(train) == 15 and len(val) == 6
 
 
@@ -104,21 +107,18 @@ def test_zip_symlink_member_skipped(tin_tools, tmp_path, capsys):
         link = zipfile.ZipInfo("etc.jpg")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(link, "/etc/passwd")
-    train, _ = load_splits(DataConfig(path=str(p), cache_dir=str(tmp_path / "c")),
-                           progress=False)
+    train, _ = load_splits(DataConfig(path=str(p), cache_dir=str(tmp_path / "c")), progress=False)
     assert len(train) == 1
     assert "skipped 1 entries that are not regular files (1 link)" in capsys.readouterr().err
 
 
 def small_tin(tin_tools, tmp_path: Path) -> Path:
-    return tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1,
-                               test_dir=False)
+    return tin_tools.write_tin(tmp_path / "src", n_classes=2, n_train=3, n_val=1, test_dir=False)
 
 
 def expect_one_line(top: Path, cache: Path, match: str) -> None:
     with pytest.raises(UserError, match=match) as e:
-        load_splits(DataConfig(path=str(top), cache_dir=str(cache), classes=None),
-                    progress=False)
+        load_splits(DataConfig(path=str(top), cache_dir=str(cache), classes=None), progress=False)
     assert "\n" not in str(e.value)
     assert not cache.exists() or not any(p for p in cache.iterdir() if p.suffix != ".lock")
 
@@ -130,8 +130,10 @@ def test_wnid_that_is_a_path_is_refused(tin_tools, tmp_path, bad):
     expect_one_line(top, tmp_path / "c", r"wnids.txt:3: class id .* is not a plain name")
 
 
-@pytest.mark.parametrize("bad", ["../../../secret.JPEG", "/etc/passwd", "sub/val_0.JPEG",
-                                 "..\\val_0.JPEG", "val_\x1b0.JPEG"])
+@pytest.mark.parametrize(
+    "bad",
+    ["../../../secret.JPEG", "/etc/passwd", "sub/val_0.JPEG", "..\\val_0.JPEG", "val_\x1b0.JPEG"],
+)
 def test_val_annotation_path_is_refused(tin_tools, tmp_path, bad):
     top = small_tin(tin_tools, tmp_path)
     (tmp_path / "secret.JPEG").write_bytes(tin_tools.image_bytes(5))  # what ../ would reach
@@ -142,16 +144,19 @@ def test_val_annotation_path_is_refused(tin_tools, tmp_path, bad):
 
 def test_plain_names_still_load(tin_tools, tmp_path):
     top = small_tin(tin_tools, tmp_path)
-    train, val = load_splits(DataConfig(path=str(top), cache_dir=str(tmp_path / "c"),
-                                        classes=None), progress=False)
+    train, val = load_splits(
+        DataConfig(path=str(top), cache_dir=str(tmp_path / "c"), classes=None), progress=False
+    )
     assert len(train) == 6 and len(val) == 2 and torch.equal(val.labels, torch.tensor([0, 1]))
 
 
 def test_words_are_display_text_without_control_characters(tin_tools, tmp_path):
     top = small_tin(tin_tools, tmp_path)
     c0, c1 = tin_tools.classes[:2]
-    (top / "words.txt").write_text(f"{c0}\t\x1b[31mred\x1b[0m fox, x\n../{c1}\tescape\n"
-                                   f"{c1}\tgold/fish\n")
-    train, _ = load_splits(DataConfig(path=str(top), cache_dir=str(tmp_path / "c"),
-                                      classes=None), progress=False)
+    (top / "words.txt").write_text(
+        f"{c0}\t\x1b[31mred\x1b[0m fox, x\n../{c1}\tescape\n{c1}\tgold/fish\n"
+    )
+    train, _ = load_splits(
+        DataConfig(path=str(top), cache_dir=str(tmp_path / "c"), classes=None), progress=False
+    )
     assert train.class_names == ["[31mred[0m fox", "gold/fish"]

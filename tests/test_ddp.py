@@ -22,10 +22,24 @@ from vitmim.engine import Env, Trainer
 from vitmim.errors import UserError
 
 # 48 fake training images, global batch 16: 3 steps per epoch, 2 epochs per stage
-SETTINGS = ["--preset", "smoke", "--set", "device=cpu", "--set", "data.classes=4",
-            "--set", "pretrain.batch_size=16", "--set", "pretrain.epochs=2",
-            "--set", "finetune.batch_size=16", "--set", "finetune.epochs=2",
-            "--set", "finetune.drop_path=0.0"]
+SETTINGS = [
+    "--preset",
+    "smoke",
+    "--set",
+    "device=cpu",
+    "--set",
+    "data.classes=4",
+    "--set",
+    "pretrain.batch_size=16",
+    "--set",
+    "pretrain.epochs=2",
+    "--set",
+    "finetune.batch_size=16",
+    "--set",
+    "finetune.epochs=2",
+    "--set",
+    "finetune.drop_path=0.0",
+]
 LOSS_RTOL = 1e-4  # relative, per-epoch mean training loss
 WEIGHT_ATOL = 1e-4  # absolute, every final weight
 
@@ -34,10 +48,18 @@ def vitmim(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
     """Run the CLI in one process, or in ``nproc`` under torchrun."""
     launcher = [sys.executable, "-m"]
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", str(nproc), "-m"]
-    proc = subprocess.run(launcher + ["vitmim.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+        ]
+    proc = subprocess.run(
+        launcher + ["vitmim.cli", *args], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -86,5 +108,11 @@ def test_uneven_split_of_the_batch_is_refused(tmp_path: Path):
 
     st = StageConfig(batch_size=15)
     with pytest.raises(UserError, match="finetune.batch_size: 15 does not split evenly"):
-        Trainer(Task(), torch.nn.Linear(2, 2), st, run_dir=tmp_path,
-                env=Env(torch.device("cpu"), world=2), stage="finetune")
+        Trainer(
+            Task(),
+            torch.nn.Linear(2, 2),
+            st,
+            run_dir=tmp_path,
+            env=Env(torch.device("cpu"), world=2),
+            stage="finetune",
+        )

@@ -18,9 +18,17 @@ from vitmim.stages import FinetuneTask
 
 def tiny_config(**overrides: object) -> Config:
     """A 32 px, one-block ViT: small enough to compile on one CPU core in seconds."""
-    sets = {"model.img_size": 32, "model.patch_size": 8, "model.embed_dim": 32,
-            "model.depth": 1, "model.num_heads": 2, "finetune.batch_size": 16,
-            "finetune.drop_path": 0.0, "finetune.epochs": 1, **overrides}
+    sets = {
+        "model.img_size": 32,
+        "model.patch_size": 8,
+        "model.embed_dim": 32,
+        "model.depth": 1,
+        "model.num_heads": 2,
+        "finetune.batch_size": 16,
+        "finetune.drop_path": 0.0,
+        "finetune.epochs": 1,
+        **overrides,
+    }
     return load_config([], [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -36,8 +44,16 @@ def trainer(cfg: Config, run_dir: Path, compile: bool = False) -> Trainer:
     torch.manual_seed(0)
     model = build_classifier(cfg.model, 4, 0.0)
     task = FinetuneTask(image_set(), None, cfg, env)
-    return Trainer(task, model, cfg.finetune, run_dir=run_dir, env=env, stage="finetune",
-                   compile=compile, progress=False)
+    return Trainer(
+        task,
+        model,
+        cfg.finetune,
+        run_dir=run_dir,
+        env=env,
+        stage="finetune",
+        compile=compile,
+        progress=False,
+    )
 
 
 def run_steps(t: Trainer, n: int) -> list[float]:
@@ -81,8 +97,7 @@ def test_compiled_step_agrees_with_the_eager_step(tmp_path: Path):
     """Five optimiser steps (TrivialAugment and erasing, forward, loss, backward, AdamW) of a
     compiled and an eager trainer from the same weights and seeds: losses and weights agree to
     1e-4 (fused kernels round differently; an augmented pixel may differ by one grey level)."""
-    cfg = tiny_config(**{"finetune.augment.trivial_augment": True,
-                         "finetune.augment.erasing": 0.5})
+    cfg = tiny_config(**{"finetune.augment.trivial_augment": True, "finetune.augment.erasing": 0.5})
     eager, compiled = trainer(cfg, tmp_path / "e"), trainer(cfg, tmp_path / "c", compile=True)
     a, b = run_steps(eager, 5), run_steps(compiled, 5)
     assert compiled.compiled is not None  # still compiled
@@ -93,6 +108,7 @@ def test_compiled_step_agrees_with_the_eager_step(tmp_path: Path):
 
 def test_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, capsys):
     import torch._inductor.config as inductor
+
     torch._dynamo.reset()  # nothing compiled earlier in this process is reused
     cfg = tiny_config()
     eager, broken = trainer(cfg, tmp_path / "e"), trainer(cfg, tmp_path / "b", compile=True)
@@ -108,28 +124,37 @@ def test_failed_compile_warns_once_and_trains_eagerly(tmp_path: Path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("stage,fast", [("pretrain", False), ("pretrain", True),
-                                        ("finetune", False)])
+@pytest.mark.parametrize(
+    "stage,fast", [("pretrain", False), ("pretrain", True), ("finetune", False)]
+)
 def test_gpu_steps_never_wait_for_the_device(tmp_path: Path, stage: str, fast: bool):
     """TrivialAugment, erasing, mixup/cutmix, masks, bf16, grad clipping, fused AdamW and EMA,
     on both pre-training paths: no step after the first makes the host wait (a blocking copy to
     the device would too)."""
-    aug = {f"{stage}.augment.trivial_augment": True, f"{stage}.augment.erasing": 0.25,
-           f"{stage}.ema": 0.99, f"{stage}.grad_clip": 1.0, f"{stage}.batch_size": 16,
-           "finetune.augment.mixup": 0.8, "finetune.augment.cutmix": 1.0,
-           "pretrain.fast": fast}
+    aug = {
+        f"{stage}.augment.trivial_augment": True,
+        f"{stage}.augment.erasing": 0.25,
+        f"{stage}.ema": 0.99,
+        f"{stage}.grad_clip": 1.0,
+        f"{stage}.batch_size": 16,
+        "finetune.augment.mixup": 0.8,
+        "finetune.augment.cutmix": 1.0,
+        "pretrain.fast": fast,
+    }
     cfg = tiny_config(**aug)
     env = Env(torch.device("cuda"), amp=True)
     if stage == "pretrain":
         from vitmim.models import build_restorer
         from vitmim.stages import PretrainTask
+
         model = build_restorer(cfg.model, cfg.pretrain)
         task = PretrainTask(image_set(), None, cfg, env, tmp_path)
     else:
         model = build_classifier(cfg.model, 4, 0.0)
         task = FinetuneTask(image_set(), None, cfg, env)
-    t = Trainer(task, model, getattr(cfg, stage), run_dir=tmp_path, env=env, stage=stage,
-                progress=False)
+    t = Trainer(
+        task, model, getattr(cfg, stage), run_dir=tmp_path, env=env, stage=stage, progress=False
+    )
     idx = torch.arange(16, device="cuda")
     t.train_step(idx)  # first-call set-up (cached tables, optimiser state) may copy from the host
     torch.cuda.set_sync_debug_mode("error")

@@ -27,10 +27,14 @@ def timm_inputs(model: torch.nn.Module, images) -> torch.Tensor:
 
 def test_timm_folder_loads_with_labels_and_gives_vitmim_logits(tin2_runs, tin2, tmp_path):
     out = tmp_path / "model"
-    assert cli.main(["export", str(tin2_runs.ft.run_dir), "--format", "timm",
-                     "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
-                                                     "model.safetensors"]
+    assert (
+        cli.main(["export", str(tin2_runs.ft.run_dir), "--format", "timm", "--out", str(out)]) == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     ours, _, meta = load_classifier(tin2_runs.ft.run_dir)
     assert model.pretrained_cfg["label_names"] == meta["classes"]
@@ -43,8 +47,20 @@ def test_timm_folder_loads_with_labels_and_gives_vitmim_logits(tin2_runs, tin2, 
 
 def test_encoder_folder_gives_the_pretrained_backbone_features(tin2_runs, tin2, tmp_path):
     out = tmp_path / "encoder"
-    assert cli.main(["export", str(tin2_runs.pre.run_dir), "--format", "timm", "--encoder",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                str(tin2_runs.pre.run_dir),
+                "--format",
+                "timm",
+                "--encoder",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == 0 and "label_names" not in config
@@ -55,8 +71,9 @@ def test_encoder_folder_gives_the_pretrained_backbone_features(tin2_runs, tin2, 
     with torch.no_grad():
         tokens = ours.forward_features(x)
         torch.testing.assert_close(model.forward_features(x), tokens, atol=1e-5, rtol=0)
-        torch.testing.assert_close(model(x), ours.forward_head(tokens, pre_logits=True),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(x), ours.forward_head(tokens, pre_logits=True), atol=1e-5, rtol=0
+        )
 
 
 def test_file_format_stays_the_default(tin2_runs, tmp_path):
@@ -68,21 +85,36 @@ def test_file_format_stays_the_default(tin2_runs, tmp_path):
     assert meta["kwargs"]["num_classes"] == 0 and meta["classes"] == []
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "not a fine-tuned classifier"),  # a pre-training run without --encoder
-    (["--format", "timm"], "is a file"),  # --out names an existing file
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "not a fine-tuned classifier"),  # a pre-training run without --encoder
+        (["--format", "timm"], "is a file"),  # --out names an existing file
+    ],
+)
 def test_export_refusals_are_one_line_user_errors(tin2_runs, tmp_path, capsys, args, message):
     out = tmp_path / "taken"
     out.write_text("")
-    assert cli.main(["export", str(tin2_runs.pre.run_dir), "--out", str(out), *args,
-                     *(["--encoder"] if "--format" in args else [])]) == 2
+    assert (
+        cli.main(
+            [
+                "export",
+                str(tin2_runs.pre.run_dir),
+                "--out",
+                str(out),
+                *args,
+                *(["--encoder"] if "--format" in args else []),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
 def test_runs_of_the_wrong_kind_are_checkpoint_errors(tin2_runs, tin2, tmp_path):
     import vitmim
+
     with pytest.raises(vitmim.CheckpointError, match="not a fine-tuned classifier"):
         vitmim.export(tin2_runs.pre.run_dir, tmp_path / "x", format="timm")
     with pytest.raises(vitmim.CheckpointError, match="not a pre-trained restorer"):

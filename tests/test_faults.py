@@ -29,15 +29,25 @@ from vitmim.config import dump, load_config
 from vitmim.data import load_splits
 from vitmim.models import build_classifier, build_restorer
 
-SMOKE = ["--preset", "smoke", "--set", "data.classes=null", "--set", "device=cpu",
-         "--set", "pretrain.batch_size=8", "--set", "finetune.batch_size=8"]
+SMOKE = [
+    "--preset",
+    "smoke",
+    "--set",
+    "data.classes=null",
+    "--set",
+    "device=cpu",
+    "--set",
+    "pretrain.batch_size=8",
+    "--set",
+    "finetune.batch_size=8",
+]
 TRAIN0 = "train/n02000003/images/n02000003_0.JPEG"  # a training image of the fake TIN
 VAL_ANN = "val/val_annotations.txt"
 TQDM = re.compile(r"\d+/\d+ \[|^\s+$")  # a progress-bar frame, or what clears it
 
 # Makes os.replace fail with ENOSPC for every file under $VITMIM_TEST_FULL_DIR after the first
 # $VITMIM_TEST_FULL_AFTER renames there: a disk that fills up while a run writes its folder.
-FULL_DISK = r'''
+FULL_DISK = r"""
 import errno, os
 _dir, _left = os.environ["VITMIM_TEST_FULL_DIR"], [int(os.environ["VITMIM_TEST_FULL_AFTER"])]
 _replace = os.replace
@@ -48,7 +58,7 @@ def replace(src, dst, **kw):
         _left[0] -= 1
     return _replace(src, dst, **kw)
 os.replace = replace
-'''
+"""
 
 
 @dataclass
@@ -85,10 +95,7 @@ def pretrain(c: Ctx, data: Path | str, *more: str) -> list[str]:
 
 
 def finetune_init(c: Ctx, weights: Path) -> list[str]:
-    return ["finetune", *SMOKE, "--data", str(c.tin()), "--out", str(c.out), "--init",
-            str(weights)]
-
-
+    return ["finetune", *SMOKE, "--data", str(c.tin()), "--out", str(c.out), "--init", str(weights)]
 
 
 def truncated_zip(c: Ctx) -> Path:
@@ -104,7 +111,7 @@ def corrupt_member_zip(c: Ctx) -> Path:
         info = zf.getinfo(f"tiny-imagenet-200/{TRAIN0}")
     data = bytearray(z.read_bytes())
     start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
-    data[start:start + 16] = bytes(16)
+    data[start : start + 16] = bytes(16)
     z.write_bytes(bytes(data))
     return z
 
@@ -150,8 +157,9 @@ def full_disk(c: Ctx) -> list[str]:
     """The disk fills after config.yaml, manifest.json and the step-0 checkpoint are written."""
     (c.tmp / "site").mkdir()
     (c.tmp / "site" / "sitecustomize.py").write_text(FULL_DISK)
-    c.env.update(PYTHONPATH=str(c.tmp / "site"), VITMIM_TEST_FULL_DIR=str(c.out),
-                 VITMIM_TEST_FULL_AFTER="4")
+    c.env.update(
+        PYTHONPATH=str(c.tmp / "site"), VITMIM_TEST_FULL_DIR=str(c.out), VITMIM_TEST_FULL_AFTER="4"
+    )
     return pretrain(c, c.tin(), "--set", "checkpoint_every=2")
 
 
@@ -206,37 +214,60 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], str]] = {
     "data is not an archive": (lambda c: pretrain(c, non_zip_file(c)), "tiny-imagenet-200.txt"),
     "missing val_annotations.txt": (lambda c: pretrain(c, c.tin(drop=(VAL_ANN,))), VAL_ANN),
     "malformed val_annotations.txt": (
-        lambda c: pretrain(c, c.tin({VAL_ANN: b"val_0.JPEG\n"})), f"{VAL_ANN}:1"),
+        lambda c: pretrain(c, c.tin({VAL_ANN: b"val_0.JPEG\n"})),
+        f"{VAL_ANN}:1",
+    ),
     "annotation of unknown class": (
         lambda c: pretrain(c, c.tin({VAL_ANN: b"val_0.JPEG\tn09999999\t0\t0\t9\t9\n"})),
-        "n09999999"),
+        "n09999999",
+    ),
     "empty class folder": (
-        lambda c: pretrain(c, c.tin(drop=("train/n01000001/images",))), "n01000001"),
+        lambda c: pretrain(c, c.tin(drop=("train/n01000001/images",))),
+        "n01000001",
+    ),
     "missing data path": (lambda c: pretrain(c, c.tmp / "no-such.zip"), "no-such.zip"),
     "unwritable output folder": (unwritable_out, "/out:"),
     "output folder under a file": (out_under_file, "afile"),
     "full disk": (full_disk, "No space left on device"),
     "mask cell does not divide the image": (
-        lambda c: pretrain(c, c.tin(), "--set", "pretrain.mask_patch=5"), "pretrain.mask_patch"),
-    "mask ratio 1.5": (lambda c: pretrain(c, "x", "--set", "pretrain.mask_ratio=1.5"),
-                       "pretrain.mask_ratio"),
-    "mask ratio 0": (lambda c: pretrain(c, "x", "--set", "pretrain.mask_ratio=0"),
-                     "pretrain.mask_ratio"),
-    "unknown config key": (lambda c: pretrain(c, "x", "--set", "pretrain.mask_ration=0.4"),
-                           "pretrain.mask_ration"),
-    "value of the wrong type": (lambda c: pretrain(c, "x", "--set", "pretrain.epochs=many"),
-                                "pretrain.epochs"),
+        lambda c: pretrain(c, c.tin(), "--set", "pretrain.mask_patch=5"),
+        "pretrain.mask_patch",
+    ),
+    "mask ratio 1.5": (
+        lambda c: pretrain(c, "x", "--set", "pretrain.mask_ratio=1.5"),
+        "pretrain.mask_ratio",
+    ),
+    "mask ratio 0": (
+        lambda c: pretrain(c, "x", "--set", "pretrain.mask_ratio=0"),
+        "pretrain.mask_ratio",
+    ),
+    "unknown config key": (
+        lambda c: pretrain(c, "x", "--set", "pretrain.mask_ration=0.4"),
+        "pretrain.mask_ration",
+    ),
+    "value of the wrong type": (
+        lambda c: pretrain(c, "x", "--set", "pretrain.epochs=many"),
+        "pretrain.epochs",
+    ),
     "batch larger than the data": (
-        lambda c: pretrain(c, c.tin(), "--set", "pretrain.batch_size=512"), "pretrain.batch_size"),
-    "init of another size": (lambda c: finetune_init(c, other_size_restorer(c)),
-                             "small.safetensors"),
-    "init of another architecture": (lambda c: finetune_init(c, other_arch_restorer(c)),
-                                     "unet.safetensors"),
+        lambda c: pretrain(c, c.tin(), "--set", "pretrain.batch_size=512"),
+        "pretrain.batch_size",
+    ),
+    "init of another size": (
+        lambda c: finetune_init(c, other_size_restorer(c)),
+        "small.safetensors",
+    ),
+    "init of another architecture": (
+        lambda c: finetune_init(c, other_arch_restorer(c)),
+        "unet.safetensors",
+    ),
     "resume a checkpoint of another size": (resume_other_size, "holds a run made with "),
     "resume checkpoints without config or manifest": (resume_unrecorded, "cannot be told"),
     "pickle as init": (lambda c: finetune_init(c, pickle_file(c, "w.pt")), "pickle"),
     "pickle named .safetensors": (
-        lambda c: finetune_init(c, pickle_file(c, "w.safetensors")), "pickle"),
+        lambda c: finetune_init(c, pickle_file(c, "w.safetensors")),
+        "pickle",
+    ),
 }
 
 
@@ -244,8 +275,11 @@ def snapshot(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under ``folder`` (the run lock aside)."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 @dataclass
@@ -265,25 +299,31 @@ def run_case(name: str, root: Path, tin_dir: Path, zip_dir) -> Outcome:
     try:
         args = CASES[name][0](ctx)
         before = snapshot(ctx.out)
-        proc = subprocess.run([sys.executable, "-m", "vitmim.cli", *args], capture_output=True,
-                              text=True, env={**os.environ, **ctx.env}, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vitmim.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **ctx.env},
+            timeout=300,
+        )
         cache = ctx.tmp / "cache"
         entries = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
-        return Outcome(proc.returncode, proc.stderr, ctx.out, before, snapshot(ctx.out),
-                       entries)
+        return Outcome(proc.returncode, proc.stderr, ctx.out, before, snapshot(ctx.out), entries)
     finally:
         for undo in ctx.cleanup:
             undo()
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_tin_dir: Path, tin_tools
-             ) -> dict[str, Outcome]:
+def outcomes(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tin_dir: Path, tin_tools
+) -> dict[str, Outcome]:
     """Every case, three processes at a time (most of each is interpreter start-up)."""
     root = tmp_path_factory.mktemp("faults")
     with ThreadPoolExecutor(3) as pool:
-        futures = {n: pool.submit(run_case, n, root, tiny_tin_dir, tin_tools.zip_dir)
-                   for n in CASES}
+        futures = {
+            n: pool.submit(run_case, n, root, tiny_tin_dir, tin_tools.zip_dir) for n in CASES
+        }
     return {n: f.result() for n, f in futures.items()}
 
 
@@ -304,18 +344,23 @@ def test_bad_input_gives_one_clear_line(name: str, outcomes: dict[str, Outcome])
         assert o.after == o.before, "the command changed its output folder"
 
 
-def test_archive_entries_escaping_the_folder_are_never_written(tmp_path: Path, tiny_tin: Path
-                                                               ) -> None:
+def test_archive_entries_escaping_the_folder_are_never_written(
+    tmp_path: Path, tiny_tin: Path
+) -> None:
     """Zip-slip: members named ../x or /x are skipped; nothing is written outside the cache."""
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(tiny_tin) as src, zipfile.ZipFile(evil, "w") as dst:
         for info in src.infolist():
             dst.writestr(info, src.read(info))
-        for name in ("../../escaped.JPEG", "/tmp/escaped-abs.JPEG",
-                     "tiny-imagenet-200/train/n02000003/images/../../../../escaped2.JPEG"):
+        for name in (
+            "../../escaped.JPEG",
+            "/tmp/escaped-abs.JPEG",
+            "tiny-imagenet-200/train/n02000003/images/../../../../escaped2.JPEG",
+        ):
             dst.writestr(name, image_bytes(1))
-    cfg = load_config([], ["data.classes=null", f"data.path={evil}",
-                           f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(
+        [], ["data.classes=null", f"data.path={evil}", f"data.cache_dir={tmp_path / 'cache'}"]
+    )
     train, val = load_splits(cfg.data, 64, progress=False)
     assert len(train) == 48 and val is not None and len(val) == 12
     assert not list(tmp_path.rglob("escaped*")) and not Path("/tmp/escaped-abs.JPEG").exists()

@@ -27,8 +27,15 @@ from vitmim.stages import training_flops_per_image
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
-        "data.classes": None, "pretrain.batch_size": 16, "finetune.batch_size": 16}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.decoder_dim": 32,
+    "data.classes": None,
+    "pretrain.batch_size": 16,
+    "finetune.batch_size": 16,
+}
 
 
 def write_spec(path: Path, **spec) -> Path:
@@ -44,17 +51,20 @@ def grid_rows(out: Path) -> list[dict]:
 # specs and planning
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"bogus": 1}, "key bogus"),
-    ({"seeds": [0, 0]}, "key seeds"),
-    ({"seeds": "0"}, "key seeds"),
-    ({"baselines": ["scratch", "imagenet"]}, "key baselines"),
-    ({"label_fractions": [0.0]}, "key label_fractions"),
-    ({"variants": {"pretrain.mask_ratio": []}}, "key variants.pretrain.mask_ratio"),
-    ({"variants": {"pretrain.mask_patch": [3]}}, "pretrain.mask_patch: 3 px cells"),
-    ({"variants": {"pretrain.mask_rate": [0.4]}}, "unknown config key pretrain.mask_rate"),
-    ({"base": "no_such_preset"}, "config file not found"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"bogus": 1}, "key bogus"),
+        ({"seeds": [0, 0]}, "key seeds"),
+        ({"seeds": "0"}, "key seeds"),
+        ({"baselines": ["scratch", "imagenet"]}, "key baselines"),
+        ({"label_fractions": [0.0]}, "key label_fractions"),
+        ({"variants": {"pretrain.mask_ratio": []}}, "key variants.pretrain.mask_ratio"),
+        ({"variants": {"pretrain.mask_patch": [3]}}, "pretrain.mask_patch: 3 px cells"),
+        ({"variants": {"pretrain.mask_rate": [0.4]}}, "unknown config key pretrain.mask_rate"),
+        ({"base": "no_such_preset"}, "config file not found"),
+    ],
+)
 def test_bad_specs_are_refused_naming_file_and_key(tmp_path, spec, message):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -64,15 +74,21 @@ def test_bad_specs_are_refused_naming_file_and_key(tmp_path, spec, message):
 
 
 def test_plan_sets_both_seeds_and_projects_baselines(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", seeds=[3, 5], label_fractions=[1.0, 0.5],
-                      variants={"pretrain.mask_ratio": [0.4, 0.6], "model.depth": [1, 2],
-                                "pretrain.epochs": [1, 2]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        seeds=[3, 5],
+        label_fractions=[1.0, 0.5],
+        variants={
+            "pretrain.mask_ratio": [0.4, 0.6],
+            "model.depth": [1, 2],
+            "pretrain.epochs": [1, 2],
+        },
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
     cells = {r.cell for r in runs}
     assert "mask_ratio=0.4,depth=1,epochs=2" in cells
     # scratch varies with the model axis only; equal compute also with pre-training length
-    assert {c for c in cells if c.startswith("scratch,")} == {"scratch,depth=1",
-                                                             "scratch,depth=2"}
+    assert {c for c in cells if c.startswith("scratch,")} == {"scratch,depth=1", "scratch,depth=2"}
     assert len({c for c in cells if c.startswith("scratch_equal_compute")}) == 4
     assert len(runs) == 2 * (8 + 2 + 4)
     for r in runs:
@@ -83,24 +99,37 @@ def test_plan_sets_both_seeds_and_projects_baselines(tmp_path):
 
 
 def test_explicit_variant_list_plans_exactly_those_cells(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch"], variants=[
-        {"model.arch": "vit"},
-        {"model": {"arch": "unet-vit", "skips": "all"}},
-        {"model.arch": "unet-vit", "model.skips": "none"}])
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        seeds=[0],
+        baselines=["scratch"],
+        variants=[
+            {"model.arch": "vit"},
+            {"model": {"arch": "unet-vit", "skips": "all"}},
+            {"model.arch": "unet-vit", "model.skips": "none"},
+        ],
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
-    assert [r.cell for r in runs] == ["arch=vit", "arch=unet-vit,skips=all",
-                                      "arch=unet-vit,skips=none", "scratch,arch=vit",
-                                      "scratch,arch=unet-vit"]  # skips shape only the restorer
+    assert [r.cell for r in runs] == [
+        "arch=vit",
+        "arch=unet-vit,skips=all",
+        "arch=unet-vit,skips=none",
+        "scratch,arch=vit",
+        "scratch,arch=unet-vit",
+    ]  # skips shape only the restorer
     assert runs[2].config["model"]["skips"] == "none"
     assert runs[4].config["model"]["arch"] == "unet-vit"
 
 
-@pytest.mark.parametrize("variants, message", [
-    ("mask_ratio", "key variants: expected a mapping"),
-    ([{"model.arch": "vit"}, {"model.arch": "vit"}], r"key variants\[1\]: expected a cell not"),
-    (["mask_ratio"], r"key variants\[0\]: expected a mapping"),
-    ([{}, {"seeds": [1]}], r"key variants\[1\]: expected a cell not"),
-])
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ("mask_ratio", "key variants: expected a mapping"),
+        ([{"model.arch": "vit"}, {"model.arch": "vit"}], r"key variants\[1\]: expected a cell not"),
+        (["mask_ratio"], r"key variants\[0\]: expected a mapping"),
+        ([{}, {"seeds": [1]}], r"key variants\[1\]: expected a cell not"),
+    ],
+)
 def test_bad_variant_lists_are_refused(tmp_path, variants, message):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"variants": variants}))
@@ -119,9 +148,15 @@ def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
 
 
 def test_equal_flops_baseline_varies_with_what_changes_the_restorers_flops(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"],
-                      variants={"pretrain.mask_ratio": [0.4, 0.6], "pretrain.lr": [1e-3, 2e-3],
-                                "model.decoder_depth": [1, 2]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        baselines=["scratch_equal_flops"],
+        variants={
+            "pretrain.mask_ratio": [0.4, 0.6],
+            "pretrain.lr": [1e-3, 2e-3],
+            "model.decoder_depth": [1, 2],
+        },
+    )
     cells = {r.cell for r in plan(load_spec(spec), tmp_path / "out") if r.kind != "variant"}
     # the learning rate changes neither steps nor FLOPs; masking and the decoder change FLOPs
     assert len(cells) == 4 and all(c.startswith("scratch_equal_flops,mask_ratio=") for c in cells)
@@ -134,44 +169,65 @@ def flops_cells(runs) -> list[str]:
 
 def test_full_path_grid_plans_one_equal_flops_baseline(tmp_path):
     """On the full-token path the restorer's FLOPs are the same at every cell size and ratio."""
-    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"], seeds=[0, 1],
-                      config={**TINY, "pretrain.fast": False},
-                      variants={"pretrain.mask_patch": [8, 16], "pretrain.mask_ratio": [0.4, 0.6]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        baselines=["scratch_equal_flops"],
+        seeds=[0, 1],
+        config={**TINY, "pretrain.fast": False},
+        variants={"pretrain.mask_patch": [8, 16], "pretrain.mask_ratio": [0.4, 0.6]},
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
     assert sum(r.kind == "variant" for r in runs) == 4 * 2
     assert flops_cells(runs) == ["scratch_equal_flops,fast=False"]
     assert [r.axes for r in runs if r.kind == "scratch_equal_flops"] == [
-        {"pretrain.fast": False}] * 2
+        {"pretrain.fast": False}
+    ] * 2
 
 
 def test_fast_path_grid_plans_one_equal_flops_baseline_per_masking(tmp_path):
     """Cells of 8 px (the patch) pre-train on the fast path, whose FLOPs follow the ratio; 4 px
     cells do not, and share one baseline."""
-    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"],
-                      variants={"pretrain.mask_patch": [4, 8], "pretrain.mask_ratio": [0.4, 0.6]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        baselines=["scratch_equal_flops"],
+        variants={"pretrain.mask_patch": [4, 8], "pretrain.mask_ratio": [0.4, 0.6]},
+    )
     assert flops_cells(plan(load_spec(spec), tmp_path / "out")) == [
-        "scratch_equal_flops,fast=False", "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
-        "scratch_equal_flops,mask_patch=8,mask_ratio=0.6"]
+        "scratch_equal_flops,fast=False",
+        "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+        "scratch_equal_flops,mask_patch=8,mask_ratio=0.6",
+    ]
 
 
 def test_scratch_tuned_baseline_varies_only_with_its_recipe(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch", "scratch_tuned"],
-                      variants={"pretrain.mask_ratio": [0.4, 0.6],
-                                "scratch.finetune.lr": [5e-4, 2e-3]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        seeds=[0],
+        baselines=["scratch", "scratch_tuned"],
+        variants={"pretrain.mask_ratio": [0.4, 0.6], "scratch.finetune.lr": [5e-4, 2e-3]},
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
     # the recipe does not pre-train; scratch keeps the pre-trained model's fine-tune recipe
-    assert [r.cell for r in runs] == ["mask_ratio=0.4", "mask_ratio=0.6", "scratch",
-                                      "scratch_tuned,lr=0.0005", "scratch_tuned,lr=0.002"]
-    assert [r.config["scratch"] for r in runs] == [{}] * 3 + [{"finetune.lr": 5e-4},
-                                                              {"finetune.lr": 2e-3}]
+    assert [r.cell for r in runs] == [
+        "mask_ratio=0.4",
+        "mask_ratio=0.6",
+        "scratch",
+        "scratch_tuned,lr=0.0005",
+        "scratch_tuned,lr=0.002",
+    ]
+    assert [r.config["scratch"] for r in runs] == [{}] * 3 + [
+        {"finetune.lr": 5e-4},
+        {"finetune.lr": 2e-3},
+    ]
 
 
 def test_scratch_tuned_without_a_recipe_is_left_out_with_a_note(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", seeds=[0], baselines=["scratch", "scratch_tuned"])
     assert [r.kind for r in plan(load_spec(spec), tmp_path / "out")] == ["variant", "scratch"]
     assert cli.main(["grid", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
-    assert "note: baseline scratch_tuned left out: no tuned scratch recipe" in \
-        capsys.readouterr().out
+    assert (
+        "note: baseline scratch_tuned left out: no tuned scratch recipe" in capsys.readouterr().out
+    )
     recipe = tmp_path / "recipe.yaml"  # what `vitmim report` of a recipe search writes
     recipe.write_text("scratch: {finetune.drop_path: 0.0}\n")
     runs = plan(load_spec(spec), tmp_path / "out", files=[str(recipe)])
@@ -181,23 +237,37 @@ def test_scratch_tuned_without_a_recipe_is_left_out_with_a_note(tmp_path, capsys
 
 
 def test_cross_repeats_every_cell_and_baseline_per_class_subset(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1], baselines=["scratch"],
-                      config={**TINY, "data.classes": 1}, cross={"data.class_subset": [3, 4]},
-                      variants={"pretrain.mask_ratio": [0.4, 0.6]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        seeds=[0, 1],
+        baselines=["scratch"],
+        config={**TINY, "data.classes": 1},
+        cross={"data.class_subset": [3, 4]},
+        variants={"pretrain.mask_ratio": [0.4, 0.6]},
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
-    assert sorted({r.cell for r in runs}) == sorted([
-        "class_subset=3,mask_ratio=0.4", "class_subset=3,mask_ratio=0.6",
-        "class_subset=4,mask_ratio=0.4", "class_subset=4,mask_ratio=0.6",
-        "scratch,class_subset=3", "scratch,class_subset=4"])
+    assert sorted({r.cell for r in runs}) == sorted(
+        [
+            "class_subset=3,mask_ratio=0.4",
+            "class_subset=3,mask_ratio=0.6",
+            "class_subset=4,mask_ratio=0.4",
+            "class_subset=4,mask_ratio=0.6",
+            "scratch,class_subset=3",
+            "scratch,class_subset=4",
+        ]
+    )
     assert len(runs) == 12
     assert {r.config["data"]["class_subset"] for r in runs} == {3, 4}
 
 
-@pytest.mark.parametrize("cross, message", [
-    ({"data.class_subset": []}, "key cross.data.class_subset: expected a non-empty list"),
-    ({"pretrain.mask_ratio": [0.4]}, "key cross.pretrain.mask_ratio: expected a key the"),
-    ([1, 2], "key cross: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "cross, message",
+    [
+        ({"data.class_subset": []}, "key cross.data.class_subset: expected a non-empty list"),
+        ({"pretrain.mask_ratio": [0.4]}, "key cross.pretrain.mask_ratio: expected a key the"),
+        ([1, 2], "key cross: expected a mapping"),
+    ],
+)
 def test_bad_cross_is_refused(tmp_path, cross, message):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"cross": cross, "variants": {"pretrain.mask_ratio": [0.6]}}))
@@ -225,6 +295,7 @@ def test_grid_runs_every_cell_and_records_it(smoke_grid):
 def test_equal_compute_baseline_matches_total_steps(smoke_grid):
     def last(path: Path) -> dict:
         return json.loads(path.read_text().splitlines()[-1])
+
     seed_dir = smoke_grid / "mask_ratio=0.6" / "seed0"
     pre = last(seed_dir / "pretrain" / "metrics.jsonl")["step"]
     ft = last(seed_dir / "finetune" / "metrics.jsonl")["step"]
@@ -235,13 +306,22 @@ def test_equal_compute_baseline_matches_total_steps(smoke_grid):
 
 
 def test_equal_flops_cell_runs_and_reports(tmp_path, tiny_tin):
-    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch", "scratch_equal_flops"],
-                      probe=False)
+    spec = write_spec(
+        tmp_path / "s.yaml", baselines=["scratch", "scratch_equal_flops"], probe=False
+    )
     out = tmp_path / "out"
-    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
-                     "--executor", "inline"]) == 0
-    epochs = {c: yaml.safe_load((out / c / "seed0" / "finetune" / "config.yaml").read_text())
-              ["finetune"]["epochs"] for c in ("pretrained", "scratch", "scratch_equal_flops")}
+    assert (
+        cli.main(
+            ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--executor", "inline"]
+        )
+        == 0
+    )
+    epochs = {
+        c: yaml.safe_load((out / c / "seed0" / "finetune" / "config.yaml").read_text())["finetune"][
+            "epochs"
+        ]
+        for c in ("pretrained", "scratch", "scratch_equal_flops")
+    }
     assert epochs["pretrained"] == epochs["scratch"] < epochs["scratch_equal_flops"]
     assert cli.main(["report", str(out)]) == 0
     table = (out / "report" / "report.md").read_text()
@@ -249,24 +329,43 @@ def test_equal_flops_cell_runs_and_reports(tmp_path, tiny_tin):
 
 
 def test_report_pairs_each_variant_with_its_equal_flops_baseline(tmp_path, tiny_tin):
-    spec = write_spec(tmp_path / "s.yaml", baselines=["scratch_equal_flops"], probe=False,
-                      seeds=[0], variants={"pretrain.mask_patch": [4, 8],
-                                           "pretrain.mask_ratio": [0.4, 0.6]})
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        baselines=["scratch_equal_flops"],
+        probe=False,
+        seeds=[0],
+        variants={"pretrain.mask_patch": [4, 8], "pretrain.mask_ratio": [0.4, 0.6]},
+    )
     out = tmp_path / "out"
-    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
-                     "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--executor", "inline"]
+        )
+        == 0
+    )
     rows = group(collect(out))
-    paired = {r.cell: baseline_row(r, "scratch_equal_flops", rows).cell
-              for r in rows if r.kind == "variant"}
-    full, fast4, fast6 = ("scratch_equal_flops,fast=False",
-                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
-                          "scratch_equal_flops,mask_patch=8,mask_ratio=0.6")
-    assert paired == {"mask_patch=4,mask_ratio=0.4": full, "mask_patch=4,mask_ratio=0.6": full,
-                      "mask_patch=8,mask_ratio=0.4": fast4, "mask_patch=8,mask_ratio=0.6": fast6}
+    paired = {
+        r.cell: baseline_row(r, "scratch_equal_flops", rows).cell
+        for r in rows
+        if r.kind == "variant"
+    }
+    full, fast4, fast6 = (
+        "scratch_equal_flops,fast=False",
+        "scratch_equal_flops,mask_patch=8,mask_ratio=0.4",
+        "scratch_equal_flops,mask_patch=8,mask_ratio=0.6",
+    )
+    assert paired == {
+        "mask_patch=4,mask_ratio=0.4": full,
+        "mask_patch=4,mask_ratio=0.6": full,
+        "mask_patch=8,mask_ratio=0.4": fast4,
+        "mask_patch=8,mask_ratio=0.6": fast6,
+    }
     # each baseline trains at its variants' restorer FLOPs per image, although the base config's
     # 8 px cells would put the 4 px cells' baseline on the fast path
-    configs = {c: load_config(base=json.loads((out / c / "seed0" / "cell.json").read_text())
-                              ["config"]) for c in [*paired, full, fast4, fast6]}
+    configs = {
+        c: load_config(base=json.loads((out / c / "seed0" / "cell.json").read_text())["config"])
+        for c in [*paired, full, fast4, fast6]
+    }
     flops = {c: training_flops_per_image(cfg, 4)[0] for c, cfg in configs.items()}
     assert all(flops[v] == flops[b] for v, b in paired.items())
     assert len({flops[full], flops[fast4], flops[fast6]}) == 3
@@ -274,8 +373,9 @@ def test_report_pairs_each_variant_with_its_equal_flops_baseline(tmp_path, tiny_
     assert "Δ scratch equal-FLOPs" in (out / "report" / "report.md").read_text()
 
 
-def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, tiny_tin,
-                                                                   tmp_path, capsys):
+def test_second_invocation_skips_finished_and_resumes_interrupted(
+    smoke_grid, tiny_tin, tmp_path, capsys
+):
     out = tmp_path / "copy"
     shutil.copytree(smoke_grid, out)
     interrupted = out / "scratch" / "seed1" / "finetune"
@@ -283,8 +383,23 @@ def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, ti
     (interrupted / "model.safetensors").unlink()
     before = (out / "mask_ratio=0.4" / "seed0" / "pretrain" / "model.safetensors").stat()
     capsys.readouterr()
-    assert cli.main(["grid", str(SMOKE), "--out", str(out), "--data", str(tiny_tin),
-                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(SMOKE),
+                "--out",
+                str(out),
+                "--data",
+                str(tiny_tin),
+                "--set",
+                "data.classes=null",
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "grid: 8 runs, 7 already finished" in text
     assert "[1/1] scratch seed1" in text
@@ -297,16 +412,23 @@ def test_second_invocation_skips_finished_and_resumes_interrupted(smoke_grid, ti
 
 def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, tiny_tin, capsys):
     """Real subprocesses (the local executor): the 1000-image batch cannot be made from 48."""
-    spec = write_spec(tmp_path / "fail.yaml", variants={"pretrain.batch_size": [1000, 16]},
-                      seeds=[0], baselines=[], probe=False)
+    spec = write_spec(
+        tmp_path / "fail.yaml",
+        variants={"pretrain.batch_size": [1000, 16]},
+        seeds=[0],
+        baselines=[],
+        probe=False,
+    )
     out = tmp_path / "out"
     rc = cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin)])
     assert rc == 2
     assert "1 of 2 runs failed" in capsys.readouterr().err
     rows = {r["cell"]: r for r in grid_rows(out)}
     assert rows["batch_size=1000"]["status"] == "failed"
-    assert "pretrain.batch_size: 1000 is larger than the 48 training images" in \
-        rows["batch_size=1000"]["error"]
+    assert (
+        "pretrain.batch_size: 1000 is larger than the 48 training images"
+        in rows["batch_size=1000"]["error"]
+    )
     assert rows["batch_size=16"]["status"] == "done"
     assert (out / "batch_size=16" / "seed0" / "finetune" / "model.json").exists()
     assert "is larger than" in (out / "batch_size=1000" / "seed0" / "log.txt").read_text()
@@ -317,8 +439,23 @@ def test_failed_run_is_recorded_and_the_others_go_on(tmp_path, tiny_tin, capsys)
 def test_submitit_local_executor_runs_a_job_array(tmp_path, tiny_tin):
     spec = write_spec(tmp_path / "one.yaml", seeds=[0], baselines=[], probe=False)
     out = tmp_path / "out"
-    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
-                     "--executor", "submitit-local", "--slurm", "timeout_min=10"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(out),
+                "--data",
+                str(tiny_tin),
+                "--executor",
+                "submitit-local",
+                "--slurm",
+                "timeout_min=10",
+            ]
+        )
+        == 0
+    )
     rows = grid_rows(out)
     assert [r["status"] for r in rows] == ["done"]
     assert all(r.get("job_id") for r in rows)
@@ -327,8 +464,9 @@ def test_submitit_local_executor_runs_a_job_array(tmp_path, tiny_tin):
     assert list((out / ".submitit").iterdir())  # submitit's own logs live beside the runs
 
 
-@pytest.mark.parametrize("spec", sorted((REPO / "configs" / "grids").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "spec", sorted((REPO / "configs" / "grids").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_shipped_grid_spec_plans(tmp_path, spec):
     grid = load_spec(spec)
     runs = plan(grid, tmp_path / "out")
@@ -337,8 +475,13 @@ def test_every_shipped_grid_spec_plans(tmp_path, spec):
 
 
 def test_jobs_run_cells_at_once_each_with_its_share_of_the_cores(tmp_path, tiny_tin, capsys):
-    spec = write_spec(tmp_path / "two.yaml", variants={"pretrain.mask_ratio": [0.4, 0.6]},
-                      seeds=[0], baselines=[], probe=False)
+    spec = write_spec(
+        tmp_path / "two.yaml",
+        variants={"pretrain.mask_ratio": [0.4, 0.6]},
+        seeds=[0],
+        baselines=[],
+        probe=False,
+    )
     out = tmp_path / "out"
     args = ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--jobs", "2"]
     assert cli.main(args) == 0
@@ -365,16 +508,35 @@ def default_sigint() -> None:
 
 
 def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_tin):
-    spec = write_spec(tmp_path / "slow.yaml", variants={"pretrain.mask_ratio": [0.4, 0.6]},
-                      seeds=[0], baselines=[], probe=False,
-                      config={**TINY, "pretrain.epochs": 120})  # still running at Ctrl-C
+    spec = write_spec(
+        tmp_path / "slow.yaml",
+        variants={"pretrain.mask_ratio": [0.4, 0.6]},
+        seeds=[0],
+        baselines=[],
+        probe=False,
+        config={**TINY, "pretrain.epochs": 120},
+    )  # still running at Ctrl-C
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out", str(out),
-           "--data", str(tiny_tin), "--jobs", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    started = [out / c / "seed0" / "pretrain" / "metrics.jsonl"  # both have trained an epoch
-               for c in ("mask_ratio=0.4", "mask_ratio=0.6")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitmim.cli",
+        "grid",
+        str(spec),
+        "--out",
+        str(out),
+        "--data",
+        str(tiny_tin),
+        "--jobs",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+    started = [
+        out / c / "seed0" / "pretrain" / "metrics.jsonl"  # both have trained an epoch
+        for c in ("mask_ratio=0.4", "mask_ratio=0.6")
+    ]
     deadline = time.time() + 300
     while not all(p.exists() for p in started) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -384,8 +546,10 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
     assert proc.returncode == 130, err[-2000:]
     assert "rerun the same command to continue" in err.splitlines()[-1]
     assert "--resume" not in err.splitlines()[-1]
-    assert not any((out / c / "seed0" / "finetune" / "model.json").exists()
-                   for c in ("mask_ratio=0.4", "mask_ratio=0.6"))
+    assert not any(
+        (out / c / "seed0" / "finetune" / "model.json").exists()
+        for c in ("mask_ratio=0.4", "mask_ratio=0.6")
+    )
     refused = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -397,13 +561,25 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
 
 
 def test_a_cell_may_name_its_own_seeds_which_its_baselines_follow(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", seeds=[0, 1], baselines=["scratch"], probe=False,
-                      variants=[{"pretrain.mask_ratio": 0.4},
-                                {"pretrain.epochs": 2, "finetune.epochs": 2, "seeds": [0]}])
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        seeds=[0, 1],
+        baselines=["scratch"],
+        probe=False,
+        variants=[
+            {"pretrain.mask_ratio": 0.4},
+            {"pretrain.epochs": 2, "finetune.epochs": 2, "seeds": [0]},
+        ],
+    )
     runs = plan(load_spec(spec), tmp_path / "out")
     assert [(r.cell, r.seed) for r in runs] == [
-        ("mask_ratio=0.4", 0), ("mask_ratio=0.4", 1), ("pretrain.epochs=2,finetune.epochs=2", 0),
-        ("scratch", 0), ("scratch", 1), ("scratch,epochs=2", 0)]
+        ("mask_ratio=0.4", 0),
+        ("mask_ratio=0.4", 1),
+        ("pretrain.epochs=2,finetune.epochs=2", 0),
+        ("scratch", 0),
+        ("scratch", 1),
+        ("scratch,epochs=2", 0),
+    ]
     bad = write_spec(tmp_path / "b.yaml", variants=[{"pretrain.epochs": 2, "seeds": "0"}])
     with pytest.raises(UserError, match=r"variants\[0\].seeds"):
         load_spec(bad)
@@ -412,13 +588,21 @@ def test_a_cell_may_name_its_own_seeds_which_its_baselines_follow(tmp_path):
 def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, tiny_tin, capsys):
     """Real subprocesses, two at once: the second variant waits for the first one's restorer
     and links it instead of pre-training again."""
-    spec = write_spec(tmp_path / "share.yaml", seeds=[0], baselines=[], probe=False,
-                      variants=[{"pretrain.mask_ratio": 0.4},
-                                {"pretrain.mask_ratio": 0.4, "data.label_fraction": 0.5,
-                                 "finetune.epochs": 2}])
+    spec = write_spec(
+        tmp_path / "share.yaml",
+        seeds=[0],
+        baselines=[],
+        probe=False,
+        variants=[
+            {"pretrain.mask_ratio": 0.4},
+            {"pretrain.mask_ratio": 0.4, "data.label_fraction": 0.5, "finetune.epochs": 2},
+        ],
+    )
     out = tmp_path / "out"
-    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin),
-                     "--jobs", "2"]) == 0
+    assert (
+        cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--jobs", "2"])
+        == 0
+    )
     text = capsys.readouterr().out
     first = out / "mask_ratio=0.4" / "seed0"
     second = out / "mask_ratio=0.4,label_fraction=0.5,epochs=2" / "seed0"
@@ -426,6 +610,8 @@ def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, t
     a, b = (d / "pretrain" / "model.safetensors" for d in (first, second))
     assert a.read_bytes() == b.read_bytes() and a.stat().st_ino == b.stat().st_ino
     assert "already finished" in (second / "log.txt").read_text()
-    epochs = [json.loads(ln)["epoch"]
-              for ln in (second / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(ln)["epoch"]
+        for ln in (second / "finetune" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2]  # its own fine-tuning, on the shared restorer

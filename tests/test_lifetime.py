@@ -16,9 +16,16 @@ import yaml
 
 from vitmim.lab.grid import _killed
 
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
-        "pretrain.batch_size": 16, "finetune.batch_size": 16, "data.classes": None,
-        "device": "cpu"}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.decoder_dim": 32,
+    "pretrain.batch_size": 16,
+    "finetune.batch_size": 16,
+    "data.classes": None,
+    "device": "cpu",
+}
 
 # a cache build whose decoders are slow enough to be killed midway (each image sleeps)
 SLOW_BUILD = """
@@ -67,19 +74,29 @@ def env(tmp_path) -> dict[str, str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl")
 def test_killed_cache_build_leaves_no_decoder_and_the_waiting_build_takes_over(
-        tin_tools, tmp_path, env):
+    tin_tools, tmp_path, env
+):
     data = tin_tools.write_folder_set(tmp_path / "set", n_train=8)
-    holder = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(data), "0.5"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BUILD, str(data), "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: len(children(holder.pid)) >= 1, 120, "the decoder workers")
     workers = children(holder.pid)
     err = tmp_path / "waiter.err"
     with open(err, "w") as f:
-        waiter = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, str(data), "0"], env=env,
-                                  stdout=subprocess.PIPE, stderr=f, text=True)
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", SLOW_BUILD, str(data), "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=f,
+            text=True,
+        )
     wait_for(lambda: "waiting for process" in err.read_text(), 120, "the wait message")
-    assert f"waiting for process {holder.pid}, which is building this data cache" in \
-        err.read_text()
+    assert f"waiting for process {holder.pid}, which is building this data cache" in err.read_text()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     wait_for(lambda: not any(alive(w) for w in workers), 30, "the decoders to die")
@@ -89,17 +106,33 @@ def test_killed_cache_build_leaves_no_decoder_and_the_waiting_build_takes_over(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_grid_leaves_no_training_child_and_the_rerun_finishes(sig, tiny_tin, tmp_path,
-                                                                       env):
+def test_killed_grid_leaves_no_training_child_and_the_rerun_finishes(sig, tiny_tin, tmp_path, env):
     spec = tmp_path / "slow.yaml"
-    spec.write_text(yaml.safe_dump({
-        "base": "smoke", "config": {**TINY, "pretrain.epochs": 60}, "seeds": [0],
-        "variants": {"pretrain.mask_ratio": [0.4]}, "baselines": [], "probe": False}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": {**TINY, "pretrain.epochs": 60},
+                "seeds": [0],
+                "variants": {"pretrain.mask_ratio": [0.4]},
+                "baselines": [],
+                "probe": False,
+            }
+        )
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out", str(out),
-           "--data", str(tiny_tin)]
-    grid = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitmim.cli",
+        "grid",
+        str(spec),
+        "--out",
+        str(out),
+        "--data",
+        str(tiny_tin),
+    ]
+    grid = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "mask_ratio=0.4" / "seed0" / "pretrain" / "metrics.jsonl"
     wait_for(lambda: metrics.exists() or grid.poll() is not None, 300, "the first epoch")
     assert grid.poll() is None, "the grid ended before it could be killed"

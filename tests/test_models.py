@@ -20,8 +20,13 @@ from vitmim.models.restorer import (
     visible_patch_stats,
 )
 
-SMALL = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
-         "model.decoder_depth=1"]
+SMALL = [
+    "model.embed_dim=64",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+]
 
 
 def small(*overrides: str) -> Config:
@@ -35,8 +40,9 @@ def batch(cfg: Config, n: int = 4, seed: int = 0):
     return x, random_mask(n, 64, p.mask_patch, p.mask_ratio, g)
 
 
-@pytest.mark.parametrize("mask_patch,fast", [(2, True), (4, False), (8, False), (8, True),
-                                             (16, True)])
+@pytest.mark.parametrize(
+    "mask_patch,fast", [(2, True), (4, False), (8, False), (8, True), (16, True)]
+)
 def test_restorer_predicts_a_full_image(mask_patch, fast):
     cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}")
     model = build_restorer(cfg.model, cfg.pretrain)
@@ -62,7 +68,8 @@ def test_loss_counts_masked_pixels_only():
     assert forward_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(0.5)
     cfg.pretrain.loss_on = "all"
     assert forward_loss(pred, x, mask, cfg.pretrain, 8).item() == pytest.approx(
-        0.5 * mask.mean().item(), rel=1e-5)
+        0.5 * mask.mean().item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("conv_stem", [False, True])
@@ -70,8 +77,9 @@ def test_loss_counts_masked_pixels_only():
 def test_restorer_never_sees_masked_pixels(mask_patch, fast, conv_stem):
     """Restoration is not copying: changing only the masked pixels changes nothing. The conv stem's
     receptive field crosses patch borders, so it is checked on every path."""
-    cfg = small(f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}",
-                f"model.conv_stem={conv_stem}")
+    cfg = small(
+        f"pretrain.mask_patch={mask_patch}", f"pretrain.fast={fast}", f"model.conv_stem={conv_stem}"
+    )
     model = build_restorer(cfg.model, cfg.pretrain).eval()
     x, mask = batch(cfg)
     noisy = x + 10 * torch.randn_like(x) * mask  # change only the masked pixels
@@ -88,8 +96,9 @@ def test_transfer_reports_exact_key_sets(fast):
     backbone = {k for k in clf.state_dict() if k.startswith("backbone.")}
     assert set(report.copied) == backbone
     assert report.new == ["head.weight", "head.bias"]
-    assert set(report.dropped) == {k for k in restorer.state_dict()
-                                   if not k.startswith("backbone.")}
+    assert set(report.dropped) == {
+        k for k in restorer.state_dict() if not k.startswith("backbone.")
+    }
     for k in backbone:
         assert torch.equal(clf.state_dict()[k], restorer.state_dict()[k])
 
@@ -97,8 +106,7 @@ def test_transfer_reports_exact_key_sets(fast):
 def test_transfer_refuses_another_size_or_architecture():
     cfg = small()
     clf = build_classifier(cfg.model, 10)
-    wider = build_restorer(small("model.embed_dim=96", "model.num_heads=3").model,
-                           cfg.pretrain)
+    wider = build_restorer(small("model.embed_dim=96", "model.num_heads=3").model, cfg.pretrain)
     with pytest.raises(UserError, match="shape"):
         transfer(wider.state_dict(), clf)
     deeper = build_restorer(small("model.depth=3").model, cfg.pretrain)
@@ -108,8 +116,14 @@ def test_transfer_refuses_another_size_or_architecture():
         transfer({}, clf)
 
 
-@pytest.mark.parametrize("overrides", [["model.rezero=false"], ["model.rezero=true"],
-                                       ["model.global_pool=token", "model.pos_embed=learned"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.rezero=false"],
+        ["model.rezero=true"],
+        ["model.global_pool=token", "model.pos_embed=learned"],
+    ],
+)
 def test_classifier_exports_to_timm_strict(overrides):
     cfg = small(*overrides)
     clf = build_classifier(cfg.model, 7).eval()
@@ -169,33 +183,48 @@ def test_forward_is_the_decoder_after_the_encoder(mask_patch, fast):
         assert patches.shape == (4, 64, 8 * 8 * 3)
         assert torch.equal(model(x, mask), unpatchify(patches, 8))
 
+
 @pytest.mark.parametrize("arch", ["vit", "unet-vit"])
 def test_backbones_and_the_classifier_share_the_backbone_contract(arch):
     from vitmim.engine import param_groups
-    cfg = small(f"model.arch={arch}", "model.unet_channels=[8,16,32]",
-                "finetune.layer_decay=0.5")
+
+    cfg = small(f"model.arch={arch}", "model.unet_channels=[8,16,32]", "finetune.layer_decay=0.5")
     classifier = build_classifier(cfg.model, 5)
     backbone = classifier.backbone
-    assert (classifier.depth, classifier.embed_dim) == (backbone.depth, backbone.embed_dim) == (
-        2, 64)
+    assert (
+        (classifier.depth, classifier.embed_dim) == (backbone.depth, backbone.embed_dim) == (2, 64)
+    )
     assert classifier.no_weight_decay() == {f"backbone.{n}" for n in backbone.no_weight_decay()}
     assert classifier.layer_id("head.weight") == classifier.depth + 1
     assert classifier.forward_features(torch.randn(2, 3, 64, 64)).shape[-1] == 64
     # fine-tuning decays the lr per layer; pre-training a restorer has no layer decay
     assert {g["lr_scale"] for g in param_groups(classifier, cfg.finetune)} == {
-        0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
+        0.5**3,
+        0.5**2,
+        0.5,
+        1.0,
+    }
     restorer = build_restorer(cfg.model, cfg.pretrain)
     groups = param_groups(restorer, cfg.pretrain)
     assert {g["lr_scale"] for g in groups} == {1.0}
-    no_decay = {n for n, p in restorer.named_parameters()
-                if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])}
+    no_decay = {
+        n
+        for n, p in restorer.named_parameters()
+        if any(p is q for g in groups if g["weight_decay"] == 0 for q in g["params"])
+    }
     assert "backbone.pos_embed" in no_decay
 
 
-@pytest.mark.parametrize("setup", [["pretrain.fast=true"], ["pretrain.fast=false"],
-                                   ["pretrain.mask_patch=4"],
-                                   ["model.arch=unet-vit", "model.unet_channels=[8,16,32]"]],
-                         ids=["vit-fast", "vit-full", "vit-pixel-fill", "unet-vit"])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["pretrain.fast=true"],
+        ["pretrain.fast=false"],
+        ["pretrain.mask_patch=4"],
+        ["model.arch=unet-vit", "model.unet_channels=[8,16,32]"],
+    ],
+    ids=["vit-fast", "vit-full", "vit-pixel-fill", "unet-vit"],
+)
 def test_restored_image_never_reads_masked_pixels(setup):
     """With per-patch normalised targets the restored image and the PSNR use only what the model
     saw: whatever the masked pixels hold (zeros or loud noise), the restoration is the same."""
@@ -313,6 +342,7 @@ def test_class_token_classifier_pools_its_token_and_restorer_has_none():
 
 def test_scratch_recipe_may_set_the_classifiers_own_model_keys():
     from vitmim.config import load_config, tuned_scratch
+
     cfg = load_config(overrides=["scratch={model.global_pool: token, finetune.lr: 0.002}"])
     tuned = tuned_scratch(cfg)
     assert tuned.model.global_pool == "token" and tuned.finetune.lr == 0.002

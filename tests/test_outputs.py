@@ -56,25 +56,31 @@ def _pack(runs, tin2, target):
     return pack(train, val, target, source=tin2.path)
 
 
-WRITERS = {"reconstruct": (_reconstruct, "grid.png", "file"),
-           "export-file": (_export_file, "x.safetensors", "file"),
-           "export-timm": (_export_timm, "model", "folder"),
-           "report": (_report, "report", "folder"),
-           "pack": (_pack, "subset.zip", "file")}
+WRITERS = {
+    "reconstruct": (_reconstruct, "grid.png", "file"),
+    "export-file": (_export_file, "x.safetensors", "file"),
+    "export-timm": (_export_timm, "model", "folder"),
+    "report": (_report, "report", "folder"),
+    "pack": (_pack, "subset.zip", "file"),
+}
 
 
 def _user_file(target: Path, kind: str) -> Path:
     """A file of the user's exactly where the writer would write (or into the folder)."""
-    path = target / {"model": "README.md", "report": "report.md"}[target.name] \
-        if kind == "folder" else target
+    path = (
+        target / {"model": "README.md", "report": "report.md"}[target.name]
+        if kind == "folder"
+        else target
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(USER_TEXT)
     return path
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -105,8 +111,9 @@ def test_an_output_changed_by_the_user_is_not_replaced(writer, runs, tin2, tmp_p
     fn, name, kind = WRITERS[writer]
     target = tmp_path / name
     fn(runs, tin2, target)
-    edited = (target / ("README.md" if name == "model" else "report.md")
-              if kind == "folder" else target)
+    edited = (
+        target / ("README.md" if name == "model" else "report.md") if kind == "folder" else target
+    )
     edited.write_text(USER_TEXT)
     with pytest.raises(UserError, match="or was changed since"):
         fn(runs, tin2, target)
@@ -117,8 +124,11 @@ def test_an_output_changed_by_the_user_is_not_replaced(writer, runs, tin2, tmp_p
 @pytest.mark.parametrize("where", ["run folder", "stage folder", "checkpoints"])
 def test_never_into_a_run_folder(writer, where, runs, tin2):
     fn, name, _ = WRITERS[writer]
-    folder = {"run folder": runs, "stage folder": runs / "finetune",
-              "checkpoints": runs / "pretrain" / "checkpoints"}[where]
+    folder = {
+        "run folder": runs,
+        "stage folder": runs / "finetune",
+        "checkpoints": runs / "pretrain" / "checkpoints",
+    }[where]
     before = _snapshot(runs)
     with pytest.raises(UserError, match="run folder"):
         fn(runs, tin2, folder / f"new_{name}")
@@ -164,11 +174,13 @@ def test_export_never_onto_the_weights_it_reads(runs, tmp_path):
 
 def test_download_never_replaces_a_users_file(tmp_path, tiny_tin):
     from test_data_archive import Server  # pytest puts tests/ on sys.path
+
     dest = tmp_path / "mine.zip"
     dest.write_text(USER_TEXT)
     with Server(tiny_tin.parent) as s, pytest.raises(UserError, match="not written by vitmim"):
-        download(f"{s.url}/{tiny_tin.name}", dest, sha256="0" * 64, progress=False,
-                 allow_local_http=True)
+        download(
+            f"{s.url}/{tiny_tin.name}", dest, sha256="0" * 64, progress=False, allow_local_http=True
+        )
     assert dest.read_text() == USER_TEXT
 
 
@@ -176,6 +188,7 @@ def test_download_records_what_it_wrote(tmp_path, tiny_tin):
     from test_data_archive import Server  # pytest puts tests/ on sys.path
 
     from vitmim.checkpoint import sha256
+
     dest, digest = tmp_path / "t.zip", sha256(tiny_tin)
     with Server(tiny_tin.parent) as s:
         url = f"{s.url}/{tiny_tin.name}"
@@ -191,9 +204,19 @@ def test_report_cell_names_do_not_leave_the_report_folder(runs, tmp_path):
     shutil.copytree(runs / "pretrain", seed / "pretrain")
     shutil.copytree(runs / "finetune", seed / "finetune")
     cfg = to_dict(load_config())
-    (seed / "cell.json").write_text(json.dumps({
-        "cell": "../../../../escaped", "kind": "variant", "axes": {}, "seed": 0,
-        "label_fractions": [1.0], "probe": False, "config": cfg}))
+    (seed / "cell.json").write_text(
+        json.dumps(
+            {
+                "cell": "../../../../escaped",
+                "kind": "variant",
+                "axes": {},
+                "seed": 0,
+                "label_fractions": [1.0],
+                "probe": False,
+                "config": cfg,
+            }
+        )
+    )
     with pytest.raises(UserError, match="lies outside"):
         build_report(grid, tmp_path / "rep")
     assert not list(tmp_path.rglob("escaped*"))
@@ -215,6 +238,7 @@ def test_finetune_refuses_an_out_that_is_its_init(runs, tin2, tmp_path):
 
 def test_grid_status_never_replaces_a_users_file(tmp_path):
     from vitmim.lab.grid import write_grid_status
+
     mine = tmp_path / "grid.json"
     mine.write_text(USER_TEXT)
     with pytest.raises(UserError, match="grid.json: exists and was not written by vitmim"):

@@ -32,7 +32,7 @@ def write_own_images(root: Path, per_class: int = 12) -> Path:
         (root / c).mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
             grey = rng.integers(0, 40, (28, 28))
-            grey[:, ci * 9:(ci + 1) * 9] += 200
+            grey[:, ci * 9 : (ci + 1) * 9] += 200
             im = Image.fromarray(grey.astype(np.uint8), "L")
             if k % 4 == 1:
                 im = im.convert("RGB").resize((40 + 7 * k, 30))
@@ -47,8 +47,13 @@ def write_own_images(root: Path, per_class: int = 12) -> Path:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vitmim.cli", *args], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitmim.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -62,8 +67,14 @@ def own(tmp_path_factory: pytest.TempPathFactory):
     data = write_own_images(root / "clothes")
     sets = [f"--set={k}={v}" for k, v in TINY.items()]
     cli("pretrain", "--data", str(data), "--out", str(root / "pre"), "--preset", "smoke", *sets)
-    ft = vitmim.finetune(init=root / "pre", data=data, out=root / "ft", overrides=TINY,
-                         finetune__epochs=3, progress=False)
+    ft = vitmim.finetune(
+        init=root / "pre",
+        data=data,
+        out=root / "ft",
+        overrides=TINY,
+        finetune__epochs=3,
+        progress=False,
+    )
     return root, data, ft
 
 
@@ -93,11 +104,24 @@ def test_finetune_from_a_run_builds_that_runs_model(own):
 
 def test_a_conflicting_model_setting_is_one_checkpoint_error_line(own, tmp_path):
     root, data, _ = own
-    with pytest.raises(vitmim.CheckpointError, match=r"model.embed_dim=64, the config sets "
-                                                     r"model.embed_dim=192"):
+    with pytest.raises(
+        vitmim.CheckpointError,
+        match=r"model.embed_dim=64, the config sets "
+        r"model.embed_dim=192",
+    ):
         vitmim.finetune(init=root / "pre", data=data, out=tmp_path / "x", model__embed_dim=192)
-    proc = cli("finetune", "--init", str(root / "pre"), "--data", str(data), "--out",
-               str(tmp_path / "y"), "--set", "model.patch_size=4", check=False)
+    proc = cli(
+        "finetune",
+        "--init",
+        str(root / "pre"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "y"),
+        "--set",
+        "model.patch_size=4",
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "model.patch_size=8, the config sets model.patch_size=4" in proc.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
@@ -110,8 +134,11 @@ def test_unlabelled_folder_is_refused_for_fine_tuning_before_decoding(tmp_path):
     for p in (tmp_path / "own").rglob("*.png"):
         p.rename(flat / f"{p.parent.name}_{p.name}")
     cache = tmp_path / "cache"
-    with pytest.raises(vitmim.DataError, match=r"no class folders; fine-tuning needs labels: "
-                                                r"arrange them as <class>/<image>"):
+    with pytest.raises(
+        vitmim.DataError,
+        match=r"no class folders; fine-tuning needs labels: "
+        r"arrange them as <class>/<image>",
+    ):
         vitmim.finetune(data=flat, out=tmp_path / "ft", data__cache_dir=str(cache))
     assert not cache.exists()  # refused before any image was decoded
 
@@ -122,8 +149,9 @@ def test_restorer_pretrained_without_labels_is_probed_on_labelled_data(own, tmp_
     flat.mkdir()
     for p in sorted(data.rglob("*.png"))[::3]:
         (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
-    pre = vitmim.pretrain(data=flat, out=tmp_path / "pre", preset="smoke", overrides=TINY,
-                          progress=False)
+    pre = vitmim.pretrain(
+        data=flat, out=tmp_path / "pre", preset="smoke", overrides=TINY, progress=False
+    )
     result = json.loads(cli("probe", str(pre.run_dir), "--data", str(data)).stdout)
     assert result["n_train"] + result["n_val"] == 36 and 0 <= result["knn_top1"] <= 100
     assert vitmim.probe(pre.run_dir, data=data, device="cpu")["n_val"] == result["n_val"]
@@ -174,8 +202,15 @@ def test_timm_pipeline_on_the_export_gives_predicts_top1(own, tmp_path, resize):
     root, data, ft = own
     run = ft.run_dir
     if resize != "fit":  # the folder default; crop trained anew (on these tiny images: seconds)
-        run = vitmim.finetune(init=root / "pre", data=data, out=tmp_path / "ft", overrides=TINY,
-                              data__resize=resize, finetune__epochs=3, progress=False).run_dir
+        run = vitmim.finetune(
+            init=root / "pre",
+            data=data,
+            out=tmp_path / "ft",
+            overrides=TINY,
+            data__resize=resize,
+            finetune__epochs=3,
+            progress=False,
+        ).run_dir
     out = tmp_path / "export"
     assert cli("export", str(run), "--format", "timm", "--out", str(out)).returncode == 0
     config = json.loads((out / "config.json").read_text())
@@ -184,13 +219,23 @@ def test_timm_pipeline_on_the_export_gives_predicts_top1(own, tmp_path, resize):
     assert config["architecture"] == "vit_small_patch8_224"  # nearest registered to 64-d, p8
     assert config["model_name"] == "vitmim-vit-d64-l2-h2-p8-64px"
     card = (out / "README.md").read_text()
-    for fact in ("license:", "training images", "transparency composited on white",
-                 "clothes", config["pretrained_cfg"]["crop_mode"]):
+    for fact in (
+        "license:",
+        "training images",
+        "transparency composited on white",
+        "clothes",
+        config["pretrained_cfg"]["crop_mode"],
+    ):
         assert fact in card
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
-    files = [data / "boot" / "1.png", data / "sneaker" / "5.png",  # non-square colour
-             data / "trouser" / "2.png", data / "boot" / "6.png",  # palette
-             data / "sneaker" / "3.png", data / "trouser" / "7.png"]  # RGBA
+    files = [
+        data / "boot" / "1.png",
+        data / "sneaker" / "5.png",  # non-square colour
+        data / "trouser" / "2.png",
+        data / "boot" / "6.png",  # palette
+        data / "sneaker" / "3.png",
+        data / "trouser" / "7.png",
+    ]  # RGBA
     names = model.pretrained_cfg["label_names"]
     ours = [row[0][0] for row in vitmim.predict(run, files, topk=1)]
     assert [names[timm_top1(model, f, resize == "pad")] for f in files] == ours
@@ -203,12 +248,17 @@ def test_a_bad_config_key_is_refused_before_torch_loads(tmp_path):
     took = time.perf_counter() - t0
     assert proc.returncode == 2 and "unknown config key model.bogus" in proc.stderr
     assert took < 5, took  # 0.2 s on a quiet 2-core machine; torch alone takes 3-10 s here
-    for call in ("vitmim.finetune(out='x', model__bogus=1)",
-                 "vitmim.predict('run', 'cat.jpg', device='tpu')"):
-        code = (f"import sys, vitmim\ntry:\n    {call}\nexcept vitmim.ConfigError:\n"
-                f"    print(sorted({{'torch', 'timm'}} & set(sys.modules)))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120, cwd=tmp_path).stdout
+    for call in (
+        "vitmim.finetune(out='x', model__bogus=1)",
+        "vitmim.predict('run', 'cat.jpg', device='tpu')",
+    ):
+        code = (
+            f"import sys, vitmim\ntry:\n    {call}\nexcept vitmim.ConfigError:\n"
+            f"    print(sorted({{'torch', 'timm'}} & set(sys.modules)))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        ).stdout
         assert out.strip() == "[]", call
 
 
@@ -228,11 +278,12 @@ def test_readme_notebook_snippet_runs_as_written(tmp_path, monkeypatch):
 
 def test_reconstruction_sheet_is_titled_readable_and_keeps_grey_grey(own, tmp_path):
     root, data, _ = own
-    png = vitmim.reconstruct(root / "pre", data / "boot" / "0.png", tmp_path / "r.png",
-                             device="cpu")
+    png = vitmim.reconstruct(
+        root / "pre", data / "boot" / "0.png", tmp_path / "r.png", device="cpu"
+    )
     with Image.open(png) as im:
         sheet = np.asarray(im.convert("RGB")).astype(int)
     assert sheet.shape == (24 + 132 + 4, 4 + 3 * 132, 3)  # a title row, 128 px tiles
     assert (sheet[:24] < 128).any()  # the column titles are drawn
-    restored = sheet[24:24 + 128, 4 + 2 * 132:4 + 2 * 132 + 128]
+    restored = sheet[24 : 24 + 128, 4 + 2 * 132 : 4 + 2 * 132 + 128]
     assert (restored.max(2) == restored.min(2)).all()  # a grey input's restoration is grey

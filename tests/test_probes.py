@@ -15,12 +15,20 @@ from vitmim.errors import UserError
 from vitmim.probes import knn_accuracy, linear_probe, probe_random_init, probe_run
 from vitmim.stages import pretrain
 
-TINY = ["data.classes=null", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-        "model.decoder_dim=32", "pretrain.epochs=1", "pretrain.batch_size=16"]
+TINY = [
+    "data.classes=null",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=16",
+]
 
 
-def clusters(n_per: int, centres: torch.Tensor, noise: float, seed: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def clusters(
+    n_per: int, centres: torch.Tensor, noise: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian blobs around ``centres`` (C, D): features (C*n_per, D), labels (C*n_per,)."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(len(centres)).repeat_interleave(n_per)

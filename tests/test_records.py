@@ -24,13 +24,30 @@ from vitmim.runs import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
-        "data.classes": None, "pretrain.batch_size": 16, "finetune.batch_size": 16}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.decoder_dim": 32,
+    "data.classes": None,
+    "pretrain.batch_size": 16,
+    "finetune.batch_size": 16,
+}
 
 
 def grid_cmd(spec: Path, out: Path, data: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "vitmim.cli", "grid", str(spec), "--out", str(out),
-            "--data", str(data), *more]
+    return [
+        sys.executable,
+        "-m",
+        "vitmim.cli",
+        "grid",
+        str(spec),
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        *more,
+    ]
 
 
 def recorded(records: Path) -> set[str]:
@@ -40,14 +57,27 @@ def recorded(records: Path) -> set[str]:
 def test_a_stopped_grid_resumes_from_records_after_its_run_folders_are_gone(tmp_path, tiny_tin):
     records = tmp_path / "docs" / "study"
     spec = tmp_path / "study.yaml"
-    spec.write_text(yaml.safe_dump({
-        "base": "smoke", "config": {**TINY, "pretrain.epochs": 3}, "seeds": [0],
-        "variants": {"pretrain.mask_ratio": [0.4, 0.6]}, "baselines": ["scratch"],
-        "probe": False, "records": str(records)}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": {**TINY, "pretrain.epochs": 3},
+                "seeds": [0],
+                "variants": {"pretrain.mask_ratio": [0.4, 0.6]},
+                "baselines": ["scratch"],
+                "probe": False,
+                "records": str(records),
+            }
+        )
+    )
     out = tmp_path / "runs"
     # the first machine: stopped (its whole process group killed) once one run is recorded
-    proc = subprocess.Popen(grid_cmd(spec, out, tiny_tin), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        grid_cmd(spec, out, tiny_tin),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not recorded(records) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -62,48 +92,99 @@ def test_a_stopped_grid_resumes_from_records_after_its_run_folders_are_gone(tmp_
 
     # another machine: the committed records alone, no run folders
     shutil.rmtree(out)
-    again = subprocess.run(grid_cmd(spec, out, tiny_tin), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        grid_cmd(spec, out, tiny_tin), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(first)} already finished ({len(first)} of them from records" in again.stdout
     for rel in first:  # never run again
         assert not (out / rel).exists()
-    assert recorded(records) == {"mask_ratio=0.4/seed0", "mask_ratio=0.6/seed0",
-                                 "scratch/seed0"}
+    assert recorded(records) == {"mask_ratio=0.4/seed0", "mask_ratio=0.6/seed0", "scratch/seed0"}
     progress = (records / "README.md").read_text()
     assert "3 / 3 runs recorded" in progress and "0.0 left" in progress
 
     # a changed config or other data is a new run, never a reused one
-    dry = subprocess.run(grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run"),
-                         capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.stdout.count("recorded") == 3 and "3 runs, 0 to do" in dry.stdout
-    changed = subprocess.run(grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run", "--set",
-                                      "finetune.lr=0.002"), capture_output=True, text=True,
-                             timeout=300)
+    changed = subprocess.run(
+        grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run", "--set", "finetune.lr=0.002"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "3 runs, 3 to do" in changed.stdout and "recorded" not in changed.stdout
 
 
 def test_changed_data_is_not_reused_from_records(tmp_path, tiny_tin, tin_tools, capsys):
     records = tmp_path / "records"
     spec = tmp_path / "one.yaml"
-    spec.write_text(yaml.safe_dump({"base": "smoke", "config": TINY, "seeds": [0],
-                                    "variants": [{"pretrain.mask_ratio": 0.4}], "baselines": [],
-                                    "probe": False, "records": str(records)}))
-    assert cli.main(["grid", str(spec), "--out", str(tmp_path / "a"), "--data", str(tiny_tin),
-                     "--executor", "inline"]) == 0
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": TINY,
+                "seeds": [0],
+                "variants": [{"pretrain.mask_ratio": 0.4}],
+                "baselines": [],
+                "probe": False,
+                "records": str(records),
+            }
+        )
+    )
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(tmp_path / "a"),
+                "--data",
+                str(tiny_tin),
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     assert recorded(records) == {"mask_ratio=0.4/seed0"}
-    other = tin_tools.zip_dir(tin_tools.write_tin(tmp_path / "o", n_train=11),
-                              tmp_path / "other.zip")
+    other = tin_tools.zip_dir(
+        tin_tools.write_tin(tmp_path / "o", n_train=11), tmp_path / "other.zip"
+    )
     capsys.readouterr()
     for data, todo in ((tiny_tin, 0), (other, 1)):
-        assert cli.main(["grid", str(spec), "--out", str(tmp_path / "b"), "--data", str(data),
-                         "--dry-run"]) == 0
+        assert (
+            cli.main(
+                ["grid", str(spec), "--out", str(tmp_path / "b"), "--data", str(data), "--dry-run"]
+            )
+            == 0
+        )
         assert f"1 runs, {todo} to do" in capsys.readouterr().out
     # the finished folder of another grid is refused, not counted
-    assert cli.main(["grid", str(spec), "--out", str(tmp_path / "a"), "--data", str(tiny_tin),
-                     "--set", "finetune.lr=0.002", "--dry-run"]) == 2
-    assert "holds a finished run that is not this grid's (finetune.lr=0.001 -> 0.002)" in \
-        capsys.readouterr().err
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(tmp_path / "a"),
+                "--data",
+                str(tiny_tin),
+                "--set",
+                "finetune.lr=0.002",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "holds a finished run that is not this grid's (finetune.lr=0.001 -> 0.002)"
+        in capsys.readouterr().err
+    )
 
 
 def test_report_from_records_equals_report_from_run_folders(smoke_grid, tiny_tin, tmp_path):
@@ -113,30 +194,52 @@ def test_report_from_records_equals_report_from_run_folders(smoke_grid, tiny_tin
     spec = tmp_path / "smoke.yaml"
     spec.write_text(SMOKE.read_text() + f"\nrecords: {records}\n")
     # a grid that finished before it kept records: recorded without training again
-    assert cli.main(["grid", str(spec), "--out", str(runs), "--data", str(tiny_tin),
-                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(runs),
+                "--data",
+                str(tiny_tin),
+                "--set",
+                "data.classes=null",
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     assert len(recorded(records)) == len(list(runs.glob("*/seed*/cell.json"))) == 8
     assert cli.main(["report", str(runs), "--out", str(tmp_path / "from_runs")]) == 0
     assert cli.main(["report", str(records), "--out", str(tmp_path / "from_records")]) == 0
     for name in ("report.csv", "runs.csv"):
-        assert (tmp_path / "from_runs" / name).read_text() == \
-            (tmp_path / "from_records" / name).read_text(), name
-    md = [(tmp_path / d / "report.md").read_text().splitlines()[1:]  # all but the title
-          for d in ("from_runs", "from_records")]
+        assert (tmp_path / "from_runs" / name).read_text() == (
+            tmp_path / "from_records" / name
+        ).read_text(), name
+    md = [
+        (tmp_path / d / "report.md").read_text().splitlines()[1:]  # all but the title
+        for d in ("from_runs", "from_records")
+    ]
     assert md[0] == md[1]
-    assert sorted(p.name for p in (tmp_path / "from_records" / "plots").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "from_runs" / "plots").iterdir())
+    assert sorted(p.name for p in (tmp_path / "from_records" / "plots").iterdir()) == sorted(
+        p.name for p in (tmp_path / "from_runs" / "plots").iterdir()
+    )
 
 
-@pytest.mark.parametrize("recorded_cfg, planned, expected", [
-    ({"pretrain": {"epochs": 20}}, {"pretrain": {"epochs": 20}}, None),
-    ({"pretrain": {"epochs": 20}}, {"pretrain": {"epochs": 21}}, "pretrain.epochs=20 -> 21"),
-    ({"device": "cpu"}, {"device": "cuda"}, None),  # where a run ran, not what it learns
-    ({"data": {"path": "/a.zip"}}, {"data": {"path": "/b.zip"}}, None),  # content is compared
-    ({}, {"pretrain": {"epochs": 20}}, None),  # a key added since, at its default
-    ({}, {"pretrain": {"epochs": 21}}, "pretrain.epochs='<unset>' -> 21"),
-    ({"pretrain": {"gone": 1}}, {}, "pretrain.gone=1 -> '<unset>'"),
-])
+@pytest.mark.parametrize(
+    "recorded_cfg, planned, expected",
+    [
+        ({"pretrain": {"epochs": 20}}, {"pretrain": {"epochs": 20}}, None),
+        ({"pretrain": {"epochs": 20}}, {"pretrain": {"epochs": 21}}, "pretrain.epochs=20 -> 21"),
+        ({"device": "cpu"}, {"device": "cuda"}, None),  # where a run ran, not what it learns
+        ({"data": {"path": "/a.zip"}}, {"data": {"path": "/b.zip"}}, None),  # content is compared
+        ({}, {"pretrain": {"epochs": 20}}, None),  # a key added since, at its default
+        ({}, {"pretrain": {"epochs": 21}}, "pretrain.epochs='<unset>' -> 21"),
+        ({"pretrain": {"gone": 1}}, {}, "pretrain.gone=1 -> '<unset>'"),
+    ],
+)
 def test_records_match_on_what_defines_a_run(recorded_cfg, planned, expected):
     assert differing_key(recorded_cfg, planned) == expected
 
@@ -147,8 +250,23 @@ def test_records_hold_no_weights_and_name_their_cost(smoke_grid, tiny_tin, tmp_p
     spec.write_text(SMOKE.read_text() + f"\nrecords: {records}\n")
     runs = tmp_path / "runs"
     shutil.copytree(smoke_grid, runs)
-    assert cli.main(["grid", str(spec), "--out", str(runs), "--data", str(tiny_tin),
-                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(spec),
+                "--out",
+                str(runs),
+                "--data",
+                str(tiny_tin),
+                "--set",
+                "data.classes=null",
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     files = [p for p in records.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= {".json", ".jsonl", ".yaml", ".md", ".png"}
     assert sum(p.stat().st_size for p in files) < 2_000_000

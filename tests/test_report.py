@@ -30,7 +30,7 @@ def report(smoke_grid, tmp_path_factory) -> Path:
 
 
 def test_mean_std_is_the_sample_statistic():
-    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5), 2)
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5), 2)
     assert mean_std([4.0]) == (4.0, None, 1)
     assert mean_std([]) == (None, None, 0)
 
@@ -58,8 +58,7 @@ def test_markdown_table_has_mean_std_and_n(report):
 
 def test_csv_parses_with_numbers_per_cell(report):
     rows = list(csv.DictReader(io.StringIO((report / "report.csv").read_text())))
-    assert [r["kind"] for r in rows] == ["variant", "variant", "scratch",
-                                         "scratch_equal_compute"]
+    assert [r["kind"] for r in rows] == ["variant", "variant", "scratch", "scratch_equal_compute"]
     for r in rows:
         assert r["n"] == "2" and 0 <= float(r["top1_mean"]) <= 100 and float(r["top1_std"]) >= 0
         assert float(r["label_fraction"]) == 1.0
@@ -104,27 +103,49 @@ def test_empty_folder_is_a_user_error(tmp_path):
         build_report(tmp_path)
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="headless chromium not installed")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="headless chromium not installed",
+)
 def test_html_renders_offline_in_chromium(report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     shot = tmp_path / "page.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={shot}", "--window-size=1200,2000",
-                    (report / "report.html").as_uri()], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            (report / "report.html").as_uri(),
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     assert shot.read_bytes()[:8] == PNG
 
 
 def test_cells_with_different_axes_are_plotted_one_point_per_cell():
     from vitmim.lab.report import CELL_AXIS, Row, _series, _x_axis
-    mixed = [Row("arch=vit", "variant", {"model.arch": "vit"}, 1.0, []),
-             Row("arch=unet-vit,skips=none", "variant",
-                 {"model.arch": "unet-vit", "model.skips": "none"}, 1.0, [])]
+
+    mixed = [
+        Row("arch=vit", "variant", {"model.arch": "vit"}, 1.0, []),
+        Row(
+            "arch=unet-vit,skips=none",
+            "variant",
+            {"model.arch": "unet-vit", "model.skips": "none"},
+            1.0,
+            [],
+        ),
+    ]
     assert _x_axis(mixed) == CELL_AXIS
     assert list(_series(mixed, CELL_AXIS)) == ["pre-trained"]
-    grid = [Row(f"c{i}", "variant", {"pretrain.mask_patch": p, "pretrain.mask_ratio": r}, 1.0, [])
-            for i, (p, r) in enumerate([(4, 0.2), (4, 0.6), (8, 0.2), (8, 0.6)])]
+    grid = [
+        Row(f"c{i}", "variant", {"pretrain.mask_patch": p, "pretrain.mask_ratio": r}, 1.0, [])
+        for i, (p, r) in enumerate([(4, 0.2), (4, 0.6), (8, 0.2), (8, 0.6)])
+    ]
     assert _x_axis(grid) == "pretrain.mask_ratio"
     assert list(_series(grid, "pretrain.mask_ratio")) == ["mask_patch=4", "mask_patch=8"]
 
@@ -132,8 +153,15 @@ def test_cells_with_different_axes_are_plotted_one_point_per_cell():
 # ---------------------------------------------------------------------------------------------
 # gains per class subset, the scratch recipe search, one `vitmim run` folder
 
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
-        "pretrain.batch_size": 16, "finetune.batch_size": 16, "data.classes": 2}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.decoder_dim": 32,
+    "pretrain.batch_size": 16,
+    "finetune.batch_size": 16,
+    "data.classes": 2,
+}
 
 
 def grid_report(tmp: Path, data: Path, name: str, **spec) -> Path:
@@ -141,8 +169,12 @@ def grid_report(tmp: Path, data: Path, name: str, **spec) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"base": "smoke", "config": TINY, "probe": False, **spec}))
     out = tmp / name
-    assert cli.main(["grid", str(path), "--out", str(out), "--data", str(data),
-                     "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            ["grid", str(path), "--out", str(out), "--data", str(data), "--executor", "inline"]
+        )
+        == 0
+    )
     assert cli.main(["report", str(out)]) == 0
     return out / "report"
 
@@ -156,26 +188,40 @@ def section(report_md: str, title: str) -> list[str]:
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory, tiny_tin) -> Path:
     """Default recipe on two disjoint class subsets x 2 seeds, with three baselines."""
-    return grid_report(tmp_path_factory.mktemp("unseen"), tiny_tin, "unseen",
-                       config={**TINY, "scratch": {"finetune.epochs": 2}},
-                       cross={"data.class_subset": [0, 1]}, seeds=[0, 1],
-                       baselines=["scratch", "scratch_tuned", "scratch_equal_flops"])
+    return grid_report(
+        tmp_path_factory.mktemp("unseen"),
+        tiny_tin,
+        "unseen",
+        config={**TINY, "scratch": {"finetune.epochs": 2}},
+        cross={"data.class_subset": [0, 1]},
+        seeds=[0, 1],
+        baselines=["scratch", "scratch_tuned", "scratch_equal_flops"],
+    )
 
 
 def test_gain_per_class_subset_and_seed(unseen):
     text = (unseen / "report.md").read_text()
     table = section(text, "Gain per class subset")
-    assert table[0] == ("| variant | labels | class_subset | seed | Δ scratch same recipe "
-                        "| Δ scratch tuned | Δ scratch equal-FLOPs |")
+    assert table[0] == (
+        "| variant | labels | class_subset | seed | Δ scratch same recipe "
+        "| Δ scratch tuned | Δ scratch equal-FLOPs |"
+    )
     body, summary_row = table[2:-1], table[-1]
     assert [tuple(c.strip() for c in ln.strip("|").split("|")[2:4]) for ln in body] == [
-        ("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+        ("0", "0"),
+        ("0", "1"),
+        ("1", "0"),
+        ("1", "1"),
+    ]
     runs = list(csv.DictReader(io.StringIO((unseen / "runs.csv").read_text())))
     top1 = {(r["cell"], r["seed"]): float(r["top1"]) for r in runs}
     gains = list(csv.DictReader(io.StringIO((unseen / "gains.csv").read_text())))
     assert len(gains) == 2 * 2 * 3  # subsets x seeds x baselines
-    cells = {"scratch": "scratch,class_subset={}", "scratch_tuned": "scratch_tuned,class_subset={}",
-             "scratch_equal_flops": "scratch_equal_flops,class_subset={}"}
+    cells = {
+        "scratch": "scratch,class_subset={}",
+        "scratch_tuned": "scratch_tuned,class_subset={}",
+        "scratch_equal_flops": "scratch_equal_flops,class_subset={}",
+    }
     for g in gains:
         mine = top1[(f"class_subset={g['subset']}", g["seed"])]
         theirs = top1[(cells[g["baseline"]].format(g["subset"]), g["seed"])]
@@ -192,8 +238,7 @@ def test_gain_per_class_subset_and_seed(unseen):
 def test_gain_per_regime_with_its_interval_and_cost(unseen):
     gains = list(csv.DictReader(io.StringIO((unseen / "gains.csv").read_text())))
     regimes = list(csv.DictReader(io.StringIO((unseen / "regimes.csv").read_text())))
-    assert [r["baseline"] for r in regimes] == ["scratch", "scratch_tuned",
-                                                 "scratch_equal_flops"]
+    assert [r["baseline"] for r in regimes] == ["scratch", "scratch_tuned", "scratch_equal_flops"]
     for r in regimes:
         mine = [float(g["gain"]) for g in gains if g["baseline"] == r["baseline"]]
         assert int(r["n"]) == 4 and float(r["gain"]) == pytest.approx(sum(mine) / 4)
@@ -203,8 +248,11 @@ def test_gain_per_regime_with_its_interval_and_cost(unseen):
         costs = [float(g["core_min"]) for g in gains if g["baseline"] == r["baseline"]]
         assert float(r["core_min"]) == pytest.approx(sum(costs) / 4) and min(costs) > 0
     variant = unseen.parent / "class_subset=0" / "seed0"
-    spent = sum(json.loads(ln)["time_s"] for stage in ("pretrain", "finetune")
-                for ln in (variant / stage / "metrics.jsonl").read_text().splitlines())
+    spent = sum(
+        json.loads(ln)["time_s"]
+        for stage in ("pretrain", "finetune")
+        for ln in (variant / stage / "metrics.jsonl").read_text().splitlines()
+    )
     threads = json.loads((variant / "finetune" / "manifest.json").read_text())["threads"]
     row = next(g for g in gains if g["subset"] == "0" and g["seed"] == "0")
     assert float(row["core_min"]) == pytest.approx(spent * threads / 60)
@@ -222,33 +270,54 @@ def test_bootstrap_interval_is_seeded_and_needs_two_pairs():
 
 def test_tuned_scratch_trains_with_its_own_recipe_in_a_grid(unseen):
     grid = unseen.parent
-    tuned = yaml.safe_load((grid / "scratch_tuned,class_subset=1" / "seed0" / "finetune" /
-                            "config.yaml").read_text())
-    same = yaml.safe_load((grid / "scratch,class_subset=1" / "seed0" / "finetune" /
-                           "config.yaml").read_text())
+    tuned = yaml.safe_load(
+        (grid / "scratch_tuned,class_subset=1" / "seed0" / "finetune" / "config.yaml").read_text()
+    )
+    same = yaml.safe_load(
+        (grid / "scratch,class_subset=1" / "seed0" / "finetune" / "config.yaml").read_text()
+    )
     assert tuned["finetune"]["epochs"] == 2 and same["finetune"]["epochs"] == 1
     assert tuned["data"]["class_subset"] == 1
 
 
 def test_scratch_recipe_search_ranks_recipes_and_writes_the_best(tmp_path, tiny_tin):
     from vitmim.config import load_config
-    report = grid_report(tmp_path, tiny_tin, "search", seeds=[0], baselines=["scratch",
-                         "scratch_tuned"], cross={"data.class_subset": [0, 1]},
-                         variants={"scratch.finetune.epochs": [2, 3]})
-    assert sorted(p.name for p in report.parent.iterdir() if p.name != "report") == sorted([
-        "class_subset=0", "class_subset=1", "scratch,class_subset=0", "scratch,class_subset=1",
-        "scratch_tuned,class_subset=0,epochs=2", "scratch_tuned,class_subset=0,epochs=3",
-        "scratch_tuned,class_subset=1,epochs=2", "scratch_tuned,class_subset=1,epochs=3",
-        "grid.json"])
+
+    report = grid_report(
+        tmp_path,
+        tiny_tin,
+        "search",
+        seeds=[0],
+        baselines=["scratch", "scratch_tuned"],
+        cross={"data.class_subset": [0, 1]},
+        variants={"scratch.finetune.epochs": [2, 3]},
+    )
+    assert sorted(p.name for p in report.parent.iterdir() if p.name != "report") == sorted(
+        [
+            "class_subset=0",
+            "class_subset=1",
+            "scratch,class_subset=0",
+            "scratch,class_subset=1",
+            "scratch_tuned,class_subset=0,epochs=2",
+            "scratch_tuned,class_subset=0,epochs=3",
+            "scratch_tuned,class_subset=1,epochs=2",
+            "scratch_tuned,class_subset=1,epochs=3",
+            "grid.json",
+        ]
+    )
     table = section((report / "report.md").read_text(), "Scratch recipes, best first")
     recipes = [ln.strip("|").split("|") for ln in table[2:]]
-    assert sorted(r[0].strip() for r in recipes) == ["finetune.epochs=2", "finetune.epochs=3",
-                                                      "the fine-tune recipe"]
+    assert sorted(r[0].strip() for r in recipes) == [
+        "finetune.epochs=2",
+        "finetune.epochs=3",
+        "the fine-tune recipe",
+    ]
     means = [float(r[2].split("±")[0]) for r in recipes]
     assert means == sorted(means, reverse=True) and {r[1].strip() for r in recipes} == {"2"}
     best = load_config([report / "scratch_recipe.yaml"]).scratch
-    assert recipes[0][0].strip() == ("the fine-tune recipe" if not best else
-                                     f"finetune.epochs={best['finetune.epochs']}")
+    assert recipes[0][0].strip() == (
+        "the fine-tune recipe" if not best else f"finetune.epochs={best['finetune.epochs']}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +325,24 @@ def one_run(tmp_path_factory, tiny_tin) -> tuple[Path, str, str]:
     """One `vitmim run` without a tuned scratch recipe, then again with one (finished stages
     are skipped, so only the tuned baseline trains the second time)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    args = ["run", "--preset", "smoke", "--data", str(tiny_tin), "--out", str(out),
-            "--set", "data.classes=null", *(f"--set={k}={v}" for k, v in TINY.items()
-                                             if k != "data.classes")]
+    args = [
+        "run",
+        "--preset",
+        "smoke",
+        "--data",
+        str(tiny_tin),
+        "--out",
+        str(out),
+        "--set",
+        "data.classes=null",
+        *(f"--set={k}={v}" for k, v in TINY.items() if k != "data.classes"),
+    ]
     assert cli.main(args) == 0
     before = (out / "summary.md").read_text()
-    assert cli.main([*args, "--set", "scratch.finetune.epochs=2",
-                     "--set", "scratch.finetune.lr=2e-3"]) == 0
+    assert (
+        cli.main([*args, "--set", "scratch.finetune.epochs=2", "--set", "scratch.finetune.lr=2e-3"])
+        == 0
+    )
     return out, before, (out / "summary.md").read_text()
 
 
@@ -275,8 +355,10 @@ def test_vitmim_run_without_a_tuned_recipe_says_so(one_run):
 def test_vitmim_run_trains_scratch_with_its_own_tuned_recipe(one_run):
     out, _, after = one_run
     assert "| scratch_tuned | scratch, tuned recipe (2 epochs) |" in after
-    recipes = {run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
-               for run in ("finetune", "scratch", "scratch_tuned")}
+    recipes = {
+        run: yaml.safe_load((out / run / "config.yaml").read_text())["finetune"]
+        for run in ("finetune", "scratch", "scratch_tuned")
+    }
     assert recipes["finetune"] == recipes["scratch"]
     assert (recipes["scratch_tuned"]["epochs"], recipes["scratch_tuned"]["lr"]) == (2, 0.002)
     assert len((out / "scratch_tuned" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -289,17 +371,25 @@ def test_report_of_one_run_folder(one_run):
     for name in ("curves", "restoration"):
         assert (report / "plots" / f"{name}.png").read_bytes()[:8] == PNG
     assert [p.name for p in (report / "recon").glob("*.png")] == [
-        "pretrain_seed0_recon_epoch001.png"]  # the pre-training's, not called finetune
+        "pretrain_seed0_recon_epoch001.png"
+    ]  # the pre-training's, not called finetune
     text = (report / "report.md").read_text()
     results = text.split("\n## ", 1)[0]  # the results table, before the first section
     assert "val top-1" in results and "val top-5" not in results  # 4 classes: always 100 %
     stages = section(text, "Stages")
     assert [ln.split("|")[1].strip() for ln in stages[2:]] == [
-        "pretrain", "finetune", "scratch", "scratch_tuned"]
+        "pretrain",
+        "finetune",
+        "scratch",
+        "scratch_tuned",
+    ]
     main = [ln for ln in text.split("\n## ")[0].splitlines() if ln.startswith("| ")]
     assert "Δ scratch tuned" in main[0]
     assert [ln.split("|")[1].strip() for ln in main[2:]] == [
-        "finetune", "scratch, same recipe (equal fine-tune epochs)", "scratch, tuned recipe"]
+        "finetune",
+        "scratch, same recipe (equal fine-tune epochs)",
+        "scratch, tuned recipe",
+    ]
     assert "Tuned scratch recipe: finetune.epochs=2, finetune.lr=0.002." in text
     page = (report / "report.html").read_text()
     assert "<script" not in page and len(re.findall(r"<img [^>]*src='data:image/png", page)) == 3
@@ -310,32 +400,51 @@ def test_published_reference_figures_stand_beside_the_grid(smoke_grid, tmp_path)
     top-1 beside this grid's, rerunning the finished grid only records it."""
     runs_dir = tmp_path / "grid"
     shutil.copytree(smoke_grid, runs_dir)
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "grids"
-                           / "smoke.yaml").read_text())
+    spec = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "grids" / "smoke.yaml").read_text()
+    )
     spec["reference"] = {"source": "Terentiev & Ivanenko 2024", "scratch": 40.0, "best": 44.7}
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(spec))
     cell = next(runs_dir.glob("*/seed0/cell.json"))
     data = yaml.safe_load(cell.read_text())["config"]["data"]["path"]  # JSON is YAML
-    assert cli.main(["grid", str(path), "--out", str(runs_dir), "--data", data,
-                     "--set", "data.classes=null", "--executor", "inline"]) == 0
+    assert (
+        cli.main(
+            [
+                "grid",
+                str(path),
+                "--out",
+                str(runs_dir),
+                "--data",
+                data,
+                "--set",
+                "data.classes=null",
+                "--executor",
+                "inline",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["report", str(runs_dir)]) == 0
-    rows = section((runs_dir / "report" / "report.md").read_text(),
-                   "Beside the published figures")
+    rows = section((runs_dir / "report" / "report.md").read_text(), "Beside the published figures")
     assert "Terentiev & Ivanenko 2024" in rows[0]
     assert rows[2].startswith("| scratch | 40.0 | ") and "(n=2)" in rows[2]
     assert rows[3].startswith("| best pre-trained | 44.7 | ") and "mask_ratio=" in rows[3]
     assert rows[4].startswith("| best - scratch | +4.7 | ")
 
 
-@pytest.mark.parametrize("reference", [
-    {"source": "x", "scratch": 40.0},  # best missing
-    {"source": "x", "scratch": "40", "best": 44.7},
-    {"source": "x", "scratch": 40.0, "best": 144.7},
-    [40.0, 44.7],
-])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        {"source": "x", "scratch": 40.0},  # best missing
+        {"source": "x", "scratch": "40", "best": 44.7},
+        {"source": "x", "scratch": 40.0, "best": 144.7},
+        [40.0, 44.7],
+    ],
+)
 def test_bad_reference_is_refused_naming_the_key(tmp_path, reference):
     from vitmim.lab.grid import load_spec
+
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({"base": "smoke", "reference": reference}))
     with pytest.raises(UserError, match="key reference"):

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 #   nanfrom:K   the loss of every step >= K is NaN
 #   wait:K      before step K, wait until the file $VITMIM_TEST_GO exists
 #   shalog:PATH append "step sha256" of every checkpoint written to PATH
-HOOK = r'''
+HOOK = r"""
 import os, signal, sys, time
 from pathlib import Path
 from vitmim import checkpoint, engine
@@ -91,18 +91,47 @@ def hooked_save_checkpoint(run_dir, step, tensors, state):
 engine.save_checkpoint = hooked_save_checkpoint
 
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 # Tiny model of the smoke preset on the 4-class fake archive: 48 training images.
 # pretrain: batch 8 -> 6 steps/epoch x 3 = 18 steps; finetune: 6 steps/epoch x 2 = 12 steps.
 # checkpoint_every=4 puts checkpoints mid-epoch (4, 8, 16) as well as at epoch ends (6, 12, 18).
-COMMON = ["--preset", "smoke", "--set", "data.classes=null", "--set", "device=cpu",
-          "--set", "checkpoint_every=4"]
-PRETRAIN = ["pretrain", *COMMON, "--set", "pretrain.batch_size=8", "--set", "pretrain.epochs=3",
-            "--set", "pretrain.ema=0.9", "--set", "pretrain.augment.trivial_augment=true",
-            "--set", "pretrain.augment.erasing=0.25"]
-FINETUNE = ["finetune", *COMMON, "--set", "finetune.batch_size=8", "--set", "finetune.epochs=2",
-            "--set", "finetune.augment.mixup=0.2", "--set", "finetune.augment.cutmix=0.2"]
+COMMON = [
+    "--preset",
+    "smoke",
+    "--set",
+    "data.classes=null",
+    "--set",
+    "device=cpu",
+    "--set",
+    "checkpoint_every=4",
+]
+PRETRAIN = [
+    "pretrain",
+    *COMMON,
+    "--set",
+    "pretrain.batch_size=8",
+    "--set",
+    "pretrain.epochs=3",
+    "--set",
+    "pretrain.ema=0.9",
+    "--set",
+    "pretrain.augment.trivial_augment=true",
+    "--set",
+    "pretrain.augment.erasing=0.25",
+]
+FINETUNE = [
+    "finetune",
+    *COMMON,
+    "--set",
+    "finetune.batch_size=8",
+    "--set",
+    "finetune.epochs=2",
+    "--set",
+    "finetune.augment.mixup=0.2",
+    "--set",
+    "finetune.augment.cutmix=0.2",
+]
 TIMEOUT = 180  # s per process: generous, the machine is shared
 
 
@@ -118,8 +147,9 @@ def start(tmp_path: Path, args: list[str], fault: str = "", **env: str) -> subpr
     env = {**os.environ, "VITMIM_TEST_FAULT": fault, **env}
     log = tmp_path / f"log-{time.monotonic_ns()}"
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(hook_file(tmp_path)), *args], env=env,
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, str(hook_file(tmp_path)), *args], env=env, stdout=out, stderr=err
+        )
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -129,8 +159,7 @@ def output(proc: subprocess.Popen) -> tuple[str, str]:
     return Path(f"{proc.log}.out").read_text(), Path(f"{proc.log}.err").read_text()
 
 
-def run(tmp_path: Path, args: list[str], fault: str = "", **env: str
-        ) -> tuple[int, str, str]:
+def run(tmp_path: Path, args: list[str], fault: str = "", **env: str) -> tuple[int, str, str]:
     """Run to the end; (exit code, stdout, stderr)."""
     proc = start(tmp_path, args, fault, **env)
     rc = proc.wait(TIMEOUT)
@@ -174,8 +203,11 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
     def records(d: Path) -> list[dict]:
         lines = (d / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(ln).items() if k not in ("images_per_s", "time_s")}
-                for ln in lines]
+        return [
+            {k: v for k, v in json.loads(ln).items() if k not in ("images_per_s", "time_s")}
+            for ln in lines
+        ]
+
     assert records(run) == records(reference)
 
 
@@ -194,8 +226,10 @@ def ckpt(run_dir: Path, step: int, suffix: str = "json") -> Path:
 def run_reference(tmp: Path, data: Path) -> dict[str, Path]:
     """Uninterrupted pretrain, then finetune initialised from it (the hook with no fault)."""
     pre, ft = tmp / "pretrain", tmp / "finetune"
-    for args in ([*PRETRAIN, "--data", str(data), "--out", str(pre)],
-                 [*FINETUNE, "--data", str(data), "--out", str(ft), "--init", str(pre)]):
+    for args in (
+        [*PRETRAIN, "--data", str(data), "--out", str(pre)],
+        [*FINETUNE, "--data", str(data), "--out", str(ft), "--init", str(pre)],
+    ):
         rc, _, err = run(tmp, args)
         assert rc == 0, err[-3000:]
     return {"pretrain": pre, "finetune": ft}
@@ -208,8 +242,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_tin: Path):
         yield pool.submit(run_reference, tmp_path_factory.mktemp("reference"), tiny_tin)
 
 
-def test_pretrain_killed_three_times_resumes_bit_exact(tmp_path: Path, tiny_tin: Path,
-                                                       reference: Future) -> None:
+def test_pretrain_killed_three_times_resumes_bit_exact(
+    tmp_path: Path, tiny_tin: Path, reference: Future
+) -> None:
     out = tmp_path / "run"
     args = [*PRETRAIN, "--data", str(tiny_tin), "--out", str(out)]
     # 1. inside the very first checkpoint: weights on disk, no JSON -> resume starts afresh
@@ -229,11 +264,19 @@ def test_pretrain_killed_three_times_resumes_bit_exact(tmp_path: Path, tiny_tin:
     assert_clean_checkpoints(out)
 
 
-def test_finetune_killed_twice_resumes_bit_exact(tmp_path: Path, tiny_tin: Path,
-                                                 reference: Future) -> None:
+def test_finetune_killed_twice_resumes_bit_exact(
+    tmp_path: Path, tiny_tin: Path, reference: Future
+) -> None:
     out = tmp_path / "run"
-    args = [*FINETUNE, "--data", str(tiny_tin), "--out", str(out),
-            "--init", str(reference.result()["pretrain"])]
+    args = [
+        *FINETUNE,
+        "--data",
+        str(tiny_tin),
+        "--out",
+        str(out),
+        "--init",
+        str(reference.result()["pretrain"]),
+    ]
     # 1. just before step 3 (only the step-0 checkpoint exists)
     interrupted(tmp_path, args, "step:3")
     # 2. at the end of the last epoch: its metrics record is written, its checkpoint is not

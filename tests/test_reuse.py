@@ -21,14 +21,24 @@ from vitmim.config import load_config
 from vitmim.data import load_splits
 from vitmim.errors import UserError
 
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.decoder_dim": 32,
-        "data.classes": None, "device": "cpu", "pretrain.epochs": 1, "finetune.epochs": 1,
-        "pretrain.batch_size": 16, "finetune.batch_size": 16}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.decoder_dim": 32,
+    "data.classes": None,
+    "device": "cpu",
+    "pretrain.epochs": 1,
+    "finetune.epochs": 1,
+    "pretrain.batch_size": 16,
+    "finetune.batch_size": 16,
+}
 
 
 def _pretrain(data, out, **more):
-    return vitmim.pretrain(data=data, out=out, preset="smoke", overrides={**TINY, **more},
-                           progress=False)
+    return vitmim.pretrain(
+        data=data, out=out, preset="smoke", overrides={**TINY, **more}, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +59,9 @@ def run(stopped, tmp_path) -> Path:
 
 
 def _resume(run, data, **more):
-    return vitmim.pretrain(data=data, out=run, preset="smoke", overrides={**TINY, **more},
-                           resume=True, progress=False)
+    return vitmim.pretrain(
+        data=data, out=run, preset="smoke", overrides={**TINY, **more}, resume=True, progress=False
+    )
 
 
 @pytest.mark.parametrize("damage", ["deleted", "damaged"])
@@ -65,8 +76,9 @@ def test_resume_without_a_readable_config_compares_the_manifest(run, tiny_tin, d
 
 
 @pytest.mark.parametrize("missing", ["manifest.json", "both"])
-def test_resume_without_a_record_of_the_data_is_refused(run, tiny_tin, tin_tools, tmp_path,
-                                                         missing):
+def test_resume_without_a_record_of_the_data_is_refused(
+    run, tiny_tin, tin_tools, tmp_path, missing
+):
     (run / "manifest.json").unlink()
     if missing == "both":
         (run / "config.yaml").unlink()
@@ -116,20 +128,27 @@ def test_integer_init_weights_are_refused(run, tiny_tin, tmp_path, dtype):
     import torch
 
     from vitmim.checkpoint import load_weights, save_weights
+
     _resume(run, tiny_tin)
     tensors = load_weights(run / "model.safetensors")
     weights = tmp_path / "w.safetensors"
     save_weights(weights, {k: v.to(getattr(torch, dtype)) for k, v in tensors.items()})
     with pytest.raises(UserError, match=f"holds torch.{dtype} values, not floating-point"):
-        vitmim.finetune(init=weights, data=tiny_tin, out=tmp_path / "ft", preset="smoke",
-                        overrides=TINY, progress=False)
+        vitmim.finetune(
+            init=weights,
+            data=tiny_tin,
+            out=tmp_path / "ft",
+            preset="smoke",
+            overrides=TINY,
+            progress=False,
+        )
 
 
-def test_non_finite_init_weights_are_refused_before_the_folder_is_used(run, tiny_tin,
-                                                                       tmp_path):
+def test_non_finite_init_weights_are_refused_before_the_folder_is_used(run, tiny_tin, tmp_path):
     import torch
 
     from vitmim.checkpoint import load_weights, save_weights
+
     _resume(run, tiny_tin)
     tensors = load_weights(run / "model.safetensors")
     key = next(k for k in tensors if k.startswith("backbone."))
@@ -148,8 +167,9 @@ def test_non_finite_init_weights_are_refused_before_the_folder_is_used(run, tiny
 def test_one_class_is_refused_for_classification(tin_tools, tmp_path):
     data = tin_tools.write_folder_set(tmp_path / "one", classes=("cat",))
     with pytest.raises(UserError, match="1 class; a classifier needs at least 2"):
-        vitmim.finetune(data=data, out=tmp_path / "ft", preset="smoke", overrides=TINY,
-                        progress=False)
+        vitmim.finetune(
+            data=data, out=tmp_path / "ft", preset="smoke", overrides=TINY, progress=False
+        )
 
 
 def test_val_images_outside_class_folders_are_refused(tin_tools, tmp_path):
@@ -205,8 +225,9 @@ def test_manifest_records_the_init_weights(stopped, tiny_tin, tmp_path):
     pre = tmp_path / "pre"
     shutil.copytree(stopped, pre)
     _resume(pre, tiny_tin)
-    vitmim.finetune(init=pre, data=tiny_tin, out=ft, preset="smoke", overrides=TINY,
-                    progress=False)
+    vitmim.finetune(init=pre, data=tiny_tin, out=ft, preset="smoke", overrides=TINY, progress=False)
     from vitmim.checkpoint import sha256
+
     assert json.loads((ft / "manifest.json").read_text())["init_sha256"] == sha256(
-        pre / "model.safetensors")
+        pre / "model.safetensors"
+    )

@@ -20,22 +20,30 @@ def test_metrics_append_truncate_and_read(tmp_path: Path) -> None:
         runs.append_metrics(tmp_path, {"stage": "finetune", "step": step, "loss": step / 10})
     assert [r["step"] for r in runs.read_metrics(tmp_path)] == [10, 20, 30]
     runs.truncate_metrics(tmp_path, 20)  # a resume from step 20 recomputes what came after
-    assert runs.read_metrics(tmp_path) == [{"stage": "finetune", "step": 10, "loss": 1.0},
-                                           {"stage": "finetune", "step": 20, "loss": 2.0}]
+    assert runs.read_metrics(tmp_path) == [
+        {"stage": "finetune", "step": 10, "loss": 1.0},
+        {"stage": "finetune", "step": 20, "loss": 2.0},
+    ]
     assert runs.last_metrics(tmp_path)["step"] == 20
 
 
 def save_classifier(run_dir: Path, tiny_tin: Path) -> tuple[torch.nn.Module, list[str]]:
-    cfg = load_config(overrides=["model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-                                 f"data.path={tiny_tin}", "data.classes=null"])
+    cfg = load_config(
+        overrides=[
+            "model.embed_dim=32",
+            "model.depth=1",
+            "model.num_heads=2",
+            f"data.path={tiny_tin}",
+            "data.classes=null",
+        ]
+    )
     train, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
     model = build_classifier(cfg.model, len(train.classes))
     runs.save_final(run_dir, model, "classifier", cfg, train, {"val_top1": 50.0})
     return model, train.classes
 
 
-def test_final_model_marks_the_run_finished_and_reads_back(tmp_path: Path, tiny_tin: Path
-                                                            ) -> None:
+def test_final_model_marks_the_run_finished_and_reads_back(tmp_path: Path, tiny_tin: Path) -> None:
     assert not runs.finished(tmp_path)
     model, classes = save_classifier(tmp_path, tiny_tin)
     assert runs.finished(tmp_path)

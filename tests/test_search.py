@@ -18,16 +18,31 @@ from vitmim.errors import UserError
 from vitmim.lab.search import load_search_spec
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2, "data.classes": 2,
-        "finetune.batch_size": 8}
+TINY = {
+    "model.embed_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "data.classes": 2,
+    "finetune.batch_size": 8,
+}
 
 
 def write_spec(tmp: Path, **more) -> Path:
-    spec = {"storage": str(tmp / "results" / "study.db"), "runs": str(tmp / "runs"),
-            "config": TINY, "subsets": [0, 1], "budget_core_hours": 1.0, "min_epochs": 1,
-            "start": {"finetune.lr": 1.0e-3, "finetune.epochs": 2},
-            "space": {"finetune.lr": ["log", 1.0e-4, 3.0e-3], "finetune.epochs": ["int", 2, 3],
-                      "finetune.drop_path": ["choice", 0.0, 0.1]}, **more}
+    spec = {
+        "storage": str(tmp / "results" / "study.db"),
+        "runs": str(tmp / "runs"),
+        "config": TINY,
+        "subsets": [0, 1],
+        "budget_core_hours": 1.0,
+        "min_epochs": 1,
+        "start": {"finetune.lr": 1.0e-3, "finetune.epochs": 2},
+        "space": {
+            "finetune.lr": ["log", 1.0e-4, 3.0e-3],
+            "finetune.epochs": ["int", 2, 3],
+            "finetune.drop_path": ["choice", 0.0, 0.1],
+        },
+        **more,
+    }
     path = tmp / "search.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -44,37 +59,55 @@ def trials(spec: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, tiny_tin):
     spec = write_spec(tmp_path)
-    first = subprocess.run(search_cmd(spec, tiny_tin, "--trials", "2"), capture_output=True,
-                           text=True, timeout=600)
+    first = subprocess.run(
+        search_cmd(spec, tiny_tin, "--trials", "2"), capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     done = trials(spec)
-    assert len(done) == 2 and done[0].params == {"finetune.lr": 1.0e-3, "finetune.epochs": 2,
-                                                  "finetune.drop_path": 0.0} or \
-        done[0].params["finetune.lr"] == 1.0e-3  # the start recipe, tried first
+    assert (
+        len(done) == 2
+        and done[0].params
+        == {"finetune.lr": 1.0e-3, "finetune.epochs": 2, "finetune.drop_path": 0.0}
+        or done[0].params["finetune.lr"] == 1.0e-3
+    )  # the start recipe, tried first
     assert sorted(done[0].intermediate_values) == [1, 2]  # reported after every epoch
     for t in done:
         assert t.user_attrs["core_s"] > 0
         if t.state == optuna.trial.TrialState.COMPLETE:  # the mean over both subsets
             finals = []
             for s in (0, 1):
-                metrics = (tmp_path / "runs" / f"trial{t.number:03d}" / f"class_subset={s}" /
-                           "metrics.jsonl").read_text().splitlines()
+                metrics = (
+                    (
+                        tmp_path
+                        / "runs"
+                        / f"trial{t.number:03d}"
+                        / f"class_subset={s}"
+                        / "metrics.jsonl"
+                    )
+                    .read_text()
+                    .splitlines()
+                )
                 finals.append(yaml.safe_load(metrics[-1])["val_top1"])
             assert t.value == pytest.approx(sum(finals) / 2)
     recipe = yaml.safe_load((tmp_path / "results" / "scratch_recipe.yaml").read_text())
     best = max((t for t in done if t.value is not None), key=lambda t: t.value)
     assert recipe["scratch"]["finetune.epochs"] == best.params["finetune.epochs"]
     assert load_config(base={"scratch": recipe["scratch"]}).scratch  # a valid scratch section
-    again = subprocess.run(search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
 
 
 def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 3})
-    proc = subprocess.Popen(search_cmd(spec, tiny_tin, "--trials", "1"), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        search_cmd(spec, tiny_tin, "--trials", "1"),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = tmp_path / "runs" / "trial000" / "class_subset=0" / "metrics.jsonl"
     deadline = time.time() + 300
     while not metrics.exists() and proc.poll() is None and time.time() < deadline:
@@ -83,22 +116,26 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     os.killpg(proc.pid, signal.SIGKILL)  # the machine stops: the search and its fine-tunes
     proc.wait()
     time.sleep(3)  # the stopped trial's heartbeat is older than its grace period
-    again = subprocess.run(search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     states = [t.state for t in trials(spec)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert trials(spec)[1].params["finetune.epochs"] == 3  # the same recipe, tried again
 
 
-@pytest.mark.parametrize("more, message", [
-    ({"bogus": 1}, "key bogus"),
-    ({"subsets": []}, "key subsets"),
-    ({"space": {"model.depth": ["int", 1, 2]}}, "key space.model.depth"),
-    ({"space": {"finetune.lr": ["log", 1.0e-3]}}, "key space.finetune.lr"),
-    ({"space": {"finetune.lr": ["log", -1.0, 1.0]}}, "finetune.lr"),
-    ({"start": {"finetune.epochs": 0}}, "finetune.epochs"),
-])
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        ({"bogus": 1}, "key bogus"),
+        ({"subsets": []}, "key subsets"),
+        ({"space": {"model.depth": ["int", 1, 2]}}, "key space.model.depth"),
+        ({"space": {"finetune.lr": ["log", 1.0e-3]}}, "key space.finetune.lr"),
+        ({"space": {"finetune.lr": ["log", -1.0, 1.0]}}, "finetune.lr"),
+        ({"start": {"finetune.epochs": 0}}, "finetune.epochs"),
+    ],
+)
 def test_bad_search_specs_are_refused_naming_the_key(tmp_path, more, message):
     with pytest.raises(UserError, match=message) as e:
         load_search_spec(write_spec(tmp_path, **more))

@@ -26,9 +26,22 @@ def records(run_dir) -> list[dict]:
 
 def test_pretrain_mirrors_metrics_loss_and_reconstructions(tin2, tmp_path):
     run = tmp_path / "pre"
-    args = ["pretrain", "--data", str(tin2.path), "--out", str(run), "--preset", "smoke",
-            "--log", "tensorboard", "--log-every", "4", "--set", "pretrain.epochs=2",
-            *[f"--set={k}={v}" for k, v in tin2.overrides.items()]]
+    args = [
+        "pretrain",
+        "--data",
+        str(tin2.path),
+        "--out",
+        str(run),
+        "--preset",
+        "smoke",
+        "--log",
+        "tensorboard",
+        "--log-every",
+        "4",
+        "--set",
+        "pretrain.epochs=2",
+        *[f"--set={k}={v}" for k, v in tin2.overrides.items()],
+    ]
     assert cli.main(args) == 0
     acc, recs = events(run), records(run)
     total = recs[-1]["step"]
@@ -45,9 +58,15 @@ def test_pretrain_mirrors_metrics_loss_and_reconstructions(tin2, tmp_path):
 
 
 def test_finetune_through_the_api_logs_accuracy(tin2, tin2_runs, tmp_path):
-    ft = vitmim.finetune(init=tin2_runs.pre.run_dir, data=tin2.path, out=tmp_path / "ft",
-                         preset="smoke", overrides=tin2.overrides, log="tensorboard",
-                         progress=False)
+    ft = vitmim.finetune(
+        init=tin2_runs.pre.run_dir,
+        data=tin2.path,
+        out=tmp_path / "ft",
+        preset="smoke",
+        overrides=tin2.overrides,
+        log="tensorboard",
+        progress=False,
+    )
     acc = events(ft.run_dir)
     assert acc.Scalars("finetune/val_top1")[-1].value == pytest.approx(ft.metrics["val_top1"])
     assert acc.Tags()["images"] == []  # no reconstructions when fine-tuning
@@ -57,10 +76,13 @@ def test_no_tensorboard_folder_without_log(tin2_runs):
     assert not (tin2_runs.pre.run_dir / "tensorboard").exists()
 
 
-@pytest.mark.parametrize("log, every, message", [
-    ("wandb", 50, "--log wandb: unknown"), ("tensorboard", 0, "--log-every 0")])
+@pytest.mark.parametrize(
+    "log, every, message",
+    [("wandb", 50, "--log wandb: unknown"), ("tensorboard", 0, "--log-every 0")],
+)
 def test_bad_tracking_options_are_config_errors(tin2, tmp_path, log, every, message):
     with pytest.raises(vitmim.ConfigError, match=message):
-        vitmim.pretrain(data=tin2.path, out=tmp_path / "x", preset="smoke", log=log,
-                        log_every=every)
+        vitmim.pretrain(
+            data=tin2.path, out=tmp_path / "x", preset="smoke", log=log, log_every=every
+        )
     assert not (tmp_path / "x").exists()

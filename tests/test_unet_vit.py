@@ -20,10 +20,19 @@ from vitmim.models.restorer import forward_loss
 from vitmim.models.unet_vit import ConvBlock, UNetViTEncoder
 from vitmim.models.vit import Block
 
-SMALL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
-         "model.decoder_depth=1", "model.unet_channels=[8,16,32]"]
-UNET = [{"arch": "unet-vit", "skips": s, "rezero": r}
-        for s in ("all", "none", "no-finest") for r in (False, True)]
+SMALL = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.unet_channels=[8,16,32]",
+]
+UNET = [
+    {"arch": "unet-vit", "skips": s, "rezero": r}
+    for s in ("all", "none", "no-finest")
+    for r in (False, True)
+]
 VIT = [{"arch": "vit", "conv_stem": c, "rezero": r} for c in (False, True) for r in (False, True)]
 SWITCHES = UNET + VIT
 # the ViT restorer's other decoders: linear pixel head, with and without a mask token
@@ -57,9 +66,11 @@ def test_output_shapes(sw: dict) -> None:
     assert classifier.forward_features(x).shape == (2, 64, 32)  # 8x8 grid either way
 
 
-@pytest.mark.parametrize(("sw", "extra"), [(sw, []) for sw in SWITCHES]
-                         + [(VIT[-1], e) for e in VIT_FULL_PATH],
-                         ids=[switch_id(sw) for sw in SWITCHES] + [e[0] for e in VIT_FULL_PATH])
+@pytest.mark.parametrize(
+    ("sw", "extra"),
+    [(sw, []) for sw in SWITCHES] + [(VIT[-1], e) for e in VIT_FULL_PATH],
+    ids=[switch_id(sw) for sw in SWITCHES] + [e[0] for e in VIT_FULL_PATH],
+)
 def test_transfer_reports_exact_key_sets(sw: dict, extra: list[str]) -> None:
     cfg = small_config(extra, **sw)
     restorer = build_restorer(cfg.model, cfg.pretrain)
@@ -80,7 +91,13 @@ def test_unet_vit_restorer_names_encoder_backbone_and_the_rest_decoder() -> None
     keys = build_restorer(cfg.model, cfg.pretrain).state_dict()
     assert {k.split(".")[0] for k in keys} == {"backbone", "decoder"}
     assert {k.split(".")[1] for k in keys if k.startswith("backbone.")} == {
-        "stem", "levels", "downs", "pos_embed", "blocks", "norm"}
+        "stem",
+        "levels",
+        "downs",
+        "pos_embed",
+        "blocks",
+        "norm",
+    }
 
 
 def test_rezero_gates_start_at_zero_so_blocks_are_the_identity() -> None:
@@ -96,8 +113,9 @@ def test_rezero_gates_start_at_zero_so_blocks_are_the_identity() -> None:
     assert all(torch.equal(p, torch.zeros(1)) for p in gates.values())
 
 
-@pytest.mark.parametrize(("skips", "used"), [("all", {0, 1, 2}), ("no-finest", {1, 2}),
-                                             ("none", set())])
+@pytest.mark.parametrize(
+    ("skips", "used"), [("all", {0, 1, 2}), ("no-finest", {1, 2}), ("none", set())]
+)
 def test_skips_switch_removes_the_skip_path(skips: str, used: set[int]) -> None:
     cfg = small_config(arch="unet-vit", skips=skips)
     restorer = build_restorer(cfg.model, cfg.pretrain).eval()
@@ -130,13 +148,14 @@ def test_layer_ids_and_no_weight_decay_fit_the_engine() -> None:
     assert ids["backbone.blocks.1.attn.qkv.weight"] == 2
     assert ids["backbone.norm.weight"] == ids["head.weight"] == 3
     scales = {g["lr_scale"] for g in param_groups(classifier, cfg.finetune)}
-    assert scales == {0.5 ** 3, 0.5 ** 2, 0.5, 1.0}
+    assert scales == {0.5**3, 0.5**2, 0.5, 1.0}
 
 
 def test_unet_vit_forward_loss_decreases() -> None:
     torch.manual_seed(0)
-    cfg = load_config(overrides=SMALL + ["model.arch=unet-vit", "model.rezero=true",
-                                         "model.img_size=32"])  # 32 px keeps 20 CPU steps quick
+    cfg = load_config(
+        overrides=SMALL + ["model.arch=unet-vit", "model.rezero=true", "model.img_size=32"]
+    )  # 32 px keeps 20 CPU steps quick
     model = build_restorer(cfg.model, cfg.pretrain)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 4, 4, generator=g).repeat_interleave(8, 2).repeat_interleave(8, 3)
@@ -152,9 +171,14 @@ def test_unet_vit_forward_loss_decreases() -> None:
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize(("channels", "why"), [("[]", "non-empty list"),
-                                             ("[8,0,16]", "positive channel counts"),
-                                             ("[8,8,8,8,8,8,8]", "2^len must divide")])
+@pytest.mark.parametrize(
+    ("channels", "why"),
+    [
+        ("[]", "non-empty list"),
+        ("[8,0,16]", "positive channel counts"),
+        ("[8,8,8,8,8,8,8]", "2^len must divide"),
+    ],
+)
 def test_bad_unet_channels_are_refused(channels: str, why: str) -> None:
     with pytest.raises(UserError, match=rf"model\.unet_channels: .*{re.escape(why)}"):
         load_config(overrides=["model.arch=unet-vit", f"model.unet_channels={channels}"])
@@ -162,10 +186,28 @@ def test_bad_unet_channels_are_refused(channels: str, why: str) -> None:
 
 def test_cli_run_with_unet_vit(tiny_tin: Path, tiny_tin_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vitmim.cli", "run", "--preset", "smoke", "--data", str(tiny_tin),
-           "--out", str(out), "--set", "model.arch=unet-vit", "--set", "data.classes=null",
-           "--set", "pretrain.batch_size=16", "--set", "finetune.batch_size=16",
-           "--set", "model.unet_channels=[8,16,32]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitmim.cli",
+        "run",
+        "--preset",
+        "smoke",
+        "--data",
+        str(tiny_tin),
+        "--out",
+        str(out),
+        "--set",
+        "model.arch=unet-vit",
+        "--set",
+        "data.classes=null",
+        "--set",
+        "pretrain.batch_size=16",
+        "--set",
+        "finetune.batch_size=16",
+        "--set",
+        "model.unet_channels=[8,16,32]",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "finetune" / "model.safetensors").exists()

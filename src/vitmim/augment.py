@@ -26,8 +26,10 @@ STD = (0.229, 0.224, 0.225)
 @functools.cache
 def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 3, 1, 1) mean and std on ``device``, made once rather than copied every step."""
-    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    return (
+        torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+        torch.tensor(STD, device=device).view(1, 3, 1, 1),
+    )
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +68,33 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 # come from the passed generator (torchvision uses the global RNG), and a colour op may land one
 # grey level away from torchvision's uint8 result (float rounding before the truncation).
 
-TA_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
-          "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
-TA_SIGNED = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
-             "contrast", "sharpness")  # magnitude negated with probability 1/2
+TA_OPS = (
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+)
+TA_SIGNED = (
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+)  # magnitude negated with probability 1/2
 TA_BINS = 31
 GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 BLENDS = ("brightness", "color", "contrast", "sharpness")  # x * f + degenerate * (1 - f)
@@ -79,23 +104,36 @@ BLENDS = ("brightness", "color", "contrast", "sharpness")  # x * f + degenerate 
 def _ta_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Magnitudes (ops, bins) float64 (torchvision's float32 bins, widened as torchvision does
     with ``float()``) and (ops,) bool: whether the op's magnitude takes a random sign."""
+
     def lin(hi: float) -> torch.Tensor:
         return torch.linspace(0.0, hi, TA_BINS).double()
+
     zero = torch.zeros(TA_BINS, dtype=torch.float64)
     bits = (8 - (torch.arange(TA_BINS) / ((TA_BINS - 1) / 6))).round().double()  # 8 .. 2
-    rows = {"identity": zero, "shear_x": lin(0.99), "shear_y": lin(0.99),
-            "translate_x": lin(32.0), "translate_y": lin(32.0), "rotate": lin(135.0),
-            "brightness": lin(0.99), "color": lin(0.99), "contrast": lin(0.99),
-            "sharpness": lin(0.99), "posterize": bits,
-            "solarize": 255.0 * torch.linspace(1.0, 0.0, TA_BINS).double(),  # threshold
-            "autocontrast": zero, "equalize": zero}
+    rows = {
+        "identity": zero,
+        "shear_x": lin(0.99),
+        "shear_y": lin(0.99),
+        "translate_x": lin(32.0),
+        "translate_y": lin(32.0),
+        "rotate": lin(135.0),
+        "brightness": lin(0.99),
+        "color": lin(0.99),
+        "contrast": lin(0.99),
+        "sharpness": lin(0.99),
+        "posterize": bits,
+        "solarize": 255.0 * torch.linspace(1.0, 0.0, TA_BINS).double(),  # threshold
+        "autocontrast": zero,
+        "equalize": zero,
+    }
     table = torch.stack([rows[op] for op in TA_OPS]).to(device)
     signed = torch.tensor([op in TA_SIGNED for op in TA_OPS], device=device)
     return table, signed
 
 
-def draw_trivial_augment(b: int, g: torch.Generator, device: torch.device
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_trivial_augment(
+    b: int, g: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One op index (B,) int64 into :data:`TA_OPS` and its signed magnitude (B,) float64 per
     image, uniform over ops and bins as in TrivialAugmentWide."""
     table, signed = _ta_table(g.device)
@@ -120,8 +158,9 @@ def _base_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torc
     half-size that maps them to grid_sample's [-1, 1] (torchvision's ``_affine_grid``)."""
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=device)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=device)
-    grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=device)],
-                       dim=-1)
+    grid = torch.stack(
+        [xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=device)], dim=-1
+    )
     return grid.view(1, h * w, 3), torch.tensor([0.5 * w, 0.5 * h], device=device)
 
 
@@ -151,8 +190,9 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
     base, half = _base_grid(h, w, x.device)
     grid = base.expand(b, -1, -1).bmm(theta.transpose(1, 2) / half)
-    return F.grid_sample(x, grid.view(b, h, w, 2), mode="nearest", padding_mode="zeros",
-                         align_corners=False)
+    return F.grid_sample(
+        x, grid.view(b, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False
+    )
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +218,7 @@ def _blend(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor
 
     def where(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.where(_is(op, name)[:, None, None, None], a, b)
+
     degenerate = where("color", gray, torch.zeros_like(x))
     degenerate = where("contrast", gray.mean((1, 2, 3), keepdim=True), degenerate)
     degenerate = where("sharpness", smooth, degenerate)
@@ -215,6 +256,7 @@ def trivial_augment(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> tor
         one grey level: float rounding before truncation can differ).
     """
     from torchvision.transforms.v2.functional import equalize  # imported on use: ~3 s
+
     h, w = x.shape[-2:]
     xf = x.float()
     cond = lambda *names: _is(op, *names)[:, None, None, None]  # noqa: E731
@@ -228,8 +270,14 @@ def trivial_augment(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> tor
     return out.to(torch.uint8)
 
 
-def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 0.33),
-                   ratio=(0.3, 3.3), attempts: int = 10) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor,
+    p: float,
+    g: torch.Generator,
+    scale=(0.02, 0.33),
+    ratio=(0.3, 3.3),
+    attempts: int = 10,
+) -> torch.Tensor:
     """torchvision's RandomErasing (value 0) per image, as one masked fill over the batch.
 
     With probability ``p`` an image gets a box of ``scale`` of its area and aspect ratio
@@ -239,8 +287,11 @@ def random_erasing(x: torch.Tensor, p: float, g: torch.Generator, scale=(0.02, 0
     dev = g.device
     erase = torch.rand(b, generator=g, device=dev) < p
     area = h * w * torch.empty(b, attempts, device=dev).uniform_(*scale, generator=g)
-    aspect = torch.empty(b, attempts, device=dev).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=g).exp()
+    aspect = (
+        torch.empty(b, attempts, device=dev)
+        .uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+        .exp()
+    )
     bh, bw = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
     fits = (bh < h) & (bw < w)
     first = fits.int().argmax(1, keepdim=True)  # first attempt that fits
@@ -269,8 +320,9 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     return x
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp / CutMix (torchvision's, one of them per batch) when enabled.
 
     Args:
@@ -279,6 +331,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig
         images and (B, classes) soft targets, so every batch has the same target type.
     """
     from torchvision.transforms import v2
+
     ops = []
     if cfg.mixup > 0:
         ops.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))

@@ -19,12 +19,22 @@ RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
 # pre-training keys that change how many steps an equal-steps baseline must match
 STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
 # ... and what else changes the restorer's FLOPs per image, for an equal-FLOPs baseline
-FLOP_KEYS = (*STEP_KEYS, "pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
-             *RESTORER_KEYS)
+FLOP_KEYS = (
+    *STEP_KEYS,
+    "pretrain.mask_ratio",
+    "pretrain.mask_patch",
+    "pretrain.fast",
+    *RESTORER_KEYS,
+)
 # FLOP keys that matter only on the visible-token fast path: on the full-token path the encoder
 # sees every token however many are masked, and a linear head stands in for the decoder
-FAST_PATH_KEYS = ("pretrain.mask_ratio", "pretrain.mask_patch", "pretrain.fast",
-                  "model.decoder_dim", "model.decoder_depth")
+FAST_PATH_KEYS = (
+    "pretrain.mask_ratio",
+    "pretrain.mask_patch",
+    "pretrain.fast",
+    "model.decoder_dim",
+    "model.decoder_depth",
+)
 # the tuned scratch recipe (config section ``scratch``) shapes only a baseline with ``tuned``
 TUNED_PREFIX = "scratch."
 
@@ -50,21 +60,47 @@ class Baseline:
     probe: bool = False
 
 
-BASELINES: dict[str, Baseline] = {b.name: b for b in (
-    Baseline("scratch", "scratch", "scratch, same recipe (equal fine-tune epochs{labels})",
-             "scratch, same recipe (equal fine-tune epochs)", "Δ scratch same recipe",
-             default=True, probe=True),
-    Baseline("scratch_tuned", "scratch_tuned", "scratch, tuned recipe ({epochs} epochs{labels})",
-             "scratch, tuned recipe", "Δ scratch tuned", tuned=True),
-    Baseline("scratch_equal_compute", "scratch_long",
-             "scratch, same recipe (equal steps: {epochs} epochs{labels})",
-             "scratch (equal total steps)", "Δ scratch equal-compute", equal="steps",
-             shares=STEP_KEYS, default=True),
-    Baseline("scratch_equal_flops", "scratch_flops",
-             "scratch, same recipe (equal flops: {epochs} epochs{labels})",
-             "scratch (equal training FLOPs)", "Δ scratch equal-FLOPs", equal="flops",
-             shares=FLOP_KEYS),
-)}
+BASELINES: dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline(
+            "scratch",
+            "scratch",
+            "scratch, same recipe (equal fine-tune epochs{labels})",
+            "scratch, same recipe (equal fine-tune epochs)",
+            "Δ scratch same recipe",
+            default=True,
+            probe=True,
+        ),
+        Baseline(
+            "scratch_tuned",
+            "scratch_tuned",
+            "scratch, tuned recipe ({epochs} epochs{labels})",
+            "scratch, tuned recipe",
+            "Δ scratch tuned",
+            tuned=True,
+        ),
+        Baseline(
+            "scratch_equal_compute",
+            "scratch_long",
+            "scratch, same recipe (equal steps: {epochs} epochs{labels})",
+            "scratch (equal total steps)",
+            "Δ scratch equal-compute",
+            equal="steps",
+            shares=STEP_KEYS,
+            default=True,
+        ),
+        Baseline(
+            "scratch_equal_flops",
+            "scratch_flops",
+            "scratch, same recipe (equal flops: {epochs} epochs{labels})",
+            "scratch (equal training FLOPs)",
+            "Δ scratch equal-FLOPs",
+            equal="flops",
+            shares=FLOP_KEYS,
+        ),
+    )
+}
 DEFAULT_BASELINES = tuple(name for name, b in BASELINES.items() if b.default)
 
 
@@ -90,9 +126,16 @@ def baseline_axes(kind: str, axes: dict, cfg: Config) -> dict:
     full_path = b.equal == "flops" and not uses_fast_path(cfg.model, cfg.pretrain)
     if full_path:
         shared = tuple(k for k in shared if k not in FAST_PATH_KEYS)
-    out = {k: v for k, v in axes.items() if k in shared or (
-        k not in RESTORER_KEYS and not k.startswith("pretrain.")
-        and (b.tuned or not k.startswith(TUNED_PREFIX)))}
+    out = {
+        k: v
+        for k, v in axes.items()
+        if k in shared
+        or (
+            k not in RESTORER_KEYS
+            and not k.startswith("pretrain.")
+            and (b.tuned or not k.startswith(TUNED_PREFIX))
+        )
+    }
     if full_path and cfg.model.arch == "vit":
         # the baseline counts the full path's FLOPs even where its own mask cell (the grid's
         # base config) would take the fast path

@@ -42,8 +42,9 @@ def atomic_write(path: Path, write) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
-                        "if any, is kept") from None
+        raise CheckpointError(
+            f"{path}: cannot write ({e.strerror or e}); the previous version, if any, is kept"
+        ) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)  # gone already after a successful rename
@@ -76,24 +77,27 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None
     return digest
 
 
-def load_weights(path: str | Path, expected_sha256: str | None = None
-                 ) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a safetensors file; refuse pickles (they can run code), unreadable files and, given
     ``expected_sha256`` (recorded when it was written), a file whose checksum differs."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: weights file not found")
     if p.suffix in PICKLE_SUFFIXES or _looks_like_pickle(p):
-        raise CheckpointError(f"{p}: refusing a pickle-based file (loading it could execute code); "
-                        f"vitmim reads only .safetensors weights")
+        raise CheckpointError(
+            f"{p}: refusing a pickle-based file (loading it could execute code); "
+            f"vitmim reads only .safetensors weights"
+        )
     try:
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
     # a readable file can still be damaged (a flipped byte in a tensor) or replaced
     if expected_sha256 is not None and sha256(p) != expected_sha256:
-        raise CheckpointError(f"{p}: sha256 differs from the one recorded in "
-                        f"{p.with_suffix('.json').name}; the file is corrupted or was replaced")
+        raise CheckpointError(
+            f"{p}: sha256 differs from the one recorded in "
+            f"{p.with_suffix('.json').name}; the file is corrupted or was replaced"
+        )
     return tensors
 
 
@@ -135,8 +139,9 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], state: dict
-                    ) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, tensors: dict[str, torch.Tensor], state: dict
+) -> Path:
     """Weights first, then the JSON that vouches for them; prune old checkpoints after."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     path = ckpt_dir / f"step_{step:08d}.safetensors"
@@ -166,9 +171,12 @@ def latest_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | N
             ok = False
         if ok:
             return load_weights(weights), meta
-        warnings.warn(f"{weights}: checkpoint corrupted or incomplete, using an older one",
-                      stacklevel=2)
+        warnings.warn(
+            f"{weights}: checkpoint corrupted or incomplete, using an older one", stacklevel=2
+        )
     if any(ckpt_dir.glob("step_*.json")):  # none left to fall back to: never start afresh
-        raise CheckpointError(f"{ckpt_dir}: every checkpoint is corrupted or incomplete (none "
-                              f"matches its recorded sha256); remove the folder to start afresh")
+        raise CheckpointError(
+            f"{ckpt_dir}: every checkpoint is corrupted or incomplete (none "
+            f"matches its recorded sha256); remove the folder to start afresh"
+        )
     return None

@@ -166,8 +166,10 @@ class Range:
         if self.text:
             return self.text
         if self.lo is not None and self.hi is not None:
-            return (f"a number in {'(' if self.lo_open else '['}{self.lo:g}, "
-                    f"{self.hi:g}{')' if self.hi_open else ']'}")
+            return (
+                f"a number in {'(' if self.lo_open else '['}{self.lo:g}, "
+                f"{self.hi:g}{')' if self.hi_open else ']'}"
+            )
         if self.lo is not None:
             return f"a number {'>' if self.lo_open else '>='} {self.lo:g}"
         if self.hi is not None:
@@ -183,7 +185,8 @@ class Range:
             return self.pattern is None or re.fullmatch(self.pattern, value) is not None
         if isinstance(value, list):
             if (self.nonempty and not value) or (
-                    self.distinct and len(set(map(repr, value))) < len(value)):
+                self.distinct and len(set(map(repr, value))) < len(value)
+            ):
                 return False
             return all(self.accepts(v) for v in value)
         return True
@@ -214,9 +217,13 @@ PATH = Range(pattern=r"[^\x00]+", text="a non-empty path (or null)")
 RANGES: dict[str, Range] = {
     "DataConfig.source": ANY,
     "DataConfig.path": PATH,
-    "DataConfig.classes": Range(lo=1, pattern=r"[^\x00]+", nonempty=True, distinct=True,
-                                text="a count >= 1, a non-empty list of distinct class ids, "
-                                     "null (all classes) or auto"),
+    "DataConfig.classes": Range(
+        lo=1,
+        pattern=r"[^\x00]+",
+        nonempty=True,
+        distinct=True,
+        text="a count >= 1, a non-empty list of distinct class ids, null (all classes) or auto",
+    ),
     "DataConfig.class_seed": SEED,
     "DataConfig.label_fraction": Range(0, 1, lo_open=True),
     "DataConfig.val_fraction": Range(0, 1, hi_open=True),
@@ -237,9 +244,9 @@ RANGES: dict[str, Range] = {
     "ModelConfig.global_pool": ANY,
     "ModelConfig.decoder_dim": SIZE,
     "ModelConfig.decoder_depth": Range(0, 1024, text="an integer in [0, 1024]"),  # 0: linear
-    "ModelConfig.unet_channels": Range(1, 16384, nonempty=True,
-                                       text="a non-empty list of positive channel counts "
-                                            "(at most 16384)"),
+    "ModelConfig.unet_channels": Range(
+        1, 16384, nonempty=True, text="a non-empty list of positive channel counts (at most 16384)"
+    ),
     "ModelConfig.skips": ANY,
     "AugmentConfig.crop_pad": Range(lo=0, text="an integer >= 0"),
     "AugmentConfig.flip": ANY,
@@ -266,8 +273,9 @@ RANGES: dict[str, Range] = {
     "PretrainConfig.norm_pix": ANY,
     "FinetuneConfig.label_smoothing": FRACTION_OPEN,
     "FinetuneConfig.layer_decay": Range(0, 1, lo_open=True),
-    "Config.device": Range(pattern=r"auto|cpu|cuda|cuda:[0-9]+|mps",
-                           text="auto, cpu, cuda, cuda:N or mps"),
+    "Config.device": Range(
+        pattern=r"auto|cpu|cuda|cuda:[0-9]+|mps", text="auto, cpu, cuda, cuda:N or mps"
+    ),
     "Config.amp": ANY,
     "Config.compile": ANY,
     "Config.checkpoint_every": Range(lo=0, text="an integer >= 0 (0 = once per epoch)"),
@@ -320,7 +328,7 @@ def _show(value: Any, limit: int = 60) -> str:
 
 
 def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -389,30 +397,36 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if origin is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
-    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
-            str: "a string"}.get(tp, str(tp))
+    return {
+        type(None): "null",
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+    }.get(tp, str(tp))
 
 
 def _build(cls: type, values: dict, prefix: str) -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, refusing unknown keys."""
     if not isinstance(values, dict):
-        raise ConfigError(f"config key {prefix or '<root>'}: expected a mapping, "
-                        f"got {_show(values)}")
+        raise ConfigError(
+            f"config key {prefix or '<root>'}: expected a mapping, got {_show(values)}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
             where = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(f"unknown config key {_clip(str(where))} "
-                            f"(known: {', '.join(sorted(names))})")
+            raise ConfigError(
+                f"unknown config key {_clip(str(where))} (known: {', '.join(sorted(names))})"
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             section = values.get(f.name, {})
-            kwargs[f.name] = _build(typing.cast(type, tp), {} if section is None else section,
-                                    key)
+            kwargs[f.name] = _build(typing.cast(type, tp), {} if section is None else section, key)
         elif f.name in values:
             kwargs[f.name] = _check(values[f.name], tp, key)
     return cls(**kwargs)
@@ -442,8 +456,10 @@ def _read_text(path: str | Path, what: str) -> str:
     try:
         return p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
-                        f"offset {e.start}; a binary file?)") from None
+        raise ConfigError(
+            f"{p}: {what} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+            f"offset {e.start}; a binary file?)"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the {what} ({e.strerror})") from None
 
@@ -465,8 +481,10 @@ def load_yaml(text: str):
         value = stack.pop()
         seen += 1
         if seen > MAX_YAML_VALUES:
-            raise YAMLTooLarge(f"expands to more than {MAX_YAML_VALUES:,} values through its "
-                               f"aliases (&/*); a config is far smaller")
+            raise YAMLTooLarge(
+                f"expands to more than {MAX_YAML_VALUES:,} values through its "
+                f"aliases (&/*); a config is far smaller"
+            )
         if isinstance(value, dict):
             stack.extend(value)
             stack.extend(value.values())
@@ -492,12 +510,17 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     return data
 
 
-JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
-              float: "a number", bool: "true/false"}
+JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+}
 
 
-def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None = None
-                      ) -> dict:
+def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None = None) -> dict:
     """A JSON file whose top level is a mapping holding ``keys`` (name -> type), or a
     one-line UserError naming the file: truncated, not JSON, wrong types, a folder."""
     p = Path(path)
@@ -505,16 +528,18 @@ def read_json_mapping(path: str | Path, what: str, keys: dict[str, type] | None 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated "
-                        f"{what}?)") from None
+        raise ConfigError(
+            f"{p}: not valid JSON ({e.msg} at line {e.lineno}; a truncated {what}?)"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{p}: {what} nests too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: {what}: expected a JSON object, got {_show(data)}")
     for name, tp in (keys or {}).items():
         if not isinstance(data.get(name), tp) or (tp is int and isinstance(data[name], bool)):
-            raise ConfigError(f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, "
-                            f"got {_show(data.get(name))}")
+            raise ConfigError(
+                f"{p}: {what}: key {name}: expected {JSON_TYPES[tp]}, got {_show(data.get(name))}"
+            )
     return data
 
 
@@ -533,8 +558,10 @@ def read_jsonl(path: str | Path, what: str = "metrics log") -> list[dict]:
         except (json.JSONDecodeError, RecursionError):
             record = None
         if not isinstance(record, dict):
-            raise ConfigError(f"{p}:{i}: {what}: expected one JSON object per line, got "
-                            f"{_clip(line.strip(), 40)!r}")
+            raise ConfigError(
+                f"{p}:{i}: {what}: expected one JSON object per line, got "
+                f"{_clip(line.strip(), 40)!r}"
+            )
         records.append(record)
     return records
 
@@ -556,10 +583,14 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
     if base is None:
         return data
     bases = [base] if isinstance(base, str) else base
-    if not (isinstance(bases, list) and bases
-            and all(isinstance(b, str) and b and "\x00" not in b for b in bases)):
-        raise ConfigError(f"{p}: key base: expected a file name or a list of them, "
-                        f"got {_show(base)}")
+    if not (
+        isinstance(bases, list)
+        and bases
+        and all(isinstance(b, str) and b and "\x00" not in b for b in bases)
+    ):
+        raise ConfigError(
+            f"{p}: key base: expected a file name or a list of them, got {_show(base)}"
+        )
     merged: dict = {}
     for b in bases:
         merged = _merge(merged, _read_yaml(p.parent / b, (*chain, here)))
@@ -573,8 +604,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     if not all(keys):
-        raise ConfigError(f"--set {_clip(text)}: expected a dotted key, e.g. "
-                        f"pretrain.mask_ratio=0.4")
+        raise ConfigError(
+            f"--set {_clip(text)}: expected a dotted key, e.g. pretrain.mask_ratio=0.4"
+        )
     try:
         value = load_yaml(raw) if raw.strip() else None
     except YAMLTooLarge as e:
@@ -594,8 +626,9 @@ def overrides_to_dict(overrides: list[str]) -> dict:
     return out
 
 
-def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
-                base: dict | None = None) -> Config:
+def load_config(
+    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), base: dict | None = None
+) -> Config:
     """Defaults <- ``base`` <- each YAML file in order <- dotted overrides; then validated."""
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {_show(base)}")
@@ -617,22 +650,26 @@ def explicit_values(files: Sequence[str | Path] = (), overrides: Sequence[str] =
 DECODER_KEYS = frozenset({"decoder_dim", "decoder_depth"})
 
 
-def load_config_for_init(files: Sequence[str | Path], overrides: Sequence[str], run_model: dict,
-                         origin: str) -> Config:
+def load_config_for_init(
+    files: Sequence[str | Path], overrides: Sequence[str], run_model: dict, origin: str
+) -> Config:
     """The config of a fine-tune from a trained run: the model section (architecture, image and
     patch size, stem) comes from the run, as timm's ``pretrained_cfg`` does, under the files
     and overrides. A backbone key they set to another value than the run's is refused, naming
     both values (a ``CheckpointError``: the weights would not fit)."""
     from vitmim.errors import CheckpointError
+
     run = _build(ModelConfig, run_model, "model")
     cfg = load_config(files, overrides, base={"model": to_dict(run)})
     explicit = explicit_values(files, overrides).get("model") or {}
     for key in explicit if isinstance(explicit, dict) else ():
         ours, theirs = getattr(cfg.model, key, None), getattr(run, key, None)
         if key not in DECODER_KEYS and ours != theirs:
-            raise CheckpointError(f"--init {origin}: was trained with model.{key}={_show(theirs)}, "
-                                  f"the config sets model.{key}={_show(ours)}; drop that setting "
-                                  f"(the model is built from the run) or fine-tune without --init")
+            raise CheckpointError(
+                f"--init {origin}: was trained with model.{key}={_show(theirs)}, "
+                f"the config sets model.{key}={_show(ours)}; drop that setting "
+                f"(the model is built from the run) or fine-tune without --init"
+            )
     return cfg
 
 
@@ -649,19 +686,22 @@ def validate(cfg: Config) -> None:
             value = getattr(value, part)
         _check(value, tp, key)
         if rule is not None and not rule.accepts(value):
-            raise ConfigError(f"config key {key}: expected {rule.describe()}, "
-                            f"got {_show(value)}")
+            raise ConfigError(f"config key {key}: expected {rule.describe()}, got {_show(value)}")
     _check_model(cfg.model)
     _check_masking(cfg.model.img_size, cfg.pretrain)
     for name in ("pretrain", "finetune"):
         st: StageConfig = getattr(cfg, name)
         if st.min_lr > st.lr:
-            raise ConfigError(f"config key {name}.min_lr: {st.min_lr:g} is above {name}.lr "
-                            f"{st.lr:g}; expected a floor at or below the peak")
+            raise ConfigError(
+                f"config key {name}.min_lr: {st.min_lr:g} is above {name}.lr "
+                f"{st.lr:g}; expected a floor at or below the peak"
+            )
         if st.augment.crop_pad >= cfg.model.img_size:
-            raise ConfigError(f"config key {name}.augment.crop_pad: {st.augment.crop_pad} px; "
-                            f"expected less than model.img_size {cfg.model.img_size} "
-                            f"(reflect padding)")
+            raise ConfigError(
+                f"config key {name}.augment.crop_pad: {st.augment.crop_pad} px; "
+                f"expected less than model.img_size {cfg.model.img_size} "
+                f"(reflect padding)"
+            )
     _validate_subset(cfg.data)
     if cfg.scratch:  # kept as the recipe applies them (YAML 1.1 reads 2e-3 as text)
         tuned = flatten(to_dict(tuned_scratch(cfg)))
@@ -670,14 +710,18 @@ def validate(cfg: Config) -> None:
 
 def _validate_subset(d: DataConfig) -> None:
     if d.class_subset < 0:
-        raise ConfigError(f"config key data.class_subset: expected 0 (the first data.classes) or a "
-                        f"block number >= 1, got {d.class_subset}")
+        raise ConfigError(
+            f"config key data.class_subset: expected 0 (the first data.classes) or a "
+            f"block number >= 1, got {d.class_subset}"
+        )
     if d.class_subset and not isinstance(d.classes, int) and d.classes != "auto":
-        raise ConfigError(f"config key data.class_subset: needs a class count in data.classes, "
-                        f"got {d.classes!r}")
+        raise ConfigError(
+            f"config key data.class_subset: needs a class count in data.classes, got {d.classes!r}"
+        )
     if d.class_subset and d.class_seed is not None:
-        raise ConfigError("config key data.class_subset: set either it or data.class_seed, "
-                        "not both")
+        raise ConfigError(
+            "config key data.class_subset: set either it or data.class_seed, not both"
+        )
 
 
 # model keys a scratch recipe may set: they shape only a classifier trained from random weights
@@ -696,16 +740,20 @@ def tuned_scratch(cfg: Config) -> Config:
     naming ``scratch.<key>``.
     """
     for key in cfg.scratch:
-        if not (key.startswith("finetune.") or key in SCRATCH_MODEL_KEYS) \
-                or key == "finetune.seed":
-            raise ConfigError(f"config key scratch.{key}: expected a finetune.* key other than "
-                              f"finetune.seed, or one of {', '.join(SCRATCH_MODEL_KEYS)} (the "
-                              f"section overrides the fine-tune recipe)")
-    values = set_keys(to_dict(cfg.finetune), {k.split(".", 1)[1]: v
-                                               for k, v in cfg.scratch.items()
-                                               if k.startswith("finetune.")})
-    model = set_keys(to_dict(cfg.model), {k.split(".", 1)[1]: v for k, v in cfg.scratch.items()
-                                          if k in SCRATCH_MODEL_KEYS})
+        if not (key.startswith("finetune.") or key in SCRATCH_MODEL_KEYS) or key == "finetune.seed":
+            raise ConfigError(
+                f"config key scratch.{key}: expected a finetune.* key other than "
+                f"finetune.seed, or one of {', '.join(SCRATCH_MODEL_KEYS)} (the "
+                f"section overrides the fine-tune recipe)"
+            )
+    values = set_keys(
+        to_dict(cfg.finetune),
+        {k.split(".", 1)[1]: v for k, v in cfg.scratch.items() if k.startswith("finetune.")},
+    )
+    model = set_keys(
+        to_dict(cfg.model),
+        {k.split(".", 1)[1]: v for k, v in cfg.scratch.items() if k in SCRATCH_MODEL_KEYS},
+    )
     out = copy.deepcopy(cfg)
     out.finetune = _build(FinetuneConfig, values, "scratch.finetune")
     out.model = _build(ModelConfig, model, "scratch.model")
@@ -720,43 +768,66 @@ def tuned_scratch(cfg: Config) -> Config:
 
 def _check_model(m: ModelConfig) -> None:
     """Shapes the model code needs: token grids, head splits, sine-cosine position widths."""
+
     def refuse(key: str, text: str) -> None:
         raise ConfigError(f"config key model.{key}: {text}")
+
     if m.img_size % m.patch_size:
         refuse("patch_size", f"{m.patch_size} does not divide model.img_size {m.img_size}")
     if m.embed_dim % 4:
         refuse("embed_dim", f"{m.embed_dim}; expected a multiple of 4 (sine-cosine positions)")
     if int(m.embed_dim * m.mlp_ratio) < 1:
-        refuse("mlp_ratio", f"{m.mlp_ratio:g} gives MLPs of {int(m.embed_dim * m.mlp_ratio)} "
-                            f"units at model.embed_dim {m.embed_dim}; expected at least 1")
+        refuse(
+            "mlp_ratio",
+            f"{m.mlp_ratio:g} gives MLPs of {int(m.embed_dim * m.mlp_ratio)} "
+            f"units at model.embed_dim {m.embed_dim}; expected at least 1",
+        )
     if m.embed_dim % m.num_heads:
         refuse("num_heads", f"{m.num_heads} does not divide model.embed_dim {m.embed_dim}")
     heads = max(1, m.decoder_dim // 32)  # the fast-path decoder's 32-wide heads
     if m.decoder_dim % 4 or m.decoder_dim % heads:
-        refuse("decoder_dim", f"{m.decoder_dim}; expected a multiple of 4 that splits into "
-                              f"{heads} equal heads (e.g. 32, 64, 128)")
-    if m.conv_stem and m.arch == "vit" and (m.patch_size & (m.patch_size - 1)
-                                             or m.embed_dim < m.patch_size):
-        refuse("patch_size", f"{m.patch_size} with model.conv_stem; expected a power of two "
-                             f"no larger than model.embed_dim {m.embed_dim}")
+        refuse(
+            "decoder_dim",
+            f"{m.decoder_dim}; expected a multiple of 4 that splits into "
+            f"{heads} equal heads (e.g. 32, 64, 128)",
+        )
+    if (
+        m.conv_stem
+        and m.arch == "vit"
+        and (m.patch_size & (m.patch_size - 1) or m.embed_dim < m.patch_size)
+    ):
+        refuse(
+            "patch_size",
+            f"{m.patch_size} with model.conv_stem; expected a power of two "
+            f"no larger than model.embed_dim {m.embed_dim}",
+        )
     if m.arch == "unet-vit" and (m.global_pool, m.pos_embed) != ("avg", "sincos"):
-        refuse("global_pool" if m.global_pool != "avg" else "pos_embed",
-               "only model.arch=vit has a class token or random position init; keep the "
-               "defaults (avg, sincos) with unet-vit")
+        refuse(
+            "global_pool" if m.global_pool != "avg" else "pos_embed",
+            "only model.arch=vit has a class token or random position init; keep the "
+            "defaults (avg, sincos) with unet-vit",
+        )
     if m.arch == "unet-vit" and m.img_size % (2 ** len(m.unet_channels)):
-        refuse("unet_channels", f"{m.unet_channels} halves the image {len(m.unet_channels)} "
-                                f"times; 2^len must divide model.img_size {m.img_size}")
+        refuse(
+            "unet_channels",
+            f"{m.unet_channels} halves the image {len(m.unet_channels)} "
+            f"times; 2^len must divide model.img_size {m.img_size}",
+        )
 
 
 def _check_masking(img_size: int, p: PretrainConfig) -> None:
     if img_size % p.mask_patch:
-        raise ConfigError(f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
-                        f"the {img_size} px image")
+        raise ConfigError(
+            f"config key pretrain.mask_patch: {p.mask_patch} px cells must divide "
+            f"the {img_size} px image"
+        )
     cells = (img_size // p.mask_patch) ** 2
     k = round(p.mask_ratio * cells)
     if not 0 < k < cells:
-        raise ConfigError(f"config key pretrain.mask_ratio: {p.mask_ratio:g} of {cells} cells "
-                        f"masks {k}; expected at least one masked and one visible cell")
+        raise ConfigError(
+            f"config key pretrain.mask_ratio: {p.mask_ratio:g} of {cells} cells "
+            f"masks {k}; expected at least one masked and one visible cell"
+        )
 
 
 def to_dict(cfg: Any) -> dict:

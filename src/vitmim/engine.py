@@ -171,8 +171,9 @@ class EMA:
             torch._foreach_copy_(*self._others)
 
 
-def make_optimizer(model: nn.Module, st: StageConfig, device: torch.device
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, st: StageConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`: the fused kernel on a GPU, multi-tensor ops elsewhere."""
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(param_groups(model, st), lr=st.lr, betas=(0.9, 0.95), **fast)
@@ -200,18 +201,32 @@ class Trainer:
         progress: a progress bar and one line per epoch.
     """
 
-    def __init__(self, task: Task, model: nn.Module, st: StageConfig, *, run_dir: Path,
-                 env: Env, stage: str, checkpoint_every: int = 0, compile: bool = False,
-                 progress: bool = True):
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        st: StageConfig,
+        *,
+        run_dir: Path,
+        env: Env,
+        stage: str,
+        checkpoint_every: int = 0,
+        compile: bool = False,
+        progress: bool = True,
+    ):
         self.task, self.model, self.st, self.env = task, model.to(env.device), st, env
         self.run_dir, self.stage, self.progress = Path(run_dir), stage, progress
         self.spe = task.n_train // st.batch_size  # steps per epoch (last partial batch dropped)
         if self.spe == 0:
-            raise UserError(f"config key {stage}.batch_size: {st.batch_size} is larger than the "
-                            f"{task.n_train} training images")
+            raise UserError(
+                f"config key {stage}.batch_size: {st.batch_size} is larger than the "
+                f"{task.n_train} training images"
+            )
         if st.batch_size % env.world:  # equal shares keep the averaged gradient exact
-            raise UserError(f"config key {stage}.batch_size: {st.batch_size} does not split "
-                            f"evenly over {env.world} processes")
+            raise UserError(
+                f"config key {stage}.batch_size: {st.batch_size} does not split "
+                f"evenly over {env.world} processes"
+            )
         self.total = self.spe * st.epochs
         self.warmup = int(st.warmup_epochs * self.spe)
         self.checkpoint_every = checkpoint_every
@@ -238,8 +253,10 @@ class Trainer:
         # CUDA graphs cannot hold DDP's gradient all-reduce, which runs inside the backward
         graphs = self.env.device.type == "cuda" and self.env.world == 1
         mode = "reduce-overhead" if graphs else None
-        return CompiledStep(torch.compile(self.task.make_batch),
-                            torch.compile(self.eager_forward_backward, mode=mode))
+        return CompiledStep(
+            torch.compile(self.task.make_batch),
+            torch.compile(self.eager_forward_backward, mode=mode),
+        )
 
     # -- state ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -251,9 +268,14 @@ class Trainer:
         if self.ema:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state.items()})
         opt_tensors, opt_meta = flatten_optimizer(self.opt)
-        meta = {"stage": self.stage, "step": self.step, "epoch": self.step / self.spe,
-                "lr_factor": self.lr_factor, "loss_sum": self.loss_sum.item(),
-                "optimizer": opt_meta}
+        meta = {
+            "stage": self.stage,
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "lr_factor": self.lr_factor,
+            "loss_sum": self.loss_sum.item(),
+            "optimizer": opt_meta,
+        }
         save_checkpoint(self.run_dir, self.step, {**tensors, **opt_tensors}, meta)
 
     def restore(self) -> bool:
@@ -268,11 +290,14 @@ class Trainer:
         try:
             self.model.load_state_dict(model_sd)
         except RuntimeError as e:
-            raise UserError(f"{self.run_dir}: checkpoint does not fit this model "
-                            f"({str(e).splitlines()[1].strip()})") from None
+            raise UserError(
+                f"{self.run_dir}: checkpoint does not fit this model "
+                f"({str(e).splitlines()[1].strip()})"
+            ) from None
         if self.ema:
-            self.ema.load({k[4:]: v.to(self.env.device) for k, v in tensors.items()
-                           if k.startswith("ema.")})
+            self.ema.load(
+                {k[4:]: v.to(self.env.device) for k, v in tensors.items() if k.startswith("ema.")}
+            )
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.step, self.lr_factor = meta["step"], meta.get("lr_factor", 1.0)
         self.loss_sum = torch.tensor(meta.get("loss_sum", 0.0), device=self.env.device)
@@ -307,17 +332,23 @@ class Trainer:
         loss or weight."""
         st, env = self.st, self.env
         end = (epoch + 1) * self.spe
-        order = torch.randperm(self.task.n_train, generator=torch.Generator().manual_seed(
-            derive_seed(st.seed, 1, epoch))).to(env.device)  # one copy per epoch
+        order = torch.randperm(
+            self.task.n_train,
+            generator=torch.Generator().manual_seed(derive_seed(st.seed, 1, epoch)),
+        ).to(env.device)  # one copy per epoch
         if self.step % self.spe == 0:  # else resumed mid-epoch: loss_sum came with the state
             self.loss_sum = torch.zeros((), device=env.device)
-        with tqdm(total=self.spe, initial=self.step % self.spe, leave=False,
-                  desc=f"{self.stage} {epoch + 1}/{st.epochs}",
-                  disable=not (self.progress and env.main)) as bar:  # cleared on errors too
+        with tqdm(
+            total=self.spe,
+            initial=self.step % self.spe,
+            leave=False,
+            desc=f"{self.stage} {epoch + 1}/{st.epochs}",
+            disable=not (self.progress and env.main),
+        ) as bar:  # cleared on errors too
             self.net.train()
             while self.step < end:
                 i = self.step % self.spe
-                loss = self.train_step(order[i * st.batch_size:(i + 1) * st.batch_size])
+                loss = self.train_step(order[i * st.batch_size : (i + 1) * st.batch_size])
                 self.loss_sum += loss.detach()
                 self.step += 1
                 bar.update()
@@ -345,8 +376,11 @@ class Trainer:
         try:
             loss = self.step_once(idx)
         except Exception as e:  # torch.compile compiles on the first call and fails there
-            print(f"{self.stage}: torch.compile failed ({one_line(e)}); training without "
-                  f"compile", file=sys.stderr, flush=True)
+            print(
+                f"{self.stage}: torch.compile failed ({one_line(e)}); training without compile",
+                file=sys.stderr,
+                flush=True,
+            )
             self.compiled = None
             loss = self.step_once(idx)  # redone from the same seeds: nothing was stepped
         self.compiling = False
@@ -360,7 +394,7 @@ class Trainer:
         torch.manual_seed(derive_seed(st.seed, 3, self.step))  # dropout, drop-path, mixup
         batch = self.make_batch(idx.to(env.device), g)
         if env.world > 1:  # every process builds the global batch, then takes its share
-            batch = tuple(t[env.rank::env.world] for t in batch)
+            batch = tuple(t[env.rank :: env.world] for t in batch)
         lr = lr_at(self.step, self.total, self.warmup, st) * self.lr_factor
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -410,23 +444,34 @@ class Trainer:
         factor = self.lr_factor * 0.5
         if self.st.nan_policy == "rollback" and factor >= 1e-3 and self.restore():
             self.lr_factor = min(factor, self.lr_factor)  # restore() brought back the saved one
-            print(f"{self.stage}: non-finite loss; rolled back to step {self.step} and "
-                  f"halved the learning rate (x{self.lr_factor:g})", flush=True)
+            print(
+                f"{self.stage}: non-finite loss; rolled back to step {self.step} and "
+                f"halved the learning rate (x{self.lr_factor:g})",
+                flush=True,
+            )
             return
-        raise UserError(f"{self.stage}: loss became non-finite at step {self.step}; the last good "
-                        f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (lower "
-                        f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)")
+        raise UserError(
+            f"{self.stage}: loss became non-finite at step {self.step}; the last good "
+            f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (lower "
+            f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)"
+        )
 
     def end_epoch(self, epoch: int, train_loss: float, t0: float, start: int) -> dict:
         dt = time.time() - t0
-        record = {"stage": self.stage, "epoch": epoch + 1, "step": self.step,
-                  "lr": lr_at(self.step - 1, self.total, self.warmup, self.st) * self.lr_factor,
-                  "train_loss": train_loss,
-                  "images_per_s": (self.step - start) * self.st.batch_size / max(dt, 1e-9)}
+        record = {
+            "stage": self.stage,
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": lr_at(self.step - 1, self.total, self.warmup, self.st) * self.lr_factor,
+            "train_loss": train_loss,
+            "images_per_s": (self.step - start) * self.st.batch_size / max(dt, 1e-9),
+        }
         if self.env.main:
             self.net.eval()
-            with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.env.amp):
+            with (
+                torch.no_grad(),
+                torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.env.amp),
+            ):
                 record.update(self.task.evaluate(self.eval_model(), epoch + 1))
             record["time_s"] = time.time() - t0
             append_metrics(self.run_dir, record)
@@ -447,8 +492,10 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
     if resume:
         trainer.restore()
     elif any((trainer.run_dir / "checkpoints").glob("step_*.json")):
-        raise UserError(f"{trainer.run_dir}: already holds a run; pass --resume to continue it "
-                        f"or choose another --out")
+        raise UserError(
+            f"{trainer.run_dir}: already holds a run; pass --resume to continue it "
+            f"or choose another --out"
+        )
     if on_start is not None:
         on_start()
     trainer.env.barrier()  # every process has looked before the main one writes step 0
@@ -461,6 +508,9 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
 
 def format_record(r: dict) -> str:
     skip = {"stage", "step"}
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in r.items() if k not in skip]
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in r.items()
+        if k not in skip
+    ]
     return f"[{r['stage']}] " + " ".join(parts)

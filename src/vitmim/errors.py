@@ -57,9 +57,11 @@ def input_error_line(e: BaseException) -> str | None:
         return fold_lines(f"a file is not UTF-8 text ({e.reason} at byte {e.start})")
     if isinstance(e, UnicodeEncodeError) and "surrogate" in e.reason:
         # a path from the file system whose bytes are not UTF-8 cannot be written as text
-        bad = e.object[max(0, e.start - 20):e.end + 20].encode("utf-8", "surrogateescape")
-        return fold_lines(f"a file or folder name is not valid UTF-8 (in "
-                          f"{bad.decode('utf-8', 'backslashreplace')!r}); rename it")
+        bad = e.object[max(0, e.start - 20) : e.end + 20].encode("utf-8", "surrogateescape")
+        return fold_lines(
+            f"a file or folder name is not valid UTF-8 (in "
+            f"{bad.decode('utf-8', 'backslashreplace')!r}); rename it"
+        )
     if isinstance(e, yaml.YAMLError):
         return fold_lines(f"not valid YAML ({str(e).splitlines()[0] if str(e) else e})")
     if isinstance(e, SafetensorError):

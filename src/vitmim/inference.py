@@ -58,8 +58,9 @@ class Preprocess:
         return f"Preprocess(img_size={self.img_size}, resize={self.resize!r})"
 
 
-def load_images(paths: Sequence[str | Path], img_size: int = 64,
-                resize: str = "crop") -> torch.Tensor:
+def load_images(
+    paths: Sequence[str | Path], img_size: int = 64, resize: str = "crop"
+) -> torch.Tensor:
     """(N, 3, img_size, img_size) uint8 RGB from image files (for predict / reconstruct).
 
     Decoded like the cache (every mode to RGB, EXIF orientation); an image of another size is
@@ -101,8 +102,9 @@ def load_classifier(run: str | Path) -> tuple[Classifier, Config, dict]:
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise CheckpointError(f"{run}: weights do not fit the model it describes "
-                              f"({str(e).splitlines()[1].strip()})") from None
+        raise CheckpointError(
+            f"{run}: weights do not fit the model it describes ({str(e).splitlines()[1].strip()})"
+        ) from None
     return model.eval(), cfg, meta
 
 
@@ -116,22 +118,27 @@ def load_restorer(run: str | Path, overrides: Sequence[str] = ()) -> tuple[torch
     changed = [k for k in old if old[k] != new[k]]
     if changed:
         key = changed[0]
-        raise ConfigError(f"--set model.{key}={new[key]!r}: {run} was trained with "
-                          f"model.{key}={old[key]!r}, and its weights fit only that; leave "
-                          f"model.* as trained (the masking, pretrain.*, may change)")
+        raise ConfigError(
+            f"--set model.{key}={new[key]!r}: {run} was trained with "
+            f"model.{key}={old[key]!r}, and its weights fit only that; leave "
+            f"model.* as trained (the masking, pretrain.*, may change)"
+        )
     model = build_restorer(cfg.model, cfg.pretrain)
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError:  # a tensor of another shape
         missing, unexpected = [], ["(another shape)"]
     if unexpected or [k for k in missing if not k.startswith("mask_token")]:
-        raise ConfigError(f"{run}: the overrides change the model; keep pretrain.mask_patch a "
-                          f"multiple of model.patch_size as it was trained")
+        raise ConfigError(
+            f"{run}: the overrides change the model; keep pretrain.mask_patch a "
+            f"multiple of model.patch_size as it was trained"
+        )
     return model.eval(), cfg
 
 
-def evaluate_run(run: str | Path, data: str | None = None, device: str = "auto"
-                 ) -> dict[str, float]:
+def evaluate_run(
+    run: str | Path, data: str | None = None, device: str = "auto"
+) -> dict[str, float]:
     dev = pick_device(device)
     model, cfg, meta = load_classifier(run)
     if data:
@@ -139,14 +146,17 @@ def evaluate_run(run: str | Path, data: str | None = None, device: str = "auto"
     cfg.data.classes = meta["classes"]  # the classes it was trained on, in its label order
     _, val = load_splits(cfg.data, cfg.model.img_size, labelled="evaluation")
     if val is None:
-        raise DataError(f"{cfg.data.path}: has no labelled validation split (add val/<class>/ "
-                        f"or set data.val_fraction above 0)")
+        raise DataError(
+            f"{cfg.data.path}: has no labelled validation split (add val/<class>/ "
+            f"or set data.val_fraction above 0)"
+        )
     return classification_metrics(model.to(dev), val, dev)
 
 
 @torch.no_grad()
-def predict(run: str | Path, images: list[str], topk: int = 5, device: str = "auto"
-            ) -> list[list[tuple[str, float]]]:
+def predict(
+    run: str | Path, images: list[str], topk: int = 5, device: str = "auto"
+) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image."""
     if topk < 1:
         raise ConfigError(f"--topk {topk}: expected an integer >= 1")
@@ -156,13 +166,21 @@ def predict(run: str | Path, images: list[str], topk: int = 5, device: str = "au
     probs = model.to(dev)(x.to(dev)).float().softmax(-1).cpu()
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     names = meta["class_names"]
-    return [[(names[j], p) for p, j in zip(ps.tolist(), js.tolist())]
-            for ps, js in zip(top.values, top.indices)]
+    return [
+        [(names[j], p) for p, j in zip(ps.tolist(), js.tolist())]
+        for ps, js in zip(top.values, top.indices)
+    ]
 
 
 @torch.no_grad()
-def reconstruct(run: str | Path, images: list[str], out: Path, overrides: Sequence[str] = (),
-                seed: int = 0, device: str = "auto") -> Path:
+def reconstruct(
+    run: str | Path,
+    images: list[str],
+    out: Path,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    device: str = "auto",
+) -> Path:
     """PNG grid of original | masked | restored for the given images."""
     outputs.check_file(out, inputs=[run, *images])
     dev = pick_device(device)
@@ -179,8 +197,9 @@ def reconstruct(run: str | Path, images: list[str], out: Path, overrides: Sequen
 FORMATS = ("file", "timm")
 
 
-def timm_weights(run: str | Path, encoder: bool = False
-                 ) -> tuple[dict[str, torch.Tensor], dict, Config, dict]:
+def timm_weights(
+    run: str | Path, encoder: bool = False
+) -> tuple[dict[str, torch.Tensor], dict, Config, dict]:
     """(timm state dict, timm constructor kwargs, the run's config, its JSON description).
 
     A classifier is exported whole; with ``encoder`` the head is left out and any run that holds
@@ -188,14 +207,17 @@ def timm_weights(run: str | Path, encoder: bool = False
     """
     if not encoder:
         model, cfg, meta = load_classifier(run)
-        return (to_timm_state(model, cfg.model), timm_kwargs(cfg.model, len(meta["classes"])),
-                cfg, meta)
+        return (
+            to_timm_state(model, cfg.model),
+            timm_kwargs(cfg.model, len(meta["classes"])),
+            cfg,
+            meta,
+        )
     tensors, meta, _ = read_model(run)
     cfg = load_config(base=meta["config"])
     model = build_classifier(cfg.model, 1)
     transfer(tensors, model, str(run))
-    state = {k: v for k, v in to_timm_state(model, cfg.model).items()
-             if not k.startswith("head.")}
+    state = {k: v for k, v in to_timm_state(model, cfg.model).items() if not k.startswith("head.")}
     return state, timm_kwargs(cfg.model, 0), cfg, meta
 
 
@@ -221,11 +243,22 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     if fmt == "file":
         outputs.check_folder(out.parent, [out.name, out.with_suffix(".json").name], [run])
         if out.suffix != ".safetensors":
-            raise ConfigError(f"{out}: export writes safetensors weights and a .json beside "
-                              f"them; name a .safetensors file")
-        checkpoint.save_weights(out, state, meta={
-            "timm_class": "timm.models.vision_transformer.VisionTransformer", "kwargs": kwargs,
-            "classes": classes, "class_names": names, "mean": list(MEAN), "std": list(STD)})
+            raise ConfigError(
+                f"{out}: export writes safetensors weights and a .json beside "
+                f"them; name a .safetensors file"
+            )
+        checkpoint.save_weights(
+            out,
+            state,
+            meta={
+                "timm_class": "timm.models.vision_transformer.VisionTransformer",
+                "kwargs": kwargs,
+                "classes": classes,
+                "class_names": names,
+                "mean": list(MEAN),
+                "std": list(STD),
+            },
+        )
         outputs.record(out)
         outputs.record(out.with_suffix(".json"))
         return out
@@ -237,12 +270,23 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
     resize = single_image_resize(cfg)
     checkpoint.save_weights(out / "model.safetensors", state)
     outputs.record(out / "model.safetensors")
-    outputs.write_text(out / "config.json", json.dumps(
-        timm_config(cfg.model, kwargs, classes, names, resize), indent=2) + "\n", [run], out)
-    data = {"path": Path(cfg.data.path or "").name or cfg.data.path, "resize": resize,
-            "images": training_images(run)}
-    outputs.write_text(out / "README.md", model_card(cfg.model, len(classes),
-                                                     meta.get("metrics") or {}, data), [run], out)
+    outputs.write_text(
+        out / "config.json",
+        json.dumps(timm_config(cfg.model, kwargs, classes, names, resize), indent=2) + "\n",
+        [run],
+        out,
+    )
+    data = {
+        "path": Path(cfg.data.path or "").name or cfg.data.path,
+        "resize": resize,
+        "images": training_images(run),
+    }
+    outputs.write_text(
+        out / "README.md",
+        model_card(cfg.model, len(classes), meta.get("metrics") or {}, data),
+        [run],
+        out,
+    )
     return out
 
 

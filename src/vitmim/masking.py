@@ -15,9 +15,13 @@ def num_masked(cells: int, mask_ratio: float) -> int:
     return int(round(mask_ratio * cells))
 
 
-def random_cell_mask(batch: int, grid: tuple[int, int], mask_ratio: float,
-                     generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def random_cell_mask(
+    batch: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Per-image uniform choice of exactly ``round(mask_ratio * cells)`` cells.
 
     Returns:
@@ -40,9 +44,14 @@ def cells_to_pixels(cells: torch.Tensor, mask_patch: int) -> torch.Tensor:
     return m.unsqueeze(1)
 
 
-def random_mask(batch: int, img_size: int, mask_patch: int, mask_ratio: float,
-                generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def random_mask(
+    batch: int,
+    img_size: int,
+    mask_patch: int,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Pixel mask for square images.
 
     Args:

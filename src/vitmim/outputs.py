@@ -39,10 +39,12 @@ def _run_or_stages(folder: Path) -> bool:
     ``finetune_lf0.1/``, ...) that holds a run: a ``vitmim run`` folder before its summary is
     written. A folder of runs of other names (``runs/pre``, ``runs/ft``) is the user's."""
     from vitmim.stages import RUN_DIRS  # stages trains through this module: imported on use
+
     names = set(RUN_DIRS.values())
     return _holds_runs(folder) or any(
         (folder / name).is_dir() and name.split("_lf")[0] in names and is_run(folder / name)
-        for name in _child_names(folder))
+        for name in _child_names(folder)
+    )
 
 
 def _child_names(folder: Path) -> list[str]:
@@ -86,13 +88,18 @@ def record(path: Path) -> None:
             entries = {k: v for k, v in json_object(ledger).items() if os.path.isfile(k)}
             checkpoint.write_json(ledger, {**entries, _key(path): digest})
     except (OSError, UserError) as e:
-        print(f"note: {ledger}: cannot record {path} ({e}); a later command will not replace "
-              f"it", file=sys.stderr)
+        print(
+            f"note: {ledger}: cannot record {path} ({e}); a later command will not replace it",
+            file=sys.stderr,
+        )
 
 
-def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
-               inside: str | Path | None = None,
-               ours: Callable[[Path], bool] | None = None) -> Path:
+def check_file(
+    path: str | Path,
+    inputs: Iterable[str | Path] = (),
+    inside: str | Path | None = None,
+    ours: Callable[[Path], bool] | None = None,
+) -> Path:
     """Refuse, before anything is written, an output file that breaks the rule; returns it.
 
     Args:
@@ -104,21 +111,31 @@ def check_file(path: str | Path, inputs: Iterable[str | Path] = (),
     """
     path = Path(path).expanduser()
     if inside is not None and not _within(path, Path(inside)):
-        raise UserError(f"{path}: lies outside {inside}, where this command writes; rename what "
-                        f"leads there (a cell or file name with '..' or a link)")
+        raise UserError(
+            f"{path}: lies outside {inside}, where this command writes; rename what "
+            f"leads there (a cell or file name with '..' or a link)"
+        )
     if path.is_dir():
         raise UserError(f"{path}: is a folder; --out names the file to write")
     _check_not_in_run(path)
     for src in inputs:
         src = Path(src).expanduser()
-        if src.exists() and (_within(path, src) if src.is_dir() else
-                             path.exists() and path.samefile(src)):
-            raise UserError(f"{path}: {'lies inside' if src.is_dir() else 'is'} the input "
-                            f"{src} of this command; choose an --out elsewhere")
-    if (path.exists() or path.is_symlink()) and not recorded(path) and not (
-            ours is not None and path.is_file() and ours(path)):
-        raise UserError(f"{path}: exists and was not written by vitmim (or was changed since); "
-                        f"delete it, or choose another --out")
+        if src.exists() and (
+            _within(path, src) if src.is_dir() else path.exists() and path.samefile(src)
+        ):
+            raise UserError(
+                f"{path}: {'lies inside' if src.is_dir() else 'is'} the input "
+                f"{src} of this command; choose an --out elsewhere"
+            )
+    if (
+        (path.exists() or path.is_symlink())
+        and not recorded(path)
+        and not (ours is not None and path.is_file() and ours(path))
+    ):
+        raise UserError(
+            f"{path}: exists and was not written by vitmim (or was changed since); "
+            f"delete it, or choose another --out"
+        )
     return path
 
 
@@ -128,12 +145,18 @@ def _check_not_in_run(path: Path) -> None:
             continue
         rel = Path(os.path.abspath(path)).relative_to(folder)
         if rel.parts[0] != REPORT:
-            raise UserError(f"{path}: would write into the run folder {folder}; choose an --out "
-                            f"outside it (a new folder, or a subfolder such as {folder}/report)")
+            raise UserError(
+                f"{path}: would write into the run folder {folder}; choose an --out "
+                f"outside it (a new folder, or a subfolder such as {folder}/report)"
+            )
 
 
-def write_file(path: str | Path, write: Callable[[Path], object],
-               inputs: Iterable[str | Path] = (), inside: str | Path | None = None) -> Path:
+def write_file(
+    path: str | Path,
+    write: Callable[[Path], object],
+    inputs: Iterable[str | Path] = (),
+    inside: str | Path | None = None,
+) -> Path:
     """Check ``path`` (:func:`check_file`), call ``write(tmp)`` and rename it into place
     atomically, then record it in the ledger; returns the path."""
     path = check_file(path, inputs, inside)
@@ -142,13 +165,15 @@ def write_file(path: str | Path, write: Callable[[Path], object],
     return path
 
 
-def write_text(path: str | Path, text: str, inputs: Iterable[str | Path] = (),
-               inside: str | Path | None = None) -> Path:
+def write_text(
+    path: str | Path, text: str, inputs: Iterable[str | Path] = (), inside: str | Path | None = None
+) -> Path:
     return write_file(path, lambda p: p.write_text(text, encoding="utf-8"), inputs, inside)
 
 
-def check_folder(folder: str | Path, names: Iterable[str], inputs: Iterable[str | Path] = ()
-                 ) -> None:
+def check_folder(
+    folder: str | Path, names: Iterable[str], inputs: Iterable[str | Path] = ()
+) -> None:
     """:func:`check_file` for every file a folder writer (report, export --format timm) is
     about to write, before the first is written: a refusal leaves no half-written folder."""
     folder = Path(folder).expanduser()
@@ -158,27 +183,35 @@ def check_folder(folder: str | Path, names: Iterable[str], inputs: Iterable[str 
         check_file(folder / name, inputs, inside=folder)
 
 
-def claim_run(folder: str | Path, stages: tuple[str, ...] = (),
-              inputs: Iterable[str | Path | None] = (), inside: str | Path | None = None
-              ) -> None:
+def claim_run(
+    folder: str | Path,
+    stages: tuple[str, ...] = (),
+    inputs: Iterable[str | Path | None] = (),
+    inside: str | Path | None = None,
+) -> None:
     """Refuse, before anything is written there, to train in a folder that holds files but no
     vitmim run (a run folder, or with ``stages`` a folder of stage folders), in a folder that
     is one of the run's inputs or lies inside one (the data it reads, the weights it starts
     from), or, given ``inside``, outside that folder (a grid cell stays in its grid)."""
     folder = Path(folder).expanduser()
     if inside is not None and not _within(folder, Path(inside)):
-        raise UserError(f"{folder}: lies outside {inside}, where this command writes; rename "
-                        f"what leads there (a cell name with '..' or a link)")
+        raise UserError(
+            f"{folder}: lies outside {inside}, where this command writes; rename "
+            f"what leads there (a cell name with '..' or a link)"
+        )
     for src in (p for p in inputs if p):  # an unset data path reads nothing here
         src = Path(src).expanduser()
         if src.is_dir() and _within(folder, src) or src.is_file() and _within(src, folder):
-            raise UserError(f"{folder}: {'lies inside' if src.is_dir() else 'holds'} {src}, an "
-                            f"input of this run; choose an --out outside it")
+            raise UserError(
+                f"{folder}: {'lies inside' if src.is_dir() else 'holds'} {src}, an "
+                f"input of this run; choose an --out outside it"
+            )
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: is a file, not a run folder; choose another --out")
     if folder.is_dir() and not _is_ours(folder, stages):
-        raise UserError(f"{folder}: holds files that are not a vitmim run; choose a new or "
-                        f"empty --out")
+        raise UserError(
+            f"{folder}: holds files that are not a vitmim run; choose a new or empty --out"
+        )
 
 
 def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
@@ -186,6 +219,8 @@ def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
         names = {p.name for p in folder.iterdir()}
     except OSError as e:
         raise UserError(f"{folder}: cannot read the run folder ({e.strerror})") from None
-    return (names <= {".lock"}  # new, or a run stopped before it wrote its config
-            or _holds_runs(folder)
-            or any((folder / s).is_dir() and _is_ours(folder / s, ()) for s in stages))
+    return (
+        names <= {".lock"}  # new, or a run stopped before it wrote its config
+        or _holds_runs(folder)
+        or any((folder / s).is_dir() and _is_ours(folder / s, ()) for s in stages)
+    )

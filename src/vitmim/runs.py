@@ -1,12 +1,12 @@
 """The run folder: one training stage's files, and the only module that reads or writes them.
 
-    RUN/config.yaml         the resolved config (written once the folder is known to fit)
-    RUN/manifest.json       what reproduces the run: command, commit, packages, device, data
-    RUN/.lock               held while a process trains here
-    RUN/metrics.jsonl       one JSON record per epoch
-    RUN/checkpoints/        step_XXXXXXXX.{safetensors,json} (see :mod:`vitmim.checkpoint`)
-    RUN/model.safetensors   the final model; RUN/model.json describes it (kind, config, classes,
-                            metrics, sha256): both present = the stage is finished
+RUN/config.yaml         the resolved config (written once the folder is known to fit)
+RUN/manifest.json       what reproduces the run: command, commit, packages, device, data
+RUN/.lock               held while a process trains here
+RUN/metrics.jsonl       one JSON record per epoch
+RUN/checkpoints/        step_XXXXXXXX.{safetensors,json} (see :mod:`vitmim.checkpoint`)
+RUN/model.safetensors   the final model; RUN/model.json describes it (kind, config, classes,
+                        metrics, sha256): both present = the stage is finished
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise UserError(f"{run_dir}: in use by another vitmim process; wait for it or "
-                            f"choose another --out") from None
+            raise UserError(
+                f"{run_dir}: in use by another vitmim process; wait for it or choose another --out"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
 
@@ -106,11 +107,13 @@ def json_object(path: Path) -> dict:
 def is_run(folder: Path) -> bool:
     """``folder`` holds a vitmim run: its manifest, config, checkpoints or final model."""
     ckpt = next(folder.glob("checkpoints/step_*.json"), None)
-    return ({"data_fingerprint", "packages"} <= set(json_object(folder / "manifest.json"))
-            or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(
-                folder / "config.yaml"))
-            or ckpt is not None and {"stage", "sha256"} <= set(json_object(ckpt))
-            or "sha256" in json_object(folder / "model.json"))
+    return (
+        {"data_fingerprint", "packages"} <= set(json_object(folder / "manifest.json"))
+        or {"data", "model", "pretrain", "finetune"} <= set(_yaml_mapping(folder / "config.yaml"))
+        or ckpt is not None
+        and {"stage", "sha256"} <= set(json_object(ckpt))
+        or "sha256" in json_object(folder / "model.json")
+    )
 
 
 def _yaml_mapping(path: Path) -> dict:
@@ -128,8 +131,9 @@ def _yaml_mapping(path: Path) -> dict:
 
 # where and how fast a run trains, not what it learns: a run may continue on another device, or
 # with its data at another path (the data's content fingerprint is compared instead)
-SETTINGS_KEYS = frozenset({"device", "amp", "compile", "checkpoint_every", "data.path",
-                           "data.cache_dir"})
+SETTINGS_KEYS = frozenset(
+    {"device", "amp", "compile", "checkpoint_every", "data.path", "data.cache_dir"}
+)
 
 
 def absolute_data(cfg: Config) -> Config:
@@ -162,8 +166,11 @@ def restorer_keys(cfg: Config | dict) -> dict:
     """The keys that shape a pre-trained restorer: fine-tuning and the share of labels do not,
     so a restorer serves every config that agrees on these (the pre-training never sees a
     label)."""
-    return {k: v for k, v in run_keys(cfg).items()
-            if k.startswith(("data.", "model.", "pretrain.")) and k != "data.label_fraction"}
+    return {
+        k: v
+        for k, v in run_keys(cfg).items()
+        if k.startswith(("data.", "model.", "pretrain.")) and k != "data.label_fraction"
+    }
 
 
 def config_fingerprint(cfg: Config) -> str:
@@ -171,8 +178,9 @@ def config_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(run_keys(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def differing_key(saved: Config | dict, cfg: Config | dict,
-                  keys: Callable[[Config | dict], dict] = run_keys) -> str | None:
+def differing_key(
+    saved: Config | dict, cfg: Config | dict, keys: Callable[[Config | dict], dict] = run_keys
+) -> str | None:
     """The first key of ``keys`` whose value differs between a saved config and ``cfg``, as
     ``key=old -> new``; None when they define the same run. A key the saved config lacks
     matches at its default: one added to vitmim since the run was made keeps, by design, the
@@ -189,17 +197,23 @@ def differing_key(saved: Config | dict, cfg: Config | dict,
 
 def _has_trained(run_dir: Path) -> bool:
     """``run_dir`` holds something a run trained: checkpoints, epoch records or a final model."""
-    return (any(run_dir.glob("checkpoints/step_*.json")) or (run_dir / METRICS).exists()
-            or (run_dir / MODEL).exists())
+    return (
+        any(run_dir.glob("checkpoints/step_*.json"))
+        or (run_dir / METRICS).exists()
+        or (run_dir / MODEL).exists()
+    )
 
 
 def _unknown_run(run_dir: Path, what: str) -> UserError:
-    return UserError(f"{run_dir}: holds a run without {what}, so whether it is this one cannot "
-                     f"be told; delete the folder to start afresh, or choose another --out")
+    return UserError(
+        f"{run_dir}: holds a run without {what}, so whether it is this one cannot "
+        f"be told; delete the folder to start afresh, or choose another --out"
+    )
 
 
-def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict], dict] = run_keys
-                      ) -> None:
+def check_same_config(
+    run_dir: Path, cfg: Config, keys: Callable[[Config | dict], dict] = run_keys
+) -> None:
     """Refuse to continue or reuse the run in ``run_dir`` with another config, naming the first
     differing key of ``keys`` (:func:`restorer_keys` for a pre-training). Without a readable
     config.yaml the manifest's config fingerprint is compared (which covers every run key); a
@@ -210,16 +224,20 @@ def check_same_config(run_dir: Path, cfg: Config, keys: Callable[[Config | dict]
         if recorded is None and _has_trained(run_dir):
             raise _unknown_run(run_dir, "a readable config.yaml or manifest.json")
         if recorded is not None and recorded != config_fingerprint(cfg):
-            raise UserError(f"{run_dir}: holds a run made with another config (its "
-                            f"config.yaml is missing or damaged; manifest.json records another "
-                            f"config fingerprint); use the same settings, or choose another --out")
+            raise UserError(
+                f"{run_dir}: holds a run made with another config (its "
+                f"config.yaml is missing or damaged; manifest.json records another "
+                f"config fingerprint); use the same settings, or choose another --out"
+            )
         return
     diff = differing_key(saved, cfg, keys)
     if diff:
         key, _, change = diff.partition("=")
         was, now = change.split(" -> ", 1)
-        raise UserError(f"{run_dir}: holds a run made with {key}={was}, not {now}; use the same "
-                        f"settings to continue it, or choose another --out")
+        raise UserError(
+            f"{run_dir}: holds a run made with {key}={was}, not {now}; use the same "
+            f"settings to continue it, or choose another --out"
+        )
 
 
 def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
@@ -233,16 +251,19 @@ def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
         return
     if recorded["data_fingerprint"] != data_fingerprint:
         where = recorded.get("data", {}).get("path", "another data set")
-        raise UserError(f"{run_dir}: holds a run on other data (made from {where}); pass the "
-                        f"same data to continue it, or choose another --out")
+        raise UserError(
+            f"{run_dir}: holds a run on other data (made from {where}); pass the "
+            f"same data to continue it, or choose another --out"
+        )
 
 
 def check_same_stage(run_dir: Path, stage: str) -> None:
     """Refuse to train one stage in the folder of another (a pre-training in a fine-tune's)."""
     recorded = json_object(run_dir / "manifest.json").get("stage")
     if recorded not in (None, stage):
-        raise UserError(f"{run_dir}: holds a {recorded} run, not a {stage} run; choose another "
-                        f"--out")
+        raise UserError(
+            f"{run_dir}: holds a {recorded} run, not a {stage} run; choose another --out"
+        )
 
 
 def check_same_init(run_dir: Path, init_sha256: str | None) -> None:
@@ -250,34 +271,60 @@ def check_same_init(run_dir: Path, init_sha256: str | None) -> None:
     recorded = json_object(run_dir / "manifest.json")
     if "init_sha256" in recorded and recorded["init_sha256"] != init_sha256:
         was = recorded.get("init") or "random weights"
-        raise UserError(f"{run_dir}: holds a fine-tune started from {was}, not from "
-                        f"{'these weights' if init_sha256 else 'random weights'}; pass the same "
-                        f"--init to continue it, or choose another --out")
+        raise UserError(
+            f"{run_dir}: holds a fine-tune started from {was}, not from "
+            f"{'these weights' if init_sha256 else 'random weights'}; pass the same "
+            f"--init to continue it, or choose another --out"
+        )
 
 
 def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -> dict:
     """Everything needed to reproduce a run."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    device = (torch.cuda.get_device_name(env.device) if env.device.type == "cuda"
-              else platform.processor() or platform.machine())
-    return {"command": sys.argv, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": platform.python_version(),
-            "packages": {"torch": torch.__version__, **{  # read without importing them
-                name: version(name) for name in ("torchvision", "timm", "numpy")}},
-            "device": str(env.device), "device_name": device, "world_size": env.world,
-            "threads": torch.get_num_threads(),
-            "config_fingerprint": config_fingerprint(cfg),
-            "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
-            "data_fingerprint": data.fingerprint, "classes": data.classes,
-            "train_images": len(data), **(extra or {})}
+    device = (
+        torch.cuda.get_device_name(env.device)
+        if env.device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    return {
+        "command": sys.argv,
+        "git_commit": commit,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "python": platform.python_version(),
+        "packages": {
+            "torch": torch.__version__,
+            **{  # read without importing them
+                name: version(name) for name in ("torchvision", "timm", "numpy")
+            },
+        },
+        "device": str(env.device),
+        "device_name": device,
+        "world_size": env.world,
+        "threads": torch.get_num_threads(),
+        "config_fingerprint": config_fingerprint(cfg),
+        "data": {"path": cfg.data.path, "fingerprint": data.fingerprint},
+        "data_fingerprint": data.fingerprint,
+        "classes": data.classes,
+        "train_images": len(data),
+        **(extra or {}),
+    }
 
 
-def open_run(run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None
-             ) -> None:
+def open_run(
+    run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None
+) -> None:
     """Write config.yaml and manifest.json (main process); refuse an unwritable folder."""
     if not env.main:
         return
@@ -328,16 +375,26 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / MODEL).exists() and (run_dir / MODEL).with_suffix(".json").exists()
 
 
-def save_final(run_dir: Path, model: nn.Module, kind: str, cfg: Config, data: ImageSet,
-               metrics: dict) -> None:
+def save_final(
+    run_dir: Path, model: nn.Module, kind: str, cfg: Config, data: ImageSet, metrics: dict
+) -> None:
     """model.safetensors and model.json (which makes the run finished)."""
-    checkpoint.save_weights(run_dir / MODEL, model.state_dict(), meta={
-        "kind": kind, "config": to_dict(cfg), "classes": data.classes,
-        "class_names": data.class_names, "metrics": metrics})
+    checkpoint.save_weights(
+        run_dir / MODEL,
+        model.state_dict(),
+        meta={
+            "kind": kind,
+            "config": to_dict(cfg),
+            "classes": data.classes,
+            "class_names": data.class_names,
+            "metrics": metrics,
+        },
+    )
 
 
-def read_model(path: str | Path, described: bool = True
-               ) -> tuple[dict[str, torch.Tensor], dict, Path]:
+def read_model(
+    path: str | Path, described: bool = True
+) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """A final model: a run folder (its model.safetensors) or a weights file.
 
     Returns the tensors, the JSON description beside the weights (empty when ``described`` is
@@ -351,11 +408,16 @@ def read_model(path: str | Path, described: bool = True
     meta_path = p.with_suffix(".json")
     meta: dict = {}
     if meta_path.exists():
-        meta = read_json_mapping(meta_path, "model description", {
-            "kind": str, "config": dict, "classes": list, "class_names": list})
+        meta = read_json_mapping(
+            meta_path,
+            "model description",
+            {"kind": str, "config": dict, "classes": list, "class_names": list},
+        )
         if len(meta["classes"]) != len(meta["class_names"]):
-            raise UserError(f"{meta_path}: model description: {len(meta['classes'])} classes "
-                            f"but {len(meta['class_names'])} class names")
+            raise UserError(
+                f"{meta_path}: model description: {len(meta['classes'])} classes "
+                f"but {len(meta['class_names'])} class names"
+            )
         try:
             load_config(base=meta["config"])
         except UserError as e:

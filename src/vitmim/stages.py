@@ -53,8 +53,9 @@ GRID_IMAGES = 8  # images shown in reconstruction grids
 class PretrainTask:
     """Masked-pixel restoration on training images."""
 
-    def __init__(self, train_set: ImageSet, val_set: ImageSet | None, cfg: Config, env: Env,
-                 run_dir: Path):
+    def __init__(
+        self, train_set: ImageSet, val_set: ImageSet | None, cfg: Config, env: Env, run_dir: Path
+    ):
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.images = train_set.images.to(env.device)  # uint8, resident on the device
         self.n_train = len(train_set)
@@ -77,8 +78,12 @@ class PretrainTask:
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         metrics = restoration_metrics(model, self.val_x, self.val_mask, self.cfg)
         x, m = self.val_x[:GRID_IMAGES], self.val_mask[:GRID_IMAGES]
-        save_reconstruction_grid(self.run_dir / "images" / f"recon_epoch{epoch:03d}.png",
-                                 x, m, restored_image(model, x, m, self.cfg))
+        save_reconstruction_grid(
+            self.run_dir / "images" / f"recon_epoch{epoch:03d}.png",
+            x,
+            m,
+            restored_image(model, x, m, self.cfg),
+        )
         return metrics
 
 
@@ -86,20 +91,23 @@ RECON_TILE = 128  # px per shown image: 64 px tiles are too small to judge a res
 RECON_COLUMNS = ("original", "masked", "restored")
 
 
-def save_reconstruction_grid(path: Path, x: torch.Tensor, mask: torch.Tensor,
-                             pred: torch.Tensor, tile: int = RECON_TILE) -> None:
+def save_reconstruction_grid(
+    path: Path, x: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, tile: int = RECON_TILE
+) -> None:
     """PNG: a title row (original | masked | restored), then one row per image, each shown at
     ``tile`` px (nearest-neighbour: the pixels stay visible). Masked cells are drawn grey;
     restored ones are the prediction with the visible pixels pasted back, in grey where the
     input is grey (the model predicts three channels, whose small differences would tint it).
     ``x``, ``pred``: (B, 3, H, W) normalised; ``mask``: (B, 1, H, W), 1 = masked."""
     from PIL import Image, ImageDraw, ImageFont  # on use, like every image writer here
+
     orig = denormalize(x.float()).cpu()
     mask = mask.float().cpu()
     guess = denormalize(pred.float()).cpu()
     grey = (orig.amax(1) - orig.amin(1)).flatten(1).amax(1) < 1e-3  # (B,)
-    guess = torch.where(grey[:, None, None, None], guess.mean(1, keepdim=True).expand_as(guess),
-                        guess)
+    guess = torch.where(
+        grey[:, None, None, None], guess.mean(1, keepdim=True).expand_as(guess), guess
+    )
     cols = [orig, orig * (1 - mask) + 0.5 * mask, orig * (1 - mask) + guess * mask]
     pad, title = 4, 24
     sheet = Image.new("RGB", (3 * tile + 4 * pad, title + len(x) * (tile + pad) + pad), "white")
@@ -126,8 +134,9 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     on ``seed`` and the labels.
     """
     if not 0.0 < fraction <= 1.0:
-        raise UserError(f"config key data.label_fraction: expected a number in (0, 1], "
-                        f"got {fraction}")
+        raise UserError(
+            f"config key data.label_fraction: expected a number in (0, 1], got {fraction}"
+        )
     labels = torch.as_tensor(labels).reshape(-1).cpu()
     g = torch.Generator().manual_seed(int(seed))
     keep = []
@@ -163,8 +172,9 @@ class FinetuneTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(model(x).float(), y,
-                               label_smoothing=self.cfg.finetune.label_smoothing)
+        return F.cross_entropy(
+            model(x).float(), y, label_smoothing=self.cfg.finetune.label_smoothing
+        )
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         if self.val is None:
@@ -173,14 +183,15 @@ class FinetuneTask:
 
 
 @torch.no_grad()
-def classification_metrics(model: nn.Module, data: ImageSet, device: torch.device,
-                           batch: int = 500) -> dict[str, float]:
+def classification_metrics(
+    model: nn.Module, data: ImageSet, device: torch.device, batch: int = 500
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a labelled set."""
     model.eval()
     top1 = top5 = loss = 0.0
     for i in range(0, len(data), batch):
-        x = normalize(data.images[i:i + batch].to(device))
-        y = data.labels[i:i + batch].to(device)
+        x = normalize(data.images[i : i + batch].to(device))
+        y = data.labels[i : i + batch].to(device)
         logits = model(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -212,8 +223,14 @@ def training_flops_per_image(cfg: Config, num_classes: int) -> tuple[float, floa
         torch.manual_seed(0)
         size = cfg.model.img_size
         x = torch.randn(2, 3, size, size)
-        mask = random_mask(2, size, cfg.pretrain.mask_patch, cfg.pretrain.mask_ratio,
-                           torch.Generator().manual_seed(0), torch.device("cpu"))
+        mask = random_mask(
+            2,
+            size,
+            cfg.pretrain.mask_patch,
+            cfg.pretrain.mask_ratio,
+            torch.Generator().manual_seed(0),
+            torch.device("cpu"),
+        )
         restorer = forward_flops(build_restorer(cfg.model, cfg.pretrain), (x, mask))
         classifier = forward_flops(build_classifier(cfg.model, num_classes, 0.0), (x,))
     return restorer, classifier
@@ -223,8 +240,9 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
     """Parameter count and forward FLOPs per image (torch's FLOP counter); printed at start-up."""
     params = sum(p.numel() for p in model.parameters())
     flops = forward_flops(model, example)
-    print(f"{name}: {params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOPs per image",
-          flush=True)
+    print(
+        f"{name}: {params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOPs per image", flush=True
+    )
     return {"params": params, "flops_per_image": flops}
 
 
@@ -232,8 +250,9 @@ def describe_model(model: nn.Module, example: tuple, name: str) -> dict:
 # the two stages, each in its run folder
 
 
-def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
-             progress: bool = True) -> dict:
+def pretrain(
+    cfg: Config, run_dir: Path, env: Env, resume: bool = False, progress: bool = True
+) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     cfg = absolute_data(cfg)
     claim_run(run_dir, inputs=[cfg.data.path])
@@ -247,11 +266,22 @@ def pretrain(cfg: Config, run_dir: Path, env: Env, resume: bool = False,
     x = task.val_x[:2].cpu()
     info = describe_model(model, (x, task.val_mask[:2].cpu()), "restorer") if env.main else {}
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.pretrain, run_dir=run_dir, env=env, stage="pretrain",
-                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
-                          progress=progress)
-        metrics = train(trainer, resume, lambda: open_run(
-            run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}))
+        trainer = Trainer(
+            task,
+            model,
+            cfg.pretrain,
+            run_dir=run_dir,
+            env=env,
+            stage="pretrain",
+            checkpoint_every=cfg.checkpoint_every,
+            compile=cfg.compile,
+            progress=progress,
+        )
+        metrics = train(
+            trainer,
+            resume,
+            lambda: open_run(run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}),
+        )
         if env.main:
             save_final(run_dir, trainer.eval_model(), "restorer", cfg, train_set, metrics)
         env.barrier()  # under torchrun no process reads the final model before it is written
@@ -271,33 +301,50 @@ def scratch_recipe(cfg: Config) -> Config:
     return out
 
 
-def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = None,
-             resume: bool = False, progress: bool = True) -> dict:
+def finetune(
+    cfg: Config,
+    run_dir: Path,
+    env: Env,
+    init: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Fine-tune a classifier (from ``init`` or from scratch) in ``run_dir``."""
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     claim_run(run_dir, inputs=[cfg.data.path, *([init] if init else [])])
     check_same_stage(run_dir, "finetune")
     check_same_config(run_dir, cfg)
-    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main,
-                                     labelled="fine-tuning")
+    train_set, val_set = load_splits(
+        cfg.data, cfg.model.img_size, progress=progress and env.main, labelled="fine-tuning"
+    )
     if (train_set.labels < 0).any():
-        raise UserError(f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
-                        f"(source {cfg.data.source} has none)")
+        raise UserError(
+            f"{cfg.data.path or 'data'}: fine-tuning needs labelled images "
+            f"(source {cfg.data.source} has none)"
+        )
     if len(train_set.classes) < 2:
-        raise DataError(f"{cfg.data.path}: {len(train_set.classes)} class; a classifier needs at "
-                        f"least 2 (its accuracy would be 100 % by construction)")
+        raise DataError(
+            f"{cfg.data.path}: {len(train_set.classes)} class; a classifier needs at "
+            f"least 2 (its accuracy would be 100 % by construction)"
+        )
     check_same_data(run_dir, train_set.fingerprint)
     source, _, origin = read_model(init, described=False) if init else ({}, {}, None)
     init_sha256 = checkpoint.sha256(origin) if origin else None
     check_same_init(run_dir, init_sha256)
     torch.manual_seed(derive_seed(cfg.finetune.seed, 0))  # same initial weights in every run
     model = build_classifier(cfg.model, len(train_set.classes), cfg.finetune.drop_path)
-    extra: dict = {"stage": "finetune", "init": str(init) if init else None,
-                   "init_sha256": init_sha256}
+    extra: dict = {
+        "stage": "finetune",
+        "init": str(init) if init else None,
+        "init_sha256": init_sha256,
+    }
     if init:
         report = transfer(source, model, str(origin))
-        extra["transfer"] = {"new": report.new, "dropped": report.dropped,
-                             "copied": len(report.copied)}
+        extra["transfer"] = {
+            "new": report.new,
+            "dropped": report.dropped,
+            "copied": len(report.copied),
+        }
         if env.main:
             print(report.summary(), flush=True)
     if env.main:
@@ -305,9 +352,17 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
         extra["model"] = describe_model(model, (x,), "classifier")
     task = FinetuneTask(train_set, val_set, cfg, env)
     with run_lock(run_dir, env):
-        trainer = Trainer(task, model, cfg.finetune, run_dir=run_dir, env=env, stage="finetune",
-                          checkpoint_every=cfg.checkpoint_every, compile=cfg.compile,
-                          progress=progress)
+        trainer = Trainer(
+            task,
+            model,
+            cfg.finetune,
+            run_dir=run_dir,
+            env=env,
+            stage="finetune",
+            checkpoint_every=cfg.checkpoint_every,
+            compile=cfg.compile,
+            progress=progress,
+        )
         metrics = train(trainer, resume, lambda: open_run(run_dir, cfg, env, train_set, extra))
         if env.main:
             save_final(run_dir, trainer.eval_model(), "classifier", cfg, train_set, metrics)
@@ -319,8 +374,11 @@ def finetune(cfg: Config, run_dir: Path, env: Env, init: str | Path | None = Non
 # the run: pre-train -> fine-tune -> scratch baselines
 
 # stage -> its folder under ``vitmim run --out``; the baselines' come from their registry
-RUN_DIRS = {"pretrain": "pretrain", "finetune": "finetune",
-            **{name: b.folder for name, b in BASELINES.items()}}
+RUN_DIRS = {
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    **{name: b.folder for name, b in BASELINES.items()},
+}
 NO_TUNED_RECIPE = "no tuned recipe set (config section scratch)"
 
 
@@ -329,8 +387,16 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
-def run_stage(name: str, run_dir: Path, fn, resume: bool, cfg: Config, fingerprint: str,
-              note: str = "", **kwargs) -> dict:
+def run_stage(
+    name: str,
+    run_dir: Path,
+    fn,
+    resume: bool,
+    cfg: Config,
+    fingerprint: str,
+    note: str = "",
+    **kwargs,
+) -> dict:
     """Run one stage unless finished (with this config and the data of ``fingerprint``); report
     its metrics and wall time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
@@ -372,14 +438,16 @@ def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = N
     pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
     pre_steps: float = pre_per_epoch * cfg.pretrain.epochs
     if per_epoch == 0:
-        n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction,
-                                      cfg.finetune.seed))
-        raise UserError(f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
-                        f"than the {n_labelled} labelled training images")
+        n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
+        raise UserError(
+            f"config key finetune.batch_size: {cfg.finetune.batch_size} is larger "
+            f"than the {n_labelled} labelled training images"
+        )
     if by == "flops":  # pre-training expressed in fine-tune steps of equal FLOPs
         pre_flops, ft_flops = training_flops_per_image(cfg, len(train_set.classes))
-        pre_steps = pre_steps * cfg.pretrain.batch_size * pre_flops / (
-            cfg.finetune.batch_size * ft_flops)
+        pre_steps = (
+            pre_steps * cfg.pretrain.batch_size * pre_flops / (cfg.finetune.batch_size * ft_flops)
+        )
     long = copy.deepcopy(cfg)
     long.finetune.epochs = cfg.finetune.epochs + math.ceil(round(pre_steps / per_epoch, 6))
     return long
@@ -406,8 +474,9 @@ def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
     return cfg if kind == "finetune" else scratch_recipe(cfg)
 
 
-def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None,
-                      train_set: ImageSet) -> tuple[Config, str]:
+def _classifier_stage(
+    cfg: Config, kind: str, label_fraction: float | None, train_set: ImageSet
+) -> tuple[Config, str]:
     """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
     cfg = _recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
@@ -419,10 +488,17 @@ def _classifier_stage(cfg: Config, kind: str, label_fraction: float | None,
     return cfg, b.title.format(epochs=cfg.finetune.epochs, labels=labels)
 
 
-def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: bool = True,
-            baselines: tuple[str, ...] = ("scratch",),
-            label_fractions: tuple[float, ...] | None = None, probe: bool = False,
-            dirs: dict[str, str] | None = None) -> dict[str, dict]:
+def run_all(
+    cfg: Config,
+    out: Path,
+    env: Env,
+    resume: bool = False,
+    pretrained: bool = True,
+    baselines: tuple[str, ...] = ("scratch",),
+    label_fractions: tuple[float, ...] | None = None,
+    probe: bool = False,
+    dirs: dict[str, str] | None = None,
+) -> dict[str, dict]:
     """The main job, one folder per stage under ``out``; a finished stage is skipped, an
     interrupted one resumed. Writes ``out/summary.{md,json}``; returns each stage's metrics.
 
@@ -440,9 +516,11 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     """
     dirs = {**RUN_DIRS, **(dirs or {})}
     cfg = absolute_data(cfg)
-    classifiers = [(kind, lf, stage_dirname(dirs[kind], lf))
-                   for kind in (["finetune"] if pretrained else []) + list(baselines)
-                   for lf in label_fractions or [None]]
+    classifiers = [
+        (kind, lf, stage_dirname(dirs[kind], lf))
+        for kind in (["finetune"] if pretrained else []) + list(baselines)
+        for lf in label_fractions or [None]
+    ]
     untrained = [c for c in classifiers if is_tuned(c[0]) and not cfg.scratch]
     classifiers = [c for c in classifiers if c not in untrained]
     claim_run(out, tuple(f for *_, f in classifiers) + (dirs["pretrain"],), [cfg.data.path])
@@ -457,10 +535,19 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
     for k, st in enumerate(stages, 1):
-        steps_left = sum(later.steps for later in stages[k - 1:])
+        steps_left = sum(later.steps for later in stages[k - 1 :])
         note = eta_text(trained_s / trained_steps * steps_left) if trained_steps else ""
-        result = run_stage(f"stage {k}/{len(stages)}: {st.name}", st.dir, st.fn, resume, st.cfg,
-                           fingerprint, note, env=env, **st.kwargs)
+        result = run_stage(
+            f"stage {k}/{len(stages)}: {st.name}",
+            st.dir,
+            st.fn,
+            resume,
+            st.cfg,
+            fingerprint,
+            note,
+            env=env,
+            **st.kwargs,
+        )
         description = "pre-train (restorer)" if st.fn is pretrain else st.name
         results[st.dir.name] = {"description": description, **result}
         if result["wall_s"] is not None:
@@ -469,8 +556,12 @@ def run_all(cfg: Config, out: Path, env: Env, resume: bool = False, pretrained: 
             probe_run(st.dir, device=str(env.device))
     results.update({folder: {"description": NO_TUNED_RECIPE} for _, _, folder in untrained})
     random_init = out / "probe_random_init.json"  # the reference the probes must beat
-    if probe and any(BASELINES[k].probe for k in baselines) and env.main \
-            and not random_init.exists():
+    if (
+        probe
+        and any(BASELINES[k].probe for k in baselines)
+        and env.main
+        and not random_init.exists()
+    ):
         probe_random_init(cfg, random_init, device=str(env.device))
     if env.main:
         table = summary_table(results)
@@ -491,9 +582,14 @@ class Stage(NamedTuple):
     kwargs: dict  # more arguments of ``fn``
 
 
-def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
-            classifiers: list[tuple[str, float | None, str]], pretrain_dir: str
-            ) -> tuple[list[Stage], str]:
+def _stages(
+    cfg: Config,
+    out: Path,
+    env: Env,
+    pretrained: bool,
+    classifiers: list[tuple[str, float | None, str]],
+    pretrain_dir: str,
+) -> tuple[list[Stage], str]:
     """The stages of :func:`run_all`, in order, and the fingerprint of their training data."""
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=env.main)
     init = out / pretrain_dir if pretrained else None
@@ -504,19 +600,33 @@ def _stages(cfg: Config, out: Path, env: Env, pretrained: bool,
     for kind, lf, folder in classifiers:
         stage_cfg, name = _classifier_stage(cfg, kind, lf, train_set)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
-        stages.append(Stage(name, out / folder, finetune, stage_cfg, steps,
-                            {"init": init if kind == "finetune" else None}))
+        stages.append(
+            Stage(
+                name,
+                out / folder,
+                finetune,
+                stage_cfg,
+                steps,
+                {"init": init if kind == "finetune" else None},
+            )
+        )
     return stages, train_set.fingerprint
 
 
 def summary_table(results: dict[str, dict]) -> str:
     """One row per stage folder: what it is, its final metrics and wall time."""
-    rows = ["| run | what | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps "
-            "| wall s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| run | what | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps | wall s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in results.items():
+
         def f(key, fmt="{:.2f}", r=r):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
-        rows.append(f"| {name} | {r.get('description', '')} | {f('val_top1')} | {f('val_top5')} "
-                    f"| {f('val_l1', '{:.4f}')} | {f('val_psnr')} | {f('step', '{}')} "
-                    f"| {f('wall_s', '{:.0f}')} |")
+
+        rows.append(
+            f"| {name} | {r.get('description', '')} | {f('val_top1')} | {f('val_top5')} "
+            f"| {f('val_l1', '{:.4f}')} | {f('val_psnr')} | {f('step', '{}')} "
+            f"| {f('wall_s', '{:.0f}')} |"
+        )
     return "\n".join(rows)

@@ -37,12 +37,12 @@ class _Tracker:
         drops what an earlier attempt (before a resume) wrote from that step on; reopened the
         same way when the steps go back (a rollback)."""
         from torch.utils.tensorboard import SummaryWriter
+
         w = self.writers.get(run_dir)
         if w is None or step < self.last_step.get(run_dir, -1):
             if w is not None:
                 w.close()
-            w = self.writers[run_dir] = SummaryWriter(str(run_dir / "tensorboard"),
-                                                      purge_step=step)
+            w = self.writers[run_dir] = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step)
         self.last_step[run_dir] = step
         return w
 
@@ -68,8 +68,9 @@ def tracking(backend: str | None, every: int = LOG_EVERY) -> Iterator[None]:
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
-        raise ConfigError("--log tensorboard: needs the tensorboard package "
-                          "(pip install 'vitmim[tensorboard]')") from None
+        raise ConfigError(
+            "--log tensorboard: needs the tensorboard package (pip install 'vitmim[tensorboard]')"
+        ) from None
     outer, _active = _active, _Tracker(every)
     try:
         yield
@@ -85,7 +86,8 @@ def on_step(trainer, loss) -> None:
     if t is None or not trainer.env.main or trainer.step % t.every:
         return
     t.writer(trainer.run_dir, trainer.step).add_scalar(
-        f"{trainer.stage}/train_loss_step", loss.item(), trainer.step)
+        f"{trainer.stage}/train_loss_step", loss.item(), trainer.step
+    )
 
 
 def on_epoch(trainer, record: dict) -> None:
@@ -102,7 +104,12 @@ def on_epoch(trainer, record: dict) -> None:
     if grid.exists():
         import numpy as np  # on use: the command line imports this module for --help
         from PIL import Image
+
         with Image.open(grid) as im:
-            w.add_image(f"{trainer.stage}/reconstruction", np.asarray(im.convert("RGB")), step,
-                        dataformats="HWC")
+            w.add_image(
+                f"{trainer.stage}/reconstruction",
+                np.asarray(im.convert("RGB")),
+                step,
+                dataformats="HWC",
+            )
     w.flush()

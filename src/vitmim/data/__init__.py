@@ -31,10 +31,25 @@ from vitmim.data.sources import (
 )
 from vitmim.errors import DataError
 
-__all__ = ["ARCHIVE_NAME", "AUTO_RESIZE", "BACKGROUND", "IMAGE_EXTS", "OFFICIAL_URL",
-           "RESIZE_MODES", "ImageSet", "cache_root", "decode_image", "default_classes",
-           "default_download_path", "download", "load_splits", "pack", "resolve_data_path",
-           "source_kind", "train_fingerprint"]
+__all__ = [
+    "ARCHIVE_NAME",
+    "AUTO_RESIZE",
+    "BACKGROUND",
+    "IMAGE_EXTS",
+    "OFFICIAL_URL",
+    "RESIZE_MODES",
+    "ImageSet",
+    "cache_root",
+    "decode_image",
+    "default_classes",
+    "default_download_path",
+    "download",
+    "load_splits",
+    "pack",
+    "resolve_data_path",
+    "source_kind",
+    "train_fingerprint",
+]
 
 # data.resize = auto: Tiny ImageNet images are all 64x64, so another size there is a damaged
 # copy or a wrong model.img_size and is refused; other sources come in any size.
@@ -46,12 +61,15 @@ def source_kind(cfg: DataConfig) -> str:
     return detect(open_tree(resolve_data_path(cfg.path, cfg.cache_dir)), cfg)[0]
 
 
-NEEDS_LABELS = ("holds images but no class folders; {what} needs labels: arrange them as "
-                "<class>/<image> (or train/<class>/ and val/<class>/) and pass that folder")
+NEEDS_LABELS = (
+    "holds images but no class folders; {what} needs labels: arrange them as "
+    "<class>/<image> (or train/<class>/ and val/<class>/) and pass that folder"
+)
 
 
-def load_splits(cfg: DataConfig, img_size: int = 64, progress: bool = True,
-                labelled: str | None = None) -> tuple[ImageSet, ImageSet | None]:
+def load_splits(
+    cfg: DataConfig, img_size: int = 64, progress: bool = True, labelled: str | None = None
+) -> tuple[ImageSet, ImageSet | None]:
     """(train, val) for ``cfg``, decoded once into the cache and memory-mapped from it.
 
     Applies the class selection (labels 0..K-1 in the order of the selected classes), not

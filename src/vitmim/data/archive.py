@@ -27,8 +27,10 @@ OFFICIAL_URL = "https://cs231n.stanford.edu/tiny-imagenet-200.zip"
 # developed and tested on (stored, not deflated) and the md5 that data-set loaders everywhere
 # record for the official deflated download (248,100,043 bytes), whose sha256 is not published.
 # md5 is broken for collisions, not for matching one fixed published file.
-PINNED = (("sha256", "3675ca5acc916526c078d4493f297e56a647e93afb83cf0111c593ff991e04a5"),
-          ("md5", "90528d7ca1a48142e341f4ef8d21d0de"))
+PINNED = (
+    ("sha256", "3675ca5acc916526c078d4493f297e56a647e93afb83cf0111c593ff991e04a5"),
+    ("md5", "90528d7ca1a48142e341f4ef8d21d0de"),
+)
 DIGESTS = ("sha256", "md5")  # computed while streaming, so either pinned checksum can match
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PACK_QUALITY = 95  # JPEG quality of packed images (4:4:4): a few grey levels off the source
@@ -48,8 +50,9 @@ def resolve_data_path(path: str | None, cache_dir: str | None = None) -> Path:
     raw = path or os.environ.get("VITMIM_DATA")
     p = Path(raw).expanduser() if raw else default_download_path(cache_dir)
     if not p.exists():
-        raise DataError(f"{p}: data not found; pass --data, set VITMIM_DATA, "
-                        "or run `vitmim data download`")
+        raise DataError(
+            f"{p}: data not found; pass --data, set VITMIM_DATA, or run `vitmim data download`"
+        )
     return p
 
 
@@ -57,8 +60,13 @@ def resolve_data_path(path: str | None, cache_dir: str | None = None) -> Path:
 # download
 
 
-def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True,
-             allow_local_http: bool = False) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    progress: bool = True,
+    allow_local_http: bool = False,
+) -> Path:
     """Fetch ``url`` over https to ``dest`` (temp file + rename) and verify its checksum.
 
     Args:
@@ -80,6 +88,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         print(f"{dest}: already there, checksum matches; not downloading", file=sys.stderr)
         return dest
     from vitmim import outputs  # runs (which outputs reads) imports this package
+
     outputs.check_file(dest)
     if want and dest.is_file():
         print(f"{dest}: checksum does not match; downloading again", file=sys.stderr)
@@ -90,8 +99,10 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         digests = _stream(url, fd, progress, allow_local_http)
         if want and not _matches(digests, want):
             expected = " or ".join(f"{alg} {hex_}" for alg, hex_ in want)
-            raise DataError(f"{url}: sha256 mismatch (got {digests['sha256']}, expected "
-                            f"{expected}); nothing saved to {dest}")
+            raise DataError(
+                f"{url}: sha256 mismatch (got {digests['sha256']}, expected "
+                f"{expected}); nothing saved to {dest}"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -106,8 +117,10 @@ def _check_url(url: str, allow_local_http: bool) -> None:
         return
     if allow_local_http and parts.scheme == "http" and parts.hostname in LOCAL_HOSTS:
         return
-    raise DataError(f"{url}: only https downloads are accepted (an archive fetched over plain "
-                    "http could be swapped on the way)")
+    raise DataError(
+        f"{url}: only https downloads are accepted (an archive fetched over plain "
+        "http could be swapped on the way)"
+    )
 
 
 def _expected(url: str, sha256: str | None) -> list[tuple[str, str]]:
@@ -138,8 +151,9 @@ class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allow_local_http: bool):
         self.allow_local_http = allow_local_http
 
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Any, newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
         _check_url(newurl, self.allow_local_http)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -152,8 +166,14 @@ def _stream(url: str, fd: int, progress: bool, allow_local_http: bool) -> dict[s
     try:
         with os.fdopen(fd, "wb") as f, opener.open(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, desc=f"downloading {url.rsplit('/', 1)[-1]}", unit="B",
-                      unit_scale=True, disable=not progress, file=sys.stderr) as bar:
+            with tqdm(
+                total=total,
+                desc=f"downloading {url.rsplit('/', 1)[-1]}",
+                unit="B",
+                unit_scale=True,
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     for h in hashes.values():
@@ -176,12 +196,14 @@ def _jpeg(img: torch.Tensor) -> bytes:
     """(3, H, W) uint8 -> JPEG bytes at PACK_QUALITY, no chroma subsampling."""
     buf = io.BytesIO()
     Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(
-        buf, format="JPEG", quality=PACK_QUALITY, subsampling=0)
+        buf, format="JPEG", quality=PACK_QUALITY, subsampling=0
+    )
     return buf.getvalue()
 
 
-def pack(train: ImageSet, val: ImageSet | None, dest: Path, source: str | Path | None = None
-         ) -> Path:
+def pack(
+    train: ImageSet, val: ImageSet | None, dest: Path, source: str | Path | None = None
+) -> Path:
     """Write the splits as a small zip in the official Tiny ImageNet layout.
 
     Images are re-encoded as JPEG (quality 95, 4:4:4; a few grey levels off the source), so
@@ -190,6 +212,7 @@ def pack(train: ImageSet, val: ImageSet | None, dest: Path, source: str | Path |
     ``source``: the data set it was read from, never written onto or into.
     """
     from vitmim import outputs  # runs (which outputs reads) imports this package
+
     dest = outputs.check_file(dest, inputs=[source] if source else [])
     dest.parent.mkdir(parents=True, exist_ok=True)
     top = (dest.stem or "data") + "/"
@@ -215,8 +238,10 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
     classes = train.classes
     for c in classes:
         if not c or c != c.strip() or any(ch in c for ch in "\t\n\r/"):
-            raise DataError(f"cannot pack class id {c!r}: ids must be non-empty, without "
-                            "tabs, line breaks, '/' or surrounding spaces")
+            raise DataError(
+                f"cannot pack class id {c!r}: ids must be non-empty, without "
+                "tabs, line breaks, '/' or surrounding spaces"
+            )
     if val is not None and val.classes != classes:
         raise ValueError("pack: train and val have different class lists")
     counts = torch.bincount(train.labels.clamp(min=0), minlength=len(classes))
@@ -226,8 +251,9 @@ def _pack_tin(zf: zipfile.ZipFile, top: str, train: ImageSet, val: ImageSet | No
         if n == 0:
             raise DataError(f"cannot pack class {c}: it has no training images")
     zf.writestr(top + "wnids.txt", "".join(f"{c}\n" for c in classes))
-    zf.writestr(top + "words.txt",
-                "".join(f"{c}\t{n}\n" for c, n in zip(classes, train.class_names)))
+    zf.writestr(
+        top + "words.txt", "".join(f"{c}\t{n}\n" for c, n in zip(classes, train.class_names))
+    )
     seen = [0] * len(classes)
     for img, y in zip(train.images, train.labels.tolist()):
         c = classes[y]

@@ -91,8 +91,9 @@ def _decode(data: bytes, target: tuple[int, str], name: str) -> tuple[np.ndarray
     return decode_image(data, size, resize, name)
 
 
-def _decode_into(tree: Tree, out_path: str, start: int, rels: list[str],
-                 target: tuple[int, str]) -> tuple[int, str | None]:
+def _decode_into(
+    tree: Tree, out_path: str, start: int, rels: list[str], target: tuple[int, str]
+) -> tuple[int, str | None]:
     """Decode ``rels`` into rows ``start...`` of the .npy at ``out_path``.
 
     Returns (how many were resized, the error message or None).
@@ -137,14 +138,18 @@ def _mp_context() -> mp.context.BaseContext:
     return mp.get_context()
 
 
-def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int, str],
-                progress: bool) -> int:
+def _decode_all(
+    tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int, str], progress: bool
+) -> int:
     """Decode each (out .npy path, files) job; return how many images were resized.
 
     Raises UserError on the first bad image.
     """
-    tasks = [(tree.spec, out, s, files[s:s + CHUNK], target)
-             for out, files in jobs for s in range(0, len(files), CHUNK)]
+    tasks = [
+        (tree.spec, out, s, files[s : s + CHUNK], target)
+        for out, files in jobs
+        for s in range(0, len(files), CHUNK)
+    ]
     total = sum(len(f) for _, f in jobs)
     workers = _n_workers(total)
     resized = 0
@@ -159,8 +164,9 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int
         return resized
     # Workers start before the progress bar's monitor thread exists; a dead worker (OOM kill)
     # surfaces as BrokenProcessPool instead of a hang.
-    ex = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=die_with_parent,
-                             initargs=(os.getpid(),))
+    ex = ProcessPoolExecutor(
+        workers, mp_context=_mp_context(), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     ok = False
     try:
         futures = [ex.submit(_worker, t) for t in tasks]
@@ -178,8 +184,14 @@ def _decode_all(tree: Tree, jobs: list[tuple[str, list[str]]], target: tuple[int
 
 
 def _bar(total: int, progress: bool) -> tqdm:
-    return tqdm(total=total, desc="decoding images", unit="img", disable=not progress,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc="decoding images",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,8 +200,15 @@ def _bar(total: int, progress: bool) -> tqdm:
 
 def _cache_key(tree: Tree, plan: Plan, target: tuple[int, str]) -> str:
     size, resize = target
-    desc = {"version": CACHE_VERSION, "tree": tree.fingerprint(), "kind": plan.kind,
-            "root": plan.root, "classes": plan.classes, "img_size": size, "resize": resize}
+    desc = {
+        "version": CACHE_VERSION,
+        "tree": tree.fingerprint(),
+        "kind": plan.kind,
+        "root": plan.root,
+        "classes": plan.classes,
+        "img_size": size,
+        "resize": resize,
+    }
     if plan.held_out is not None:  # only then: the keys of existing caches stay as they were
         desc["held_out"] = list(plan.held_out)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
@@ -217,8 +236,12 @@ def _locked(path: Path) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            print(f"{path.parent}: waiting for process {holder}, which is building this data "
-                  f"cache (lock {path.name})", file=sys.stderr, flush=True)
+            print(
+                f"{path.parent}: waiting for process {holder}, which is building this data "
+                f"cache (lock {path.name})",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(f, fcntl.LOCK_EX)
         f.truncate(0)
         f.write(str(os.getpid()))
@@ -237,9 +260,13 @@ def _open_split(d: Path, split: str, meta: dict) -> ImageSet:
     s = meta["img_size"]
     if images.shape != (n, 3, s, s) or images.dtype != np.uint8 or labels.shape != (n,):
         raise ValueError(f"{d}: {split} arrays do not match meta.json")
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
-                    list(meta["classes"]), list(meta["class_names"]),
-                    meta["fingerprints"][split])
+    return ImageSet(
+        torch.from_numpy(images),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(meta["classes"]),
+        list(meta["class_names"]),
+        meta["fingerprints"][split],
+    )
 
 
 def _sample_digest(path: Path) -> str:
@@ -280,8 +307,9 @@ def _open_cache(d: Path, say: bool = False) -> tuple[ImageSet, ImageSet | None] 
         bad = _damaged(d, meta)
         if bad:
             if say:
-                print(f"{d}: {bad} does not match its checksum; rebuilding the cache",
-                      file=sys.stderr)
+                print(
+                    f"{d}: {bad} does not match its checksum; rebuilding the cache", file=sys.stderr
+                )
             return None
         train = _open_split(d, "train", meta)
         val = _open_split(d, "val", meta) if meta["counts"].get("val") is not None else None
@@ -309,8 +337,9 @@ def _alloc_npy(path: Path, shape: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int, str],
-                 progress: bool) -> int:
+def _write_cache(
+    tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int, str], progress: bool
+) -> int:
     """Decode every image of ``plan`` into the empty folder ``tmp``; return how many resized."""
     img_size, resize = target
     splits = {"train": plan.train, "val": plan.val}
@@ -324,8 +353,13 @@ def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int,
         jobs.append((str(out), sp.files))
     resized = _decode_all(tree, jobs, target, progress)
     meta = {
-        "version": CACHE_VERSION, "key": key, "source": tree.display(plan.root),
-        "kind": plan.kind, "img_size": img_size, "resize": resize, "resized": resized,
+        "version": CACHE_VERSION,
+        "key": key,
+        "source": tree.display(plan.root),
+        "kind": plan.kind,
+        "img_size": img_size,
+        "resize": resize,
+        "resized": resized,
         "held_out": plan.held_out,
         "classes": plan.classes,
         "class_names": plan.class_names,
@@ -339,8 +373,9 @@ def _write_cache(tree: Tree, plan: Plan, key: str, tmp: Path, target: tuple[int,
     return resized
 
 
-def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str],
-                 progress: bool) -> None:
+def _build_cache(
+    tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str], progress: bool
+) -> None:
     """Build in a temp folder beside ``final`` and rename it into place (atomic)."""
     root = final.parent
     try:
@@ -348,12 +383,15 @@ def _build_cache(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[in
         with _locked(root / f".{key}.lock"):
             _build_locked(tree, plan, key, final, target, progress)
     except OSError as e:  # read-only or full disk: the user's to fix
-        raise DataError(f"{root}: cannot write the data cache ({fold_lines(e.strerror or e)}); "
-                        "free space or set data.cache_dir / VITMIM_CACHE") from None
+        raise DataError(
+            f"{root}: cannot write the data cache ({fold_lines(e.strerror or e)}); "
+            "free space or set data.cache_dir / VITMIM_CACHE"
+        ) from None
 
 
-def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str],
-                  progress: bool) -> None:
+def _build_locked(
+    tree: Tree, plan: Plan, key: str, final: Path, target: tuple[int, str], progress: bool
+) -> None:
     """Build under the lock: reuse a finished cache, clear debris, decode, rename."""
     root = final.parent
     if _open_cache(final) is not None:  # another process finished it while we waited
@@ -378,24 +416,27 @@ def _build_locked(tree: Tree, plan: Plan, key: str, final: Path, target: tuple[i
     total = len(plan.train.files) + (len(plan.val.files) if plan.val else 0)
     if plan.held_out is not None and plan.val is not None:
         fraction, seed = plan.held_out
-        print(f"validation: {len(plan.val.files):,} of {total:,} images held out "
-              f"(data.val_fraction={fraction:g}, data.split_seed={seed}; no val/ folder)",
-              file=sys.stderr)
+        print(
+            f"validation: {len(plan.val.files):,} of {total:,} images held out "
+            f"(data.val_fraction={fraction:g}, data.split_seed={seed}; no val/ folder)",
+            file=sys.stderr,
+        )
     if resized:
         size, resize = target
-        print(f"resized {resized:,} of {total:,} images to {size}x{size} ({resize})",
-              file=sys.stderr)
+        print(
+            f"resized {resized:,} of {total:,} images to {size}x{size} ({resize})", file=sys.stderr
+        )
 
 
-def split_fingerprint(tree: Tree, plan: Plan, target: tuple[int, str], split: str = "train"
-                      ) -> str:
+def split_fingerprint(tree: Tree, plan: Plan, target: tuple[int, str], split: str = "train") -> str:
     """The fingerprint ``split`` of ``plan`` will have (:attr:`ImageSet.fingerprint`), known
     without decoding an image: what a record of a finished run is compared with."""
     return _split_fingerprint(_cache_key(tree, plan, target), split)
 
 
-def cached_splits(tree: Tree, plan: Plan, target: tuple[int, str], root: Path,
-                  progress: bool) -> tuple[ImageSet, ImageSet | None]:
+def cached_splits(
+    tree: Tree, plan: Plan, target: tuple[int, str], root: Path, progress: bool
+) -> tuple[ImageSet, ImageSet | None]:
     """(train, val) of ``plan`` from its cache under ``root``, building it first if needed.
 
     ``target``: (image side in px, resize mode of :mod:`vitmim.data.images`).
@@ -407,6 +448,7 @@ def cached_splits(tree: Tree, plan: Plan, target: tuple[int, str], root: Path,
         _build_cache(tree, plan, key, final, target, progress)
         opened = _open_cache(final)
         if opened is None:
-            raise DataError(f"{final}: cache could not be read back after building; "
-                            "delete the folder and retry")
+            raise DataError(
+                f"{final}: cache could not be read back after building; delete the folder and retry"
+            )
     return opened

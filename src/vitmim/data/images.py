@@ -62,7 +62,10 @@ def _crop(rgb: Image.Image, size: int) -> Image.Image:
 
 
 _RESIZERS: dict[str, Callable[[Image.Image, int], Image.Image]] = {
-    "fit": _fit, "pad": _pad, "crop": _crop}
+    "fit": _fit,
+    "pad": _pad,
+    "crop": _crop,
+}
 
 
 def _unreadable(name: str, e: Exception) -> UserError:
@@ -90,14 +93,17 @@ def decode_image(data: bytes, size: int, resize: str, name: str) -> tuple[np.nda
         raise _unreadable(name, e) from None
 
 
-def prepare_image(im: Image.Image, size: int, resize: str, name: str = "image"
-                  ) -> tuple[np.ndarray, bool]:
+def prepare_image(
+    im: Image.Image, size: int, resize: str, name: str = "image"
+) -> tuple[np.ndarray, bool]:
     """An opened PIL image -> ((3, size, size) uint8 RGB, whether it was resized): upright,
     RGB on white, brought to size x size by ``resize`` (as :func:`decode_image`)."""
     if resize == "error" and im.size != (size, size):
         w, h = im.size
-        raise DataError(f"{name}: image is {w}x{h} px, expected {size}x{size} "
-                        "(set model.img_size, or data.resize to fit, pad or crop)")
+        raise DataError(
+            f"{name}: image is {w}x{h} px, expected {size}x{size} "
+            "(set model.img_size, or data.resize to fit, pad or crop)"
+        )
     im = ImageOps.exif_transpose(im)  # a copy only when it was not upright
     rgb = to_rgb(im)
     changed = rgb.size != (size, size)

@@ -38,8 +38,9 @@ from vitmim.config import DataConfig
 from vitmim.errors import DataError, fold_lines
 
 ARCHIVE_NAME = "tiny-imagenet-200.zip"
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                        ".ppm", ".pgm"})
+IMAGE_EXTS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 MAX_MEMBER_BYTES = 64 << 20  # a larger zip member (image or text file) is refused: zip-bomb guard
 MAX_ARCHIVE_BYTES = 64 << 30  # sum of uncompressed member sizes we accept in one archive
 
@@ -54,7 +55,7 @@ def _visible(rel: str) -> bool:
 
 
 def _is_image(rel: str) -> bool:
-    ext = rel[rel.rfind("."):].lower()
+    ext = rel[rel.rfind(".") :].lower()
     return ext in IMAGE_EXTS and "/" not in ext and _visible(rel)
 
 
@@ -95,11 +96,11 @@ class Tree:
         files: set[str] = set()
         for rel in self.files:
             if rel.startswith(prefix):
-                head, sep, _ = rel[len(prefix):].partition("/")
+                head, sep, _ = rel[len(prefix) :].partition("/")
                 (dirs if sep else files).add(head)
         for d in self.dirs:
             if d.startswith(prefix) and len(d) > len(prefix):
-                dirs.add(d[len(prefix):].partition("/")[0])
+                dirs.add(d[len(prefix) :].partition("/")[0])
         return dirs, files
 
     @property
@@ -125,8 +126,11 @@ class DirTree(Tree):
         for d, dnames, fnames in os.walk(self.root, followlinks=True):
             rel_d = os.path.relpath(d, self.root).replace(os.sep, "/")
             rel_d = "" if rel_d == "." else rel_d + "/"
-            dnames[:] = [n for n in dnames if _first_visit(os.path.join(d, n), seen)
-                         and self._text_name(d, n, _visible(n))]
+            dnames[:] = [
+                n
+                for n in dnames
+                if _first_visit(os.path.join(d, n), seen) and self._text_name(d, n, _visible(n))
+            ]
             self._dirs.update(rel_d + n for n in dnames)
             for n in fnames:
                 if not self._text_name(d, n, _is_image(n)):
@@ -225,8 +229,10 @@ class ZipTree(Tree):
             total += info.file_size
             self._infos[name] = info
         if total > MAX_ARCHIVE_BYTES:
-            raise DataError(f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
-                            f"{MAX_ARCHIVE_BYTES >> 30} GiB accepted (zip bomb?)")
+            raise DataError(
+                f"{path}: archive expands to {total / 2**30:.1f} GiB, more than the "
+                f"{MAX_ARCHIVE_BYTES >> 30} GiB accepted (zip bomb?)"
+            )
         self._files = sorted(self._infos)
         _say_skipped(str(path), skipped)
 
@@ -241,14 +247,24 @@ class ZipTree(Tree):
     def read(self, rel: str) -> bytes:
         info = self._infos.get(rel) or self.zf.getinfo(rel)
         if info.file_size > MAX_MEMBER_BYTES:
-            raise DataError(f"{self.display(rel)}: member expands to {info.file_size} bytes, "
-                            f"more than the {MAX_MEMBER_BYTES} accepted (zip bomb?)")
+            raise DataError(
+                f"{self.display(rel)}: member expands to {info.file_size} bytes, "
+                f"more than the {MAX_MEMBER_BYTES} accepted (zip bomb?)"
+            )
         try:
             return self.zf.read(info)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-                NotImplementedError) as e:
-            raise DataError(f"{self.display(rel)}: unreadable zip member ({fold_lines(e)}); "
-                            "the archive may be truncated or corrupt") from None
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            OSError,
+            ValueError,
+            NotImplementedError,
+        ) as e:
+            raise DataError(
+                f"{self.display(rel)}: unreadable zip member ({fold_lines(e)}); "
+                "the archive may be truncated or corrupt"
+            ) from None
 
     def display(self, rel: str) -> str:
         return f"{self.path}:{rel}" if rel else str(self.path)
@@ -292,19 +308,25 @@ def _kind(mode: int) -> str:
 def _say_skipped(where: str, skipped: Counter[str]) -> None:
     if skipped:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
-        print(f"{where}: skipped {sum(skipped.values())} entries that are not regular files "
-              f"({kinds})", file=sys.stderr)
+        print(
+            f"{where}: skipped {sum(skipped.values())} entries that are not regular files "
+            f"({kinds})",
+            file=sys.stderr,
+        )
 
 
 def open_tree(path: Path) -> Tree:
     if path.is_dir():
         return DirTree(path)
     if not path.is_file():
-        raise DataError(f"{path}: data not found; pass --data, set VITMIM_DATA, "
-                        "or run `vitmim data download`")
+        raise DataError(
+            f"{path}: data not found; pass --data, set VITMIM_DATA, or run `vitmim data download`"
+        )
     if not zipfile.is_zipfile(path):  # also what a truncated download looks like
-        raise DataError(f"{path}: not a zip archive (or a truncated one); expected "
-                        f"{ARCHIVE_NAME}, a packed subset, or a folder")
+        raise DataError(
+            f"{path}: not a zip archive (or a truncated one); expected "
+            f"{ARCHIVE_NAME}, a packed subset, or a folder"
+        )
     return ZipTree(path)
 
 
@@ -319,7 +341,6 @@ def tree_for(spec: tuple[str, str]) -> Tree:
         tree = DirTree(Path(path)) if kind == "dir" else ZipTree(Path(path))
         _WORKER_TREE = (spec, os.getpid(), tree)
     return _WORKER_TREE[2]
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,9 +382,15 @@ def hold_out(plan: Plan, fraction: float, seed: int) -> Plan:
         return plan
     keep = np.setdiff1d(np.arange(len(labels)), moved)
     files = plan.train.files
-    return Plan(plan.kind, plan.root, plan.classes, plan.class_names,
-                Split([files[i] for i in keep], labels[keep]),
-                Split([files[i] for i in moved], labels[moved]), (fraction, seed))
+    return Plan(
+        plan.kind,
+        plan.root,
+        plan.classes,
+        plan.class_names,
+        Split([files[i] for i in keep], labels[keep]),
+        Split([files[i] for i in moved], labels[moved]),
+        (fraction, seed),
+    )
 
 
 def _read_text(tree: Tree, rel: str) -> str:
@@ -380,8 +407,10 @@ def _plain_name(name: str, where: str, what: str) -> str:
     ``..``, absolute paths and control characters could point anywhere, so they are refused.
     """
     if name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
-        raise DataError(f"{where}: {what} {name!r} is not a plain name (no '/', '\\', '..' "
-                        "or control characters)")
+        raise DataError(
+            f"{where}: {what} {name!r} is not a plain name (no '/', '\\', '..' "
+            "or control characters)"
+        )
     return name
 
 
@@ -405,20 +434,23 @@ def default_classes(kind: str) -> int | None:
     return 10 if kind == "tin" else None
 
 
-def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str = "tin"
-                    ) -> list[str]:
+def _select_classes(ids: list[str], cfg: DataConfig, where: str, kind: str = "tin") -> list[str]:
     """Apply ``cfg.classes`` / ``cfg.class_subset`` / ``cfg.class_seed`` to the ordered class ids
     of the source."""
     sel = default_classes(kind) if cfg.classes == "auto" else cfg.classes
     if sel is None and cfg.class_subset:  # auto on a folder: every class, no blocks to cut
-        raise DataError(f"config key data.class_subset: needs a class count in data.classes "
-                        f"({where} has {len(ids)} classes; e.g. data.classes={len(ids) // 2})")
+        raise DataError(
+            f"config key data.class_subset: needs a class count in data.classes "
+            f"({where} has {len(ids)} classes; e.g. data.classes={len(ids) // 2})"
+        )
     if sel is None:
         return list(ids)
     if isinstance(sel, int):
         if sel <= 0 or sel > len(ids):
-            raise DataError(f"config key data.classes: asked for {sel} classes, but {where} "
-                            f"has {len(ids)}; set data.classes={len(ids)} or null (all)")
+            raise DataError(
+                f"config key data.classes: asked for {sel} classes, but {where} "
+                f"has {len(ids)}; set data.classes={len(ids)} or null (all)"
+            )
         if cfg.class_subset:
             return class_block(ids, sel, cfg.class_subset, where)
         if cfg.class_seed is None:
@@ -451,10 +483,12 @@ def class_block(ids: list[str], k: int, block: int, where: str) -> list[str]:
     random.Random(SUBSET_SEED).shuffle(rest)
     blocks = len(rest) // k
     if block > blocks:
-        raise DataError(f"config key data.class_subset: {block} is past the last block; "
-                        f"{where} has {len(ids)} classes, so {blocks} blocks of {k} after the "
-                        f"first {k}")
-    return [ids[i] for i in sorted(rest[(block - 1) * k:block * k])]
+        raise DataError(
+            f"config key data.class_subset: {block} is past the last block; "
+            f"{where} has {len(ids)} classes, so {blocks} blocks of {k} after the "
+            f"first {k}"
+        )
+    return [ids[i] for i in sorted(rest[(block - 1) * k : block * k])]
 
 
 def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
@@ -477,8 +511,10 @@ def _words(tree: Tree, rel: str, wanted: set[str]) -> dict[str, str]:
 def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     wn = root + "wnids.txt"
     if not tree.has_file(wn):
-        raise DataError(f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
-                        "(wnids.txt, words.txt, train/, val/)")
+        raise DataError(
+            f"{tree.display(wn)}: not found; expected the Tiny ImageNet layout "
+            "(wnids.txt, words.txt, train/, val/)"
+        )
     wnids = []
     for no, line in enumerate(_read_text(tree, wn).splitlines(), 1):
         if line.strip():
@@ -494,17 +530,23 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     tp = root + "train/"
     for rel in tree.files:
         if rel.startswith(tp):
-            parts = rel[len(tp):].split("/")
-            if len(parts) == 3 and parts[1] == "images" and parts[0] in index \
-                    and _is_image(parts[2]):
+            parts = rel[len(tp) :].split("/")
+            if (
+                len(parts) == 3
+                and parts[1] == "images"
+                and parts[0] in index
+                and _is_image(parts[2])
+            ):
                 per_class[parts[0]].append(rel)
     for c, fs in per_class.items():
         if not fs:
-            raise DataError(f"{tree.display(tp + c + '/images')}: no images "
-                            "(missing or empty class folder)")
-    train = Split([f for c in classes for f in per_class[c]],
-                   np.concatenate([np.full(len(per_class[c]), index[c], np.int64)
-                                   for c in classes]))
+            raise DataError(
+                f"{tree.display(tp + c + '/images')}: no images (missing or empty class folder)"
+            )
+    train = Split(
+        [f for c in classes for f in per_class[c]],
+        np.concatenate([np.full(len(per_class[c]), index[c], np.int64) for c in classes]),
+    )
     # No val/ at all (e.g. a pack of train only) -> no val split; val/ without its
     # annotations is a broken copy and an error.
     has_val = "val" in tree.listdir(root)[0]
@@ -515,8 +557,10 @@ def _plan_tin(tree: Tree, root: str, cfg: DataConfig) -> Plan:
 def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int]) -> Split:
     ann = root + "val/val_annotations.txt"
     if not tree.has_file(ann):
-        raise DataError(f"{tree.display(ann)}: not found; expected lines "
-                        "'file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1'")
+        raise DataError(
+            f"{tree.display(ann)}: not found; expected lines "
+            "'file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1'"
+        )
     files, labels = [], []
     for no, line in enumerate(_read_text(tree, ann).splitlines(), 1):
         if not line.strip():
@@ -524,8 +568,10 @@ def _plan_tin_val(tree: Tree, root: str, wnids: set[str], index: dict[str, int])
         # Tab-separated as in the official file; any whitespace when there is no tab.
         fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
         if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
-            raise DataError(f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
-                            f"got {line.strip()[:80]!r}")
+            raise DataError(
+                f"{tree.display(ann)}:{no}: expected 'file<TAB>wnid<TAB>box...', "
+                f"got {line.strip()[:80]!r}"
+            )
         name = _plain_name(fields[0].strip(), f"{tree.display(ann)}:{no}", "file name")
         wnid = fields[1].strip()
         if wnid not in wnids:
@@ -545,7 +591,7 @@ def _class_files(tree: Tree, prefix: str, classes: list[str]) -> dict[str, list[
     out: dict[str, list[str]] = {c: [] for c in classes}
     for rel in tree.files:
         if rel.startswith(prefix) and _is_image(rel):
-            head, sep, _ = rel[len(prefix):].partition("/")
+            head, sep, _ = rel[len(prefix) :].partition("/")
             if sep and head in out:
                 out[head].append(rel)
     return out
@@ -557,16 +603,20 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
     tp = root + "train/" if "train" in tree.listdir(root)[0] else root
     found = sorted(d for d in tree.listdir(tp)[0] if _visible(d))
     if not found:
-        raise DataError(f"{tree.display(tp)}: no class folders (expected <class>/<image>, or "
-                        f"train/<class>/<image>)")
+        raise DataError(
+            f"{tree.display(tp)}: no class folders (expected <class>/<image>, or "
+            f"train/<class>/<image>)"
+        )
     classes = _select_classes(found, cfg, tree.display(tp), "folder")
     index = {c: i for i, c in enumerate(classes)}
     per_class = _class_files(tree, tp, classes)
     for c, fs in per_class.items():
         if not fs:
             raise DataError(f"{tree.display(tp + c)}: no images (empty class folder)")
-    train = Split([f for c in classes for f in per_class[c]],
-                   np.asarray([index[c] for c in classes for _ in per_class[c]], np.int64))
+    train = Split(
+        [f for c in classes for f in per_class[c]],
+        np.asarray([index[c] for c in classes for _ in per_class[c]], np.int64),
+    )
     val = None
     vp = root + "val/"
     if tp != root and "val" in tree.listdir(root)[0]:
@@ -575,21 +625,25 @@ def _plan_folder(tree: Tree, root: str, cfg: DataConfig) -> Plan:
                 raise DataError(f"{tree.display(vp + d)}: class folder {d!r} is not in train/")
         loose = sorted(f for f in tree.listdir(vp)[1] if _is_image(f))
         if loose:  # without class folders they have no labels: val top-1 would read 0
-            raise DataError(f"{tree.display(vp + loose[0])}: a validation image outside a class "
-                            f"folder ({len(loose)} in val/); move them to val/<class>/")
+            raise DataError(
+                f"{tree.display(vp + loose[0])}: a validation image outside a class "
+                f"folder ({len(loose)} in val/); move them to val/<class>/"
+            )
         vfiles = _class_files(tree, vp, classes)
-        val = Split([f for c in classes for f in vfiles[c]],
-                     np.asarray([index[c] for c in classes for _ in vfiles[c]], np.int64))
+        val = Split(
+            [f for c in classes for f in vfiles[c]],
+            np.asarray([index[c] for c in classes for _ in vfiles[c]], np.int64),
+        )
     return Plan("folder", root, classes, list(classes), train, val)
 
 
 def _plan_unlabelled(tree: Tree) -> Plan:
     files = [f for f in tree.files if _is_image(f)]
     if not files:
-        raise DataError(f"{tree.display('')}: no images found (looked for "
-                        f"{', '.join(sorted(IMAGE_EXTS))})")
-    return Plan("unlabelled", "", [], [], Split(files, np.full(len(files), -1, np.int64)),
-                 None)
+        raise DataError(
+            f"{tree.display('')}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})"
+        )
+    return Plan("unlabelled", "", [], [], Split(files, np.full(len(files), -1, np.int64)), None)
 
 
 def _class_folders(tree: Tree, root: str) -> bool:
@@ -598,8 +652,11 @@ def _class_folders(tree: Tree, root: str) -> bool:
     dirs, files = tree.listdir(root)
     if any(_is_image(f) for f in files):
         return False
-    with_images = {rel[len(root):].partition("/")[0] for rel in tree.files
-                   if rel.startswith(root) and _is_image(rel)}
+    with_images = {
+        rel[len(root) :].partition("/")[0]
+        for rel in tree.files
+        if rel.startswith(root) and _is_image(rel)
+    }
     return len(with_images & {d for d in dirs if _visible(d)}) >= 2
 
 
@@ -625,10 +682,11 @@ def plan_source(tree: Tree, cfg: DataConfig) -> Plan:
         return _plan_tin(tree, root, cfg)
     if kind == "folder":
         if "train" not in tree.listdir(root)[0] and not _class_folders(tree, root):
-            raise DataError(f"{tree.display(root)}: no class folders; expected <class>/<image> "
-                            "or train/<class>/<image> (and optionally val/<class>/<image>)")
+            raise DataError(
+                f"{tree.display(root)}: no class folders; expected <class>/<image> "
+                "or train/<class>/<image> (and optionally val/<class>/<image>)"
+            )
         plan = _plan_folder(tree, root, cfg)
     else:
         plan = _plan_unlabelled(tree)
     return hold_out(plan, cfg.val_fraction, cfg.split_seed)
-

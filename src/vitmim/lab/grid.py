@@ -67,14 +67,36 @@ from vitmim.runs import finished, json_object, restorer_keys
 from vitmim.stages import eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
-CELL_KEYS = {"cell": str, "kind": str, "axes": dict, "seed": int, "label_fractions": list,
-             "probe": bool, "config": dict}
-SPEC_KEYS = {"base", "config", "variants", "cross", "seeds", "baselines", "label_fractions",
-             "probe", "out", "records", "slurm", "reference"}
+CELL_KEYS = {
+    "cell": str,
+    "kind": str,
+    "axes": dict,
+    "seed": int,
+    "label_fractions": list,
+    "probe": bool,
+    "config": dict,
+}
+SPEC_KEYS = {
+    "base",
+    "config",
+    "variants",
+    "cross",
+    "seeds",
+    "baselines",
+    "label_fractions",
+    "probe",
+    "out",
+    "records",
+    "slurm",
+    "reference",
+}
 # published figures a grid reproduces, shown beside its own by the report: top-1 % of scratch
 # and of the best pre-trained cell, and where they come from
-REFERENCE_KEYS: dict[str, type | tuple[type, ...]] = {"source": str, "scratch": (int, float),
-                                                      "best": (int, float)}
+REFERENCE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "source": str,
+    "scratch": (int, float),
+    "best": (int, float),
+}
 
 
 @dataclass
@@ -126,9 +148,15 @@ class Run:
         return []
 
     def job(self) -> dict:
-        return {"cell": self.cell, "kind": self.kind, "axes": self.axes, "seed": self.seed,
-                "label_fractions": self.label_fractions, "probe": self.probe,
-                "config": self.config}
+        return {
+            "cell": self.cell,
+            "kind": self.kind,
+            "axes": self.axes,
+            "seed": self.seed,
+            "label_fractions": self.label_fractions,
+            "probe": self.probe,
+            "config": self.config,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,12 +173,20 @@ def load_spec(path: str | Path) -> GridSpec:
     p = Path(path)
     raw = read_yaml_mapping(p, "grid spec")
     unknown = set(raw) - SPEC_KEYS
-    _expect(not unknown, p, ", ".join(sorted(map(str, unknown))),
-            f"one of {', '.join(sorted(SPEC_KEYS))} (unknown key)")
+    _expect(
+        not unknown,
+        p,
+        ", ".join(sorted(map(str, unknown))),
+        f"one of {', '.join(sorted(SPEC_KEYS))} (unknown key)",
+    )
     base = raw.get("base") or []
     base = [base] if isinstance(base, str) else base
-    _expect(isinstance(base, list) and all(isinstance(b, str) for b in base), p, "base",
-            "a preset name, a YAML path or a list of them")
+    _expect(
+        isinstance(base, list) and all(isinstance(b, str) for b in base),
+        p,
+        "base",
+        "a preset name, a YAML path or a list of them",
+    )
     spec = GridSpec(p, base=base)
     for key in ("config", "slurm"):
         value = raw.get(key) or {}
@@ -179,22 +215,42 @@ def _check_variants(variants, p: Path) -> list[dict]:
     the spec's for it and its baselines, e.g. for a costly cell run with fewer seeds)."""
     if isinstance(variants, dict):
         for key, values in variants.items():
-            _expect(isinstance(values, list) and len(values) > 0, p, f"variants.{key}",
-                    "a non-empty list of values")
+            _expect(
+                isinstance(values, list) and len(values) > 0,
+                p,
+                f"variants.{key}",
+                "a non-empty list of values",
+            )
         return [dict(zip(variants, vals)) for vals in itertools.product(*variants.values())]
-    _expect(isinstance(variants, list) and bool(variants), p, "variants",
-            "a mapping of keys to lists of values, or a non-empty list of mappings")
+    _expect(
+        isinstance(variants, list) and bool(variants),
+        p,
+        "variants",
+        "a mapping of keys to lists of values, or a non-empty list of mappings",
+    )
     cells: list[dict] = []
     for i, cell in enumerate(variants):
-        _expect(isinstance(cell, dict), p, f"variants[{i}]",
-                "a mapping of config keys to values ({} for the base config itself)")
+        _expect(
+            isinstance(cell, dict),
+            p,
+            f"variants[{i}]",
+            "a mapping of config keys to values ({} for the base config itself)",
+        )
         cell = dict(cell)
         seeds = cell.pop(SEEDS, None)
-        _expect(seeds is None or _seed_list(seeds), p, f"variants[{i}].{SEEDS}",
-                "a non-empty list of distinct integers")
+        _expect(
+            seeds is None or _seed_list(seeds),
+            p,
+            f"variants[{i}].{SEEDS}",
+            "a non-empty list of distinct integers",
+        )
         flat = flatten(cell)
-        _expect(flat not in [{k: v for k, v in c.items() if k != SEEDS} for c in cells], p,
-                f"variants[{i}]", "a cell not listed before")
+        _expect(
+            flat not in [{k: v for k, v in c.items() if k != SEEDS} for c in cells],
+            p,
+            f"variants[{i}]",
+            "a cell not listed before",
+        )
         cells.append({**flat, **({SEEDS: seeds} if seeds is not None else {})})
     return cells
 
@@ -203,35 +259,60 @@ SEEDS = "seeds"  # in a variant cell: its own seeds (never a config key: those a
 
 
 def _seed_list(seeds) -> bool:
-    return (isinstance(seeds, list) and bool(seeds) and all(type(s) is int for s in seeds)
-            and len(set(seeds)) == len(seeds))
+    return (
+        isinstance(seeds, list)
+        and bool(seeds)
+        and all(type(s) is int for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    )
 
 
 def _cross(cells: list[dict], cross, p: Path) -> list[dict]:
     """Every cell crossed with every combination of the ``cross`` axes (which come first)."""
     if cross is None:
         return cells
-    _expect(isinstance(cross, dict) and bool(cross), p, "cross",
-            "a mapping of keys to lists of values")
+    _expect(
+        isinstance(cross, dict) and bool(cross), p, "cross", "a mapping of keys to lists of values"
+    )
     for key, values in cross.items():
-        _expect(isinstance(values, list) and len(values) > 0, p, f"cross.{key}",
-                "a non-empty list of values")
-        _expect(not any(key in cell for cell in cells), p, f"cross.{key}",
-                "a key the variants do not set")
-    return [{**dict(zip(cross, vals)), **cell}
-            for vals in itertools.product(*cross.values()) for cell in cells]
+        _expect(
+            isinstance(values, list) and len(values) > 0,
+            p,
+            f"cross.{key}",
+            "a non-empty list of values",
+        )
+        _expect(
+            not any(key in cell for cell in cells),
+            p,
+            f"cross.{key}",
+            "a key the variants do not set",
+        )
+    return [
+        {**dict(zip(cross, vals)), **cell}
+        for vals in itertools.product(*cross.values())
+        for cell in cells
+    ]
 
 
 def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
     seeds = raw.get("seeds", spec.seeds)
     _expect(_seed_list(seeds), p, "seeds", "a non-empty list of distinct integers")
     baselines = raw.get("baselines", spec.baselines) or []
-    _expect(isinstance(baselines, list) and set(baselines) <= set(BASELINES), p, "baselines",
-            f"a list of {', '.join(BASELINES)}")
+    _expect(
+        isinstance(baselines, list) and set(baselines) <= set(BASELINES),
+        p,
+        "baselines",
+        f"a list of {', '.join(BASELINES)}",
+    )
     lfs = raw.get("label_fractions", spec.label_fractions)
-    _expect(isinstance(lfs, list) and bool(lfs) and all(
-        isinstance(f, (int, float)) and 0 < f <= 1 for f in lfs), p, "label_fractions",
-        "a non-empty list of numbers in (0, 1]")
+    _expect(
+        isinstance(lfs, list)
+        and bool(lfs)
+        and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in lfs),
+        p,
+        "label_fractions",
+        "a non-empty list of numbers in (0, 1]",
+    )
     probe = raw.get("probe", True)
     _expect(isinstance(probe, bool), p, "probe", "true or false")
     for key in ("out", "records"):
@@ -261,8 +342,9 @@ def cell_name(axes: dict) -> str:
     return ",".join(parts)
 
 
-def _cells(spec: GridSpec, resolve: Callable[[str, dict], Config]
-           ) -> list[tuple[str, str, dict, list[int]]]:
+def _cells(
+    spec: GridSpec, resolve: Callable[[str, dict], Config]
+) -> list[tuple[str, str, dict, list[int]]]:
     """(cell name, kind, axes, seeds) for every variant and every distinct baseline (with the
     seeds of every variant it serves). ``resolve(cell, axes)``: the config of a cell, which
     decides what its baselines share."""
@@ -287,8 +369,9 @@ def _cells(spec: GridSpec, resolve: Callable[[str, dict], Config]
     return cells
 
 
-def plan(spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
-         ) -> list[Run]:
+def plan(
+    spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
+) -> list[Run]:
     """Every run of the grid with its resolved config; bad values are refused before any work.
     ``files``: config files applied over the spec's config, before ``overrides``.
     A tuned baseline is left out where its config sets no tuned recipe."""
@@ -310,8 +393,18 @@ def plan(spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequen
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             if is_tuned(kind) and not cfg.scratch:
                 continue
-            runs.append(Run(cell, kind, axes, seed, out / cell / f"seed{seed}", to_dict(cfg),
-                            spec.label_fractions, spec.probe))
+            runs.append(
+                Run(
+                    cell,
+                    kind,
+                    axes,
+                    seed,
+                    out / cell / f"seed{seed}",
+                    to_dict(cfg),
+                    spec.label_fractions,
+                    spec.probe,
+                )
+            )
     restorers: dict[str, Path] = {}
     for run in runs:
         if run.kind == "variant":
@@ -333,14 +426,19 @@ def comparisons_first(todo: list[Run]) -> list[Run]:
     for v in (r for r in todo if r.kind == "variant"):
         cfg = load_config(base=v.config)
         order.append(v)
-        order += [b for b in todo if b.kind != "variant" and b.seed == v.seed and b not in order
-                  and baseline_axes(b.kind, v.axes, cfg) == b.axes]
+        order += [
+            b
+            for b in todo
+            if b.kind != "variant"
+            and b.seed == v.seed
+            and b not in order
+            and baseline_axes(b.kind, v.axes, cfg) == b.axes
+        ]
     return order + [r for r in todo if r not in order]
 
 
 def run_finished(run: Run) -> bool:
-    return (all(finished(d) for d in run.stage_dirs())
-            and all(f.exists() for f in run.extra_files()))
+    return all(finished(d) for d in run.stage_dirs()) and all(f.exists() for f in run.extra_files())
 
 
 class Ledger:
@@ -370,9 +468,11 @@ class Ledger:
         if run_finished(run):
             why = mismatch(run.dir, run.job(), self.fingerprint(run))
             if why:
-                raise UserError(f"{run.dir}: holds a finished run that is not this grid's "
-                                f"({why}); choose another --out, or delete the folder to run "
-                                f"it again")
+                raise UserError(
+                    f"{run.dir}: holds a finished run that is not this grid's "
+                    f"({why}); choose another --out, or delete the folder to run "
+                    f"it again"
+                )
             return "finished"
         rec = self.record_dir(run)
         if rec and is_recorded(rec) and not mismatch(rec, run.job(), self.fingerprint(run)):
@@ -382,8 +482,7 @@ class Ledger:
     def record(self, run: Run) -> None:
         """Record a finished run, unless its record is already there."""
         rec = self.record_dir(run)
-        if rec and not (is_recorded(rec) and not mismatch(rec, run.job(),
-                                                            self.fingerprint(run))):
+        if rec and not (is_recorded(rec) and not mismatch(rec, run.job(), self.fingerprint(run))):
             write_record(run.dir, rec, run.stage_dirs())
 
     def write_progress(self, runs: list[Run]) -> str | None:
@@ -392,12 +491,18 @@ class Ledger:
             return None
         line = progress_line(self.records, [(r.cell, r.kind, r.seed) for r in runs])
         readme = self.records / "README.md"
-        text = readme.read_text() if readme.exists() else (
-            f"# {self.records.name}\n\nRecords of finished runs (config, manifest, metrics; no "
-            f"weights), written by `vitmim grid`; `vitmim report {self.records}` rebuilds "
-            f"every table and plot from them.\n\n{PROGRESS}\n")
-        lines = [f"{PROGRESS} {line}" if ln.startswith(PROGRESS) else ln
-                 for ln in text.splitlines()]
+        text = (
+            readme.read_text()
+            if readme.exists()
+            else (
+                f"# {self.records.name}\n\nRecords of finished runs (config, manifest, metrics; no "
+                f"weights), written by `vitmim grid`; `vitmim report {self.records}` rebuilds "
+                f"every table and plot from them.\n\n{PROGRESS}\n"
+            )
+        )
+        lines = [
+            f"{PROGRESS} {line}" if ln.startswith(PROGRESS) else ln for ln in text.splitlines()
+        ]
         checkpoint.write_text(readme, "\n".join(lines) + "\n")
         return line
 
@@ -411,8 +516,10 @@ def read_status(run_dir: Path) -> dict:
 
 
 def _write_status(run_dir: Path, status: str, **extra) -> None:
-    checkpoint.write_json(run_dir / "status.json", {"status": status, **extra,
-                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    checkpoint.write_json(
+        run_dir / "status.json",
+        {"status": status, **extra, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )
 
 
 def run_job(cell_json: str | Path) -> dict:
@@ -437,10 +544,16 @@ def _execute(job: dict, run_dir: Path) -> dict:
     trains its one baseline; each fine-tune once per label fraction, in ``finetune[_lfF]``."""
     cfg = load_config(base=job["config"])
     variant = job["kind"] == "variant"
-    return run_all(cfg, run_dir, env_for(cfg), pretrained=variant,
-                   baselines=() if variant else (job["kind"],),
-                   label_fractions=tuple(job["label_fractions"]), probe=job["probe"],
-                   dirs=None if variant else {job["kind"]: "finetune"})
+    return run_all(
+        cfg,
+        run_dir,
+        env_for(cfg),
+        pretrained=variant,
+        baselines=() if variant else (job["kind"],),
+        label_fractions=tuple(job["label_fractions"]),
+        probe=job["probe"],
+        dirs=None if variant else {job["kind"]: "finetune"},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,8 +601,9 @@ def share_restorer(run: Run) -> bool:
 
     tmp = dst.with_name(dst.name + ".sharing")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link,
-                    ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    shutil.copytree(
+        src, tmp, copy_function=link, ignore=shutil.ignore_patterns("checkpoints", ".lock")
+    )
     tmp.rename(dst)
     print(f"{run.cell} seed{run.seed}: pre-training shared with {run.donor}", flush=True)
     return True
@@ -497,15 +611,19 @@ def share_restorer(run: Run) -> bool:
 
 def _waits_for_donor(run: Run, unfinished: set[Path]) -> bool:
     """A run whose donor is still to pre-train (or pre-training) waits for it."""
-    return bool(run.donor and run.donor in unfinished
-                and not finished(run.donor / "pretrain"))
+    return bool(run.donor and run.donor in unfinished and not finished(run.donor / "pretrain"))
 
 
 class Progress:
     """``[done/total]`` after each run, with an ETA from the wall times of finished runs."""
 
-    def __init__(self, total: int, jobs: int, walls: list[float],
-                 on_done: Callable[[Run], None] | None = None):
+    def __init__(
+        self,
+        total: int,
+        jobs: int,
+        walls: list[float],
+        on_done: Callable[[Run], None] | None = None,
+    ):
         self.total, self.jobs, self.walls, self.done = total, jobs, list(walls), 0
         self.on_done = on_done  # called with each run that finished
 
@@ -520,15 +638,24 @@ class Progress:
                 self.on_done(run)
         else:
             error = status.get("error") if status.get("status") == "failed" else None
-            result = {"status": "failed", "error": killed or error or _log_tail(run.dir),
-                      "wall_s": wall_s}
+            result = {
+                "status": "failed",
+                "error": killed or error or _log_tail(run.dir),
+                "wall_s": wall_s,
+            }
         self.done += 1
         left = self.total - self.done
-        eta = eta_text(sum(self.walls) / len(self.walls) * left / self.jobs) \
-            if left and self.walls else ""
+        eta = (
+            eta_text(sum(self.walls) / len(self.walls) * left / self.jobs)
+            if left and self.walls
+            else ""
+        )
         note = f": {result['error']}" if "error" in result else ""
-        print(f"[{self.done}/{self.total}] {run.cell} seed{run.seed} {result['status']} in "
-              f"{wall_s:.0f} s{note}{eta}", flush=True)
+        print(
+            f"[{self.done}/{self.total}] {run.cell} seed{run.seed} {result['status']} in "
+            f"{wall_s:.0f} s{note}{eta}",
+            flush=True,
+        )
         return result
 
 
@@ -590,15 +717,19 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
                 cell_json = _prepare(run)
                 _start_line(len(runs) - len(queue), runs, run)
                 with open(run.dir / "log.txt", "a") as log:
-                    proc = subprocess.Popen([sys.executable, "-m", "vitmim.lab.grid",
-                                             str(cell_json)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=job_env(run, jobs))
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "vitmim.lab.grid", str(cell_json)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=job_env(run, jobs),
+                    )
                 running[proc] = (run, time.time())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 run, t0 = running.pop(proc)
-                results[run.dir] = progress.outcome(run, proc.returncode == 0, time.time() - t0,
-                                                    _killed(proc.returncode))
+                results[run.dir] = progress.outcome(
+                    run, proc.returncode == 0, time.time() - t0, _killed(proc.returncode)
+                )
     except KeyboardInterrupt:
         _interrupt(list(running))
         raise
@@ -631,9 +762,15 @@ def _interrupt(procs: list[subprocess.Popen]) -> None:
 def _log_tail(run_dir: Path) -> str:
     log = run_dir / "log.txt"
     # progress-bar lines (redrawn after \r) say nothing about why a job stopped
-    lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
-             if ln.strip() and not re.search(r"\d+%\|", ln)] \
-        if log.exists() else []
+    lines = (
+        [
+            ln
+            for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+            if ln.strip() and not re.search(r"\d+%\|", ln)
+        ]
+        if log.exists()
+        else []
+    )
     return lines[-1].strip() if lines else "no output"
 
 
@@ -642,8 +779,9 @@ def make_executor(kind: str, folder: Path, params: dict):
     try:
         import submitit
     except ImportError:  # an optional dependency: the `slurm` extra
-        raise UserError(f"--executor {kind}: needs submitit (pip install 'vitmim[slurm]')"
-                        ) from None
+        raise UserError(
+            f"--executor {kind}: needs submitit (pip install 'vitmim[slurm]')"
+        ) from None
     executor: submitit.Executor
     if kind == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
@@ -657,14 +795,14 @@ def make_executor(kind: str, folder: Path, params: dict):
     return executor
 
 
-def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: bool,
-                    progress: Progress) -> dict[Path, dict]:
+def launch_submitit(
+    runs: list[Run], kind: str, out: Path, params: dict, wait: bool, progress: Progress
+) -> dict[Path, dict]:
     """Submit all runs as one job array; with ``wait``, collect each job's outcome."""
     executor = make_executor(kind, out / ".submitit", params)
     paths = [str(_prepare(run)) for run in runs]
     jobs = executor.map_array(run_job, paths)
-    print(f"submitted {len(jobs)} jobs ({kind}): {', '.join(j.job_id for j in jobs)}",
-          flush=True)
+    print(f"submitted {len(jobs)} jobs ({kind}): {', '.join(j.job_id for j in jobs)}", flush=True)
     results = {}
     for run, job in zip(runs, jobs):
         if not wait:
@@ -676,64 +814,102 @@ def launch_submitit(runs: list[Run], kind: str, out: Path, params: dict, wait: b
             ok = True
         except Exception:  # the job's own status.json carries the error line
             ok = False
-        results[run.dir] = {**progress.outcome(run, ok, time.time() - t0),
-                            "job_id": job.job_id}
+        results[run.dir] = {**progress.outcome(run, ok, time.time() - t0), "job_id": job.job_id}
     return results
 
 
-def write_grid_status(out: Path, runs: list[Run], results: dict[Path, dict],
-                      reference: dict | None = None) -> Path:
+def write_grid_status(
+    out: Path, runs: list[Run], results: dict[Path, dict], reference: dict | None = None
+) -> Path:
     """``OUT/grid.json``: each run's cell, seed, folder and status after this invocation, and
     the spec's published reference figures for the report."""
     rows = []
     for run in runs:
         r = results.get(run.dir) or {"status": "done" if run_finished(run) else "pending"}
-        rows.append({"cell": run.cell, "kind": run.kind, "seed": run.seed,
-                     "dir": str(run.dir.relative_to(out)), **r})
-    path = outputs.check_file(out / "grid.json", ours=lambda p: isinstance(
-        json_object(p).get("runs"), list))  # a grid's status, of this grid or an earlier one
-    checkpoint.write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": rows,
-                                 **({"reference": reference} if reference else {})})
+        rows.append(
+            {
+                "cell": run.cell,
+                "kind": run.kind,
+                "seed": run.seed,
+                "dir": str(run.dir.relative_to(out)),
+                **r,
+            }
+        )
+    path = outputs.check_file(
+        out / "grid.json", ours=lambda p: isinstance(json_object(p).get("runs"), list)
+    )  # a grid's status, of this grid or an earlier one
+    checkpoint.write_json(
+        path,
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "runs": rows,
+            **({"reference": reference} if reference else {}),
+        },
+    )
     return path
 
 
-def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: Sequence[str] = (),
-             slurm: dict | None = None, wait: bool | None = None, dry_run: bool = False,
-             files: Sequence[str] = (), jobs: int = 1) -> list[dict]:
+def run_grid(
+    spec: GridSpec,
+    out: Path,
+    executor: str = "local",
+    overrides: Sequence[str] = (),
+    slurm: dict | None = None,
+    wait: bool | None = None,
+    dry_run: bool = False,
+    files: Sequence[str] = (),
+    jobs: int = 1,
+) -> list[dict]:
     """Plan, skip finished runs, launch the rest (``jobs`` at once with the local executor);
     returns the rows of ``grid.json``. An interrupted grid continues when called again."""
     if jobs < 1 or jobs > 1 and executor != "local":
-        raise UserError(f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
-                        f"--executor local (a job array runs as its scheduler decides)")
+        raise UserError(
+            f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
+            f"--executor local (a job array runs as its scheduler decides)"
+        )
     runs = plan(spec, out, overrides, files)
     for kind in dict.fromkeys(spec.baselines):
         if is_tuned(kind) and all(r.kind != kind for r in runs):
-            print(f"note: baseline {kind} left out: no tuned scratch recipe is set (config "
-                  "section scratch; e.g. -c docs/results/scratch_search/scratch_recipe.yaml)")
+            print(
+                f"note: baseline {kind} left out: no tuned scratch recipe is set (config "
+                "section scratch; e.g. -c docs/results/scratch_search/scratch_recipe.yaml)"
+            )
     ledger = Ledger(Path(spec.records) if spec.records else None)
     states = {r.dir: ledger.state(r) for r in runs}
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
     if dry_run:  # in the order they would run
         for r in [r for r in runs if states[r.dir] != "todo"] + todo:
-            state = read_status(r.dir).get("status", "pending") \
-                if states[r.dir] == "todo" else states[r.dir]
+            state = (
+                read_status(r.dir).get("status", "pending")
+                if states[r.dir] == "todo"
+                else states[r.dir]
+            )
             print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}")
         print(f"{len(runs)} runs, {len(todo)} to do")
         return []
     for r in runs:
         if states[r.dir] == "finished":
             ledger.record(r)  # a run finished before its grid kept records
-    results = {r.dir: {"status": "skipped" if states[r.dir] == "finished" else "recorded"}
-               for r in runs if states[r.dir] != "todo"}
+    results = {
+        r.dir: {"status": "skipped" if states[r.dir] == "finished" else "recorded"}
+        for r in runs
+        if states[r.dir] != "todo"
+    }
     recorded = sum(s == "recorded" for s in states.values())
-    print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished"
-          + (f" ({recorded} of them from records in {ledger.records})" if recorded else ""),
-          flush=True)
+    print(
+        f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished"
+        + (f" ({recorded} of them from records in {ledger.records})" if recorded else ""),
+        flush=True,
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_grid_status(out, runs, results, spec.reference)  # reportable while it runs
     walls = [read_status(d).get("wall_s") for d in results]  # what earlier invocations took
-    progress = Progress(len(todo), len(todo) if executor not in ("local", "inline") else jobs,
-                        [w for w in walls if w], on_done=ledger.record)
+    progress = Progress(
+        len(todo),
+        len(todo) if executor not in ("local", "inline") else jobs,
+        [w for w in walls if w],
+        on_done=ledger.record,
+    )
     if ledger.records:
         print(f"records: {ledger.write_progress(runs)}", flush=True)
     if todo and executor == "local":
@@ -742,16 +918,25 @@ def run_grid(spec: GridSpec, out: Path, executor: str = "local", overrides: Sequ
         results.update(launch_inline(todo, progress))
     elif todo:
         params = {**spec.slurm, **(slurm or {})}
-        results.update(launch_submitit(todo, executor, out, params,
-                                       wait if wait is not None else executor != "slurm",
-                                       progress))
+        results.update(
+            launch_submitit(
+                todo,
+                executor,
+                out,
+                params,
+                wait if wait is not None else executor != "slurm",
+                progress,
+            )
+        )
     rows = json.loads(write_grid_status(out, runs, results, spec.reference).read_text())["runs"]
     if ledger.records:
         print(f"records: {ledger.write_progress(runs)}", flush=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        raise UserError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "
-                        f"{failed[0]['error']}); see {out / 'grid.json'}")
+        raise UserError(
+            f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "
+            f"{failed[0]['error']}); see {out / 'grid.json'}"
+        )
     return rows
 
 

@@ -37,8 +37,10 @@ RUN_FILES = ("cell.json", "status.json", "summary.json", "summary.md", "probe_ra
 def stage_done(stage_dir: Path) -> bool:
     """A stage that finished: its final model is there, or a record of it is."""
     return finished(stage_dir) or (
-        (stage_dir / "model.json").exists() and (stage_dir.parent / RECORD).exists()
-        and not (stage_dir / MODEL).exists())
+        (stage_dir / "model.json").exists()
+        and (stage_dir.parent / RECORD).exists()
+        and not (stage_dir / MODEL).exists()
+    )
 
 
 def mismatch(seed_dir: Path, job: dict, data_fingerprint: str) -> str | None:
@@ -69,9 +71,11 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     older record there: the plan decided it is stale); ``record.json`` last, so that a record
     cut off half-way is not one."""
     if record_dir.exists() and not is_recorded(record_dir):
-        raise UserError(f"{record_dir}: exists and holds no record ({RECORD}); the grid writes "
-                        f"records only into folders of its own: move it, or name another "
-                        f"`records:` folder in the spec")
+        raise UserError(
+            f"{record_dir}: exists and holds no record ({RECORD}); the grid writes "
+            f"records only into folders of its own: move it, or name another "
+            f"`records:` folder in the spec"
+        )
     tmp = record_dir.with_name(record_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -89,11 +93,15 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
             shutil.copy2(img, tmp / stage.name / "images" / img.name)
     status = json_object(run_dir / "status.json")
     manifests = [json_object(s / "manifest.json") for s in stage_dirs]
-    checkpoint.write_json(tmp / RECORD, {
-        "wall_s": status.get("wall_s"),
-        "core_s": core_seconds(status.get("wall_s"), manifests),
-        "git_commit": manifests[0].get("git_commit") if manifests else None,
-        "device_name": manifests[0].get("device_name") if manifests else None})
+    checkpoint.write_json(
+        tmp / RECORD,
+        {
+            "wall_s": status.get("wall_s"),
+            "core_s": core_seconds(status.get("wall_s"), manifests),
+            "git_commit": manifests[0].get("git_commit") if manifests else None,
+            "device_name": manifests[0].get("device_name") if manifests else None,
+        },
+    )
     shutil.rmtree(record_dir, ignore_errors=True)
     tmp.rename(record_dir)
     return record_dir
@@ -123,7 +131,12 @@ def progress_line(records: Path, planned: list[tuple[str, str, int]]) -> str:
     every = [s for costs in spent.values() for s in costs]
     left = sum(statistics.mean(spent.get(kind) or every) for kind in todo) if every else None
     done = len(planned) - len(todo)
-    left_text = f"~{left / 3600:.1f} left (estimated from the recorded runs)" \
-        if left is not None else "left unknown until a run is recorded"
-    return (f"{done} / {len(planned)} runs recorded; {sum(every) / 3600:.1f} core-hours spent, "
-            f"{left_text}")
+    left_text = (
+        f"~{left / 3600:.1f} left (estimated from the recorded runs)"
+        if left is not None
+        else "left unknown until a run is recorded"
+    )
+    return (
+        f"{done} / {len(planned)} runs recorded; {sum(every) / 3600:.1f} core-hours spent, "
+        f"{left_text}"
+    )

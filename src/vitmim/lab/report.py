@@ -37,10 +37,12 @@ from vitmim.lab.records import stage_done
 from vitmim.runs import json_object, last_metrics, read_metrics
 from vitmim.stages import RUN_DIRS, summary_table
 
-RULE = ("A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
-        "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
-        "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
-        "significance test.")
+RULE = (
+    "A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
+    "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
+    "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
+    "significance test."
+)
 
 
 @dataclass
@@ -108,39 +110,79 @@ def collect(runs_dir: Path) -> list[RunRecord]:
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
         if job["kind"] not in KINDS:
-            raise UserError(f"{cell_json}: kind {job['kind']!r} is not one vitmim writes "
-                            f"(known: {', '.join(KINDS)}); repair or remove the cell")
+            raise UserError(
+                f"{cell_json}: kind {job['kind']!r} is not one vitmim writes "
+                f"(known: {', '.join(KINDS)}); repair or remove the cell"
+            )
         seed_dir = cell_json.parent
         pre = seed_dir / "pretrain"
         pre_curve = read_metrics(pre) if stage_done(pre) else []
-        probe = _read_json(pre / "probe.json" if job["kind"] == "variant"
-                           else seed_dir / "probe_random_init.json")
+        probe = _read_json(
+            pre / "probe.json" if job["kind"] == "variant" else seed_dir / "probe_random_init.json"
+        )
         recipe = job["config"].get("scratch", {}) if is_tuned(job["kind"]) else {}
         cell_cfg = _read_run_config(cell_json, job["config"])
         for ft in sorted(seed_dir.glob("finetune*/config.yaml")):
-            records.append(_record(ft.parent, job["cell"], job["kind"], job["axes"], cell_cfg,
-                                   job["seed"], pre_curve, probe, recipe))
+            records.append(
+                _record(
+                    ft.parent,
+                    job["cell"],
+                    job["kind"],
+                    job["axes"],
+                    cell_cfg,
+                    job["seed"],
+                    pre_curve,
+                    probe,
+                    recipe,
+                )
+            )
     if not records:
-        raise UserError(f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
-                        f"with fine-tune stages, as `vitmim grid` writes them, or the stage "
-                        f"folders of one `vitmim run`)")
+        raise UserError(
+            f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
+            f"with fine-tune stages, as `vitmim grid` writes them, or the stage "
+            f"folders of one `vitmim run`)"
+        )
     return records
 
 
-def _record(stage_dir: Path, cell: str, kind: str, axes: dict, cell_cfg: config.Config | None,
-            seed: int, pre_curve: list[dict], probe: dict, recipe: dict) -> RunRecord:
+def _record(
+    stage_dir: Path,
+    cell: str,
+    kind: str,
+    axes: dict,
+    cell_cfg: config.Config | None,
+    seed: int,
+    pre_curve: list[dict],
+    probe: dict,
+    recipe: dict,
+) -> RunRecord:
     """The record of one fine-tune stage folder (finished or not); ``cell_cfg``: the cell's
     config, by default the stage's."""
     cfg = _read_run_config(stage_dir / "config.yaml")
     curve = read_metrics(stage_dir)
-    return RunRecord(cell, kind, axes, cell_cfg or cfg, seed, float(cfg.data.label_fraction),
-                     stage_dir, curve[-1] if curve and stage_done(stage_dir) else {}, curve,
-                     pre_curve[-1] if pre_curve else {}, pre_curve, probe, recipe)
+    return RunRecord(
+        cell,
+        kind,
+        axes,
+        cell_cfg or cfg,
+        seed,
+        float(cfg.data.label_fraction),
+        stage_dir,
+        curve[-1] if curve and stage_done(stage_dir) else {},
+        curve,
+        pre_curve[-1] if pre_curve else {},
+        pre_curve,
+        probe,
+        recipe,
+    )
 
 
 # stage folder of ``vitmim run`` -> its kind in a grid's terms (the pre-trained one: "variant")
-RUN_KINDS = {folder: ("variant" if stage == "finetune" else stage)
-             for stage, folder in RUN_DIRS.items() if stage != "pretrain"}
+RUN_KINDS = {
+    folder: ("variant" if stage == "finetune" else stage)
+    for stage, folder in RUN_DIRS.items()
+    if stage != "pretrain"
+}
 
 
 def is_run_folder(path: Path) -> bool:
@@ -160,20 +202,32 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
         if kind is None:  # the restorer, or a folder vitmim run does not write
             continue
         variant = kind == "variant"
-        records.append(_record(run_dir / folder, folder.split("_lf")[0], kind, {}, cfg,
-                               cfg.finetune.seed, pre_curve if variant else [],
-                               _read_json(pre / "probe.json") if variant else {},
-                               cfg.scratch or {} if is_tuned(kind) else {}))
+        records.append(
+            _record(
+                run_dir / folder,
+                folder.split("_lf")[0],
+                kind,
+                {},
+                cfg,
+                cfg.finetune.seed,
+                pre_curve if variant else [],
+                _read_json(pre / "probe.json") if variant else {},
+                cfg.scratch or {} if is_tuned(kind) else {},
+            )
+        )
     if not records:
-        raise UserError(f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
-                        f"scratch/, ... as `vitmim run` writes them)")
+        raise UserError(
+            f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
+            f"scratch/, ... as `vitmim run` writes them)"
+        )
     return sorted(records, key=lambda r: r.kind != "variant")
 
 
 def _axes_key(axes: dict) -> tuple:
     """Sort key of a cell: numbers by value (2 before 16), everything else by text."""
-    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
-                 for v in axes.values())
+    return tuple(
+        (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in axes.values()
+    )
 
 
 def group(records: list[RunRecord]) -> list[Row]:
@@ -185,8 +239,10 @@ def group(records: list[RunRecord]) -> list[Row]:
         row = rows.setdefault(key, Row(r.cell, r.kind, r.axes, r.label_fraction, [], r.config))
         if r.final:
             row.runs.append(r)
-    return sorted(rows.values(), key=lambda w: (-w.label_fraction, w.kind != "variant", w.kind,
-                                                _axes_key(w.axes)))
+    return sorted(
+        rows.values(),
+        key=lambda w: (-w.label_fraction, w.kind != "variant", w.kind, _axes_key(w.axes)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +306,13 @@ def summarise(rows: list[Row]) -> list[dict]:
     """One flat dict per row: every metric's mean/std/n and the comparison to each baseline."""
     out = []
     for row in rows:
-        d: dict = {"cell": row.cell, "kind": row.kind, **row.axes,
-                   "label_fraction": row.label_fraction, "n": len(row.runs)}
+        d: dict = {
+            "cell": row.cell,
+            "kind": row.kind,
+            **row.axes,
+            "label_fraction": row.label_fraction,
+            "n": len(row.runs),
+        }
         for name, get in METRICS.items():
             d[f"{name}_mean"], d[f"{name}_std"], d[f"{name}_n"] = row.stat(get)
         for kind in BASELINES:
@@ -284,15 +345,24 @@ def _diff(d: dict, kind: str) -> str:
 
 def compared(summary: list[dict]) -> list[str]:
     """The baselines a table compares with: the default ones, and equal FLOPs when it was run."""
-    return [k for k in BASELINES
-            if k in DEFAULT_BASELINES or any(d["kind"] == k for d in summary)]
+    return [k for k in BASELINES if k in DEFAULT_BASELINES or any(d["kind"] == k for d in summary)]
 
 
 def table_head(kinds: list[str], top5: bool = True) -> list[str]:
     """Column titles; ``top5``: with the top-5 column (left out when no row has it)."""
-    return ["cell", "labels", "n", "val top-1 %", *(BASELINES[k].gain_head for k in kinds),
-            *(["val top-5 %"] if top5 else []), "k-NN %", "linear %", "masked L1", "PSNR dB",
-            "steps"]
+    return [
+        "cell",
+        "labels",
+        "n",
+        "val top-1 %",
+        *(BASELINES[k].gain_head for k in kinds),
+        *(["val top-5 %"] if top5 else []),
+        "k-NN %",
+        "linear %",
+        "masked L1",
+        "PSNR dB",
+        "steps",
+    ]
 
 
 def has_top5(summary: list[dict]) -> bool:
@@ -301,21 +371,33 @@ def has_top5(summary: list[dict]) -> bool:
 
 def table_cells(d: dict, kinds: list[str], top5: bool = True) -> list[str]:
     """The markdown/HTML table row of one summary dict."""
-    name = d["cell"] if d["kind"] == "variant" else BASELINES[d["kind"]].label + (
-        d["cell"][len(d["kind"]):].replace(",", " ", 1))  # "scratch,depth=4": its own axes
-    return [name, f"{d['label_fraction']:.0%}", str(d["n"]), _pm(d["top1_mean"], d["top1_std"]),
-            *(_diff(d, k) for k in kinds),
-            *([_pm(d["top5_mean"], d["top5_std"])] if top5 else []),
-            _pm(d["knn_mean"], d["knn_std"]),
-            _pm(d["linear_mean"], d["linear_std"]), _pm(d["l1_mean"], d["l1_std"], "{:.4f}"),
-            _pm(d["psnr_mean"], d["psnr_std"]), _pm(d["steps_mean"], None, "{:.0f}")]
+    name = (
+        d["cell"]
+        if d["kind"] == "variant"
+        else BASELINES[d["kind"]].label + (d["cell"][len(d["kind"]) :].replace(",", " ", 1))
+    )  # "scratch,depth=4": its own axes
+    return [
+        name,
+        f"{d['label_fraction']:.0%}",
+        str(d["n"]),
+        _pm(d["top1_mean"], d["top1_std"]),
+        *(_diff(d, k) for k in kinds),
+        *([_pm(d["top5_mean"], d["top5_std"])] if top5 else []),
+        _pm(d["knn_mean"], d["knn_std"]),
+        _pm(d["linear_mean"], d["linear_std"]),
+        _pm(d["l1_mean"], d["l1_std"], "{:.4f}"),
+        _pm(d["psnr_mean"], d["psnr_std"]),
+        _pm(d["steps_mean"], None, "{:.0f}"),
+    ]
 
 
 def markdown_table(summary: list[dict]) -> str:
     kinds, top5 = compared(summary), has_top5(summary)
     head = table_head(kinds, top5)
-    lines = ["| " + " | ".join(head) + " |",
-             "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |",
+    ]
     lines += ["| " + " | ".join(table_cells(d, kinds, top5)) + " |" for d in summary]
     return "\n".join(lines)
 
@@ -338,12 +420,19 @@ def runs_csv_text(records: list[RunRecord], base: Path) -> str:
     ``base`` (the folder reported on), so that the table holds wherever the runs are."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["cell", "kind", "seed", "label_fraction", "finished", "dir",
-                     *METRICS.keys()])
+    writer.writerow(["cell", "kind", "seed", "label_fraction", "finished", "dir", *METRICS.keys()])
     for r in records:
-        writer.writerow([r.cell, r.kind, r.seed, r.label_fraction, bool(r.final),
-                         r.dir.relative_to(base).as_posix(),
-                         *("" if (v := get(r)) is None else v for get in METRICS.values())])
+        writer.writerow(
+            [
+                r.cell,
+                r.kind,
+                r.seed,
+                r.label_fraction,
+                bool(r.final),
+                r.dir.relative_to(base).as_posix(),
+                *("" if (v := get(r)) is None else v for get in METRICS.values()),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -386,13 +475,31 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
         rest = cell_name({k: x for k, x in v.axes.items() if k != key}) or "pre-trained"
         for kind in BASELINES:
             want = baseline_axes(kind, v.axes, v.config)
-            b = next((r for r in done if r.kind == kind and r.axes == want and r.seed == v.seed
-                      and r.label_fraction == v.label_fraction), None)
+            b = next(
+                (
+                    r
+                    for r in done
+                    if r.kind == kind
+                    and r.axes == want
+                    and r.seed == v.seed
+                    and r.label_fraction == v.label_fraction
+                ),
+                None,
+            )
             mine, theirs = top1(v), top1(b) if b is not None else None
             if b is not None and mine is not None and theirs is not None:
-                gains.append(Gain(rest, v.label_fraction, v.axes.get(key), v.seed, kind,
-                                  round(mine - theirs, 9) + 0.0, core_minutes(v),
-                                  core_minutes(b)))
+                gains.append(
+                    Gain(
+                        rest,
+                        v.label_fraction,
+                        v.axes.get(key),
+                        v.seed,
+                        kind,
+                        round(mine - theirs, 9) + 0.0,
+                        core_minutes(v),
+                        core_minutes(b),
+                    )
+                )
     return gains
 
 
@@ -403,14 +510,18 @@ def core_minutes(r: RunRecord) -> float | None:
     curves = r.curve + r.pretrain_curve
     if not curves or any(e.get("time_s") is None for e in curves):
         return None
-    man = config.read_json_mapping(r.dir / "manifest.json", "run manifest") \
-        if (r.dir / "manifest.json").exists() else {}
+    man = (
+        config.read_json_mapping(r.dir / "manifest.json", "run manifest")
+        if (r.dir / "manifest.json").exists()
+        else {}
+    )
     threads = 1 if str(man.get("device", "cpu")).startswith("cuda") else man.get("threads") or 1
     return sum(e["time_s"] for e in curves) * threads / 60
 
 
-def bootstrap_interval(values: list[float], level: float = 0.95, resamples: int = 10_000,
-                       seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_interval(
+    values: list[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float] | None:
     """Percentile interval of the mean of ``values`` (paired gains, one per subset x seed),
     resampling the pairs with replacement; None for fewer than 2 pairs. Seeded: a report
     rebuilt from the same records gives the same interval."""
@@ -430,25 +541,43 @@ def regime_rows(gains: list[Gain]) -> list[dict]:
     for variant, lf, kind in dict.fromkeys((g.variant, g.label_fraction, g.kind) for g in gains):
         mine = [g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf, kind)]
         mean, std, n = mean_std([g.value for g in mine])
-        costs = [mean_std([c for c in cs if c is not None])[0] for cs in
-                 ([g.cost for g in mine], [g.baseline_cost for g in mine])]
-        rows.append({"regime": variant, "labels": lf, "baseline": kind, "gain": mean,
-                     "std": std, "n": n, "ci95": bootstrap_interval([g.value for g in mine]),
-                     "pretrained_core_min": costs[0], "baseline_core_min": costs[1]})
+        costs = [
+            mean_std([c for c in cs if c is not None])[0]
+            for cs in ([g.cost for g in mine], [g.baseline_cost for g in mine])
+        ]
+        rows.append(
+            {
+                "regime": variant,
+                "labels": lf,
+                "baseline": kind,
+                "gain": mean,
+                "std": std,
+                "n": n,
+                "ci95": bootstrap_interval([g.value for g in mine]),
+                "pretrained_core_min": costs[0],
+                "baseline_core_min": costs[1],
+            }
+        )
     return rows
 
 
 def regime_table(rows: list[dict]) -> str:
-    lines = ["| regime | labels | against | gain (points) | 95 % interval | n | core-min "
-             "pre-trained | core-min baseline |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| regime | labels | against | gain (points) | 95 % interval | n | core-min "
+        "pre-trained | core-min baseline |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         ci = f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "-"
-        cost = ["-" if c is None else f"{c:.0f}" for c in (r["pretrained_core_min"],
-                                                           r["baseline_core_min"])]
-        lines.append(f"| {r['regime']} | {r['labels']:.0%} | {BASELINES[r['baseline']].label} | "
-                     f"**{_signed(r['gain'], r['std'])}** | {ci} | {r['n']} | {cost[0]} | "
-                     f"{cost[1]} |")
+        cost = [
+            "-" if c is None else f"{c:.0f}"
+            for c in (r["pretrained_core_min"], r["baseline_core_min"])
+        ]
+        lines.append(
+            f"| {r['regime']} | {r['labels']:.0%} | {BASELINES[r['baseline']].label} | "
+            f"**{_signed(r['gain'], r['std'])}** | {ci} | {r['n']} | {cost[0]} | "
+            f"{cost[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -458,24 +587,42 @@ def gains_table(gains: list[Gain], key: str) -> str:
     by: dict[tuple, dict[str, float]] = {}
     for g in gains:
         by.setdefault((g.variant, g.label_fraction, g.subset, g.seed), {})[g.kind] = g.value
-    head = ["variant", "labels", key.split(".")[-1], "seed",
-            *(BASELINES[k].gain_head for k in kinds)]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] *
-                                                                 len(kinds)) + " |"]
+    head = [
+        "variant",
+        "labels",
+        key.split(".")[-1],
+        "seed",
+        *(BASELINES[k].gain_head for k in kinds),
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] * 4 + ["---:"] * len(kinds)) + " |",
+    ]
+
     def order(item):  # variant, full labels first, subsets by value (3 before 10), seed
         (variant, lf, subset, seed), _ = item
         return variant, -lf, _axes_key({key: subset}), seed
+
     for (variant, lf, subset, seed), d in sorted(by.items(), key=order):
-        lines.append(f"| {variant} | {lf:.0%} | {subset} | {seed} | " + " | ".join(
-            f"{d[k]:+.2f}" if k in d else "-" for k in kinds) + " |")
+        lines.append(
+            f"| {variant} | {lf:.0%} | {subset} | {seed} | "
+            + " | ".join(f"{d[k]:+.2f}" if k in d else "-" for k in kinds)
+            + " |"
+        )
     for variant, lf in dict.fromkeys((v, lf) for v, lf, _, _ in by):
         cells = []
         for k in kinds:
-            m, sd, n = mean_std([g.value for g in gains if g.kind == k and g.variant == variant
-                                 and g.label_fraction == lf])
+            m, sd, n = mean_std(
+                [
+                    g.value
+                    for g in gains
+                    if g.kind == k and g.variant == variant and g.label_fraction == lf
+                ]
+            )
             cells.append("-" if m is None else f"**{_signed(m, sd)}** (n={n})")
-        lines.append(f"| {variant}, all subsets | {lf:.0%} | all | all | " + " | ".join(cells)
-                     + " |")
+        lines.append(
+            f"| {variant}, all subsets | {lf:.0%} | all | all | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -490,8 +637,7 @@ def rank_recipes(records: list[RunRecord]) -> list[tuple[dict, tuple]]:
     full = max((r.label_fraction for r in records), default=1.0)
     pools: dict[str, tuple[dict, list[float]]] = {}
     for r in records:
-        if (value := top1(r)) is not None and r.kind in RECIPE_KINDS \
-                and r.label_fraction == full:
+        if (value := top1(r)) is not None and r.kind in RECIPE_KINDS and r.label_fraction == full:
             recipe = r.recipe if is_tuned(r.kind) else {}
             pools.setdefault(repr(sorted(recipe.items())), (recipe, []))[1].append(value)
     most = max((len(v) for _, v in pools.values()), default=0)
@@ -500,25 +646,29 @@ def rank_recipes(records: list[RunRecord]) -> list[tuple[dict, tuple]]:
 
 
 def recipes_table(ranked: list[tuple[dict, tuple]]) -> str:
-    lines = ["| scratch recipe | n | val top-1 % | Δ vs the fine-tune recipe |",
-             "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "| scratch recipe | n | val top-1 % | Δ vs the fine-tune recipe |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     same = next((stat for recipe, stat in ranked if not recipe), None)
     for recipe, stat in ranked:
         diff = "-" if same is None or not recipe else f"{stat[0] - same[0]:+.2f}"
-        lines.append(f"| {recipe_text(recipe)} | {stat[2]} | {_pm(stat[0], stat[1])} "
-                     f"| {diff} |")
+        lines.append(f"| {recipe_text(recipe)} | {stat[2]} | {_pm(stat[0], stat[1])} | {diff} |")
     return "\n".join(lines)
 
 
-def write_recipe(ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path,
-                 subsets: str) -> Path:
+def write_recipe(
+    ranked: list[tuple[dict, tuple]], runs_dir: Path, path: Path, subsets: str
+) -> Path:
     """``scratch_recipe.yaml``: the best recipe as a config file for ``vitmim grid -c``."""
     recipe, (mean, std, n) = ranked[0]
-    head = [f"# The scratch recipe with the best mean val top-1 ({_pm(mean, std)} %, n={n} runs "
-            f"pooled over seeds and the class subsets {subsets}) in {runs_dir.resolve()}, "
-            f"chosen by `vitmim report`. Measure it on other subsets than these.",
-            "# An empty section: the fine-tune recipe itself won, so there is no tuned recipe.",
-            "#   vitmim grid configs/grids/unseen_subsets.yaml -c THIS_FILE --data DATA"]
+    head = [
+        f"# The scratch recipe with the best mean val top-1 ({_pm(mean, std)} %, n={n} runs "
+        f"pooled over seeds and the class subsets {subsets}) in {runs_dir.resolve()}, "
+        f"chosen by `vitmim report`. Measure it on other subsets than these.",
+        "# An empty section: the fine-tune recipe itself won, so there is no tuned recipe.",
+        "#   vitmim grid configs/grids/unseen_subsets.yaml -c THIS_FILE --data DATA",
+    ]
     text = "\n".join(head if not recipe else head[:1] + head[2:]) + "\n"
     text += yaml.safe_dump({"scratch": recipe}, sort_keys=True)
     outputs.write_text(path, text)
@@ -529,9 +679,11 @@ def recipe_note(records: list[RunRecord]) -> str:
     """What the tuned scratch baseline trained with, or that there is none."""
     recipes = list(dict.fromkeys(recipe_text(r.recipe) for r in records if is_tuned(r.kind)))
     if not recipes:
-        return ("No tuned scratch recipe in these runs: every scratch baseline trains with the "
-                "pre-trained model's fine-tune recipe (config section `scratch` and baseline "
-                "`scratch_tuned` add one).")
+        return (
+            "No tuned scratch recipe in these runs: every scratch baseline trains with the "
+            "pre-trained model's fine-tune recipe (config section `scratch` and baseline "
+            "`scratch_tuned` add one)."
+        )
     return "Tuned scratch recipe: " + "; ".join(recipes) + "."
 
 
@@ -574,12 +726,12 @@ def _positions(rows: list[Row], x_key: str | None) -> tuple[dict, list]:
     """x position of each axis value: the value itself when numeric, else its index."""
     values = list(dict.fromkeys(_x_value(r, x_key) for r in rows))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    return ({v: (v if numeric else i) for i, v in enumerate(values)},
-            [] if numeric else values)
+    return ({v: (v if numeric else i) for i, v in enumerate(values)}, [] if numeric else values)
 
 
-def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str | None,
-                  ylabel: str) -> None:
+def _metric_panel(
+    ax, variants: list[Row], baselines: list[Row], get, x_key: str | None, ylabel: str
+) -> None:
     """Mean ± std against the x axis, one line per series; baselines as mean ± std bands."""
     pos, labels = _positions(variants, x_key)
     by_cell = x_key == CELL_AXIS  # separate cells: points, no connecting line
@@ -587,9 +739,16 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
         pts = [(pos[_x_value(r, x_key)], *r.stat(get)) for r in rows]
         pts = sorted(p for p in pts if p[1] is not None)
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                        yerr=[p[2] or 0.0 for p in pts], marker="o", capsize=3, label=label,
-                        color=f"C{i}", ls="none" if by_cell else "-")
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] or 0.0 for p in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+                color=f"C{i}",
+                ls="none" if by_cell else "-",
+            )
     for j, b in enumerate(baselines):
         mean, std, n = b.stat(get)
         if mean is None:
@@ -599,8 +758,12 @@ def _metric_panel(ax, variants: list[Row], baselines: list[Row], get, x_key: str
         if std:
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
     if labels:
-        ax.set_xticks(range(len(labels)), [str(v) for v in labels],
-                      rotation=12 if by_cell else 0, fontsize=7 if by_cell else None)
+        ax.set_xticks(
+            range(len(labels)),
+            [str(v) for v in labels],
+            rotation=12 if by_cell else 0,
+            fontsize=7 if by_cell else None,
+        )
     ax.set_xlabel((x_key or "").split(".")[-1] or "variant")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -616,18 +779,22 @@ def _figure(ncols: int, nrows: int = 1):
     # imported on use, with a file-only backend chosen first: pyplot costs ~0.3 s and picks a
     # screen backend when imported bare
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
     return fig, axes
 
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
-        outputs.write_file(path, lambda p: fig.savefig(p, format="png", dpi=100),
-                           inside=path.parent.parent)
+        outputs.write_file(
+            path, lambda p: fig.savefig(p, format="png", dpi=100), inside=path.parent.parent
+        )
     finally:
         plt.close(fig)
     return path
@@ -651,13 +818,19 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
     """What pre-training alone learned: k-NN, linear probe, masked L1, PSNR vs the x axis."""
     lf = max(r.label_fraction for r in rows)  # pre-training does not depend on labels
     variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
-    random_init = [r for r in rows if r.kind in BASELINES and BASELINES[r.kind].probe
-                   and r.label_fraction == lf]
+    random_init = [
+        r
+        for r in rows
+        if r.kind in BASELINES and BASELINES[r.kind].probe and r.label_fraction == lf
+    ]
     x_key = _x_axis(variants)
     fig, axes = _figure(2, 2)
-    panels = [("knn", "k-NN top-1 % (frozen)", random_init),
-              ("linear", "linear probe top-1 % (frozen)", random_init),
-              ("l1", "masked-pixel L1 (val)", []), ("psnr", "masked-pixel PSNR dB (val)", [])]
+    panels = [
+        ("knn", "k-NN top-1 % (frozen)", random_init),
+        ("linear", "linear probe top-1 % (frozen)", random_init),
+        ("l1", "masked-pixel L1 (val)", []),
+        ("psnr", "masked-pixel PSNR dB (val)", []),
+    ]
     for ax, (name, label, refs) in zip(axes.flat, panels):
         _metric_panel(ax, variants, refs, METRICS[name], x_key, label)
         _legend(ax, 7)
@@ -666,9 +839,11 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
 
 
 # axis titles of the metrics the curves show
-CURVE_LABELS = {"val_top1": "validation top-1 accuracy (%)",
-                "val_l1": "masked-pixel L1, held-out images (loss space)",
-                "train_loss": "training loss"}
+CURVE_LABELS = {
+    "val_top1": "validation top-1 accuracy (%)",
+    "val_l1": "masked-pixel L1, held-out images (loss space)",
+    "train_loss": "training loss",
+}
 
 
 def stage_label(r: RunRecord, stage: str) -> str:
@@ -690,11 +865,18 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
             continue  # one pre-training serves every label fraction: draw it once
         seen_dirs.add(r.dir.parent)
         i = cells.index((r.cell, r.label_fraction))
-        name = stage_label(r, stage) + (f" {r.label_fraction:.0%}" if r.label_fraction < 1
-                                        else "")
+        name = stage_label(r, stage) + (f" {r.label_fraction:.0%}" if r.label_fraction < 1 else "")
         for ax, key in zip(axes[0], keys):
-            ax.plot([c["epoch"] for c in curve], [c.get(key) for c in curve], color=f"C{i % 10}",
-                    alpha=0.8, lw=1, marker=".", ms=4, label=None if name in named else name)
+            ax.plot(
+                [c["epoch"] for c in curve],
+                [c.get(key) for c in curve],
+                color=f"C{i % 10}",
+                alpha=0.8,
+                lw=1,
+                marker=".",
+                ms=4,
+                label=None if name in named else name,
+            )
         named.add(name)
     for ax, key in zip(axes[0], keys):
         ax.set_xlabel("epoch")
@@ -714,24 +896,39 @@ def plot_regimes(rows: list[dict], path: Path) -> Path:
     for j, kind in enumerate(kinds):
         dx = (j - (len(kinds) - 1) / 2) * 0.25
         for i, reg in enumerate(regimes):
-            r = next((r for r in rows if (r["regime"], r["labels"]) == reg
-                      and r["baseline"] == kind), None)
+            r = next(
+                (r for r in rows if (r["regime"], r["labels"]) == reg and r["baseline"] == kind),
+                None,
+            )
             if r is None:
                 continue
             lo, hi = r["ci95"] or (r["gain"], r["gain"])
-            ax.errorbar(i + dx, r["gain"], yerr=[[r["gain"] - lo], [hi - r["gain"]]], fmt="o",
-                        color=f"C{j}", capsize=4,
-                        label=BASELINES[kind].label if i == 0 or reg == regimes[0] else None)
+            ax.errorbar(
+                i + dx,
+                r["gain"],
+                yerr=[[r["gain"] - lo], [hi - r["gain"]]],
+                fmt="o",
+                color=f"C{j}",
+                capsize=4,
+                label=BASELINES[kind].label if i == 0 or reg == regimes[0] else None,
+            )
     names = []
     for reg in regimes:
-        cost = next((r["pretrained_core_min"] for r in rows
-                     if (r["regime"], r["labels"]) == reg and r["pretrained_core_min"]), None)
+        cost = next(
+            (
+                r["pretrained_core_min"]
+                for r in rows
+                if (r["regime"], r["labels"]) == reg and r["pretrained_core_min"]
+            ),
+            None,
+        )
         names.append(f"{reg[0]}\n{reg[1]:.0%} labels" + (f"\n{cost:.0f} core-min" if cost else ""))
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(regimes)), names, fontsize=8)
     ax.set_ylabel("gain of pre-training, val top-1 points")
-    ax.set_title("gain per regime: mean and 95 % paired-bootstrap interval over subsets x seeds",
-                 fontsize=9)
+    ax.set_title(
+        "gain per regime: mean and 95 % paired-bootstrap interval over subsets x seeds", fontsize=9
+    )
     ax.grid(alpha=0.3)
     _legend(ax, 7)
     return _save(fig, path)
@@ -747,27 +944,36 @@ def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
     fig, axes = _figure(len(panels))
     for ax, (variant, lf) in zip(axes[0], panels):
         for j, kind in enumerate(kinds):
-            mine = [g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf,
-                                                                                  kind)]
+            mine = [
+                g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf, kind)
+            ]
             dx, color = (j - (len(kinds) - 1) / 2) * 0.8 / max(len(kinds), 1), f"C{j}"
             for i, sub in enumerate(subsets):
                 vals = [g.value for g in mine if g.subset == sub]
                 if vals:
                     ax.plot([i + dx] * len(vals), vals, "o", color=color, alpha=0.5, ms=4)
-                    ax.plot([i + dx - 0.08, i + dx + 0.08], [sum(vals) / len(vals)] * 2,
-                            color=color, lw=2.5)
+                    ax.plot(
+                        [i + dx - 0.08, i + dx + 0.08],
+                        [sum(vals) / len(vals)] * 2,
+                        color=color,
+                        lw=2.5,
+                    )
             mean, std, n = mean_std([g.value for g in mine])
             if mean is not None:
-                ax.axhline(mean, color=color, ls="--", lw=1, label=f"{BASELINES[kind].gain_head}: "
-                           f"{_signed(mean, std, 1)} (n={n})")
+                ax.axhline(
+                    mean,
+                    color=color,
+                    ls="--",
+                    lw=1,
+                    label=f"{BASELINES[kind].gain_head}: {_signed(mean, std, 1)} (n={n})",
+                )
                 if std:
                     ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(subsets)), [str(v) for v in subsets])
         ax.set_xlabel(key)
         ax.set_ylabel("gain of pre-training, val top-1 points")
-        ax.set_title(f"{variant}, {lf:.0%} of labels (dots: seeds; bars: subset means)",
-                     fontsize=9)
+        ax.set_title(f"{variant}, {lf:.0%} of labels (dots: seeds; bars: subset means)", fontsize=9)
         ax.grid(alpha=0.3)
         _legend(ax, 7)
     return _save(fig, path)
@@ -803,10 +1009,12 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-       "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-       "padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
-       "img{max-width:100%}figure{display:inline-block;margin:.5em}figcaption{font-size:12px}")
+CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+    "padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%}figure{display:inline-block;margin:.5em}figcaption{font-size:12px}"
+)
 
 
 def _html_block(text: str) -> str:
@@ -816,12 +1024,21 @@ def _html_block(text: str) -> str:
 
     def flush():
         if rows:
-            cells = [[c.strip().replace("**", "") for c in ln.strip("|").split("|")]
-                     for ln in rows if not set(ln) <= set("|-: ")]
-            out.append("<table>" + "".join(
-                "<tr>" + "".join(f"<t{t}>{e(c)}</t{t}>" for c in row) + "</tr>"
-                for t, row in zip(["h"] + ["d"] * len(cells), cells)) + "</table>")
+            cells = [
+                [c.strip().replace("**", "") for c in ln.strip("|").split("|")]
+                for ln in rows
+                if not set(ln) <= set("|-: ")
+            ]
+            out.append(
+                "<table>"
+                + "".join(
+                    "<tr>" + "".join(f"<t{t}>{e(c)}</t{t}>" for c in row) + "</tr>"
+                    for t, row in zip(["h"] + ["d"] * len(cells), cells)
+                )
+                + "</table>"
+            )
             rows.clear()
+
     for line in text.splitlines():
         if line.startswith("|"):
             rows.append(line)
@@ -833,31 +1050,49 @@ def _html_block(text: str) -> str:
     return "".join(out)
 
 
-def html_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
-              recons: list[tuple[str, Path]], sections: Sequence[tuple[str, str]] = ()) -> str:
+def html_page(
+    title: str,
+    summary: list[dict],
+    plots: list[tuple[str, Path]],
+    recons: list[tuple[str, Path]],
+    sections: Sequence[tuple[str, str]] = (),
+) -> str:
     """One self-contained page: inline CSS, images as data URIs, no scripts, no links out."""
     e = html.escape
     kinds, top5 = compared(summary), has_top5(summary)
     head = "".join(f"<th>{e(h)}</th>" for h in table_head(kinds, top5))
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d, kinds, top5))
-                   + "</tr>" for d in summary)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in table_cells(d, kinds, top5)) + "</tr>"
+        for d in summary
+    )
     rule = e(RULE).replace("**", "")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
-             f"<h2>Results</h2><table><tr>{head}</tr>{body}</table><p>{rule}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<h2>Results</h2><table><tr>{head}</tr>{body}</table><p>{rule}</p>",
+    ]
     parts += [f"<h2>{e(name)}</h2>{_html_block(text)}" for name, text in sections]
     parts.append("<h2>Plots</h2>")
-    parts += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}"
-              f"</figcaption></figure>" for c, p in plots]
+    parts += [
+        f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}</figcaption></figure>"
+        for c, p in plots
+    ]
     parts.append("<h2>Reconstructions (original | masked | restored)</h2>")
-    parts += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}"
-              f"</figcaption></figure>" for c, p in recons]
+    parts += [
+        f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}</figcaption></figure>"
+        for c, p in recons
+    ]
     return "\n".join(parts) + "\n</body></html>\n"
 
 
-def markdown_page(title: str, summary: list[dict], plots: list[tuple[str, Path]],
-                  recons: list[tuple[str, Path]], out: Path,
-                  sections: Sequence[tuple[str, str]] = ()) -> str:
+def markdown_page(
+    title: str,
+    summary: list[dict],
+    plots: list[tuple[str, Path]],
+    recons: list[tuple[str, Path]],
+    out: Path,
+    sections: Sequence[tuple[str, str]] = (),
+) -> str:
     lines = [f"# {title}", "", markdown_table(summary), "", RULE, ""]
     for name, text in sections:
         lines += [f"## {name}", "", text, ""]
@@ -872,29 +1107,51 @@ def reference_section(runs_dir: Path, summary: list[dict]) -> list[tuple[str, st
     """Published figures the grid reproduces (its spec's ``reference``, kept in grid.json) beside
     this grid's: scratch, the best pre-trained cell and their difference, full labels only."""
     status = runs_dir / "grid.json"
-    ref = config.read_json_mapping(status, "grid status").get("reference") \
-        if status.is_file() else None
+    ref = (
+        config.read_json_mapping(status, "grid status").get("reference")
+        if status.is_file()
+        else None
+    )
     if not ref:
         return []
     full = [d for d in summary if d["label_fraction"] == 1.0 and d["top1_mean"] is not None]
     scratch = next((d for d in full if d["kind"] == "scratch"), None)
-    best = max((d for d in full if d["kind"] == "variant"), key=lambda d: d["top1_mean"],
-               default=None)
+    best = max(
+        (d for d in full if d["kind"] == "variant"), key=lambda d: d["top1_mean"], default=None
+    )
+
     def ours(d: dict | None) -> str:
         return "not run" if d is None else f"{_pm(d['top1_mean'], d['top1_std'])} (n={d['n']})"
-    gain = "-" if scratch is None or best is None else \
-        f"{best['top1_mean'] - scratch['top1_mean']:+.2f}"
-    lines = [f"| top-1 % | {ref['source']} | this grid |", "| --- | ---: | ---: |",
-             f"| scratch | {ref['scratch']:.1f} | {ours(scratch)} |",
-             f"| best pre-trained | {ref['best']:.1f} | {ours(best)}"
-             f"{'' if best is None else ' ' + best['cell']} |",
-             f"| best - scratch | {ref['best'] - ref['scratch']:+.1f} | {gain} |"]
+
+    gain = (
+        "-"
+        if scratch is None or best is None
+        else f"{best['top1_mean'] - scratch['top1_mean']:+.2f}"
+    )
+    lines = [
+        f"| top-1 % | {ref['source']} | this grid |",
+        "| --- | ---: | ---: |",
+        f"| scratch | {ref['scratch']:.1f} | {ours(scratch)} |",
+        f"| best pre-trained | {ref['best']:.1f} | {ours(best)}"
+        f"{'' if best is None else ' ' + best['cell']} |",
+        f"| best - scratch | {ref['best'] - ref['scratch']:+.1f} | {gain} |",
+    ]
     return [("Beside the published figures", "\n".join(lines))]
 
 
-REPORT_FILES = ("report.md", "report.csv", "runs.csv", "report.html", "gains.csv",
-                "scratch_recipe.yaml", "plots/accuracy.png", "plots/curves.png",
-                "plots/signals.png", "plots/restoration.png", "plots/subset_gains.png")
+REPORT_FILES = (
+    "report.md",
+    "report.csv",
+    "runs.csv",
+    "report.html",
+    "gains.csv",
+    "scratch_recipe.yaml",
+    "plots/accuracy.png",
+    "plots/curves.png",
+    "plots/signals.png",
+    "plots/restoration.png",
+    "plots/subset_gains.png",
+)
 
 
 def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -913,21 +1170,30 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     sections = [*reference_section(runs_dir, summary), ("Baselines", recipe_note(records))]
     if single:
         sections.insert(0, ("Stages", _run_table(runs_dir)))
-    plots = [] if single else [("fine-tuned accuracy vs masking",
-                                plot_accuracy(rows, out / "plots/accuracy.png"))]
-    plots.append(("training curves (fine-tune)",
-                  plot_curves(records, out / "plots/curves.png", "finetune")))
+    plots = (
+        []
+        if single
+        else [("fine-tuned accuracy vs masking", plot_accuracy(rows, out / "plots/accuracy.png"))]
+    )
+    plots.append(
+        ("training curves (fine-tune)", plot_curves(records, out / "plots/curves.png", "finetune"))
+    )
     if any(r.kind == "variant" and r.pretrain_curve for r in records):
         if not single:
             plots.append(("pre-training signals", plot_signals(rows, out / "plots/signals.png")))
-        plots.append(("restoration loss (pre-train)",
-                      plot_curves(records, out / "plots/restoration.png", "pretrain")))
+        plots.append(
+            (
+                "restoration loss (pre-train)",
+                plot_curves(records, out / "plots/restoration.png", "pretrain"),
+            )
+        )
     sections += _subset_sections(records, out, plots)
     sections += _recipe_sections(records, runs_dir, out)
     recons = copy_reconstructions(records, out)
     title = f"vitmim report: {runs_dir.resolve().name}"
-    outputs.write_text(out / "report.md", markdown_page(title, summary, plots, recons, out,
-                                                        sections))
+    outputs.write_text(
+        out / "report.md", markdown_page(title, summary, plots, recons, out, sections)
+    )
     outputs.write_text(out / "report.csv", csv_text(summary))
     outputs.write_text(out / "runs.csv", runs_csv_text(records, runs_dir))
     outputs.write_text(out / "report.html", html_page(title, summary, plots, recons, sections))
@@ -939,8 +1205,9 @@ def _run_table(run_dir: Path) -> str:
     summary = run_dir / "summary.json"
     if summary.exists():
         return summary_table(config.read_json_mapping(summary, "run summary"))
-    return summary_table({d.name: last_metrics(d) for d in sorted(run_dir.iterdir())
-                          if (d / "config.yaml").exists()})
+    return summary_table(
+        {d.name: last_metrics(d) for d in sorted(run_dir.iterdir()) if (d / "config.yaml").exists()}
+    )
 
 
 def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[tuple[str, str]]:
@@ -950,30 +1217,89 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
     if key is None or not gains:
         return []
     regimes = regime_rows(gains)
-    plots.append(("gain of pre-training per regime",
-                  plot_regimes(regimes, out / "plots/regime_gains.png")))
-    plots.append(("gain of pre-training per class subset",
-                  plot_gains(gains, key, out / "plots/subset_gains.png")))
-    outputs.write_text(out / "gains.csv", _csv(
-        ["variant", "label_fraction", "subset", "seed", "baseline", "gain", "core_min",
-         "baseline_core_min"],
-        [[g.variant, g.label_fraction, g.subset, g.seed, g.kind, g.value, g.cost,
-          g.baseline_cost] for g in gains]))
-    outputs.write_text(out / "regimes.csv", _csv(
-        ["regime", "label_fraction", "baseline", "gain", "std", "n", "ci95_low", "ci95_high",
-         "core_min", "baseline_core_min"],
-        [[r["regime"], r["labels"], r["baseline"], r["gain"], r["std"], r["n"],
-          *(r["ci95"] or (None, None)), r["pretrained_core_min"], r["baseline_core_min"]]
-         for r in regimes]))
-    note = (f"Each row: the pre-trained run's val top-1 minus its baseline's, same seed and "
-            f"class subset ({key}); the last row's std is over all subsets and seeds together.")
-    regime_note = ("The gain per regime over every class subset and seed: mean ± sample std, a "
-                   "95 % percentile interval of the mean from a paired bootstrap (10,000 "
-                   "resamples of the subset x seed pairs; none for n < 2) and each arm's mean "
-                   "cost in core-minutes (epoch training time x CPU threads; a shared restorer's "
-                   "pre-training counts in every arm that uses it).")
-    return [("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
-            ("Gain per class subset", gains_table(gains, key) + "\n\n" + note)]
+    plots.append(
+        ("gain of pre-training per regime", plot_regimes(regimes, out / "plots/regime_gains.png"))
+    )
+    plots.append(
+        (
+            "gain of pre-training per class subset",
+            plot_gains(gains, key, out / "plots/subset_gains.png"),
+        )
+    )
+    outputs.write_text(
+        out / "gains.csv",
+        _csv(
+            [
+                "variant",
+                "label_fraction",
+                "subset",
+                "seed",
+                "baseline",
+                "gain",
+                "core_min",
+                "baseline_core_min",
+            ],
+            [
+                [
+                    g.variant,
+                    g.label_fraction,
+                    g.subset,
+                    g.seed,
+                    g.kind,
+                    g.value,
+                    g.cost,
+                    g.baseline_cost,
+                ]
+                for g in gains
+            ],
+        ),
+    )
+    outputs.write_text(
+        out / "regimes.csv",
+        _csv(
+            [
+                "regime",
+                "label_fraction",
+                "baseline",
+                "gain",
+                "std",
+                "n",
+                "ci95_low",
+                "ci95_high",
+                "core_min",
+                "baseline_core_min",
+            ],
+            [
+                [
+                    r["regime"],
+                    r["labels"],
+                    r["baseline"],
+                    r["gain"],
+                    r["std"],
+                    r["n"],
+                    *(r["ci95"] or (None, None)),
+                    r["pretrained_core_min"],
+                    r["baseline_core_min"],
+                ]
+                for r in regimes
+            ],
+        ),
+    )
+    note = (
+        f"Each row: the pre-trained run's val top-1 minus its baseline's, same seed and "
+        f"class subset ({key}); the last row's std is over all subsets and seeds together."
+    )
+    regime_note = (
+        "The gain per regime over every class subset and seed: mean ± sample std, a "
+        "95 % percentile interval of the mean from a paired bootstrap (10,000 "
+        "resamples of the subset x seed pairs; none for n < 2) and each arm's mean "
+        "cost in core-minutes (epoch training time x CPU threads; a shared restorer's "
+        "pre-training counts in every arm that uses it)."
+    )
+    return [
+        ("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
+        ("Gain per class subset", gains_table(gains, key) + "\n\n" + note),
+    ]
 
 
 def _csv(head: list[str], rows: list[list]) -> str:
@@ -985,16 +1311,24 @@ def _csv(head: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def _recipe_sections(records: list[RunRecord], runs_dir: Path, out: Path
-                     ) -> list[tuple[str, str]]:
+def _recipe_sections(records: list[RunRecord], runs_dir: Path, out: Path) -> list[tuple[str, str]]:
     """The ranked scratch recipes and scratch_recipe.yaml, where several were tried."""
     ranked = rank_recipes(records)
     if len(ranked) < 2:
         return []
     key = subset_axis(records, RECIPE_KINDS)
-    subsets = f"{key} = " + ", ".join(sorted({str(r.axes.get(key)) for r in records})) \
-        if key else "of these runs"
+    subsets = (
+        f"{key} = " + ", ".join(sorted({str(r.axes.get(key)) for r in records}))
+        if key
+        else "of these runs"
+    )
     path = write_recipe(ranked, runs_dir, out / "scratch_recipe.yaml", subsets)
-    return [("Scratch recipes, best first", recipes_table(ranked) + "\n\n" +
-             f"Pooled over seeds and the class subsets ({subsets}); the best is written to "
-             f"{path.name}, a config file for the next grid: `vitmim grid SPEC -c {path}`.")]
+    return [
+        (
+            "Scratch recipes, best first",
+            recipes_table(ranked)
+            + "\n\n"
+            + f"Pooled over seeds and the class subsets ({subsets}); the best is written to "
+            f"{path.name}, a config file for the next grid: `vitmim grid SPEC -c {path}`.",
+        )
+    ]

@@ -46,8 +46,18 @@ from vitmim.config import (
 )
 from vitmim.errors import ConfigError, UserError
 
-SPEC_KEYS = {"storage", "runs", "config", "subsets", "seed", "budget_core_hours", "min_epochs",
-             "start", "space", "heartbeat_s"}
+SPEC_KEYS = {
+    "storage",
+    "runs",
+    "config",
+    "subsets",
+    "seed",
+    "budget_core_hours",
+    "min_epochs",
+    "start",
+    "space",
+    "heartbeat_s",
+}
 KINDS = {"log": 2, "float": 2, "int": 2, "choice": None}  # kind -> how many bounds (None: any)
 RECIPE = "scratch_recipe.yaml"
 
@@ -88,16 +98,33 @@ def load_search_spec(path: str | Path) -> SearchSpec:
     if not isinstance(space, dict) or not space:
         raise _bad(p, "space", "a mapping of finetune.* keys to [kind, bounds...]")
     for key, dim in space.items():
-        ok = (isinstance(dim, list) and dim and dim[0] in KINDS
-              and (len(dim) - 1 == KINDS[dim[0]] if KINDS[dim[0]] else len(dim) > 2))
+        ok = (
+            isinstance(dim, list)
+            and dim
+            and dim[0] in KINDS
+            and (len(dim) - 1 == KINDS[dim[0]] if KINDS[dim[0]] else len(dim) > 2)
+        )
         if not ok or not (str(key).startswith("finetune.") or key in SCRATCH_MODEL_KEYS):
-            raise _bad(p, f"space.{key}", f"a finetune.* key (or one of "
-                       f"{', '.join(SCRATCH_MODEL_KEYS)}) with [log|float|int, low, high] or "
-                       f"[choice, value, value, ...]")
-    spec = SearchSpec(p, Path(raw["storage"]), Path(raw["runs"]), raw.get("config") or {},
-                      subsets, space, raw.get("start") or {}, raw.get("seed", 0),
-                      float(raw.get("budget_core_hours", 6.0)), int(raw.get("min_epochs", 3)),
-                      int(raw.get("heartbeat_s", 60)))
+            raise _bad(
+                p,
+                f"space.{key}",
+                f"a finetune.* key (or one of "
+                f"{', '.join(SCRATCH_MODEL_KEYS)}) with [log|float|int, low, high] or "
+                f"[choice, value, value, ...]",
+            )
+    spec = SearchSpec(
+        p,
+        Path(raw["storage"]),
+        Path(raw["runs"]),
+        raw.get("config") or {},
+        subsets,
+        space,
+        raw.get("start") or {},
+        raw.get("seed", 0),
+        float(raw.get("budget_core_hours", 6.0)),
+        int(raw.get("min_epochs", 3)),
+        int(raw.get("heartbeat_s", 60)),
+    )
     for key in ("config", "start"):
         if not isinstance(getattr(spec, key), dict):
             raise _bad(p, key, "a mapping of config keys to values")
@@ -117,8 +144,15 @@ def _corners(space: dict[str, list]) -> list[dict]:
 def recipe_config(spec: SearchSpec, params: dict, subset: int, data: str | None = None) -> dict:
     """The resolved config of one trial on one class subset (validated)."""
     base = set_keys(to_dict(load_config()), dict(spec.config))
-    base = set_keys(base, {**params, "data.class_subset": subset, "finetune.seed": spec.seed,
-                           **({"data.path": data} if data else {})})
+    base = set_keys(
+        base,
+        {
+            **params,
+            "data.class_subset": subset,
+            "finetune.seed": spec.seed,
+            **({"data.path": data} if data else {}),
+        },
+    )
     return to_dict(load_config(base=base))
 
 
@@ -139,20 +173,27 @@ def _suggest(trial, key: str, dim: list):
 
 def _core_seconds(run_dir: Path, threads: int) -> float:
     metrics = run_dir / "metrics.jsonl"
-    return sum(e.get("time_s", 0.0) for e in read_jsonl(metrics)) * threads \
-        if metrics.exists() else 0.0
+    return (
+        sum(e.get("time_s", 0.0) for e in read_jsonl(metrics)) * threads
+        if metrics.exists()
+        else 0.0
+    )
 
 
 def _top1_by_epoch(run_dir: Path) -> dict[int, float]:
     metrics = run_dir / "metrics.jsonl"
-    return {e["epoch"]: e["val_top1"] for e in read_jsonl(metrics)
-            if "val_top1" in e} if metrics.exists() else {}
+    return (
+        {e["epoch"]: e["val_top1"] for e in read_jsonl(metrics) if "val_top1" in e}
+        if metrics.exists()
+        else {}
+    )
 
 
 def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     """Train the trial's recipe on every subset (``jobs`` processes at once), report the mean
     top-1 after each epoch and stop at a rung where the pruner says so."""
     import optuna
+
     params = {k: _suggest(trial, k, dim) for k, dim in spec.space.items()}
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -168,9 +209,20 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 cfg_path.write_text(yaml.safe_dump(recipe_config(spec, params, subset, data)))
                 with open(run_dir.parent / f"log_subset{subset}.txt", "a") as log:
                     procs[subset] = subprocess.Popen(
-                        [sys.executable, "-m", "vitmim.cli", "finetune", "-c", str(cfg_path),
-                         "--out", str(run_dir)],
-                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                        [
+                            sys.executable,
+                            "-m",
+                            "vitmim.cli",
+                            "finetune",
+                            "-c",
+                            str(cfg_path),
+                            "--out",
+                            str(run_dir),
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
             time.sleep(1.0)
             curves = [_top1_by_epoch(d) for d in dirs]
             common = set.intersection(*(set(c) for c in curves))
@@ -184,9 +236,11 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 if proc.poll() is not None:
                     del procs[subset]
                     if proc.returncode != 0:
-                        raise UserError(f"trial {trial.number}, class subset {subset}: the "
-                                        f"fine-tune failed; see {dirs[0].parent}/log_subset"
-                                        f"{subset}.txt")
+                        raise UserError(
+                            f"trial {trial.number}, class subset {subset}: the "
+                            f"fine-tune failed; see {dirs[0].parent}/log_subset"
+                            f"{subset}.txt"
+                        )
     finally:
         for proc in procs.values():  # pruned, failed or interrupted: nothing left running
             proc.terminate()
@@ -209,22 +263,33 @@ def open_study(spec: SearchSpec):
     failed once its heartbeat is older than twice the interval, and retried once."""
     import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
     spec.storage.parent.mkdir(parents=True, exist_ok=True)
-    storage = RDBStorage(f"sqlite:///{spec.storage}", heartbeat_interval=spec.heartbeat_s,
-                         grace_period=2 * spec.heartbeat_s,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
-                                                    reduction_factor=3)
-    study = optuna.create_study(study_name=spec.path.stem, storage=storage,
-                                direction="maximize", load_if_exists=True, pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    storage = RDBStorage(
+        f"sqlite:///{spec.storage}",
+        heartbeat_interval=spec.heartbeat_s,
+        grace_period=2 * spec.heartbeat_s,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+    )
+    pruner = optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=spec.min_epochs, reduction_factor=3
+    )
+    study = optuna.create_study(
+        study_name=spec.path.stem,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        pruner=pruner,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+    )
     if not study.trials and spec.start:
         study.enqueue_trial(spec.start)
     return study
 
 
-def search(spec_path: str | Path, data: str | None = None, jobs: int = 2,
-           trials: int | None = None) -> Path:
+def search(
+    spec_path: str | Path, data: str | None = None, jobs: int = 2, trials: int | None = None
+) -> Path:
     """Run trials until the budget (or ``trials`` more) is spent; write the best recipe beside
     the study's storage and return its path."""
     try:
@@ -238,35 +303,47 @@ def search(spec_path: str | Path, data: str | None = None, jobs: int = 2,
     study = open_study(spec)
     ran = 0
     while spent_core_hours(study) < spec.budget_core_hours and (trials is None or ran < trials):
-        study.optimize(lambda t: run_trial(t, spec, data, jobs), n_trials=1,
-                       catch=(UserError,))
+        study.optimize(lambda t: run_trial(t, spec, data, jobs), n_trials=1, catch=(UserError,))
         ran += 1
         last = study.trials[-1]
         if last.state == optuna.trial.TrialState.FAIL:  # a broken recipe or machine: say so
-            raise UserError(f"trial {last.number} failed; see {spec.runs}/trial"
-                            f"{last.number:03d}/log_subset*.txt")
+            raise UserError(
+                f"trial {last.number} failed; see {spec.runs}/trial"
+                f"{last.number:03d}/log_subset*.txt"
+            )
         value = f"{last.value:.2f}" if last.value is not None else "-"
-        print(f"trial {last.number}: {last.state.name.lower()}, top-1 {value}, "
-              f"{spent_core_hours(study):.2f} / {spec.budget_core_hours:g} core-hours spent",
-              flush=True)
+        print(
+            f"trial {last.number}: {last.state.name.lower()}, top-1 {value}, "
+            f"{spent_core_hours(study):.2f} / {spec.budget_core_hours:g} core-hours spent",
+            flush=True,
+        )
     return write_recipe(study, spec)
 
 
 def write_recipe(study, spec: SearchSpec) -> Path:
     """``scratch_recipe.yaml`` beside the storage: the best finished trial's keys."""
     import optuna
+
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise UserError(f"{spec.storage}: no finished trial yet; run the search longer")
     best = max(done, key=lambda t: t.value)
     path = spec.storage.parent / RECIPE
-    lines = [f"# The best scratch recipe of {len(done)} finished trials ({len(study.trials)} in "
-             f"all) of `vitmim search {spec.path.as_posix()}`: mean val top-1 {best.value:.2f} % "
-             f"over data.class_subset {spec.subsets}, {spent_core_hours(study):.1f} core-hours. "
-             f"Measure it on other subsets.",
-             f"#   vitmim grid configs/grids/unseen_subsets.yaml -c {path.as_posix()}"]
-    checkpoint.write_text(path, "\n".join(lines) + "\n" + yaml.safe_dump(
-        {"scratch": {k: _plain(v) for k, v in best.params.items()}}, sort_keys=True))
+    lines = [
+        f"# The best scratch recipe of {len(done)} finished trials ({len(study.trials)} in "
+        f"all) of `vitmim search {spec.path.as_posix()}`: mean val top-1 {best.value:.2f} % "
+        f"over data.class_subset {spec.subsets}, {spent_core_hours(study):.1f} core-hours. "
+        f"Measure it on other subsets.",
+        f"#   vitmim grid configs/grids/unseen_subsets.yaml -c {path.as_posix()}",
+    ]
+    checkpoint.write_text(
+        path,
+        "\n".join(lines)
+        + "\n"
+        + yaml.safe_dump(
+            {"scratch": {k: _plain(v) for k, v in best.params.items()}}, sort_keys=True
+        ),
+    )
     return path
 
 

@@ -10,8 +10,17 @@ from vitmim.models.restorer import Restorer
 from vitmim.models.unet_vit import UNetViTEncoder, UNetViTRestorer
 from vitmim.models.vit import Backbone, ViT
 
-__all__ = ["Backbone", "Classifier", "Restorer", "TransferReport", "ViT", "build_backbone",
-           "build_classifier", "build_restorer", "transfer"]
+__all__ = [
+    "Backbone",
+    "Classifier",
+    "Restorer",
+    "TransferReport",
+    "ViT",
+    "build_backbone",
+    "build_classifier",
+    "build_restorer",
+    "transfer",
+]
 
 
 def build_backbone(cfg: ModelConfig, drop_path: float = 0.0) -> Backbone:
@@ -27,5 +36,6 @@ def build_restorer(cfg: ModelConfig, pcfg: PretrainConfig) -> nn.Module:
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, drop_path: float = 0.0) -> Classifier:
-    return Classifier(build_backbone(cfg, drop_path), num_classes,
-                      class_token=cfg.global_pool == "token")
+    return Classifier(
+        build_backbone(cfg, drop_path), num_classes, class_token=cfg.global_pool == "token"
+    )

@@ -28,8 +28,9 @@ class Classifier(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, class_token: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) \
-            if class_token else None
+        self.cls_token = (
+            nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if class_token else None
+        )
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)  # timm's start
         self.head = nn.Linear(backbone.embed_dim, num_classes)
@@ -64,12 +65,13 @@ class Classifier(nn.Module):
 
     def layer_id(self, name: str) -> int:
         if name.startswith("backbone."):
-            return self.backbone.layer_id(name[len("backbone."):])
+            return self.backbone.layer_id(name[len("backbone.") :])
         return 0 if name == "cls_token" else self.backbone.depth + 1
 
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{n}" for n in self.backbone.no_weight_decay()} | (
-            {"cls_token"} if self.cls_token is not None else set())
+            {"cls_token"} if self.cls_token is not None else set()
+        )
 
 
 @dataclass
@@ -86,14 +88,18 @@ class TransferReport:
         for k in self.dropped:
             prefix = k.split(".")[0]
             groups[prefix] = groups.get(prefix, 0) + 1
-        dropped = ", ".join(f"{p}.* ({n})" if n > 1 or p not in self.dropped else p
-                            for p, n in groups.items())
-        return (f"transfer: {len(self.copied)} tensors copied; new: {', '.join(self.new) or '-'}; "
-                f"dropped: {dropped or '-'}")
+        dropped = ", ".join(
+            f"{p}.* ({n})" if n > 1 or p not in self.dropped else p for p, n in groups.items()
+        )
+        return (
+            f"transfer: {len(self.copied)} tensors copied; new: {', '.join(self.new) or '-'}; "
+            f"dropped: {dropped or '-'}"
+        )
 
 
-def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
-             origin: str = "checkpoint") -> TransferReport:
+def transfer(
+    source: dict[str, torch.Tensor], classifier: Classifier, origin: str = "checkpoint"
+) -> TransferReport:
     """Copy every ``backbone.*`` tensor of a restorer (or classifier) into ``classifier``.
 
     Only the classification head (and a class token) may be new and only non-backbone keys (the
@@ -106,29 +112,38 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
     for key, value in own.items():
         if key in source and not key.startswith("head."):
             if source[key].shape != value.shape:
-                raise CheckpointError(f"{origin}: {key} has shape {tuple(source[key].shape)}, "
-                                      f"the model expects {tuple(value.shape)} (another model "
-                                      f"size?)")
+                raise CheckpointError(
+                    f"{origin}: {key} has shape {tuple(source[key].shape)}, "
+                    f"the model expects {tuple(value.shape)} (another model "
+                    f"size?)"
+                )
             if value.is_floating_point() and not source[key].is_floating_point():
                 # a cast would silently turn quantised or damaged weights into other numbers
-                raise CheckpointError(f"{origin}: {key} holds {source[key].dtype} values, not "
-                                      f"floating-point weights; pass the float weights of a run")
+                raise CheckpointError(
+                    f"{origin}: {key} holds {source[key].dtype} values, not "
+                    f"floating-point weights; pass the float weights of a run"
+                )
             if value.is_floating_point() and not source[key].isfinite().all():
                 # refused here, not as a non-finite loss that would blame the learning rate
-                raise CheckpointError(f"{origin}: {key} holds NaN or infinite values; these "
-                                      f"weights cannot start a fine-tune (pass another --init)")
+                raise CheckpointError(
+                    f"{origin}: {key} holds NaN or infinite values; these "
+                    f"weights cannot start a fine-tune (pass another --init)"
+                )
             new_state[key] = source[key].to(value.dtype)
             report.copied.append(key)
         elif key.startswith("head.") or key == "cls_token":  # a restorer has neither
             report.new.append(key)
         else:
-            raise CheckpointError(f"{origin}: no value for {key} (checkpoint of another "
-                                  f"architecture?)")
+            raise CheckpointError(
+                f"{origin}: no value for {key} (checkpoint of another architecture?)"
+            )
     for key in source:
         if key not in new_state:
             if key.startswith("backbone."):
-                raise CheckpointError(f"{origin}: {key} has no place in the model "
-                                      f"(checkpoint of another architecture?)")
+                raise CheckpointError(
+                    f"{origin}: {key} has no place in the model "
+                    f"(checkpoint of another architecture?)"
+                )
             report.dropped.append(key)
     classifier.load_state_dict(new_state, strict=False)
     return report
@@ -136,10 +151,18 @@ def transfer(source: dict[str, torch.Tensor], classifier: Classifier,
 
 def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     """Arguments of timm's ``VisionTransformer`` with the same shape as our classifier."""
-    kw = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
-              depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-              num_classes=num_classes, global_pool=cfg.global_pool,
-              class_token=cfg.global_pool == "token", fc_norm=False)
+    kw = dict(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        num_classes=num_classes,
+        global_pool=cfg.global_pool,
+        class_token=cfg.global_pool == "token",
+        fc_norm=False,
+    )
     if cfg.global_pool == "token":
         kw["no_embed_class"] = True  # the class token has no position, as in Classifier
     if cfg.rezero:
@@ -157,10 +180,12 @@ def timm_architecture(cfg: ModelConfig) -> str:
     timm builds any of them as its ``VisionTransformer`` and the folder's ``model_args`` set
     every shape, so the name picks the family only: the same patch size where timm registers
     one, then the size nearest in width (:func:`model_name` gives the model's own name)."""
+
     def distance(name: str) -> tuple:
         size = name.split("_")[1]
         width = next(w for w, s in TIMM_SIZES.items() if s == size)
         return (f"patch{cfg.patch_size}_" not in name, abs(width - cfg.embed_dim))
+
     names = [f"vit_{size}_patch{p}_224" for size in TIMM_SIZES.values() for p in (8, 16)]
     return min((n for n in names if timm.is_model(n)), key=distance)
 
@@ -168,8 +193,10 @@ def timm_architecture(cfg: ModelConfig) -> str:
 def model_name(cfg: ModelConfig) -> str:
     """The model's own name: ``vitmim-vit-d192-l6-h3-p8-64px`` (width, blocks, heads, patch px,
     input px)."""
-    return (f"vitmim-vit-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}-p{cfg.patch_size}-"
-            f"{cfg.img_size}px")
+    return (
+        f"vitmim-vit-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}-p{cfg.patch_size}-"
+        f"{cfg.img_size}px"
+    )
 
 
 # data.resize -> timm's eval crop_mode that brings an image to size the same way: fit squashes
@@ -193,8 +220,9 @@ def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.T
     return out
 
 
-def timm_config(cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str],
-                resize: str = "crop") -> dict:
+def timm_config(
+    cfg: ModelConfig, kwargs: dict, classes: list[str], class_names: list[str], resize: str = "crop"
+) -> dict:
     """timm's ``config.json`` for a model folder (the layout ``timm.models.push_to_hf_hub``
     writes): the architecture, its ``model_args`` (``timm_kwargs``), the labels (none for an
     encoder) and the preprocessing, ``resize`` being how the run brought images to size
@@ -234,17 +262,29 @@ def model_card(m: ModelConfig, num_classes: int, metrics: dict, data: dict) -> s
     """A Hugging Face model card for a model folder: what the model is, the data it was trained
     on, the preprocessing that reproduces its inputs, the run's validation metrics, the licence
     question, how to load it. ``data``: ``path``, ``images`` (training count), ``resize``."""
-    what = (f"an image classifier over {num_classes} classes" if num_classes else
-            "the backbone alone (pooled features, no head)")
-    scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                       if k.startswith("val_") and isinstance(v, (int, float)))
+    what = (
+        f"an image classifier over {num_classes} classes"
+        if num_classes
+        else "the backbone alone (pooled features, no head)"
+    )
+    scores = ", ".join(
+        f"{k} {v:.4g}"
+        for k, v in metrics.items()
+        if k.startswith("val_") and isinstance(v, (int, float))
+    )
     resize = data.get("resize", "crop")
-    how = {"fit": "scaled to {s}x{s} whole (aspect not kept)",
-           "crop": "shorter side scaled to {s}, centre {s}x{s} cut out",
-           "pad": "scaled to fit inside {s}x{s}, aspect kept, bars in white"}[resize]
-    pad_note = ("\ntimm's `border` mode pads with the mean colour, not white: for the inputs "
-                "vitmim saw, letterbox first with\n`img = ImageOps.pad(img, ({s}, {s}), "
-                "Image.Resampling.BICUBIC, color=\"white\")`.\n" if resize == "pad" else "")
+    how = {
+        "fit": "scaled to {s}x{s} whole (aspect not kept)",
+        "crop": "shorter side scaled to {s}, centre {s}x{s} cut out",
+        "pad": "scaled to fit inside {s}x{s}, aspect kept, bars in white",
+    }[resize]
+    pad_note = (
+        "\ntimm's `border` mode pads with the mean colour, not white: for the inputs "
+        "vitmim saw, letterbox first with\n`img = ImageOps.pad(img, ({s}, {s}), "
+        'Image.Resampling.BICUBIC, color="white")`.\n'
+        if resize == "pad"
+        else ""
+    )
     return f"""---
 library_name: timm
 license: other
@@ -258,7 +298,7 @@ small image data sets); this is {what}. timm builds it as `VisionTransformer` fr
 `config.json`'s `model_args` (its `architecture` names the nearest registered family only).
 
 - Data: `{data.get("path")}`, {data.get("images", "?")} training images. Validation metrics of
-  the run: {scores or 'none recorded'}.
+  the run: {scores or "none recorded"}.
 - Preprocessing: RGB, transparency composited on white; {how.format(s=m.img_size)}
   (bicubic); mean {list(MEAN)}, std {list(STD)}. `config.json` gives timm these (crop_mode
   `{TIMM_CROP_MODES[resize]}`, crop_pct 1.0).{pad_note.format(s=m.img_size)}

@@ -35,9 +35,13 @@ from vitmim.masking import apply_fill, num_masked, pixel_to_token_mask, random_m
 from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
 
 
-def random_masking(n: int, img_size: int, pcfg: PretrainConfig,
-                   generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def random_masking(
+    n: int,
+    img_size: int,
+    pcfg: PretrainConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """``n`` masks, each hiding exactly ``round(mask_ratio * cells)`` random ``mask_patch`` px
     cells of an ``img_size`` px square image. -> (n, 1, H, W)."""
     return random_mask(n, img_size, pcfg.mask_patch, pcfg.mask_ratio, generator, device)
@@ -67,7 +71,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def unpatchify(x: torch.Tensor, p: int, c: int = 3) -> torch.Tensor:
     """(B, N, p*p*C) -> (B, C, H, W); inverse of :func:`patchify` for square images."""
     b, n, _ = x.shape
-    g = int(n ** 0.5)
+    g = int(n**0.5)
     x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(b, c, g * p, g * p)
 
@@ -117,8 +121,14 @@ class Restorer(nn.Module):
             tokens_per_cell = (pcfg.mask_patch // p) ** 2
             # visible tokens per image: a Python int, so the fast path's shapes are static
             self.n_keep = (cells - num_masked(cells, pcfg.mask_ratio)) * tokens_per_cell
-            self.decoder: nn.Module = FastDecoder(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_depth,
-                                       cfg.num_heads, self.backbone.grid, p)
+            self.decoder: nn.Module = FastDecoder(
+                cfg.embed_dim,
+                cfg.decoder_dim,
+                cfg.decoder_depth,
+                cfg.num_heads,
+                self.backbone.grid,
+                p,
+            )
         else:
             if self.token_masking:
                 self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -129,8 +139,9 @@ class Restorer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.pos_embed", "mask_token", "decoder.mask_token"}
 
-    def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_encoder(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode what the model may see of ``x`` (B, 3, H, W), normalised.
 
         Returns:
@@ -177,8 +188,9 @@ def loss_target(x: torch.Tensor, pcfg: PretrainConfig, patch_size: int) -> torch
     return normalize_patches(x, patch_size) if pcfg.norm_pix else x
 
 
-def forward_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, pcfg: PretrainConfig,
-                 patch_size: int) -> torch.Tensor:
+def forward_loss(
+    pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, pcfg: PretrainConfig, patch_size: int
+) -> torch.Tensor:
     """L1 (or L2) between prediction and :func:`loss_target`, on masked pixels only by default.
 
     Args:
@@ -197,8 +209,9 @@ def forward_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, pcfg: 
 STATS_WINDOW = 3  # side, in patches, of the neighbourhood whose visible pixels stand in for a patch
 
 
-def visible_patch_stats(x: torch.Tensor, mask: torch.Tensor, p: int, window: int = STATS_WINDOW
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def visible_patch_stats(
+    x: torch.Tensor, mask: torch.Tensor, p: int, window: int = STATS_WINDOW
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each ``p`` px patch's pixel mean and variance, estimated from visible pixels only.
 
     The estimate pools the visible pixels of the ``window`` x ``window`` patches centred on the
@@ -222,7 +235,7 @@ def visible_patch_stats(x: torch.Tensor, mask: torch.Tensor, p: int, window: int
         return F.avg_pool2d(t.sum(1, keepdim=True), p, divisor_override=1)
 
     n, s1 = patch_sum(vis), patch_sum(xv)
-    ss = patch_sum(xv * xv) - s1 ** 2 / n.clamp_min(1)  # sum of squares about the patch's mean
+    ss = patch_sum(xv * xv) - s1**2 / n.clamp_min(1)  # sum of squares about the patch's mean
     sums = torch.cat([n, s1, ss, (n - 1).clamp_min(0)], 1)  # (B, 4, g, g)
     local = F.avg_pool2d(sums, window, 1, window // 2, divisor_override=1)
     enough = local[:, :1] >= p * p * x.shape[1]
@@ -232,8 +245,7 @@ def visible_patch_stats(x: torch.Tensor, mask: torch.Tensor, p: int, window: int
     return mean.flatten(1).unsqueeze(-1), var.flatten(1).unsqueeze(-1)
 
 
-def to_image(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cfg: Config
-             ) -> torch.Tensor:
+def to_image(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
     """A prediction in the loss's target space -> (B, 3, H, W) normalised image, using only what
     the model saw (the visible pixels of ``x``).
 
@@ -250,16 +262,18 @@ def to_image(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, cfg: Confi
     return unpatchify(patchify(pred, p) * (var + 1e-6).sqrt() + mean, p)
 
 
-def restored_image(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
-                   ) -> torch.Tensor:
+def restored_image(
+    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config
+) -> torch.Tensor:
     """The restorer's prediction as an image: (B, 3, H, W) normalised. Depends on the visible
     pixels of ``x`` only (:func:`to_image`); paste them over it to show a restoration."""
     return to_image(model(x, mask).float(), x, mask, cfg)
 
 
 @torch.no_grad()
-def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config,
-                        batch: int = 256) -> dict[str, float]:
+def restoration_metrics(
+    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config, batch: int = 256
+) -> dict[str, float]:
     """Restoration figures over masked pixels, one forward pass per ``batch`` images.
 
     Returns:
@@ -271,7 +285,7 @@ def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, c
     """
     l1 = se = count = 0.0
     for i in range(0, len(x), batch):
-        xb, mb = x[i:i + batch], mask[i:i + batch]
+        xb, mb = x[i : i + batch], mask[i : i + batch]
         raw = model(xb, mb).float()
         pred = to_image(raw, xb, mb, cfg)
         target = loss_target(xb, cfg.pretrain, cfg.model.patch_size)
@@ -280,5 +294,7 @@ def restoration_metrics(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, c
         se += (((denormalize(pred) - denormalize(xb)) ** 2) * m).sum().item()
         count += m.sum().item()
     mse = se / max(count, 1.0)
-    return {"val_l1": l1 / max(count, 1.0), "val_psnr": 10 * torch.log10(
-        torch.tensor(1.0 / max(mse, 1e-12))).item()}
+    return {
+        "val_l1": l1 / max(count, 1.0),
+        "val_psnr": 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item(),
+    }

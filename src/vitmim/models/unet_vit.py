@@ -36,8 +36,14 @@ class ConvBlock(nn.Module):
 
     def __init__(self, ch: int, rezero: bool = False):
         super().__init__()
-        self.body = nn.Sequential(conv3x3(ch, ch), nn.BatchNorm2d(ch), nn.GELU(),
-                                  conv3x3(ch, ch), nn.BatchNorm2d(ch), nn.GELU())
+        self.body = nn.Sequential(
+            conv3x3(ch, ch),
+            nn.BatchNorm2d(ch),
+            nn.GELU(),
+            conv3x3(ch, ch),
+            nn.BatchNorm2d(ch),
+            nn.GELU(),
+        )
         self.rezero = rezero
         if rezero:
             self.gate = nn.Parameter(torch.zeros(1))
@@ -53,8 +59,12 @@ def down(c_in: int, c_out: int) -> nn.Sequential:
 
 def up(c_in: int, c_out: int) -> nn.Sequential:
     """Nearest 2x upsampling then a 3x3 conv: (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(c_in, c_out),
-                         nn.BatchNorm2d(c_out), nn.GELU())
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        conv3x3(c_in, c_out),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+    )
 
 
 class UNetViTEncoder(nn.Module):
@@ -70,14 +80,15 @@ class UNetViTEncoder(nn.Module):
         chans = list(cfg.unet_channels)
         self.embed_dim, self.depth = cfg.embed_dim, cfg.depth
         self.grid = cfg.img_size // 2 ** len(chans)
-        self.num_tokens = self.grid ** 2
+        self.num_tokens = self.grid**2
         self.stem = nn.Sequential(conv3x3(3, chans[0]), nn.BatchNorm2d(chans[0]), nn.GELU())
         self.levels = nn.ModuleList(ConvBlock(c, cfg.rezero) for c in chans)
         self.downs = nn.ModuleList(down(c, n) for c, n in zip(chans, chans[1:] + [cfg.embed_dim]))
         self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid))
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()  # drop-path rate rises with depth
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates)
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates
+        )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.apply(init_weights)
 
@@ -116,8 +127,9 @@ class UNetDecoder(nn.Module):
         super().__init__()
         chans = list(cfg.unet_channels)
         self.grid = cfg.img_size // 2 ** len(chans)
-        used = {"all": range(len(chans)), "none": range(0),
-                "no-finest": range(1, len(chans))}[cfg.skips]
+        used = {"all": range(len(chans)), "none": range(0), "no-finest": range(1, len(chans))}[
+            cfg.skips
+        ]
         ins = chans[1:] + [cfg.embed_dim]
         self.ups = nn.ModuleList(up(i, c) for i, c in zip(ins, chans))  # level i: ins[i] -> c_i
         # concatenated (upsampled, skip) -> c_i; 1x1 since the block after it mixes space
@@ -152,8 +164,9 @@ class UNetViTRestorer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"backbone.pos_embed"}
 
-    def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_encoder(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, 3, H, W) normalised; mask: (B, 1, H, W), 1 = masked -> bottleneck tokens
         (B, N, D) and skip maps, finest first (:meth:`UNetViTEncoder.forward_skips`)."""
         return self.backbone.forward_skips(apply_fill(x, mask))

@@ -54,8 +54,11 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"sincos embedding needs dim % 4 == 0, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
-                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64),
+        torch.arange(grid, dtype=torch.float64),
+        indexing="ij",
+    )
     parts = []
     for pos in (ys.flatten(), xs.flatten()):
         angles = pos[:, None] * omega[None]  # (N, dim/4)
@@ -81,7 +84,7 @@ class ConvStem(nn.Module):
     def __init__(self, patch_size: int, embed_dim: int):
         super().__init__()
         n_down = int(math.log2(patch_size))
-        if 2 ** n_down != patch_size:
+        if 2**n_down != patch_size:
             raise ValueError(f"conv_stem needs a power-of-two patch_size, got {patch_size}")
         layers, ch = [], 3
         for i in range(n_down):
@@ -99,8 +102,14 @@ class Block(nn.Module):
     """Pre-norm transformer block. With ``rezero`` each residual branch is scaled by a learnable
     scalar that starts at 0 (ReZero), so every block starts as the identity."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 rezero: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        rezero: bool = False,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = TimmAttention(dim, num_heads=num_heads, qkv_bias=True)
@@ -130,7 +139,7 @@ class ViT(nn.Module):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.grid = cfg.img_size // cfg.patch_size
-        self.num_tokens = self.grid ** 2
+        self.num_tokens = self.grid**2
         self.embed_dim = cfg.embed_dim
         self.depth = cfg.depth
         stem = ConvStem if cfg.conv_stem else PatchEmbed
@@ -141,7 +150,8 @@ class ViT(nn.Module):
         # stochastic depth grows linearly with depth
         rates = torch.linspace(0, drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates)
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r, cfg.rezero) for r in rates
+        )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.apply(init_weights)
 
