@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from grid_specs import REPO, SMOKE, TINY, write_spec
 
 from vitmim import cli
 from vitmim.config import load_config
@@ -24,23 +25,6 @@ from vitmim.errors import UserError
 from vitmim.lab.grid import load_spec, plan, run_finished
 from vitmim.lab.report import baseline_row, collect, group
 from vitmim.stages import training_flops_per_image
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
-TINY = {
-    "model.embed_dim": 32,
-    "model.depth": 1,
-    "model.num_heads": 2,
-    "model.decoder_dim": 32,
-    "data.classes": None,
-    "pretrain.batch_size": 16,
-    "finetune.batch_size": 16,
-}
-
-
-def write_spec(path: Path, **spec) -> Path:
-    path.write_text(yaml.safe_dump({"base": "smoke", "config": TINY, **spec}, sort_keys=False))
-    return path
 
 
 def grid_rows(out: Path) -> list[dict]:

@@ -17,22 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from grid_specs import SMOKE, TINY
 
 from vitmim import cli
 from vitmim.lab.records import RECORD, differing_key
 from vitmim.runs import MODEL
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs" / "grids" / "smoke.yaml"
-TINY = {
-    "model.embed_dim": 32,
-    "model.depth": 1,
-    "model.num_heads": 2,
-    "model.decoder_dim": 32,
-    "data.classes": None,
-    "pretrain.batch_size": 16,
-    "finetune.batch_size": 16,
-}
 
 
 def grid_cmd(spec: Path, out: Path, data: Path, *more: str) -> list[str]:
@@ -187,30 +176,21 @@ def test_changed_data_is_not_reused_from_records(tmp_path, tiny_tin, tin_tools, 
     )
 
 
-def test_report_from_records_equals_report_from_run_folders(smoke_grid, tiny_tin, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture
+def smoke_records(smoke_grid, tiny_tin, tmp_path) -> tuple[Path, Path]:
+    """(run folders, records) of the shipped smoke grid: a grid that finished before it kept
+    records, recorded by running it again with a ``records:`` folder (nothing trains)."""
+    runs, records = tmp_path / "runs", tmp_path / "records"
     shutil.copytree(smoke_grid, runs)
-    records = tmp_path / "records"
     spec = tmp_path / "smoke.yaml"
     spec.write_text(SMOKE.read_text() + f"\nrecords: {records}\n")
-    # a grid that finished before it kept records: recorded without training again
-    assert (
-        cli.main(
-            [
-                "grid",
-                str(spec),
-                "--out",
-                str(runs),
-                "--data",
-                str(tiny_tin),
-                "--set",
-                "data.classes=null",
-                "--executor",
-                "inline",
-            ]
-        )
-        == 0
-    )
+    args = ["grid", str(spec), "--out", str(runs), "--data", str(tiny_tin)]
+    assert cli.main([*args, "--set", "data.classes=null", "--executor", "inline"]) == 0
+    return runs, records
+
+
+def test_report_from_records_equals_report_from_run_folders(smoke_records, tmp_path):
+    runs, records = smoke_records
     assert len(recorded(records)) == len(list(runs.glob("*/seed*/cell.json"))) == 8
     assert cli.main(["report", str(runs), "--out", str(tmp_path / "from_runs")]) == 0
     assert cli.main(["report", str(records), "--out", str(tmp_path / "from_records")]) == 0
@@ -244,29 +224,8 @@ def test_records_match_on_what_defines_a_run(recorded_cfg, planned, expected):
     assert differing_key(recorded_cfg, planned) == expected
 
 
-def test_records_hold_no_weights_and_name_their_cost(smoke_grid, tiny_tin, tmp_path):
-    records = tmp_path / "records"
-    spec = tmp_path / "smoke.yaml"
-    spec.write_text(SMOKE.read_text() + f"\nrecords: {records}\n")
-    runs = tmp_path / "runs"
-    shutil.copytree(smoke_grid, runs)
-    assert (
-        cli.main(
-            [
-                "grid",
-                str(spec),
-                "--out",
-                str(runs),
-                "--data",
-                str(tiny_tin),
-                "--set",
-                "data.classes=null",
-                "--executor",
-                "inline",
-            ]
-        )
-        == 0
-    )
+def test_records_hold_no_weights_and_name_their_cost(smoke_records):
+    _, records = smoke_records
     files = [p for p in records.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= {".json", ".jsonl", ".yaml", ".md", ".png"}
     assert sum(p.stat().st_size for p in files) < 2_000_000
