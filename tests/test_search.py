@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -100,6 +98,19 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
 
 
+def trial_processes(tmp: Path) -> list[int]:
+    """Processes whose command line names a trial folder under ``tmp``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(tmp / "runs") in cmd:
+            found.append(int(proc.name))
+    return found
+
+
 def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 3})
     proc = subprocess.Popen(
@@ -113,8 +124,12 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     while not metrics.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the search ended before it could be stopped"
-    os.killpg(proc.pid, signal.SIGKILL)  # the machine stops: the search and its fine-tunes
+    proc.kill()  # the search is killed: its fine-tunes stop with it
     proc.wait()
+    deadline = time.time() + 60
+    while trial_processes(tmp_path) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not trial_processes(tmp_path)
     time.sleep(3)  # the stopped trial's heartbeat is older than its grace period
     again = subprocess.run(
         search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True, text=True, timeout=600

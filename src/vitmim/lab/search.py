@@ -25,8 +25,10 @@ again once.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +47,7 @@ from vitmim.config import (
     to_dict,
 )
 from vitmim.errors import ConfigError, UserError
+from vitmim.lifetime import die_with_parent
 
 SPEC_KEYS = {
     "storage",
@@ -198,7 +201,7 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     dirs = [spec.runs / f"trial{trial.number:03d}" / f"class_subset={s}" for s in spec.subsets]
-    queue, reported = list(zip(spec.subsets, dirs)), 0
+    queue, reported, parent = list(zip(spec.subsets, dirs)), 0, os.getpid()
     procs: dict[int, subprocess.Popen] = {}
     try:
         while queue or procs:
@@ -209,19 +212,13 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 cfg_path.write_text(yaml.safe_dump(recipe_config(spec, params, subset, data)))
                 with open(run_dir.parent / f"log_subset{subset}.txt", "a") as log:
                     procs[subset] = subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "vitmim.cli",
-                            "finetune",
-                            "-c",
-                            str(cfg_path),
-                            "--out",
-                            str(run_dir),
-                        ],
+                        [sys.executable, "-m", "vitmim.cli", "finetune", "-c", str(cfg_path)]
+                        + ["--out", str(run_dir)],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=env,
+                        # a fine-tune outlives no search: stopped like Ctrl-C when it dies
+                        preexec_fn=functools.partial(die_with_parent, parent, signal.SIGTERM),
                     )
             time.sleep(1.0)
             curves = [_top1_by_epoch(d) for d in dirs]
