@@ -446,8 +446,9 @@ class Ledger:
     of it in the spec's ``records`` folder (:mod:`vitmim.lab.records`); it records every
     finished run there."""
 
-    def __init__(self, records: Path | None):
+    def __init__(self, records: Path | None, runs: Sequence[Run] = ()):
         self.records = records
+        self.runs = list(runs)  # the plan, whose progress line each new record moves
         self._fingerprints: dict[str, str] = {}
 
     def record_dir(self, run: Run) -> Path | None:
@@ -484,6 +485,8 @@ class Ledger:
         rec = self.record_dir(run)
         if rec and not (is_recorded(rec) and not mismatch(rec, run.job(), self.fingerprint(run))):
             write_record(run.dir, rec, run.stage_dirs())
+            if self.runs:
+                self.write_progress(self.runs)
 
     def write_progress(self, runs: list[Run]) -> str | None:
         """The study's progress line, in ``RECORDS/README.md`` (created if missing)."""
@@ -874,7 +877,7 @@ def run_grid(
                 f"note: baseline {kind} left out: no tuned scratch recipe is set (config "
                 "section scratch; e.g. -c docs/results/scratch_search/scratch_recipe.yaml)"
             )
-    ledger = Ledger(Path(spec.records) if spec.records else None)
+    ledger = Ledger(Path(spec.records) if spec.records else None, runs)
     states = {r.dir: ledger.state(r) for r in runs}
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
     if dry_run:  # in the order they would run
