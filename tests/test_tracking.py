@@ -1,4 +1,4 @@
-"""TensorBoard tracking: what a tiny real run writes, read back with TensorBoard's own reader."""
+"""Tracking: what a tiny real run writes to TensorBoard (read back with its own reader) and CSV."""
 
 from __future__ import annotations
 
@@ -86,3 +86,28 @@ def test_bad_tracking_options_are_config_errors(tin2, tmp_path, log, every, mess
             data=tin2.path, out=tmp_path / "x", preset="smoke", log=log, log_every=every
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_csv_log_holds_every_epoch_record(tin2, tmp_path):
+    """A CSV view of metrics.jsonl, rewritten from it each epoch: one row per epoch record."""
+    import csv
+
+    out = tmp_path / "csv"
+    kwargs = dict(
+        data=tin2.path,
+        out=out,
+        preset="smoke",
+        overrides=tin2.overrides,
+        log="csv",
+        progress=False,
+        pretrain__epochs=2,
+    )
+    vitmim.pretrain(**kwargs)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    want = records(out)
+    assert len(rows) == len(want) == 2
+    for row, rec in zip(rows, want):
+        assert set(row) == set(rec)
+        assert float(row["train_loss"]) == pytest.approx(rec["train_loss"])
+        assert int(row["epoch"]) == rec["epoch"]
+    assert not (out / "tensorboard").exists()

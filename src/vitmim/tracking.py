@@ -1,6 +1,9 @@
-"""Optional experiment tracking: a run's progress mirrored to TensorBoard.
+"""Optional experiment tracking: a run's progress mirrored to TensorBoard or a CSV file.
 
-``metrics.jsonl`` stays the record of a run; tracking only copies it to a viewer. Inside
+``metrics.jsonl`` stays the record of a run; tracking only copies it to a viewer. With
+``csv``, each run's main process rewrites ``RUN/metrics.csv`` from ``metrics.jsonl`` after
+every epoch (one row per epoch, one column per key: what a spreadsheet or pandas reads, and
+after a resume or a rollback it holds what the record holds). Inside
 ``with tracking("tensorboard", every=50):`` each training run's main process writes to
 ``RUN/tensorboard/``:
 
@@ -22,13 +25,14 @@ from typing import Any
 
 from vitmim.errors import ConfigError
 
-BACKENDS = ("tensorboard",)
+BACKENDS = ("tensorboard", "csv")
 LOG_EVERY = 50  # optimisation steps between training-loss points
 
 
 @dataclass
 class _Tracker:
     every: int
+    backend: str
     writers: dict[Path, Any] = field(default_factory=dict)  # run folder -> SummaryWriter
     last_step: dict[Path, int] = field(default_factory=dict)
 
@@ -65,13 +69,15 @@ def tracking(backend: str | None, every: int = LOG_EVERY) -> Iterator[None]:
         raise ConfigError(f"--log {backend}: unknown (known: {', '.join(BACKENDS)})")
     if every < 1:
         raise ConfigError(f"--log-every {every}: must be a positive number of steps")
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "--log tensorboard: needs the tensorboard package (pip install 'vitmim[tensorboard]')"
-        ) from None
-    outer, _active = _active, _Tracker(every)
+    if backend == "tensorboard":
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--log tensorboard: needs the tensorboard package "
+                "(pip install 'vitmim[tensorboard]')"
+            ) from None
+    outer, _active = _active, _Tracker(every, backend)
     try:
         yield
     finally:
@@ -83,7 +89,7 @@ def on_step(trainer, loss) -> None:
     """After an optimisation step (``trainer.step`` already counts it). The loss is read, a host
     sync on a GPU, only every ``every`` steps."""
     t = _active
-    if t is None or not trainer.env.main or trainer.step % t.every:
+    if t is None or t.backend != "tensorboard" or not trainer.env.main or trainer.step % t.every:
         return
     t.writer(trainer.run_dir, trainer.step).add_scalar(
         f"{trainer.stage}/train_loss_step", loss.item(), trainer.step
@@ -94,6 +100,9 @@ def on_epoch(trainer, record: dict) -> None:
     """After an epoch's record is written to metrics.jsonl (main process)."""
     t = _active
     if t is None:
+        return
+    if t.backend == "csv":
+        write_csv(trainer.run_dir)
         return
     step = record["step"]
     w = t.writer(trainer.run_dir, step)
@@ -113,3 +122,23 @@ def on_epoch(trainer, record: dict) -> None:
                 dataformats="HWC",
             )
     w.flush()
+
+
+def write_csv(run_dir: Path) -> Path:
+    """``RUN/metrics.csv``: every epoch record of ``metrics.jsonl``, columns in first-seen order
+    (a key an epoch lacks, such as validation on a skipped epoch, is an empty cell)."""
+    import csv
+    import io
+
+    from vitmim import checkpoint
+    from vitmim.runs import read_metrics
+
+    records = read_metrics(run_dir)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    path = run_dir / "metrics.csv"
+    checkpoint.write_text(path, buf.getvalue())
+    return path

@@ -460,9 +460,11 @@ class Gain:
 
 
 def subset_axis(records: list[RunRecord], kinds: tuple[str, ...] = ("variant",)) -> str | None:
-    """The class-subset key that runs of ``kinds`` vary, if any."""
+    """The class-subset key that runs of ``kinds`` vary, or are crossed with (a grid whose
+    subsets have not all run yet), if any."""
     for key in SUBSET_KEYS:
-        if len({repr(r.axes.get(key)) for r in records if r.kind in kinds}) > 1:
+        values = {repr(r.axes.get(key)) for r in records if r.kind in kinds}
+        if len(values) > 1 or values and "None" not in values:
             return key
     return None
 
