@@ -21,7 +21,7 @@ from grid_specs import SMOKE, TINY
 
 from vitmim import cli
 from vitmim.lab.records import RECORD, differing_key
-from vitmim.runs import MODEL
+from vitmim.runs import MODEL, core_seconds
 
 
 def grid_cmd(spec: Path, out: Path, data: Path, *more: str) -> list[str]:
@@ -232,3 +232,21 @@ def test_records_hold_no_weights_and_name_their_cost(smoke_records):
     for rec in records.glob(f"*/seed*/{RECORD}"):
         meta = json.loads(rec.read_text())
         assert meta["core_s"] > 0 and meta["wall_s"] > 0
+        # CPU time of the job (a busy machine stretches wall time, not this): at most what its
+        # threads could have used in the wall time it took
+        threads = json.loads(next(rec.parent.glob("*/manifest.json")).read_text())["threads"]
+        assert meta["core_s"] <= meta["wall_s"] * threads * 1.05 + 1.0
+
+
+@pytest.mark.parametrize(
+    "epochs, manifest, expected",
+    [
+        ([{"time_s": 10.0, "cpu_s": 4.0}], {"device": "cpu", "threads": 2}, 4.0),
+        ([{"time_s": 10.0}], {"device": "cpu", "threads": 2}, 20.0),  # logged without cpu_s
+        ([{"time_s": 10.0, "cpu_s": 4.0}], {"device": "cuda:0", "world_size": 2}, 20.0),
+        ([{"time_s": 10.0, "cpu_s": 4.0}, {"time_s": 5.0, "cpu_s": 1.0}], {}, 5.0),
+        ([{"time_s": None}], {"device": "cpu"}, None),
+    ],
+)
+def test_cost_counts_cpu_seconds_on_a_cpu_and_device_seconds_on_a_gpu(epochs, manifest, expected):
+    assert core_seconds(epochs, manifest) == expected

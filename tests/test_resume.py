@@ -204,7 +204,11 @@ def assert_same_run(run: Path, reference: Path) -> None:
     def records(d: Path) -> list[dict]:
         lines = (d / "metrics.jsonl").read_text().splitlines()
         return [
-            {k: v for k, v in json.loads(ln).items() if k not in ("images_per_s", "time_s")}
+            {
+                k: v
+                for k, v in json.loads(ln).items()
+                if k not in ("images_per_s", "time_s", "cpu_s")
+            }
             for ln in lines
         ]
 

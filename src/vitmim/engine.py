@@ -319,9 +319,10 @@ class Trainer:
         :meth:`roll_back`."""
         last: dict[str, float] = {}
         while self.step < self.total:
-            epoch, t0, start = self.step // self.spe, time.time(), self.step
+            epoch, start = self.step // self.spe, self.step
+            t0, cpu0 = time.time(), time.process_time()
             if self.train_epoch(epoch):
-                last = self.end_epoch(epoch, self.loss_sum.item() / self.spe, t0, start)
+                last = self.end_epoch(epoch, self.loss_sum.item() / self.spe, t0, cpu0, start)
             else:
                 self.roll_back()
         return last
@@ -456,7 +457,7 @@ class Trainer:
             f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)"
         )
 
-    def end_epoch(self, epoch: int, train_loss: float, t0: float, start: int) -> dict:
+    def end_epoch(self, epoch: int, train_loss: float, t0: float, cpu0: float, start: int) -> dict:
         dt = time.time() - t0
         record = {
             "stage": self.stage,
@@ -474,6 +475,9 @@ class Trainer:
             ):
                 record.update(self.task.evaluate(self.eval_model(), epoch + 1))
             record["time_s"] = time.time() - t0
+            # CPU seconds of every thread of this process: what the epoch cost the machine,
+            # which a busy machine does not inflate the way it inflates time_s
+            record["cpu_s"] = time.process_time() - cpu0
             append_metrics(self.run_dir, record)
             tracking.on_epoch(self, record)
             if self.progress:

@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -531,15 +532,30 @@ def run_job(cell_json: str | Path) -> dict:
     path = Path(cell_json)
     run_dir = path.parent
     job = read_json_mapping(path, "grid cell", CELL_KEYS)
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     _write_status(run_dir, "running")
     try:
         results = _execute(job, run_dir)
     except BaseException as e:
-        _write_status(run_dir, "failed", error=one_line(e), wall_s=time.time() - t0)
+        _write_status(
+            run_dir,
+            "failed",
+            error=one_line(e),
+            wall_s=time.time() - t0,
+            cpu_s=_cpu_seconds() - cpu0,
+        )
         raise
-    _write_status(run_dir, "done", wall_s=time.time() - t0)
+    _write_status(run_dir, "done", wall_s=time.time() - t0, cpu_s=_cpu_seconds() - cpu0)
     return results
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process's threads and of its finished children (data workers)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _execute(job: dict, run_dir: Path) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from vitmim import checkpoint
 from vitmim.errors import UserError
-from vitmim.runs import METRICS, MODEL, differing_key, finished, json_object
+from vitmim.runs import METRICS, MODEL, core_seconds, differing_key, finished, json_object
 
 RECORD = "record.json"
 STAGE_FILES = ("config.yaml", "manifest.json", METRICS, "model.json", "probe.json")
@@ -97,7 +97,11 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
         tmp / RECORD,
         {
             "wall_s": status.get("wall_s"),
-            "core_s": core_seconds(status.get("wall_s"), manifests),
+            # the whole job: start-up and data loading too, a shared restorer's training not
+            "core_s": core_seconds(
+                [{"time_s": status.get("wall_s"), "cpu_s": status.get("cpu_s")}],
+                manifests[0] if manifests else {},
+            ),
             "git_commit": manifests[0].get("git_commit") if manifests else None,
             "device_name": manifests[0].get("device_name") if manifests else None,
         },
@@ -105,15 +109,6 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     shutil.rmtree(record_dir, ignore_errors=True)
     tmp.rename(record_dir)
     return record_dir
-
-
-def core_seconds(wall_s: float | None, manifests: list[dict]) -> float | None:
-    """Wall time x the threads it ran on (what a run cost a shared CPU); on a GPU, wall time."""
-    if wall_s is None:
-        return None
-    threads = max((m.get("threads") or 1 for m in manifests), default=1)
-    on_gpu = any(str(m.get("device", "")).startswith("cuda") for m in manifests)
-    return wall_s * (1 if on_gpu else threads)
 
 
 def progress_line(records: Path, planned: list[tuple[str, str, int]]) -> str:

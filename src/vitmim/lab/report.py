@@ -34,7 +34,7 @@ from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tun
 from vitmim.errors import UserError
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
-from vitmim.runs import json_object, last_metrics, read_metrics
+from vitmim.runs import core_seconds, json_object, last_metrics, read_metrics
 from vitmim.stages import RUN_DIRS, summary_table
 
 RULE = (
@@ -506,19 +506,16 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
 
 
 def core_minutes(r: RunRecord) -> float | None:
-    """What a run cost: the training time of its epochs (``time_s``, pre-training included for a
-    pre-trained run, also where its restorer was shared) x the CPU threads it ran on (1 on a GPU:
-    there it is GPU-minutes)."""
-    curves = r.curve + r.pretrain_curve
-    if not curves or any(e.get("time_s") is None for e in curves):
-        return None
-    man = (
-        config.read_json_mapping(r.dir / "manifest.json", "run manifest")
-        if (r.dir / "manifest.json").exists()
-        else {}
+    """What a run cost (:func:`vitmim.runs.core_seconds` of its epochs, in minutes): its
+    fine-tune, plus for a pre-trained run its pre-training, also where the restorer was shared
+    (each run that uses it pays for it in full)."""
+    stages = [(r.curve, r.dir)] + (
+        [(r.pretrain_curve, r.dir.parent / "pretrain")] * bool(r.pretrain_curve)
     )
-    threads = 1 if str(man.get("device", "cpu")).startswith("cuda") else man.get("threads") or 1
-    return sum(e["time_s"] for e in curves) * threads / 60
+    costs = [core_seconds(curve, json_object(d / "manifest.json")) for curve, d in stages]
+    if not r.curve or any(c is None for c in costs):
+        return None
+    return sum(c for c in costs if c is not None) / 60
 
 
 def bootstrap_interval(

@@ -174,13 +174,15 @@ def _suggest(trial, key: str, dim: list):
 # one trial: a scratch fine-tune per subset, watched epoch by epoch
 
 
-def _core_seconds(run_dir: Path, threads: int) -> float:
+def _core_seconds(run_dir: Path) -> float:
+    """What a trial's fine-tune has cost so far (:func:`vitmim.runs.core_seconds`)."""
+    from vitmim.runs import core_seconds, json_object  # torch: only once trials run
+
     metrics = run_dir / "metrics.jsonl"
-    return (
-        sum(e.get("time_s", 0.0) for e in read_jsonl(metrics)) * threads
-        if metrics.exists()
-        else 0.0
-    )
+    if not metrics.exists():
+        return 0.0
+    cost = core_seconds(read_jsonl(metrics), json_object(run_dir / "manifest.json"))
+    return cost or 0.0
 
 
 def _top1_by_epoch(run_dir: Path) -> dict[int, float]:
@@ -227,7 +229,7 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 trial.report(sum(c[epoch] for c in curves) / len(curves), epoch)
                 reported = epoch
                 if trial.should_prune():
-                    trial.set_user_attr("core_s", sum(_core_seconds(d, threads) for d in dirs))
+                    trial.set_user_attr("core_s", sum(_core_seconds(d) for d in dirs))
                     raise optuna.TrialPruned(f"stopped after epoch {epoch}")
             for subset, proc in list(procs.items()):
                 if proc.poll() is not None:
@@ -242,7 +244,7 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
         for proc in procs.values():  # pruned, failed or interrupted: nothing left running
             proc.terminate()
             proc.wait()
-    trial.set_user_attr("core_s", sum(_core_seconds(d, threads) for d in dirs))
+    trial.set_user_attr("core_s", sum(_core_seconds(d) for d in dirs))
     finals = [_top1_by_epoch(d) for d in dirs]
     return sum(c[max(c)] for c in finals) / len(finals)
 
