@@ -2,7 +2,7 @@
 
 import pytest
 
-from vitmim.config import Config, dump, load_config
+from vitmim.config import Config, dump, load_config, pretrain_data
 from vitmim.errors import UserError
 
 
@@ -201,3 +201,20 @@ def test_json_readers(tmp_path):
     meta.write_text("[" * 5000 + "]" * 5000)
     with pytest.raises(UserError, match="m.json: run nests too deeply"):
         read_json_mapping(meta, "run")
+
+
+@pytest.mark.parametrize("pool", ["classes", "all", "/data/unlabelled"])
+def test_pre_training_reads_its_pool_and_fine_tuning_its_classes(pool):
+    cfg = load_config(
+        base={
+            "data": {"classes": 10, "class_subset": 3, "label_fraction": 0.1},
+            "pretrain": {"pool": pool},
+        }
+    )
+    data = pretrain_data(cfg)
+    if pool == "classes":
+        assert data == cfg.data
+    else:  # every class of the source, or the pool's own, all of its images
+        assert (data.classes, data.class_subset, data.label_fraction) == (None, 0, 1.0)
+        assert data.path == (cfg.data.path if pool == "all" else pool)
+    assert (cfg.data.classes, cfg.data.class_subset) == (10, 3)  # fine-tuning's, untouched

@@ -599,3 +599,35 @@ def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, t
         for ln in (second / "finetune" / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2]  # its own fine-tuning, on the shared restorer
+
+
+def test_a_pool_of_every_class_pre_trains_one_restorer_for_every_class_subset(
+    tmp_path, tiny_tin, capsys
+):
+    """pretrain.pool: all: the restorer learns from the training images of every class (the
+    labels unused) and serves each class subset's fine-tuning; a baseline is unchanged by it."""
+    spec = write_spec(
+        tmp_path / "pool.yaml",
+        config={**TINY, "data.classes": 2},
+        cross={"data.class_subset": [0, 1]},
+        variants=[{"pretrain.pool": "all"}],
+        seeds=[0],
+        baselines=[],
+        probe=False,
+    )
+    out = tmp_path / "out"
+    assert cli.main(["grid", str(spec), "--out", str(out), "--data", str(tiny_tin)]) == 0
+    first, second = (out / f"class_subset={k},pool=all" / "seed0" for k in (0, 1))
+    assert f"pre-training shared with {first}" in capsys.readouterr().out
+    pre, tuned = (
+        json.loads((second / stage / "manifest.json").read_text())
+        for stage in ("pretrain", "finetune")
+    )
+    assert (pre["train_images"], tuned["train_images"]) == (4 * 12, 2 * 12)
+    assert pre["data_fingerprint"] != tuned["data_fingerprint"]
+    assert pre["data"]["fingerprint"] == pre["data_fingerprint"]
+    classes = {
+        json.loads((d / "finetune" / "manifest.json").read_text())["classes"][0]
+        for d in (first, second)
+    }
+    assert len(classes) == 2  # two different class subsets, one restorer

@@ -287,3 +287,30 @@ def test_reconstruction_sheet_is_titled_readable_and_keeps_grey_grey(own, tmp_pa
     assert (sheet[:24] < 128).any()  # the column titles are drawn
     restored = sheet[24 : 24 + 128, 4 + 2 * 132 : 4 + 2 * 132 + 128]
     assert (restored.max(2) == restored.min(2)).all()  # a grey input's restoration is grey
+
+
+def test_a_restorer_learns_from_a_pool_of_unlabelled_images_beside_the_labelled_ones(own, tmp_path):
+    """Many unlabelled images, few labelled ones: pretrain.pool names the unlabelled folder; the
+    labelled classes are what fine-tuning learns."""
+    root, data, _ = own
+    pool = tmp_path / "unlabelled"
+    pool.mkdir()
+    images = sorted(data.rglob("*.png"))
+    for k, p in enumerate(images + images[:12]):  # more images than the labelled set holds
+        (pool / f"{k}.png").write_bytes(p.read_bytes())
+    overrides = {**TINY, "pretrain.pool": str(pool), "pretrain.epochs": 1}
+    pre = vitmim.pretrain(
+        data=data, out=tmp_path / "pre", preset="smoke", overrides=overrides, progress=False
+    )
+    man = json.loads((pre.run_dir / "manifest.json").read_text())
+    assert man["data"]["path"] == str(pool) and man["train_images"] == 43  # 48, 10 % held out
+    assert man["classes"] == []  # the pool has no labels, and pre-training needs none
+    ft = vitmim.finetune(
+        init=pre.run_dir,
+        data=data,
+        out=tmp_path / "ft",
+        overrides=TINY,
+        finetune__epochs=1,
+        progress=False,
+    )
+    assert json.loads((ft.run_dir / "manifest.json").read_text())["classes"] == list(CLASSES)

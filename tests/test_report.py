@@ -244,18 +244,20 @@ def test_gain_per_regime_with_its_interval_and_cost(unseen):
         assert int(r["n"]) == 4 and float(r["gain"]) == pytest.approx(sum(mine) / 4)
         lo, hi = float(r["ci95_low"]), float(r["ci95_high"])
         assert min(mine) <= lo <= float(r["gain"]) <= hi <= max(mine)
-        # each arm's cost: the mean over its runs of epoch time x threads, pre-training included
+        # each arm's cost: the mean over its runs of their epochs' CPU time, pre-training included
         costs = [float(g["core_min"]) for g in gains if g["baseline"] == r["baseline"]]
         assert float(r["core_min"]) == pytest.approx(sum(costs) / 4) and min(costs) > 0
     variant = unseen.parent / "class_subset=0" / "seed0"
-    spent = sum(
-        json.loads(ln)["time_s"]
+    epochs = [
+        json.loads(ln)
         for stage in ("pretrain", "finetune")
         for ln in (variant / stage / "metrics.jsonl").read_text().splitlines()
-    )
+    ]
     threads = json.loads((variant / "finetune" / "manifest.json").read_text())["threads"]
     row = next(g for g in gains if g["subset"] == "0" and g["seed"] == "0")
-    assert float(row["core_min"]) == pytest.approx(spent * threads / 60)
+    assert float(row["core_min"]) == pytest.approx(sum(e["cpu_s"] for e in epochs) / 60)
+    # CPU time: never more than the threads could use in the epochs' wall time
+    assert sum(e["cpu_s"] for e in epochs) <= sum(e["time_s"] for e in epochs) * threads * 1.05
     table = section((unseen / "report.md").read_text(), "Gain per regime")
     assert len(table) == 2 + 3 and "scratch, tuned recipe" in table[3]
     assert (unseen / "plots" / "regime_gains.png").read_bytes()[:8] == PNG

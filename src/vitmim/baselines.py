@@ -16,8 +16,9 @@ from vitmim.config import Config, uses_fast_path
 
 # model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
 RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
-# pre-training keys that change how many steps an equal-steps baseline must match
-STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size")
+# pre-training keys that change how many steps an equal-steps baseline must match (the pool: how
+# many images an epoch holds)
+STEP_KEYS = ("pretrain.epochs", "pretrain.batch_size", "pretrain.pool")
 # ... and what else changes the restorer's FLOPs per image, for an equal-FLOPs baseline
 FLOP_KEYS = (
     *STEP_KEYS,

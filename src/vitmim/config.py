@@ -109,12 +109,31 @@ class PretrainConfig(StageConfig):
     loss: Literal["l1", "l2"] = "l1"
     loss_on: Literal["masked", "all"] = "masked"
     norm_pix: bool = True  # per-patch normalised targets (MAE's norm_pix_loss)
+    # the images the restorer learns from, labels never used: classes = the training images of
+    # the classes fine-tuning uses; all = every training image of data.path, whatever the class;
+    # any other value is a path to a folder or archive of images (validation split: its own)
+    pool: str = "classes"
 
 
 def uses_fast_path(model: ModelConfig, pretrain: PretrainConfig) -> bool:
     """Whether pre-training encodes only the visible tokens (MAE's path): asked for, on a ViT
     (convolutions need the whole image), with mask cells that cover whole patches."""
     return pretrain.fast and model.arch == "vit" and pretrain.mask_patch % model.patch_size == 0
+
+
+POOLS = ("classes", "all")  # pretrain.pool values that are not paths
+
+
+def pretrain_data(cfg: Config) -> DataConfig:
+    """The data section pre-training reads (:attr:`PretrainConfig.pool`): ``cfg.data`` itself,
+    its source without the class selection, or the pool's path read with the same settings."""
+    pool = cfg.pretrain.pool
+    if pool == "classes":
+        return cfg.data
+    every = dataclasses.replace(
+        cfg.data, classes=None, class_seed=None, class_subset=0, label_fraction=1.0
+    )
+    return every if pool == "all" else dataclasses.replace(every, path=pool, source="auto")
 
 
 @dataclass
@@ -271,6 +290,10 @@ RANGES: dict[str, Range] = {
     "PretrainConfig.loss": ANY,
     "PretrainConfig.loss_on": ANY,
     "PretrainConfig.norm_pix": ANY,
+    "PretrainConfig.pool": Range(
+        pattern=r"[^\x00]+",
+        text="classes, all, or a path to a folder or archive of images",
+    ),
     "FinetuneConfig.label_smoothing": FRACTION_OPEN,
     "FinetuneConfig.layer_decay": Range(0, 1, lo_open=True),
     "Config.device": Range(

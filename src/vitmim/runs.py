@@ -32,6 +32,7 @@ from torch import nn
 
 from vitmim import checkpoint
 from vitmim.config import (
+    POOLS,
     Config,
     dump,
     flatten,
@@ -143,10 +144,14 @@ def absolute_data(cfg: Config) -> Config:
     ``data.resize: auto`` outside Tiny ImageNet (``fit``): the run's images then say how a
     single image must be brought to size for its model (``vitmim predict``, the export)."""
     path = os.path.abspath(resolve_data_path(cfg.data.path, cfg.data.cache_dir))
-    if cfg.data.path == path and "auto" not in (cfg.data.classes, cfg.data.resize):
+    pool = cfg.pretrain.pool if cfg.pretrain.pool in POOLS else os.path.abspath(cfg.pretrain.pool)
+    if (cfg.data.path, cfg.pretrain.pool) == (path, pool) and "auto" not in (
+        cfg.data.classes,
+        cfg.data.resize,
+    ):
         return cfg
     out = copy.deepcopy(cfg)
-    out.data.path = path
+    out.data.path, out.pretrain.pool = path, pool
     if "auto" in (out.data.classes, out.data.resize):
         kind = source_kind(out.data)
         if out.data.classes == "auto":
@@ -159,18 +164,29 @@ def absolute_data(cfg: Config) -> Config:
 def run_keys(cfg: Config | dict) -> dict:
     """The dotted keys of a config that define what a run learns (not :data:`SETTINGS_KEYS`)."""
     values = flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    if values.get("pretrain.pool", "classes") not in POOLS:  # like data.path: by content
+        values["pretrain.pool"] = "<path>"
     return {k: v for k, v in values.items() if k not in SETTINGS_KEYS}
 
 
 def restorer_keys(cfg: Config | dict) -> dict:
     """The keys that shape a pre-trained restorer: fine-tuning and the share of labels do not,
     so a restorer serves every config that agrees on these (the pre-training never sees a
-    label)."""
-    return {
+    label). A restorer of a pool other than the fine-tuning classes (``pretrain.pool``) serves
+    every class selection; one of a path pool, any path with the same images (compared by
+    content, as ``data.path`` is)."""
+    keys = {
         k: v
         for k, v in run_keys(cfg).items()
         if k.startswith(("data.", "model.", "pretrain.")) and k != "data.label_fraction"
     }
+    pool = keys.get("pretrain.pool", "classes")
+    if pool != "classes":
+        for key in ("data.classes", "data.class_seed", "data.class_subset"):
+            keys.pop(key, None)
+    if pool not in POOLS:
+        keys.pop("data.source", None)
+    return keys
 
 
 def config_fingerprint(cfg: Config) -> str:

@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitmim import checkpoint
 from vitmim.augment import augment, denormalize, mix, normalize
 from vitmim.baselines import BASELINES, is_tuned
-from vitmim.config import Config, tuned_scratch
-from vitmim.data import ImageSet, load_splits
+from vitmim.config import Config, pretrain_data, tuned_scratch
+from vitmim.data import ImageSet, load_splits, train_count, train_fingerprint
 from vitmim.engine import Env, Trainer, derive_seed, train
 from vitmim.errors import DataError, UserError
 from vitmim.masking import random_mask
@@ -255,10 +255,11 @@ def pretrain(
 ) -> dict:
     """Pre-train a restorer in ``run_dir``; returns the last epoch's metrics."""
     cfg = absolute_data(cfg)
-    claim_run(run_dir, inputs=[cfg.data.path])
+    pool = pretrain_data(cfg)
+    claim_run(run_dir, inputs=[pool.path])
     check_same_stage(run_dir, "pretrain")
     check_same_config(run_dir, cfg, restorer_keys)
-    train_set, val_set = load_splits(cfg.data, cfg.model.img_size, progress=progress and env.main)
+    train_set, val_set = load_splits(pool, cfg.model.img_size, progress=progress and env.main)
     check_same_data(run_dir, train_set.fingerprint)
     torch.manual_seed(derive_seed(cfg.pretrain.seed, 0))  # same initial weights in every run
     model = build_restorer(cfg.model, cfg.pretrain)
@@ -280,7 +281,18 @@ def pretrain(
         metrics = train(
             trainer,
             resume,
-            lambda: open_run(run_dir, cfg, env, train_set, {"stage": "pretrain", "model": info}),
+            lambda: open_run(
+                run_dir,
+                cfg,
+                env,
+                train_set,
+                # the images it read: the pool's, not those of fine-tuning (data.path)
+                {
+                    "stage": "pretrain",
+                    "model": info,
+                    "data": {"path": pool.path, "fingerprint": train_set.fingerprint},
+                },
+            ),
         )
         if env.main:
             save_final(run_dir, trainer.eval_model(), "restorer", cfg, train_set, metrics)
@@ -419,10 +431,13 @@ def eta_text(seconds: float) -> str:
 
 
 def steps_per_epoch(cfg: Config, train_set: ImageSet) -> tuple[int, int]:
-    """Optimisation steps per epoch of pre-training and of fine-tuning (on the labelled share),
-    as the Trainer counts them: the last partial batch is dropped."""
+    """Optimisation steps per epoch of pre-training (on its pool) and of fine-tuning (on the
+    labelled share of ``train_set``), as the Trainer counts them: the last partial batch is
+    dropped."""
     n_labelled = len(label_subset(train_set.labels, cfg.data.label_fraction, cfg.finetune.seed))
-    return len(train_set) // cfg.pretrain.batch_size, n_labelled // cfg.finetune.batch_size
+    pool = pretrain_data(cfg)
+    n_pool = len(train_set) if pool is cfg.data else train_count(pool, cfg.model.img_size)
+    return n_pool // cfg.pretrain.batch_size, n_labelled // cfg.finetune.batch_size
 
 
 def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = None) -> Config:
@@ -543,7 +558,7 @@ def run_all(
             st.fn,
             resume,
             st.cfg,
-            fingerprint,
+            st.fingerprint or fingerprint,
             note,
             env=env,
             **st.kwargs,
@@ -580,6 +595,7 @@ class Stage(NamedTuple):
     cfg: Config
     steps: int  # optimisation steps it takes, for the ETA
     kwargs: dict  # more arguments of ``fn``
+    fingerprint: str | None = None  # of its training data, where not that of the classifiers
 
 
 def _stages(
@@ -596,7 +612,13 @@ def _stages(
     stages = []
     if init is not None:
         steps = steps_per_epoch(cfg, train_set)[0] * cfg.pretrain.epochs
-        stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}))
+        pool = pretrain_data(cfg)  # fingerprinted from its listing: decoded only to train
+        seen = (
+            train_set.fingerprint
+            if pool is cfg.data
+            else train_fingerprint(pool, cfg.model.img_size)
+        )
+        stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}, seen))
     for kind, lf, folder in classifiers:
         stage_cfg, name = _classifier_stage(cfg, kind, lf, train_set)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs

@@ -48,6 +48,7 @@ __all__ = [
     "pack",
     "resolve_data_path",
     "source_kind",
+    "train_count",
     "train_fingerprint",
 ]
 
@@ -89,6 +90,11 @@ def train_fingerprint(cfg: DataConfig, img_size: int = 64) -> str:
     """The fingerprint :func:`load_splits` gives the train split, from the file listing alone
     (no image is decoded): cheap enough to check every finished run a grid reuses."""
     return split_fingerprint(*_source(cfg, img_size, _opened))
+
+
+def train_count(cfg: DataConfig, img_size: int = 64) -> int:
+    """How many images the train split of ``cfg`` holds, from the file listing alone."""
+    return len(_source(cfg, img_size, _opened)[1].train.files)
 
 
 def _opened(path: Path):

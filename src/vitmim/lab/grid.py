@@ -27,6 +27,7 @@ machine). One run can be repeated by hand with
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -54,6 +55,7 @@ from vitmim.config import (
     load_config,
     load_yaml,
     overrides_to_dict,
+    pretrain_data,
     read_json_mapping,
     read_yaml_mapping,
     set_keys,
@@ -456,12 +458,13 @@ class Ledger:
         return self.records / run.cell / f"seed{run.seed}" if self.records else None
 
     def fingerprint(self, run: Run) -> str:
-        """The planned run's training data, by content (memoised per data config)."""
-        data = run.config["data"]
-        key = json.dumps([data, run.config["model"]["img_size"]], sort_keys=True)
+        """The training data of the planned run's first stage (a variant's pre-training pool),
+        by content (memoised per data config)."""
+        cfg = load_config(base=run.config)
+        data = pretrain_data(cfg) if run.kind == "variant" else cfg.data
+        key = json.dumps([dataclasses.asdict(data), cfg.model.img_size], sort_keys=True)
         if key not in self._fingerprints:
-            cfg = load_config(base=run.config)
-            self._fingerprints[key] = train_fingerprint(cfg.data, cfg.model.img_size)
+            self._fingerprints[key] = train_fingerprint(data, cfg.model.img_size)
         return self._fingerprints[key]
 
     def state(self, run: Run) -> str:

@@ -1292,8 +1292,9 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
         "The gain per regime over every class subset and seed: mean ± sample std, a "
         "95 % percentile interval of the mean from a paired bootstrap (10,000 "
         "resamples of the subset x seed pairs; none for n < 2) and each arm's mean "
-        "cost in core-minutes (epoch training time x CPU threads; a shared restorer's "
-        "pre-training counts in every arm that uses it)."
+        "cost in core-minutes (the CPU time of its training epochs, evaluation included, "
+        "or GPU time on a GPU; a shared restorer's pre-training counts in every arm that "
+        "uses it)."
     )
     return [
         ("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
