@@ -40,7 +40,7 @@ def accuracy(cfg: Config, env: Env, out: Path) -> dict[str, float]:
     """Pre-train in out/pretrain, fine-tune from it in out/finetune; the final metrics."""
     pre = pretrain(cfg, out / "pretrain", env, progress=False)
     ft = finetune(cfg, out / "finetune", env, init=out / "pretrain", progress=False)
-    return {"val_l1": pre.get("val_l1", float("nan")), "val_top1": ft.get("val_top1", 0.0)}
+    return {"val_loss": pre.get("val_loss", float("nan")), "val_top1": ft.get("val_top1", 0.0)}
 
 
 def main() -> None:

@@ -47,7 +47,15 @@ def test_pretrain_mirrors_metrics_loss_and_reconstructions(tin2, tmp_path):
     total = recs[-1]["step"]
     loss = acc.Scalars("pretrain/train_loss_step")
     assert [e.step for e in loss] == list(range(4, total + 1, 4))  # every 4th step, no more
-    for key in ("lr", "train_loss", "val_l1", "val_psnr", "images_per_s", "epoch"):
+    for key in (
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_pixel_l1",
+        "val_psnr",
+        "images_per_s",
+        "epoch",
+    ):
         points = acc.Scalars(f"pretrain/{key}")
         assert [e.step for e in points] == [r["step"] for r in recs]
         assert [e.value for e in points] == pytest.approx([r[key] for r in recs], rel=1e-6)

@@ -27,7 +27,13 @@ from vitmim.engine import Env, Trainer, derive_seed, train
 from vitmim.errors import DataError, UserError
 from vitmim.masking import random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
-from vitmim.models.restorer import forward_loss, random_masking, restoration_metrics, restored_image
+from vitmim.models.restorer import (
+    forward_loss,
+    random_masking,
+    restoration_metrics,
+    restored_image,
+    shown_restoration,
+)
 from vitmim.outputs import claim_run
 from vitmim.probes import probe_random_init, probe_run
 from vitmim.runs import (
@@ -96,19 +102,14 @@ def save_reconstruction_grid(
 ) -> None:
     """PNG: a title row (original | masked | restored), then one row per image, each shown at
     ``tile`` px (nearest-neighbour: the pixels stay visible). Masked cells are drawn grey;
-    restored ones are the prediction with the visible pixels pasted back, in grey where the
-    input is grey (the model predicts three channels, whose small differences would tint it).
+    restored ones are :func:`~vitmim.models.restorer.shown_restoration`, the image the
+    restoration figures (``val_psnr``, ``val_pixel_l1``) score.
     ``x``, ``pred``: (B, 3, H, W) normalised; ``mask``: (B, 1, H, W), 1 = masked."""
     from PIL import Image, ImageDraw, ImageFont  # on use, like every image writer here
 
-    orig = denormalize(x.float()).cpu()
-    mask = mask.float().cpu()
-    guess = denormalize(pred.float()).cpu()
-    grey = (orig.amax(1) - orig.amin(1)).flatten(1).amax(1) < 1e-3  # (B,)
-    guess = torch.where(
-        grey[:, None, None, None], guess.mean(1, keepdim=True).expand_as(guess), guess
-    )
-    cols = [orig, orig * (1 - mask) + 0.5 * mask, orig * (1 - mask) + guess * mask]
+    x, mask, pred = x.float().cpu(), mask.float().cpu(), pred.float().cpu()
+    orig = denormalize(x)
+    cols = [orig, orig * (1 - mask) + 0.5 * mask, shown_restoration(x, mask, pred)]
     pad, title = 4, 24
     sheet = Image.new("RGB", (3 * tile + 4 * pad, title + len(x) * (tile + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
@@ -635,10 +636,18 @@ def _stages(
     return stages, train_set.fingerprint
 
 
+RESTORED_NOTE = (
+    "restored: the masked cells of held-out images as pre-training's images/recon_*.png show "
+    "them (prediction pasted back, pixel space 0-1); L1 per channel, PSNR in dB"
+)
+
+
 def summary_table(results: dict[str, dict]) -> str:
-    """One row per stage folder: what it is, its final metrics and wall time."""
+    """One row per stage folder: what it is, its final metrics and wall time, then a line saying
+    what the restoration columns measure."""
     rows = [
-        "| run | what | val top-1 % | val top-5 % | restoration L1 | PSNR dB | steps | wall s |",
+        "| run | what | val top-1 % | val top-5 % | restored L1 px | restored PSNR dB | steps "
+        "| wall s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results.items():
@@ -648,7 +657,7 @@ def summary_table(results: dict[str, dict]) -> str:
 
         rows.append(
             f"| {name} | {r.get('description', '')} | {f('val_top1')} | {f('val_top5')} "
-            f"| {f('val_l1', '{:.4f}')} | {f('val_psnr')} | {f('step', '{}')} "
+            f"| {f('val_pixel_l1', '{:.4f}')} | {f('val_psnr')} | {f('step', '{}')} "
             f"| {f('wall_s', '{:.0f}')} |"
         )
-    return "\n".join(rows)
+    return "\n".join([*rows, "", RESTORED_NOTE])

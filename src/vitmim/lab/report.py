@@ -41,7 +41,8 @@ RULE = (
     "A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
     "|mean difference| exceeds the larger of the two seed standard deviations (sample std); "
     "otherwise **within spread**. With 2-3 seeds this screens out seed noise; it is not a "
-    "significance test."
+    "significance test. Restored L1 and PSNR score the masked cells of held-out images as the "
+    "reconstructions show them: the prediction pasted back, in pixel space (0-1)."
 )
 
 
@@ -285,7 +286,7 @@ METRICS = {  # column -> how to read it from a run; None where the run has no su
     "top5": top5,
     "knn": lambda r: r.probe.get("knn_top1"),
     "linear": lambda r: r.probe.get("linear_top1"),
-    "l1": lambda r: r.pretrain.get("val_l1"),
+    "l1": lambda r: r.pretrain.get("val_pixel_l1"),
     "psnr": lambda r: r.pretrain.get("val_psnr"),
     "steps": lambda r: r.final.get("step", 0) + r.pretrain.get("step", 0) if r.final else None,
 }
@@ -359,8 +360,8 @@ def table_head(kinds: list[str], top5: bool = True) -> list[str]:
         *(["val top-5 %"] if top5 else []),
         "k-NN %",
         "linear %",
-        "masked L1",
-        "PSNR dB",
+        "restored L1 px",
+        "restored PSNR dB",
         "steps",
     ]
 
@@ -814,7 +815,8 @@ def plot_accuracy(rows: list[Row], path: Path) -> Path:
 
 
 def plot_signals(rows: list[Row], path: Path) -> Path:
-    """What pre-training alone learned: k-NN, linear probe, masked L1, PSNR vs the x axis."""
+    """What pre-training alone learned: k-NN, linear probe, and the restoration's L1 and
+    PSNR (pixel space, masked cells: what the reconstruction images show) vs the x axis."""
     lf = max(r.label_fraction for r in rows)  # pre-training does not depend on labels
     variants = [r for r in rows if r.kind == "variant" and r.label_fraction == lf]
     random_init = [
@@ -827,8 +829,8 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
     panels = [
         ("knn", "k-NN top-1 % (frozen)", random_init),
         ("linear", "linear probe top-1 % (frozen)", random_init),
-        ("l1", "masked-pixel L1 (val)", []),
-        ("psnr", "masked-pixel PSNR dB (val)", []),
+        ("l1", "restored L1, masked pixels 0-1 (val)", []),
+        ("psnr", "restored PSNR dB, masked pixels (val)", []),
     ]
     for ax, (name, label, refs) in zip(axes.flat, panels):
         _metric_panel(ax, variants, refs, METRICS[name], x_key, label)
@@ -840,7 +842,8 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
 # axis titles of the metrics the curves show
 CURVE_LABELS = {
     "val_top1": "validation top-1 accuracy (%)",
-    "val_l1": "masked-pixel L1, held-out images (loss space)",
+    "val_psnr": "restored PSNR dB (held-out, masked pixels)",
+    "val_loss": "loss on held-out images (loss space)",
     "train_loss": "training loss",
 }
 
@@ -853,8 +856,9 @@ def stage_label(r: RunRecord, stage: str) -> str:
 
 def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
     """Per-epoch curves of every run, one colour per cell: fine-tune val top-1, or pre-train
-    masked L1 (val) and training loss."""
-    keys = ["val_top1"] if stage == "finetune" else ["val_l1", "train_loss"]
+    restored PSNR (pixel space, what the reconstructions show), and the loss on held-out and on
+    training images (loss space)."""
+    keys = ["val_top1"] if stage == "finetune" else ["val_psnr", "val_loss", "train_loss"]
     fig, axes = _figure(len(keys))
     cells = list(dict.fromkeys((r.cell, r.label_fraction) for r in records))
     seen_dirs, named = set(), set()
@@ -1182,7 +1186,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
             plots.append(("pre-training signals", plot_signals(rows, out / "plots/signals.png")))
         plots.append(
             (
-                "restoration loss (pre-train)",
+                "pre-training: restored PSNR (pixel space), loss (loss space)",
                 plot_curves(records, out / "plots/restoration.png", "pretrain"),
             )
         )

@@ -10,9 +10,10 @@ A training step runs, in this order:
 3. :meth:`Restorer.forward_decoder` predicts the pixels of every patch (:func:`patchify` order);
 4. :func:`forward_loss` compares them with the true pixels (or per-patch normalised ones).
 
-:meth:`Restorer.forward` composes 2 and 3 (what the engine calls); :func:`restored_image` and
-:func:`restoration_metrics` turn a prediction back into an image and score it, from the visible
-pixels alone: a restoration figure never uses the true values or statistics of masked pixels.
+:meth:`Restorer.forward` composes 2 and 3 (what the engine calls); :func:`restored_image`,
+:func:`shown_restoration` and :func:`restoration_metrics` turn a prediction back into an image,
+paste it into the masked cells and score that image in pixel space, from the visible pixels alone:
+a restoration figure never uses the true values or statistics of masked pixels.
 
 Two paths give the same encoder (the part that is transferred):
 
@@ -270,31 +271,58 @@ def restored_image(
     return to_image(model(x, mask).float(), x, mask, cfg)
 
 
+def shown_restoration(x: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """A restoration as a person sees it: (B, 3, H, W) in pixel space [0, 1], the visible pixels
+    of ``x`` with ``pred`` pasted into the masked cells. Where every visible pixel of an image is
+    grey, so is the paste: the model predicts three channels, whose small differences would tint
+    a grey image. ``x``, ``pred``: (B, 3, H, W) normalised; ``mask``: (B, 1, H, W), 1 = masked.
+
+    The restoration figures (:func:`restoration_metrics`) and the reconstruction PNGs both come
+    from this image, so a figure moves with what the picture shows."""
+    orig, guess = denormalize(x.float()), denormalize(pred.float())
+    mask = mask.float()
+    spread = (orig.amax(1) - orig.amin(1)) * (1 - mask[:, 0])  # (B, H, W), visible pixels only
+    grey = spread.flatten(1).amax(1) < 1e-3  # (B,)
+    guess = torch.where(
+        grey[:, None, None, None], guess.mean(1, keepdim=True).expand_as(guess), guess
+    )
+    return orig * (1 - mask) + guess * mask
+
+
 @torch.no_grad()
 def restoration_metrics(
     model: nn.Module, x: torch.Tensor, mask: torch.Tensor, cfg: Config, batch: int = 256
 ) -> dict[str, float]:
-    """Restoration figures over masked pixels, one forward pass per ``batch`` images.
+    """Restoration figures of held-out images, one forward pass per ``batch`` images.
 
     Returns:
-        val_l1: mean absolute error in the loss's target space (normalised pixels, or with
-            ``norm_pix`` per-patch standardised ones), as the default loss measures it; not
-            comparable between runs with and without ``norm_pix``.
-        val_psnr: dB, in pixel space ([0, 1], clipped) between the true images and
-            :func:`restored_image`, which uses only what the model saw: comparable across runs.
+        val_psnr: dB, the headline figure: PSNR over the masked pixels between the true images
+            and :func:`shown_restoration` (pixel space, [0, 1]), the image the reconstruction
+            PNGs show. It uses only what the model saw, so it is comparable across runs, with
+            and without ``norm_pix``.
+        val_pixel_l1: mean absolute error over the same pixels, same space (0-1 per channel).
+        val_loss: the training objective (:func:`forward_loss`) on these images, in the loss's
+            target space (per-patch standardised pixels with ``norm_pix``): comparable with
+            ``train_loss``, not with the restoration a person sees. With ``norm_pix`` it measures
+            each patch's pattern, blind to its mean and contrast, which the restoration must
+            estimate from visible neighbours; so it can fall while the restoration gets worse.
     """
-    l1 = se = count = 0.0
+    p = cfg.model.patch_size
+    loss = l1 = se = count = 0.0
     for i in range(0, len(x), batch):
         xb, mb = x[i : i + batch], mask[i : i + batch]
         raw = model(xb, mb).float()
-        pred = to_image(raw, xb, mb, cfg)
-        target = loss_target(xb, cfg.pretrain, cfg.model.patch_size)
+        # every image has the same number of masked pixels: batch means weighted by batch size
+        # average to the mean over all images
+        loss += forward_loss(raw, xb, mb, cfg.pretrain, p).item() * len(xb)
+        err = shown_restoration(xb, mb, to_image(raw, xb, mb, cfg)) - denormalize(xb)
         m = mb.expand_as(xb)
-        l1 += ((raw - target).abs() * m).sum().item()
-        se += (((denormalize(pred) - denormalize(xb)) ** 2) * m).sum().item()
+        l1 += (err.abs() * m).sum().item()
+        se += ((err**2) * m).sum().item()
         count += m.sum().item()
     mse = se / max(count, 1.0)
     return {
-        "val_l1": l1 / max(count, 1.0),
         "val_psnr": 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item(),
+        "val_pixel_l1": l1 / max(count, 1.0),
+        "val_loss": loss / max(len(x), 1),
     }
