@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,132 @@ def test_weights_must_match_their_recorded_sha256(tmp_path: Path, tiny_tin: Path
     for described in (True, False):  # --init reads the description too when there is one
         with pytest.raises(UserError, match="sha256 differs from the one recorded in model.json"):
             runs.read_model(tmp_path, described)
+
+
+def vitmim_cli(*args: str, check: bool = True):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitmim.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0 or not check, proc.stderr[-2000:]
+    return proc
+
+
+def test_the_best_epoch_is_kept_beside_the_last_and_commands_pick_it(tin2, tmp_path):
+    """Real processes on two Tiny ImageNet classes: pre-training keeps its best val_psnr epoch
+    and fine-tuning its best val_top1 epoch (the defaults), each recorded with its epoch and
+    value; `--checkpoint best` makes eval measure that value again, and predict, export and
+    vitmim.load read those weights; fine-tuning starts from a kept best restorer too."""
+    import vitmim
+
+    sets = [f"--set={k}={v}" for k, v in tin2.overrides.items()]
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    vitmim_cli(
+        "pretrain",
+        "--data",
+        tin2.path,
+        "--out",
+        pre,
+        "--preset",
+        "smoke",
+        *sets,
+        "--set=pretrain.epochs=2",
+    )
+    vitmim_cli(
+        "finetune",
+        "--init",
+        pre / "best.safetensors",
+        "--data",
+        tin2.path,
+        "--out",
+        ft,
+        *sets,
+        "--set=finetune.epochs=4",
+        "--set=finetune.lr=3e-3",
+    )
+    for run, metric in ((pre, "val_psnr"), (ft, "val_top1")):
+        records = runs.read_metrics(run)
+        top = max(records, key=lambda r: r[metric])  # the first of equal bests
+        best = json.loads((run / "best.json").read_text())["best"]
+        assert best == {
+            "metric": metric,
+            "value": top[metric],
+            "epoch": top["epoch"],
+            "step": top["step"],
+        }
+        weights = checkpoint.load_weights(run / "best.safetensors")
+        last = checkpoint.load_weights(run / "model.safetensors")
+        same = all(torch.equal(weights[k], last[k]) for k in last)
+        assert same == (top["epoch"] == records[-1]["epoch"])
+    ft_best = json.loads((ft / "best.json").read_text())["best"]
+    measured = json.loads(vitmim_cli("eval", ft, "--checkpoint", "best").stdout)
+    assert measured["val_top1"] == pytest.approx(ft_best["value"], abs=1e-6)
+    proc = vitmim_cli("predict", ft, tin2.images[0], "--checkpoint", "best", "--topk", "1")
+    assert proc.stdout.startswith(str(tin2.images[0]))
+    model, transform = vitmim.load(ft, device="cpu", checkpoint="best")
+    kept = checkpoint.load_weights(ft / "best.safetensors")
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    out = vitmim.export(ft, tmp_path / "best_export.safetensors", checkpoint="best")
+    assert out.is_file()
+
+
+def test_keep_best_none_keeps_the_last_only_and_best_is_then_refused(tin2, tmp_path):
+    sets = [f"--set={k}={v}" for k, v in tin2.overrides.items()]
+    ft = tmp_path / "ft"
+    vitmim_cli(
+        "finetune",
+        "--data",
+        tin2.path,
+        "--out",
+        ft,
+        "--preset",
+        "smoke",
+        *sets,
+        "--set=finetune.keep_best=none",
+    )
+    assert (ft / "model.safetensors").is_file() and not (ft / "best.safetensors").exists()
+    proc = vitmim_cli("eval", ft, "--checkpoint", "best", check=False)
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "no best model kept (best.safetensors is missing: the run was made with keep_best "
+            "none, measured no validation metric, or by an older vitmim)"
+        )
+    )
+    bad = vitmim_cli(
+        "finetune",
+        "--data",
+        tin2.path,
+        "--out",
+        tmp_path / "x",
+        "--set=finetune.keep_best=val_psnr",
+        check=False,
+    )
+    assert "finetune.keep_best" in bad.stderr and "val_top1, val_top5 or val_loss" in bad.stderr
+
+
+def test_a_kept_best_of_a_later_step_or_an_earlier_run_is_dropped(tmp_path):
+    """A resumed run takes up the best kept up to its checkpoint's step; one from a later step
+    (its epochs are redone) or from an earlier run in the folder is deleted."""
+    model = torch.nn.Linear(2, 2)
+    keeper = runs.BestKeeper(tmp_path, "finetune", "val_loss", lambda r: {"metrics": r})
+    keeper.start(0)
+    for epoch, loss in ((1, 0.9), (2, 0.5), (3, 0.7)):
+        keeper.update(model, {"epoch": epoch, "step": 10 * epoch, "val_loss": loss})
+    kept = json.loads((tmp_path / "best.json").read_text())["best"]
+    assert (kept["epoch"], kept["value"]) == (2, 0.5)  # lower is better for a loss
+    resumed = runs.BestKeeper(tmp_path, "finetune", "val_loss", lambda r: {"metrics": r})
+    resumed.start(30)
+    assert resumed.value == 0.5 and (tmp_path / "best.safetensors").exists()
+    runs.BestKeeper(tmp_path, "finetune", "val_loss", lambda r: {}).start(10)
+    assert not (tmp_path / "best.safetensors").exists()
+    assert not (tmp_path / "best.json").exists()

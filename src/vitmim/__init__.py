@@ -172,6 +172,20 @@ def _check_device(device: str) -> None:
     check_device(device)
 
 
+CHECKPOINTS = ("last", "best")  # which weights of a run a command reads
+
+
+def _weights(run: Any, checkpoint: str) -> Path:
+    """The weights file or run folder a command reads: ``last``, the final model (or the file
+    given); ``best``, the run's kept best epoch (``RUN/best.safetensors``, see ``keep_best``).
+    A bad ``checkpoint`` is refused before torch loads."""
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint={checkpoint!r}: expected last or best")
+    from vitmim.runs import model_file
+
+    return model_file(_path(run, "run"), checkpoint)
+
+
 def _env(cfg):
     """Device and precision as the command line picks them (torchrun's variables included)."""
     from vitmim.engine import env_for
@@ -290,19 +304,28 @@ def _image_paths(images: Images) -> list[str]:
 
 
 def evaluate(
-    run: str | Path, data: str | Path | None = None, device: str = "auto"
+    run: str | Path,
+    data: str | Path | None = None,
+    device: str = "auto",
+    checkpoint: str = "last",
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and loss of a fine-tuned run on the validation split.
-    ``device``: ``auto`` (the best available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    ``device``: ``auto`` (the best available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``;
+    ``checkpoint``: ``last`` (the final model) or ``best`` (the kept best epoch)."""
     _check_device(device)
+    weights = _weights(run, checkpoint)
     from vitmim.inference import evaluate_run
 
-    return evaluate_run(_path(run, "run"), str(_path(data, "data")) if data else None, device)
+    return evaluate_run(weights, str(_path(data, "data")) if data else None, device)
 
 
 @overload
 def predict(
-    run: str | Path, images: str | Path, topk: int = 5, device: str = "auto"
+    run: str | Path,
+    images: str | Path,
+    topk: int = 5,
+    device: str = "auto",
+    checkpoint: str = "last",
 ) -> list[tuple[str, float]]: ...
 
 
@@ -312,20 +335,26 @@ def predict(
     images: list[str | Path] | tuple[str | Path, ...],
     topk: int = 5,
     device: str = "auto",
+    checkpoint: str = "last",
 ) -> list[list[tuple[str, float]]]: ...
 
 
 def predict(
-    run: str | Path, images: Images, topk: int = 5, device: str = "auto"
+    run: str | Path,
+    images: Images,
+    topk: int = 5,
+    device: str = "auto",
+    checkpoint: str = "last",
 ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
     """Top-k (class name, probability): for one image path, its list; for a list of paths,
-    one list per image."""
+    one list per image. ``checkpoint``: ``last`` or ``best`` (the kept best epoch)."""
     _check_device(device)
+    weights = _weights(run, checkpoint)
     from vitmim.inference import predict as run_predict
 
     if isinstance(topk, bool) or not isinstance(topk, int):
         raise ConfigError(f"topk={topk!r}: expected an integer >= 1")
-    top = run_predict(_path(run, "run"), _image_paths(images), topk, device)
+    top = run_predict(weights, _image_paths(images), topk, device)
     return top[0] if isinstance(images, (str, Path)) else top
 
 
@@ -336,17 +365,20 @@ def reconstruct(
     seed: int = 0,
     overrides: Overrides = None,
     device: str = "auto",
+    checkpoint: str = "last",
     **dotted: Any,
 ) -> Path:
     """PNG grid of original | masked | restored, one row per image (one path or a list);
-    returns its path. Overrides change the masking (``pretrain__mask_ratio=0.4``)."""
+    returns its path. Overrides change the masking (``pretrain__mask_ratio=0.4``);
+    ``checkpoint``: ``last`` or ``best`` (the kept best epoch)."""
     _check_device(device)
+    weights = _weights(run, checkpoint)
     from vitmim.inference import reconstruct as run_reconstruct
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: expected an integer")
     return run_reconstruct(
-        _path(run, "run"),
+        weights,
         _image_paths(images),
         _path(out, "out"),
         _override_texts(overrides, dotted),
@@ -355,7 +387,7 @@ def reconstruct(
     )
 
 
-def load(run: str | Path, device: str = "auto"):
+def load(run: str | Path, device: str = "auto", checkpoint: str = "last"):
     """``(model, transform)`` of a finished run, ready for inference: the classifier in eval
     mode (``model.class_names`` in logit order; a pre-training run gives its restorer) and the
     transform that turns an image file or PIL image into the (3, S, S) tensor the model was
@@ -363,11 +395,14 @@ def load(run: str | Path, device: str = "auto"):
 
         model, transform = vitmim.load("runs/ft")
         probs = model(transform("cat.jpg")[None]).softmax(-1)
+
+    ``checkpoint``: ``last`` (the final model) or ``best`` (the kept best epoch).
     """
     _check_device(device)
+    weights = _weights(run, checkpoint)
     from vitmim.inference import load as load_run
 
-    return load_run(run, device)
+    return load_run(weights, device)
 
 
 def probe(
@@ -468,13 +503,20 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     return build_report(_path(runs_dir, "runs_dir"), None if out is None else _path(out, "out"))
 
 
-def export(run: str | Path, out: str | Path, format: str = "file", encoder: bool = False) -> Path:
+def export(
+    run: str | Path,
+    out: str | Path,
+    format: str = "file",
+    encoder: bool = False,
+    checkpoint: str = "last",
+) -> Path:
     """Weights for timm: ``format="file"`` one .safetensors (+ .json), ``"timm"`` a model folder
     that ``timm.create_model("local-dir:OUT", pretrained=True)`` loads; ``encoder`` the backbone
-    alone."""
+    alone; ``checkpoint``: ``last`` or ``best`` (the kept best epoch)."""
+    weights = _weights(run, checkpoint)
     from vitmim.inference import export as run_export
 
-    return run_export(_path(run, "run"), _path(out, "out"), format, encoder)
+    return run_export(weights, _path(out, "out"), format, encoder)
 
 
 def __getattr__(name: str):

@@ -61,6 +61,16 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="last: the final model (default); best: the epoch with the best keep_best "
+        "validation metric (RUN/best.safetensors)",
+    )
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(
@@ -109,25 +119,33 @@ def cmd_run(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    print(json.dumps(vitmim.evaluate(args.run, args.data, args.device), indent=2))
+    print(json.dumps(vitmim.evaluate(args.run, args.data, args.device, args.checkpoint), indent=2))
 
 
 def cmd_predict(args) -> None:
     for path, top in zip(
-        args.images, vitmim.predict(args.run, list(args.images), args.topk, args.device)
+        args.images,
+        vitmim.predict(args.run, list(args.images), args.topk, args.device, args.checkpoint),
     ):
         print(path + "\t" + "\t".join(f"{name} ({p:.1%})" for name, p in top))
 
 
 def cmd_reconstruct(args) -> None:
     out = vitmim.reconstruct(
-        args.run, args.images, args.out, args.seed, list(args.overrides), args.device
+        args.run,
+        args.images,
+        args.out,
+        args.seed,
+        list(args.overrides),
+        args.device,
+        args.checkpoint,
     )
     print(f"wrote {out}")
 
 
 def cmd_export(args) -> None:
-    print(f"wrote {vitmim.export(args.run, args.out, args.format, args.encoder)}")
+    out = vitmim.export(args.run, args.out, args.format, args.encoder, args.checkpoint)
+    print(f"wrote {out}")
 
 
 def cmd_data_download(args) -> None:
@@ -227,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of a fine-tuned run on the validation set")
     add_run_args(p, "fine-tuned run folder or model.safetensors")
     add_device_arg(p)
+    add_checkpoint_arg(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k class names for images")
@@ -234,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     add_device_arg(p)
+    add_checkpoint_arg(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("reconstruct", help="PNG grid: original | masked | restored")
@@ -249,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. --set pretrain.mask_ratio=0.4 (mask_patch must stay compatible)",
     )
     add_device_arg(p)
+    add_checkpoint_arg(p)
     p.set_defaults(fn=cmd_reconstruct)
 
     p = sub.add_parser("export", help="weights that timm loads (a file or a model folder)")
@@ -274,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the backbone alone, no head (timm num_classes=0: pooled features)",
     )
+    add_checkpoint_arg(p)
     p.set_defaults(fn=cmd_export)
 
     data = sub.add_parser("data", help="download or pack data sets").add_subparsers(

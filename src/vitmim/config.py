@@ -94,6 +94,9 @@ class StageConfig:
     ema: float = 0.0  # EMA decay of weights per step; 0 = off
     seed: int = 0
     nan_policy: Literal["stop", "rollback"] = "stop"  # on a non-finite loss
+    # RUN/best.safetensors: the weights of the epoch with the best value of this validation
+    # metric, beside the last; none = keep the last only
+    keep_best: str = "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -113,6 +116,7 @@ class PretrainConfig(StageConfig):
     # the classes fine-tuning uses; all = every training image of data.path, whatever the class;
     # any other value is a path to a folder or archive of images (validation split: its own)
     pool: str = "classes"
+    keep_best: str = "val_psnr"
 
 
 def uses_fast_path(model: ModelConfig, pretrain: PretrainConfig) -> bool:
@@ -145,6 +149,7 @@ class FinetuneConfig(StageConfig):
     label_smoothing: float = 0.1
     layer_decay: float = 1.0  # layer-wise lr decay, pre-trained inits only; 1.0 = off
     drop_path: float = 0.1
+    keep_best: str = "val_top1"
 
 
 @dataclass
@@ -294,8 +299,15 @@ RANGES: dict[str, Range] = {
         pattern=r"[^\x00]+",
         text="classes, all, or a path to a folder or archive of images",
     ),
+    "PretrainConfig.keep_best": Range(
+        pattern="none|val_psnr|val_pixel_l1|val_loss",
+        text="none, val_psnr, val_pixel_l1 or val_loss",
+    ),
     "FinetuneConfig.label_smoothing": FRACTION_OPEN,
     "FinetuneConfig.layer_decay": Range(0, 1, lo_open=True),
+    "FinetuneConfig.keep_best": Range(
+        pattern="none|val_top1|val_top5|val_loss", text="none, val_top1, val_top5 or val_loss"
+    ),
     "Config.device": Range(
         pattern=r"auto|cpu|cuda|cuda:[0-9]+|mps", text="auto, cpu, cuda, cuda:N or mps"
     ),

@@ -36,7 +36,7 @@ from vitmim.checkpoint import (
 )
 from vitmim.config import Config, FinetuneConfig, StageConfig
 from vitmim.errors import UserError, one_line
-from vitmim.runs import append_metrics, last_metrics, truncate_metrics
+from vitmim.runs import BestKeeper, append_metrics, last_metrics, truncate_metrics
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -199,6 +199,8 @@ class Trainer:
         checkpoint_every: save every this many steps within an epoch too (0: at epoch ends only).
         compile: torch.compile the step; training falls back to eager when compiling fails.
         progress: a progress bar and one line per epoch.
+        keep_best: keeps the epoch with the best validation metric beside the last (None: the
+            last only).
     """
 
     def __init__(
@@ -213,8 +215,10 @@ class Trainer:
         checkpoint_every: int = 0,
         compile: bool = False,
         progress: bool = True,
+        keep_best: BestKeeper | None = None,
     ):
         self.task, self.model, self.st, self.env = task, model.to(env.device), st, env
+        self.keep_best = keep_best
         self.run_dir, self.stage, self.progress = Path(run_dir), stage, progress
         self.spe = task.n_train // st.batch_size  # steps per epoch (last partial batch dropped)
         if self.spe == 0:
@@ -473,12 +477,15 @@ class Trainer:
                 torch.no_grad(),
                 torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.env.amp),
             ):
-                record.update(self.task.evaluate(self.eval_model(), epoch + 1))
+                shipped = self.eval_model()
+                record.update(self.task.evaluate(shipped, epoch + 1))
             record["time_s"] = time.time() - t0
             # CPU seconds of every thread of this process: what the epoch cost the machine,
             # which a busy machine does not inflate the way it inflates time_s
             record["cpu_s"] = time.process_time() - cpu0
             append_metrics(self.run_dir, record)
+            if self.keep_best:
+                self.keep_best.update(shipped, record)
             tracking.on_epoch(self, record)
             if self.progress:
                 print(format_record(record), flush=True)
@@ -502,6 +509,8 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
         )
     if on_start is not None:
         on_start()
+    if trainer.keep_best and trainer.env.main:
+        trainer.keep_best.start(trainer.step)
     trainer.env.barrier()  # every process has looked before the main one writes step 0
     if trainer.step == 0:
         if trainer.env.main:  # records of an earlier run whose checkpoints are gone

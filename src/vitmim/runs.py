@@ -7,6 +7,8 @@ RUN/metrics.jsonl       one JSON record per epoch
 RUN/checkpoints/        step_XXXXXXXX.{safetensors,json} (see :mod:`vitmim.checkpoint`)
 RUN/model.safetensors   the final model; RUN/model.json describes it (kind, config, classes,
                         metrics, sha256): both present = the stage is finished
+RUN/best.safetensors    the epoch with the best ``keep_best`` metric so far; RUN/best.json
+                        describes it as model.json does, plus ``best`` (metric, value, epoch)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # engine imports this module
 
 METRICS = "metrics.jsonl"
 MODEL = "model.safetensors"
+BEST = "best.safetensors"
 # written into a folder of stage folders (`vitmim run --out`, a grid cell) before its stages
 PARENT_MARKERS = ("summary.json", "cell.json")
 
@@ -133,7 +136,16 @@ def _yaml_mapping(path: Path) -> dict:
 # where and how fast a run trains, not what it learns: a run may continue on another device, or
 # with its data at another path (the data's content fingerprint is compared instead)
 SETTINGS_KEYS = frozenset(
-    {"device", "amp", "compile", "checkpoint_every", "data.path", "data.cache_dir"}
+    {
+        "device",
+        "amp",
+        "compile",
+        "checkpoint_every",
+        "data.path",
+        "data.cache_dir",
+        "pretrain.keep_best",  # which weights are kept besides the last, not what is learned
+        "finetune.keep_best",
+    }
 )
 
 
@@ -406,21 +418,105 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / MODEL).exists() and (run_dir / MODEL).with_suffix(".json").exists()
 
 
+def model_description(kind: str, cfg: Config, data: ImageSet, metrics: dict) -> dict:
+    """What model.json (and best.json) say of the weights beside them."""
+    return {
+        "kind": kind,
+        "config": to_dict(cfg),
+        "classes": data.classes,
+        "class_names": data.class_names,
+        "metrics": metrics,
+    }
+
+
 def save_final(
     run_dir: Path, model: nn.Module, kind: str, cfg: Config, data: ImageSet, metrics: dict
 ) -> None:
     """model.safetensors and model.json (which makes the run finished)."""
     checkpoint.save_weights(
-        run_dir / MODEL,
-        model.state_dict(),
-        meta={
-            "kind": kind,
-            "config": to_dict(cfg),
-            "classes": data.classes,
-            "class_names": data.class_names,
-            "metrics": metrics,
-        },
+        run_dir / MODEL, model.state_dict(), meta=model_description(kind, cfg, data, metrics)
     )
+
+
+# keep_best's metrics per stage, and whether a larger value is better
+BEST_METRICS = {
+    "pretrain": {"val_psnr": True, "val_pixel_l1": False, "val_loss": False},
+    "finetune": {"val_top1": True, "val_top5": True, "val_loss": False},
+}
+
+
+class BestKeeper:
+    """Keeps RUN/best.safetensors: the weights of the epoch whose record holds the best value of
+    ``metric`` so far (the first such epoch on a tie), described like the final model plus
+    ``best``: {metric, value, epoch, step}.
+
+    Args:
+        describe: the record's description of the weights (:func:`model_description`) for the
+            epoch's metrics.
+    """
+
+    def __init__(self, run_dir: Path, stage: str, metric: str, describe: Callable[[dict], dict]):
+        self.path, self.stage, self.metric = run_dir / BEST, stage, metric
+        self.higher = BEST_METRICS[stage][metric]
+        self.describe = describe
+        self.value: float | None = None
+        self.missing_told = False
+
+    def start(self, step: int) -> None:
+        """Take up the best model kept up to optimisation step ``step`` (a resumed run); one of
+        a later step, or of an earlier run in this folder, is deleted: its epochs are redone."""
+        kept = json_object(self.path.with_suffix(".json")).get("best") or {}
+        if kept.get("metric") == self.metric and kept.get("step", step + 1) <= step:
+            self.value = kept.get("value")
+            return
+        self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".json").unlink(missing_ok=True)
+
+    def update(self, model: nn.Module, record: dict) -> None:
+        """After an epoch: keep ``model`` when ``record``'s metric beats the best so far."""
+        value = record.get(self.metric)
+        if value is None:
+            if not self.missing_told:
+                print(
+                    f"{self.stage}.keep_best={self.metric}: not measured (no validation "
+                    f"images); only the last model is kept",
+                    flush=True,
+                )
+                self.missing_told = True
+            return
+        if self.value is not None and (value <= self.value if self.higher else value >= self.value):
+            return
+        best = {"metric": self.metric, "value": value, "epoch": record["epoch"]}
+        meta = {**self.describe(record), "best": {**best, "step": record["step"]}}
+        checkpoint.save_weights(self.path, model.state_dict(), meta=meta)
+        self.value = value
+
+
+def best_keeper(
+    run_dir: Path, stage: str, kind: str, cfg: Config, data: ImageSet
+) -> BestKeeper | None:
+    """The stage's :class:`BestKeeper`, or None with ``keep_best: none``."""
+    metric = getattr(cfg, stage).keep_best
+    if metric == "none":
+        return None
+    return BestKeeper(
+        run_dir, stage, metric, lambda record: model_description(kind, cfg, data, record)
+    )
+
+
+def model_file(run: Path, which: str = "last") -> Path:
+    """The weights a command reads: ``last``, ``run`` itself (a run folder's final model, or a
+    weights file); ``best``, the run folder's kept best epoch."""
+    if which == "last":
+        return run
+    if not run.is_dir():
+        raise UserError(f"{run}: checkpoint best needs a run folder, not a weights file")
+    if not (run / BEST).exists():
+        raise UserError(
+            f"{run}: no best model kept ({BEST} is missing: the run was made with "
+            f"keep_best none, measured no validation metric, or by an older vitmim)"
+        )
+    return run / BEST
 
 
 def read_model(

@@ -38,6 +38,7 @@ from vitmim.outputs import claim_run
 from vitmim.probes import probe_random_init, probe_run
 from vitmim.runs import (
     absolute_data,
+    best_keeper,
     check_same_config,
     check_same_data,
     check_same_init,
@@ -278,6 +279,7 @@ def pretrain(
             checkpoint_every=cfg.checkpoint_every,
             compile=cfg.compile,
             progress=progress,
+            keep_best=best_keeper(run_dir, "pretrain", "restorer", cfg, train_set),
         )
         metrics = train(
             trainer,
@@ -375,6 +377,7 @@ def finetune(
             checkpoint_every=cfg.checkpoint_every,
             compile=cfg.compile,
             progress=progress,
+            keep_best=best_keeper(run_dir, "finetune", "classifier", cfg, train_set),
         )
         metrics = train(trainer, resume, lambda: open_run(run_dir, cfg, env, train_set, extra))
         if env.main:
