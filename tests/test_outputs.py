@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from local_http import Server
 
 import vitmim
 from vitmim import outputs
@@ -173,8 +174,6 @@ def test_export_never_onto_the_weights_it_reads(runs, tmp_path):
 
 
 def test_download_never_replaces_a_users_file(tmp_path, tiny_tin):
-    from test_data_archive import Server  # pytest puts tests/ on sys.path
-
     dest = tmp_path / "mine.zip"
     dest.write_text(USER_TEXT)
     with Server(tiny_tin.parent) as s, pytest.raises(UserError, match="not written by vitmim"):
@@ -185,8 +184,6 @@ def test_download_never_replaces_a_users_file(tmp_path, tiny_tin):
 
 
 def test_download_records_what_it_wrote(tmp_path, tiny_tin):
-    from test_data_archive import Server  # pytest puts tests/ on sys.path
-
     from vitmim.checkpoint import sha256
 
     dest, digest = tmp_path / "t.zip", sha256(tiny_tin)

@@ -28,7 +28,7 @@ from vitmim.errors import UserError
 from vitmim.inference import load_images
 from vitmim.stages import label_subset
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "tiny-imagenet-200.zip"
 
 
 def cfg_for(path: Path, cache: Path, **kw) -> DataConfig:
