@@ -8,6 +8,10 @@
 - ``tiny_unlabelled``: a nested folder of images without labels.
 
 ``tin_tools`` gives the generators themselves, for tests that need a broken variant.
+
+Every test's data is fixed by its code, never by the machine: a test that needs the real Tiny
+ImageNet archive is marked ``@pytest.mark.real_data``, takes it from ``real_tin`` (or ``real2``),
+and is skipped, with the reason saying how to get the archive, where it is absent.
 """
 
 from __future__ import annotations
@@ -206,43 +210,78 @@ def smoke_grid(tmp_path_factory: pytest.TempPathFactory, tiny_tin: Path) -> Path
 
 
 REAL_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
+REAL_TIN_ABSENT = (
+    f"real_data: needs the real Tiny ImageNet archive at {REAL_TIN} "
+    f"(`vitmim data download --dest {REAL_TIN}` fetches the official one)"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test's data never depends on what the machine holds: only a test marked ``real_data``
+    may use the real archive (through ``real_tin``), and it is skipped where that is absent."""
+    absent = not REAL_TIN.is_file()
+    for item in items:
+        marked = item.get_closest_marker("real_data") is not None
+        if not marked and "real_tin" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid}: uses real_tin without @pytest.mark.real_data")
+        if marked and absent:
+            item.add_marker(pytest.mark.skip(reason=REAL_TIN_ABSENT))
 
 
 @pytest.fixture(scope="session")
-def tin2(tiny_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Two classes of the real Tiny ImageNet archive (the generated one where it is absent):
-    its path, the dotted overrides of a seconds-long smoke run on it, and 4 of its validation
-    images as JPEG files."""
-    import zipfile
+def real_tin() -> Path:
+    """The real ``tiny-imagenet-200.zip``, for tests marked ``real_data`` only."""
+    return REAL_TIN
 
-    real = REAL_TIN.exists()
-    path = REAL_TIN if real else tiny_tin
-    batch = 64 if real else 8
+
+def two_classes(path: Path, batch: int, images_dir: Path) -> SimpleNamespace:
+    """Two classes of the archive ``path``: the path, the dotted overrides of a seconds-long
+    smoke run on it, and 4 of its validation images extracted as JPEG files."""
     overrides = {"data.classes": 2, "pretrain.batch_size": batch, "finetune.batch_size": batch}
     with zipfile.ZipFile(path) as zf:
         names = sorted(n for n in zf.namelist() if "/val/images/" in n and n.endswith(".JPEG"))
-        images = [
-            Path(zf.extract(n, path=tmp_path_factory.mktemp("tin2-images"))) for n in names[:4]
-        ]
+        images = [Path(zf.extract(n, path=images_dir)) for n in names[:4]]
     return SimpleNamespace(path=path, overrides=overrides, images=images)
 
 
-@pytest.fixture(scope="session")
-def tin2_runs(tin2: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A smoke pre-training and a fine-tune from it on ``tin2``, through the Python API."""
+def smoke_runs(data: SimpleNamespace, out: Path) -> SimpleNamespace:
+    """A smoke pre-training and a 2-epoch fine-tune from it on ``data``, through the Python API."""
     import vitmim
 
-    out = tmp_path_factory.mktemp("tin2-runs")
     pre = vitmim.pretrain(
-        data=tin2.path, out=out / "pre", preset="smoke", overrides=tin2.overrides, progress=False
+        data=data.path, out=out / "pre", preset="smoke", overrides=data.overrides, progress=False
     )
     ft = vitmim.finetune(
         init=pre.run_dir,
-        data=tin2.path,
+        data=data.path,
         out=out / "ft",
         preset="smoke",
-        overrides=tin2.overrides,
+        overrides=data.overrides,
         progress=False,
         finetune__epochs=2,
     )
     return SimpleNamespace(pre=pre, ft=ft)
+
+
+@pytest.fixture(scope="session")
+def tin2(tiny_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two classes of the generated archive ``tiny_tin`` (see ``two_classes``), batches of 8."""
+    return two_classes(tiny_tin, 8, tmp_path_factory.mktemp("tin2-images"))
+
+
+@pytest.fixture(scope="session")
+def tin2_runs(tin2: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A smoke pre-training and a fine-tune from it on ``tin2``."""
+    return smoke_runs(tin2, tmp_path_factory.mktemp("tin2-runs"))
+
+
+@pytest.fixture(scope="session")
+def real2(real_tin: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two classes of the real archive (see ``two_classes``), batches of 64."""
+    return two_classes(real_tin, 64, tmp_path_factory.mktemp("real2-images"))
+
+
+@pytest.fixture(scope="session")
+def real2_runs(real2: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A smoke pre-training and a fine-tune from it on ``real2``."""
+    return smoke_runs(real2, tmp_path_factory.mktemp("real2-runs"))

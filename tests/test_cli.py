@@ -16,7 +16,6 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-REAL_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200.zip"
 TINY = [
     "--preset",
     "smoke",
@@ -196,10 +195,10 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, tiny_tin):
     assert not (tmp_path / "y" / "checkpoints").exists()
 
 
-@pytest.mark.skipif(not REAL_TIN.exists(), reason="real Tiny ImageNet archive not present")
-def test_smoke_preset_on_real_tin10(tmp_path):
+@pytest.mark.real_data
+def test_smoke_preset_on_real_tin10(real_tin, tmp_path):
     """The documented smoke run: TIN-10 from the real archive, pre-train + fine-tune + scratch."""
-    proc = vitmim("run", "--preset", "smoke", "--data", REAL_TIN, "--out", tmp_path)
+    proc = vitmim("run", "--preset", "smoke", "--data", real_tin, "--out", tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["finetune"]["val_top1"] > 10.0  # 10 classes: above chance after one epoch
     assert len(json.loads((tmp_path / "finetune" / "model.json").read_text())["classes"]) == 10

@@ -1,5 +1,6 @@
 """Export to timm: a model folder that timm.create_model("local-dir:...") loads and that gives
-vitmim's outputs on real images; the backbone alone with --encoder; the errors a user sees."""
+vitmim's outputs on image files (generated, and real ones where the archive is at hand); the
+backbone alone with --encoder; the errors a user sees."""
 
 from __future__ import annotations
 
@@ -74,6 +75,17 @@ def test_encoder_folder_gives_the_pretrained_backbone_features(tin2_runs, tin2, 
         torch.testing.assert_close(
             model(x), ours.forward_head(tokens, pre_logits=True), atol=1e-5, rtol=0
         )
+
+
+@pytest.mark.real_data
+def test_timm_logits_on_real_images(real2_runs, real2, tmp_path):
+    """The same checks on real Tiny ImageNet photos."""
+    test_timm_folder_loads_with_labels_and_gives_vitmim_logits(real2_runs, real2, tmp_path)
+
+
+@pytest.mark.real_data
+def test_encoder_features_on_real_images(real2_runs, real2, tmp_path):
+    test_encoder_folder_gives_the_pretrained_backbone_features(real2_runs, real2, tmp_path)
 
 
 def test_file_format_stays_the_default(tin2_runs, tmp_path):

@@ -37,7 +37,7 @@ def test_pretrain_mirrors_metrics_loss_and_reconstructions(tin2, tmp_path):
         "--log",
         "tensorboard",
         "--log-every",
-        "4",
+        "2",
         "--set",
         "pretrain.epochs=2",
         *[f"--set={k}={v}" for k, v in tin2.overrides.items()],
@@ -45,8 +45,9 @@ def test_pretrain_mirrors_metrics_loss_and_reconstructions(tin2, tmp_path):
     assert cli.main(args) == 0
     acc, recs = events(run), records(run)
     total = recs[-1]["step"]
+    assert total == 6  # 2 epochs of 24 images in batches of 8: the log spans both
     loss = acc.Scalars("pretrain/train_loss_step")
-    assert [e.step for e in loss] == list(range(4, total + 1, 4))  # every 4th step, no more
+    assert [e.step for e in loss] == list(range(2, total + 1, 2))  # every 2nd step, no more
     for key in (
         "lr",
         "train_loss",

@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from local_http import Server
@@ -14,8 +13,6 @@ from local_http import Server
 from vitmim.data import OFFICIAL_URL, download
 from vitmim.data.archive import PINNED
 from vitmim.errors import UserError
-
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "tiny-imagenet-200.zip"
 
 
 @pytest.fixture()
@@ -127,19 +124,22 @@ def test_verified_copy_on_disk_is_kept(server, tiny_tin, tmp_path, capsys):
     assert server.requests == [f"/{tiny_tin.name}"] and dest.read_bytes() == tiny_tin.read_bytes()
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason="real Tiny ImageNet archive not present")
-def test_real_archive_matches_the_pin(tmp_path):
+@pytest.mark.real_data
+def test_real_archive_matches_the_pin(real_tin, tmp_path):
     """The real archive: downloaded over HTTP it passes the pin; already at dest it is kept."""
-    with Server(REAL.parent) as server:
+    with Server(real_tin.parent) as server:
         dest = download(
-            f"{server.url}/{REAL.name}", tmp_path / REAL.name, progress=False, allow_local_http=True
+            f"{server.url}/{real_tin.name}",
+            tmp_path / real_tin.name,
+            progress=False,
+            allow_local_http=True,
         )
-        assert dest.stat().st_size == REAL.stat().st_size
-        kept = tmp_path / "kept" / REAL.name
+        assert dest.stat().st_size == real_tin.stat().st_size
+        kept = tmp_path / "kept" / real_tin.name
         kept.parent.mkdir()
-        os.symlink(REAL, kept)
+        os.symlink(real_tin, kept)
         assert (
-            download(f"{server.url}/{REAL.name}", kept, progress=False, allow_local_http=True)
+            download(f"{server.url}/{real_tin.name}", kept, progress=False, allow_local_http=True)
             == kept
         )
-        assert server.requests == [f"/{REAL.name}"]
+        assert server.requests == [f"/{real_tin.name}"]

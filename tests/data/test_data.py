@@ -28,8 +28,6 @@ from vitmim.errors import UserError
 from vitmim.inference import load_images
 from vitmim.stages import label_subset
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "tiny-imagenet-200.zip"
-
 
 def cfg_for(path: Path, cache: Path, **kw) -> DataConfig:
     kw.setdefault("classes", None)
@@ -125,15 +123,15 @@ def test_seeded_classes_deterministic(tiny_tin, tin_tools, tmp_path):
         assert sorted(p, key=order.index) == p
 
 
-def real_wnids() -> list[str]:
-    with zipfile.ZipFile(REAL) as zf:
+def real_wnids(real_tin: Path) -> list[str]:
+    with zipfile.ZipFile(real_tin) as zf:
         return zf.read("tiny-imagenet-200/wnids.txt").decode().split()
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason="real Tiny ImageNet archive not present")
-def test_class_subsets_are_disjoint_from_the_first_ten_and_each_other():
-    wnids = real_wnids()
-    where = str(REAL)
+@pytest.mark.real_data
+def test_class_subsets_are_disjoint_from_the_first_ten_and_each_other(real_tin):
+    wnids = real_wnids(real_tin)
+    where = str(real_tin)
     picks = {
         k: sources._select_classes(wnids, DataConfig(classes=10, class_subset=k), where)
         for k in range(6)
@@ -560,9 +558,9 @@ def test_zip_slip_names_ignored(tiny_tin, tin_tools, tmp_path):
 # the real archive
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason="real Tiny ImageNet archive not present")
-def test_real_tiny_imagenet(tmp_path):
-    cfg = DataConfig(path=str(REAL), classes=None, cache_dir=str(tmp_path))
+@pytest.mark.real_data
+def test_real_tiny_imagenet(real_tin, tmp_path):
+    cfg = DataConfig(path=str(real_tin), classes=None, cache_dir=str(tmp_path))
     t0 = time.perf_counter()
     train, val = load_splits(cfg, progress=False)
     build = time.perf_counter() - t0
@@ -570,7 +568,7 @@ def test_real_tiny_imagenet(tmp_path):
     assert len(train.classes) == 200 and train.classes == val.classes
     assert torch.bincount(train.labels, minlength=200).tolist() == [500] * 200
     assert torch.bincount(val.labels, minlength=200).tolist() == [50] * 200
-    with zipfile.ZipFile(REAL) as zf:
+    with zipfile.ZipFile(real_tin) as zf:
         first = zf.read(
             f"tiny-imagenet-200/train/{train.classes[0]}/images/{train.classes[0]}_0.JPEG"
         )
