@@ -153,8 +153,11 @@ def test_restorer_pretrained_without_labels_is_probed_on_labelled_data(own, tmp_
         data=flat, out=tmp_path / "pre", preset="smoke", overrides=TINY, progress=False
     )
     result = json.loads(cli("probe", str(pre.run_dir), "--data", str(data)).stdout)
-    assert result["n_train"] + result["n_val"] == 36 and 0 <= result["knn_top1"] <= 100
-    assert vitmim.probe(pre.run_dir, data=data, device="cpu")["n_val"] == result["n_val"]
+    assert result["n_train"] + result["n_val"] == 36
+    again = vitmim.probe(pre.run_dir, data=data, device="cpu")  # in-process: the same numbers
+    assert {k: v for k, v in again.items() if k != "time_s"} == {
+        k: v for k, v in result.items() if k != "time_s"
+    }
 
 
 def test_predict_takes_one_path_or_a_list_and_a_device(own):

@@ -77,8 +77,13 @@ def test_probe_command_writes_probe_json(pretrained, capsys):
     assert printed == saved
     assert saved["n_train"] == 48 and saved["n_val"] == 12 and saved["feature_dim"] == 32
     assert saved["knn_k"] == 20
-    for key in ("knn_top1", "linear_top1", "linear_train_top1"):
-        assert 0.0 <= saved[key] <= 100.0
+    # 48 images in 32 dimensions: a probe that ran on features that vary fits most of them;
+    # chance (4 classes) is 25 %
+    assert saved["linear_train_top1"] > 50
+    again = probe_run(pretrained, device="cpu")  # the same backbone and images: the same numbers
+    assert {k: v for k, v in again.items() if k != "time_s"} == {
+        k: v for k, v in saved.items() if k != "time_s"
+    }
 
 
 def test_random_init_reference(tmp_path, tiny_tin):

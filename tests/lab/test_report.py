@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -56,15 +57,34 @@ def test_markdown_table_has_mean_std_and_n(report):
     assert "larger of the two seed standard deviations" in text  # the rule is stated
 
 
+def final(stage_dir: Path) -> dict:
+    """The last record of a stage folder's metrics.jsonl."""
+    return json.loads((stage_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_csv_parses_with_numbers_per_cell(report):
     rows = list(csv.DictReader(io.StringIO((report / "report.csv").read_text())))
     assert [r["kind"] for r in rows] == ["variant", "variant", "scratch", "scratch_equal_compute"]
+    grid = report.parent
+    top1 = {}  # every cell's statistics are those of its two seeds' run folders
     for r in rows:
-        assert r["n"] == "2" and 0 <= float(r["top1_mean"]) <= 100 and float(r["top1_std"]) >= 0
-        assert float(r["label_fraction"]) == 1.0
-    assert rows[0]["pretrain.mask_ratio"] == "0.4"
-    assert rows[0]["vs_scratch_verdict"] in ("> spread", "within spread")
-    assert float(rows[0]["knn_mean"]) >= 0 and float(rows[0]["l1_mean"]) > 0
+        runs = [grid / r["cell"] / f"seed{s}" / "finetune" for s in (0, 1)]
+        top1[r["cell"]] = [final(d)["val_top1"] for d in runs]
+        assert r["n"] == "2" and float(r["label_fraction"]) == 1.0
+        assert float(r["top1_mean"]) == pytest.approx(statistics.mean(top1[r["cell"]]))
+        assert float(r["top1_std"]) == pytest.approx(statistics.stdev(top1[r["cell"]]))
+    first = rows[0]
+    assert first["pretrain.mask_ratio"] == "0.4"
+    seeds = [grid / first["cell"] / f"seed{s}" / "pretrain" for s in (0, 1)]
+    knn = [json.loads((d / "probe.json").read_text())["knn_top1"] for d in seeds]
+    assert float(first["knn_mean"]) == pytest.approx(statistics.mean(knn))
+    l1 = [final(d)["val_l1"] for d in seeds]
+    assert float(first["l1_mean"]) == pytest.approx(statistics.mean(l1))
+    mine, scratch = top1[first["cell"]], top1[rows[2]["cell"]]
+    diff = statistics.mean(mine) - statistics.mean(scratch)
+    assert float(first["vs_scratch"]) == pytest.approx(diff, abs=1e-6)
+    spread = max(statistics.stdev(mine), statistics.stdev(scratch))
+    assert first["vs_scratch_verdict"] == ("> spread" if abs(diff) > spread else "within spread")
     steps = {r["kind"]: float(r["steps_mean"]) for r in rows}
     assert steps["scratch_equal_compute"] == steps["variant"]  # equal total compute
     runs = list(csv.DictReader(io.StringIO((report / "runs.csv").read_text())))
