@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from grid_specs import SMOKE
 
 from vitmim import cli
 from vitmim.errors import UserError
@@ -422,9 +423,7 @@ def test_published_reference_figures_stand_beside_the_grid(smoke_grid, tmp_path)
     top-1 beside this grid's, rerunning the finished grid only records it."""
     runs_dir = tmp_path / "grid"
     shutil.copytree(smoke_grid, runs_dir)
-    spec = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "configs" / "grids" / "smoke.yaml").read_text()
-    )
+    spec = yaml.safe_load(SMOKE.read_text())
     spec["reference"] = {"source": "Terentiev & Ivanenko 2024", "scratch": 40.0, "best": 44.7}
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -10,12 +10,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from grid_specs import REPO
 
 from vitmim.config import load_config
 from vitmim.errors import UserError
 from vitmim.lab.search import load_search_spec
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "model.embed_dim": 32,
     "model.depth": 1,
