@@ -79,7 +79,7 @@ def test_csv_parses_with_numbers_per_cell(report):
     seeds = [grid / first["cell"] / f"seed{s}" / "pretrain" for s in (0, 1)]
     knn = [json.loads((d / "probe.json").read_text())["knn_top1"] for d in seeds]
     assert float(first["knn_mean"]) == pytest.approx(statistics.mean(knn))
-    l1 = [final(d)["val_l1"] for d in seeds]
+    l1 = [final(d)["val_pixel_l1"] for d in seeds]
     assert float(first["l1_mean"]) == pytest.approx(statistics.mean(l1))
     mine, scratch = top1[first["cell"]], top1[rows[2]["cell"]]
     diff = statistics.mean(mine) - statistics.mean(scratch)
