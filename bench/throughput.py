@@ -48,6 +48,7 @@ from vitmim.data import load_splits
 from vitmim.engine import Env, Trainer
 from vitmim.models import build_classifier, build_restorer
 from vitmim.models.classifier import timm_kwargs
+from vitmim.models.restorer import uses_fast_path
 from vitmim.stages import FinetuneTask, PretrainTask, training_flops_per_image
 
 Step = Callable[[], None]
@@ -334,7 +335,7 @@ def stage_configs(cfg: Config) -> dict[str, tuple[Config, bool]]:
     full = copy.deepcopy(cfg)
     full.pretrain.fast = False  # the same computation as the SimMIM reference
     stages = {"finetune": (cfg, False), "pretrain (full path)": (full, True)}
-    if cfg.pretrain.fast and cfg.pretrain.mask_patch % cfg.model.patch_size == 0:
+    if uses_fast_path(cfg.model, cfg.pretrain):
         stages["pretrain (fast path)"] = (cfg, True)
     return stages
 

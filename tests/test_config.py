@@ -186,6 +186,43 @@ def test_validate_checks_configs_built_in_python():
         validate(cfg)
 
 
+def test_validate_leaves_its_argument_alone():
+    from vitmim.config import validate
+
+    cfg = Config(scratch={"finetune.lr": "2e-3"})  # as YAML 1.1 reads 2e-3: text
+    checked = validate(cfg)
+    assert checked.scratch == {"finetune.lr": 0.002} and cfg.scratch == {"finetune.lr": "2e-3"}
+    checked.model.depth = 1
+    assert cfg.model.depth == Config().model.depth  # a copy, not shared sections
+
+
+def test_config_problems_in_files_vitmim_reads_stay_config_errors(tmp_path):
+    """A bad value in a run's model.json, a run's config.yaml or a grid spec is a ConfigError
+    naming the file, so that ``except vitmim.ConfigError`` sees it."""
+    import json
+
+    import yaml
+
+    from vitmim.errors import ConfigError
+    from vitmim.lab.grid import load_spec, plan
+    from vitmim.lab.report import _read_run_config
+    from vitmim.runs import read_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    description = {"kind": "classifier", "config": {"model": {"depth": -1}}}
+    (run / "model.json").write_text(json.dumps({**description, "classes": [], "class_names": []}))
+    with pytest.raises(ConfigError, match=r"model\.json: config key model\.depth"):
+        read_model(run)
+    (run / "config.yaml").write_text("finetune: {lr: .nan}\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: config key finetune\.lr"):
+        _read_run_config(run / "config.yaml")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"variants": {"pretrain.mask_patch": [3]}}))
+    with pytest.raises(ConfigError, match=r"spec\.yaml: cell .*pretrain\.mask_patch"):
+        plan(load_spec(spec), tmp_path / "out")
+
+
 def test_json_readers(tmp_path):
     from vitmim.config import read_json_mapping, read_jsonl
 

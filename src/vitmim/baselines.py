@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vitmim.config import Config, uses_fast_path
+from vitmim.config import Config
 
 # model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
 RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
@@ -122,6 +122,9 @@ def baseline_axes(kind: str, axes: dict, cfg: Config) -> dict:
         axes: the variant's axes (dotted key -> value).
         cfg: the variant's resolved config: whether it pre-trains on the fast path.
     """
+    # the restorer's module needs torch; the CLI reads this module's table without it
+    from vitmim.models.restorer import uses_fast_path
+
     b = BASELINES[kind]
     shared = b.shares
     full_path = b.equal == "flops" and not uses_fast_path(cfg.model, cfg.pretrain)

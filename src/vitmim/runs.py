@@ -45,7 +45,7 @@ from vitmim.config import (
     to_dict,
 )
 from vitmim.data import AUTO_RESIZE, default_classes, resolve_data_path, source_kind
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError, UserError
 
 if TYPE_CHECKING:  # engine imports this module
     from vitmim.data import ImageSet
@@ -547,8 +547,8 @@ def read_model(
             )
         try:
             load_config(base=meta["config"])
-        except UserError as e:
-            raise UserError(f"{meta_path}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{meta_path}: {e}") from None
     elif described and p.exists():
         raise UserError(f"{meta_path}: missing; it describes the model in {p}")
     return checkpoint.load_weights(p, meta.get("sha256")), meta, p

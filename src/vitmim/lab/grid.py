@@ -63,7 +63,7 @@ from vitmim.config import (
 )
 from vitmim.data import train_fingerprint
 from vitmim.engine import env_for
-from vitmim.errors import UserError, one_line
+from vitmim.errors import ConfigError, UserError, one_line
 from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
 from vitmim.runs import finished, json_object, restorer_keys
@@ -387,8 +387,8 @@ def plan(
     def resolve(cell: str, axes: dict) -> Config:
         try:
             return load_config(base=set_keys(base, axes))
-        except UserError as e:
-            raise UserError(f"{spec.path}: cell {cell}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{spec.path}: cell {cell}: {e}") from None
 
     runs = []
     for cell, kind, axes, seeds in _cells(spec, resolve):

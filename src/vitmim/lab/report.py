@@ -31,7 +31,7 @@ import yaml
 
 from vitmim import config, outputs
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError, UserError
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
 from vitmim.runs import core_seconds, json_object, last_metrics, read_metrics
@@ -98,8 +98,8 @@ def _read_run_config(path: Path, raw: dict | None = None) -> config.Config:
     raw = config.read_yaml_mapping(path, "run config") if raw is None else raw
     try:
         return config.load_config(base=raw)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 KINDS = ("variant", *BASELINES)  # what cell.json may name

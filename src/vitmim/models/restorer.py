@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitmim.augment import denormalize
-from vitmim.config import Config, ModelConfig, PretrainConfig, uses_fast_path
+from vitmim.config import Config, ModelConfig, PretrainConfig
 from vitmim.masking import apply_fill, num_masked, pixel_to_token_mask, random_mask
 from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
 
@@ -106,6 +106,12 @@ class FastDecoder(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.pred(self.norm(x))
+
+
+def uses_fast_path(model: ModelConfig, pretrain: PretrainConfig) -> bool:
+    """Whether pre-training encodes only the visible tokens (MAE's path): asked for, on a ViT
+    (convolutions need the whole image), with mask cells that cover whole patches."""
+    return pretrain.fast and model.arch == "vit" and pretrain.mask_patch % model.patch_size == 0
 
 
 class Restorer(nn.Module):
