@@ -14,7 +14,7 @@ import torch
 
 from vitmim.config import Config, load_config
 from vitmim.data import resolve_data_path
-from vitmim.engine import Env, setup_env
+from vitmim.env import Env, setup_env
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

@@ -21,8 +21,8 @@ from throughput import PremadeTask, vitmim_model, vitmim_step
 
 from vitmim.config import Config
 from vitmim.data import ImageSet, load_splits
-from vitmim.engine import Env
-from vitmim.stages import FinetuneTask, PretrainTask
+from vitmim.env import Env
+from vitmim.tasks import FinetuneTask, PretrainTask
 
 
 def timed_load(cfg: Config) -> tuple[float, tuple[ImageSet, ImageSet | None]]:

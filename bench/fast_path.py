@@ -20,8 +20,9 @@ from throughput import vitmim_model, vitmim_step
 
 from vitmim.config import Config
 from vitmim.data import load_splits
-from vitmim.engine import Env
-from vitmim.stages import PretrainTask, finetune, pretrain
+from vitmim.env import Env
+from vitmim.stages import finetune, pretrain
+from vitmim.tasks import PretrainTask
 
 
 def path_config(cfg: Config, fast: bool) -> Config:

@@ -62,7 +62,7 @@ L=(--preset tin10_long --set pretrain.epochs="$PT" --set finetune.epochs="$FT")
 FLOPS=${FLOPS_EPOCHS:-$($PY - "${L[@]}" ${EXTRA:-} <<'PY'
 import argparse, sys
 from vitmim.cli import add_config_args, resolve_config
-from vitmim.stages import equal_compute
+from vitmim.pipeline import equal_compute
 p = argparse.ArgumentParser()
 add_config_args(p)
 print(equal_compute(resolve_config(p.parse_args(sys.argv[1:])), "flops").finetune.epochs)

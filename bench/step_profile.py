@@ -31,9 +31,10 @@ from torch.profiler import ProfilerActivity, profile
 import vitmim
 from vitmim.config import Config
 from vitmim.data import ImageSet
-from vitmim.engine import Env, Trainer
+from vitmim.engine import Trainer
+from vitmim.env import Env
 from vitmim.models import build_classifier, build_restorer
-from vitmim.stages import FinetuneTask, PretrainTask
+from vitmim.tasks import FinetuneTask, PretrainTask
 
 RECIPE = [
     "pretrain.augment.trivial_augment=true",

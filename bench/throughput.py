@@ -45,11 +45,13 @@ from torchvision import datasets, transforms
 from vitmim.augment import MEAN, STD
 from vitmim.config import Config, StageConfig
 from vitmim.data import load_splits
-from vitmim.engine import Env, Trainer
+from vitmim.engine import Trainer
+from vitmim.env import Env
 from vitmim.models import build_classifier, build_restorer
 from vitmim.models.classifier import timm_kwargs
 from vitmim.models.restorer import uses_fast_path
-from vitmim.stages import FinetuneTask, PretrainTask, training_flops_per_image
+from vitmim.pipeline import training_flops_per_image
+from vitmim.tasks import FinetuneTask, PretrainTask
 
 Step = Callable[[], None]
 

@@ -99,8 +99,29 @@ def test_bad_arguments_raise_before_any_work(tin2, tmp_path, kwargs, error):
 
 
 def test_errors_are_user_errors():
-    for cls in (vitmim.ConfigError, vitmim.DataError, vitmim.CheckpointError):
+    for cls in (vitmim.ConfigError, vitmim.DataError, vitmim.CheckpointError, vitmim.TrainingError):
         assert issubclass(cls, vitmim.UserError) and cls.exit_code == 2
+
+
+def test_refusals_raise_the_type_of_their_cause(tin2, tin2_runs, tiny_unlabelled, tmp_path):
+    """``except vitmim.ConfigError`` (or DataError, CheckpointError) catches every refusal of
+    that cause, whichever module finds it; the finished runs are left as they were."""
+    smoke = {"data": tin2.path, "preset": "smoke"}
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(vitmim.ConfigError, match="holds files that are not a vitmim run"):
+        vitmim.pretrain(out=foreign, overrides=tin2.overrides, **smoke)
+    big = {**tin2.overrides, "pretrain.batch_size": 4096}
+    with pytest.raises(vitmim.ConfigError, match="pretrain.batch_size: 4096 is larger than"):
+        vitmim.pretrain(out=tmp_path / "big", overrides=big, **smoke)
+    with pytest.raises(vitmim.CheckpointError, match="holds a pretrain run, not a finetune"):
+        vitmim.finetune(out=tin2_runs.pre.run_dir, overrides=tin2.overrides, **smoke)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(vitmim.CheckpointError, match="no run folders found"):
+        vitmim.report(tmp_path / "empty", out=tmp_path / "report")
+    with pytest.raises(vitmim.DataError, match="labelled"):
+        vitmim.finetune(out=tmp_path / "ft", data=tiny_unlabelled, preset="smoke")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import copy
 
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.config import load_config
-from vitmim.stages import RUN_DIRS
+from vitmim.pipeline import RUN_DIRS
 
 AXES = {
     "pretrain.mask_ratio": 0.4,

@@ -107,6 +107,16 @@ def test_run_announces_each_stage_with_an_eta(trained):
     assert all(re.search(r"\(ETA \d\d:\d\d, about \d+ (s|min) left\)$", ln) for ln in lines[1:])
 
 
+def test_summary_leaves_out_top5_with_five_classes_or_fewer(trained):
+    """4 classes: every image's class is among the top 5, so the table has no top-5 column;
+    the measurement itself stays in summary.json."""
+    out, proc = trained
+    header = (out / "summary.md").read_text().splitlines()[0]
+    assert header.startswith("| run | what | val top-1 % | restored L1 px |")
+    assert "top-5" not in proc.stdout
+    assert json.loads((out / "summary.json").read_text())["finetune"]["val_top5"] == 100.0
+
+
 def test_rerun_skips_finished_stages(trained, tiny_tin):
     out, _ = trained
     proc = vitmim(
@@ -213,6 +223,8 @@ def test_smoke_preset_on_real_tin10(real_tin, tmp_path):
     proc = vitmim("run", "--preset", "smoke", "--data", real_tin, "--out", tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["finetune"]["val_top1"] > 10.0  # 10 classes: above chance after one epoch
+    header = (tmp_path / "summary.md").read_text().splitlines()[0]
+    assert "| val top-1 % | val top-5 % |" in header  # more than 5 classes: top-5 tells something
     assert len(json.loads((tmp_path / "finetune" / "model.json").read_text())["classes"]) == 10
     assert "done in" in proc.stdout
 

@@ -18,7 +18,8 @@ import torch
 
 from vitmim.checkpoint import load_weights
 from vitmim.config import StageConfig
-from vitmim.engine import Env, Trainer
+from vitmim.engine import Trainer
+from vitmim.env import Env
 from vitmim.errors import UserError
 
 # 48 fake training images, global batch 16: 3 steps per epoch, 2 epochs per stage

@@ -11,9 +11,11 @@ import torch
 
 from vitmim.config import Config, load_config
 from vitmim.data import ImageSet
-from vitmim.engine import EMA, Env, Trainer
+from vitmim.engine import EMA, Trainer
+from vitmim.env import Env
+from vitmim.errors import TrainingError
 from vitmim.models import build_classifier
-from vitmim.stages import FinetuneTask
+from vitmim.tasks import FinetuneTask
 
 
 def tiny_config(**overrides: object) -> Config:
@@ -62,6 +64,15 @@ def run_steps(t: Trainer, n: int) -> list[float]:
         losses.append(t.train_step(torch.arange(t.st.batch_size) + t.step).item())
         t.step += 1
     return losses
+
+
+def test_non_finite_weights_stop_training_with_a_training_error(tmp_path: Path):
+    t = trainer(tiny_config(), tmp_path)
+    with torch.no_grad():
+        next(t.model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match="finetune: loss became non-finite at step 4"):
+        t.fit()  # 64 images in batches of 16: checked at the end of the first epoch
+    assert not any(tmp_path.glob("checkpoints/step_*"))
 
 
 def test_ema_is_the_lerp_of_every_float_tensor(tmp_path: Path):
@@ -145,7 +156,7 @@ def test_gpu_steps_never_wait_for_the_device(tmp_path: Path, stage: str, fast: b
     env = Env(torch.device("cuda"), amp=True)
     if stage == "pretrain":
         from vitmim.models import build_restorer
-        from vitmim.stages import PretrainTask
+        from vitmim.tasks import PretrainTask
 
         model = build_restorer(cfg.model, cfg.pretrain)
         task = PretrainTask(image_set(), None, cfg, env, tmp_path)

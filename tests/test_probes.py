@@ -10,7 +10,7 @@ import torch
 
 from vitmim import cli
 from vitmim.config import load_config
-from vitmim.engine import Env
+from vitmim.env import Env
 from vitmim.errors import UserError
 from vitmim.probes import knn_accuracy, linear_probe, probe_random_init, probe_run
 from vitmim.stages import pretrain

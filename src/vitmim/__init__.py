@@ -13,7 +13,7 @@ The config is built as on the command line: defaults <- ``preset`` <- ``config``
 ``overrides`` (``{"pretrain.mask_ratio": 0.4}`` or ``["pretrain.mask_ratio=0.4"]``) <- keyword
 overrides, where ``__`` stands for the dot (``pretrain__mask_ratio=0.4``). Anything a user can get
 wrong raises a :class:`UserError` subclass (:class:`ConfigError`, :class:`DataError`,
-:class:`CheckpointError`) with a one-line message.
+:class:`CheckpointError`, :class:`TrainingError`) with a one-line message.
 
 Importing vitmim is cheap: torch and the rest load with the first call that needs them.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
-from vitmim.errors import CheckpointError, ConfigError, DataError, UserError
+from vitmim.errors import CheckpointError, ConfigError, DataError, TrainingError, UserError
 
 __all__ = [
     "CheckpointError",
@@ -34,6 +34,7 @@ __all__ = [
     "DataError",
     "PipelineResult",
     "RunResult",
+    "TrainingError",
     "UserError",
     "download_data",
     "evaluate",
@@ -188,7 +189,7 @@ def _weights(run: Any, checkpoint: str) -> Path:
 
 def _env(cfg):
     """Device and precision as the command line picks them (torchrun's variables included)."""
-    from vitmim.engine import env_for
+    from vitmim.env import env_for
 
     return env_for(cfg)
 
@@ -276,7 +277,8 @@ def run(
             f"equal_compute={equal_compute!r}: expected None or one of "
             f"{', '.join(map(repr, counts))}"
         )
-    from vitmim.stages import run_all, summary_table
+    from vitmim.pipeline import run_all, summary_table
+    from vitmim.runs import class_count
     from vitmim.tracking import tracking
 
     # every baseline at the fine-tune epochs, and those at equal compute counted as asked
@@ -288,7 +290,8 @@ def run(
         for name, metrics in results.items()
         if "step" in metrics
     }  # a stage that did not train (no tuned recipe) is in .summary
-    return PipelineResult(Path(out), runs, summary_table(results))
+    classes = class_count(*(Path(out) / name for name in runs))
+    return PipelineResult(Path(out), runs, summary_table(results, classes))
 
 
 Images = str | Path | list[str | Path] | tuple[str | Path, ...]

@@ -1,6 +1,6 @@
 """The scratch baselines: the classifier trained from random weights, which pre-training is
 measured against. Every fact about a baseline lives in its :class:`Baseline` entry of
-:data:`BASELINES`; the run (:mod:`vitmim.stages`), the grid, the report and the Python API look
+:data:`BASELINES`; the run (:mod:`vitmim.pipeline`), the grid, the report and the Python API look
 it up here, so adding a baseline means adding one entry.
 
 Several, because one flatters pre-training: scratch with a recipe tuned for the pre-trained model

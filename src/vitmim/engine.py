@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
@@ -34,8 +31,9 @@ from vitmim.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from vitmim.config import Config, FinetuneConfig, StageConfig
-from vitmim.errors import UserError, one_line
+from vitmim.config import FinetuneConfig, StageConfig
+from vitmim.env import Env, derive_seed
+from vitmim.errors import CheckpointError, ConfigError, TrainingError, one_line
 from vitmim.runs import BestKeeper, append_metrics, last_metrics, truncate_metrics
 
 Batch = tuple[torch.Tensor, ...]
@@ -54,65 +52,6 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """Validation metrics after an epoch."""
-
-
-@dataclass
-class Env:
-    """Where training runs: device, precision, and this process's place among ``world``."""
-
-    device: torch.device
-    amp: bool = False  # bf16 autocast
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every process (a no-op in a single process)."""
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, t: torch.Tensor) -> torch.Tensor:
-        """Mean of ``t`` over the processes; ``t`` itself in a single process."""
-        if self.world == 1:
-            return t
-        t = t.clone()
-        dist.all_reduce(t)
-        return t / self.world
-
-
-def setup_env(device: str = "auto", amp: bool = True) -> Env:
-    """Pick the device; join the process group when started by torchrun (gloo CPU, NCCL GPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device}: no CUDA GPU is visible")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        if device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    dev = torch.device(device)
-    return Env(dev, amp=amp and dev.type == "cuda", rank=rank, world=world)
-
-
-def env_for(cfg: Config) -> Env:
-    """The process set-up of a command: TF32 matmuls allowed, then :func:`setup_env`."""
-    torch.set_float32_matmul_precision("high")
-    return setup_env(cfg.device, cfg.amp)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers; distinct tuples give unrelated streams."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
 
 
 def lr_at(step: int, total: int, warmup: int, st: StageConfig) -> float:
@@ -222,12 +161,12 @@ class Trainer:
         self.run_dir, self.stage, self.progress = Path(run_dir), stage, progress
         self.spe = task.n_train // st.batch_size  # steps per epoch (last partial batch dropped)
         if self.spe == 0:
-            raise UserError(
+            raise ConfigError(
                 f"config key {stage}.batch_size: {st.batch_size} is larger than the "
                 f"{task.n_train} training images"
             )
         if st.batch_size % env.world:  # equal shares keep the averaged gradient exact
-            raise UserError(
+            raise ConfigError(
                 f"config key {stage}.batch_size: {st.batch_size} does not split "
                 f"evenly over {env.world} processes"
             )
@@ -289,12 +228,14 @@ class Trainer:
             return False
         tensors, meta = found
         if meta.get("stage") != self.stage:
-            raise UserError(f"{self.run_dir}: holds a {meta.get('stage')} run, not {self.stage}")
+            raise CheckpointError(
+                f"{self.run_dir}: holds a {meta.get('stage')} run, not {self.stage}"
+            )
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             self.model.load_state_dict(model_sd)
         except RuntimeError as e:
-            raise UserError(
+            raise CheckpointError(
                 f"{self.run_dir}: checkpoint does not fit this model "
                 f"({str(e).splitlines()[1].strip()})"
             ) from None
@@ -455,7 +396,7 @@ class Trainer:
                 flush=True,
             )
             return
-        raise UserError(
+        raise TrainingError(
             f"{self.stage}: loss became non-finite at step {self.step}; the last good "
             f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (lower "
             f"{self.stage}.lr, or set {self.stage}.nan_policy=rollback)"
@@ -503,7 +444,7 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
     if resume:
         trainer.restore()
     elif any((trainer.run_dir / "checkpoints").glob("step_*.json")):
-        raise UserError(
+        raise CheckpointError(
             f"{trainer.run_dir}: already holds a run; pass --resume to continue it "
             f"or choose another --out"
         )

@@ -1,7 +1,9 @@
-"""The one exception type a user can cause, and the one line the CLI prints for it.
+"""The exception types a user can cause, and the one line the CLI prints for them.
 
-Anything the user can get wrong (a path, a file layout, a config value, a checkpoint that does not
-fit) raises :class:`UserError`; the CLI prints its message on one line and exits with code 2.
+Anything the user can get wrong raises a :class:`UserError`, typed by its cause: a config value
+or option (:class:`ConfigError`), a data set or image (:class:`DataError`), a run folder or
+weights file (:class:`CheckpointError`), or training that did not produce a result
+(:class:`TrainingError`). The CLI prints its message on one line and exits with code 2.
 A few library errors are just as surely the input's fault (a file the OS refuses, a damaged JSON,
 YAML or safetensors file, bytes that are not text): :func:`input_error_line` turns those into one
 line too. Everything else is a bug and is allowed to raise with a traceback.
@@ -28,7 +30,8 @@ def one_line(e: BaseException) -> str:
 
 
 class ConfigError(UserError):
-    """A config file, preset, override or option value that cannot be used."""
+    """A config file, preset, override or option value that cannot be used: an out of range
+    value, an ``--out`` that may not be written, an option whose extra is not installed."""
 
 
 class DataError(UserError):
@@ -37,6 +40,11 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A run folder or weights file that is missing, unreadable or of the wrong kind."""
+
+
+class TrainingError(UserError):
+    """Training that did not produce a result: a loss that became non-finite, a grid run or
+    search trial that failed (its log says why), a search without a finished trial."""
 
 
 def fold_lines(text: object) -> str:

@@ -27,8 +27,8 @@ from vitmim.models.classifier import (
 from vitmim.models.restorer import restored_image
 from vitmim.probes import pick_device
 from vitmim.runs import json_object, read_model
-from vitmim.stages import classification_metrics
-from vitmim.stages import save_reconstruction_grid as save_grid
+from vitmim.tasks import classification_metrics
+from vitmim.tasks import save_reconstruction_grid as save_grid
 
 # ---------------------------------------------------------------------------------------------
 # single image files

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError
 
 
 def num_masked(cells: int, mask_ratio: float) -> int:
@@ -28,7 +28,7 @@ def random_cell_mask(
         (B, gh, gw) bool, True = masked.
     """
     if not 0.0 < mask_ratio < 1.0:
-        raise UserError(f"mask_ratio: expected a number in (0, 1), got {mask_ratio}")
+        raise ConfigError(f"mask_ratio: expected a number in (0, 1), got {mask_ratio}")
     gh, gw = grid
     cells = gh * gw
     k = num_masked(cells, mask_ratio)
@@ -63,7 +63,7 @@ def random_mask(
         (B, 1, H, W) float, 1 = masked.
     """
     if mask_patch <= 0 or img_size % mask_patch:
-        raise UserError(f"mask_patch: {mask_patch} px cells must divide the {img_size} px image")
+        raise ConfigError(f"mask_patch: {mask_patch} px cells must divide the {img_size} px image")
     g = img_size // mask_patch
     cells = random_cell_mask(batch, (g, g), mask_ratio, generator, device)
     return cells_to_pixels(cells, mask_patch)

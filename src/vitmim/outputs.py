@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vitmim import checkpoint
 from vitmim.data.cache import cache_root
-from vitmim.errors import UserError
+from vitmim.errors import CheckpointError, ConfigError, UserError
 from vitmim.runs import PARENT_MARKERS, is_run, json_object
 
 LEDGER = "outputs.json"  # in the cache folder: {real path: sha256} of every file written
@@ -38,7 +38,7 @@ def _run_or_stages(folder: Path) -> bool:
     """:func:`_holds_runs`, or a folder with a stage folder of ``vitmim run`` (``pretrain/``,
     ``finetune_lf0.1/``, ...) that holds a run: a ``vitmim run`` folder before its summary is
     written. A folder of runs of other names (``runs/pre``, ``runs/ft``) is the user's."""
-    from vitmim.stages import RUN_DIRS  # stages trains through this module: imported on use
+    from vitmim.pipeline import RUN_DIRS  # the pipeline writes through this module: imported on use
 
     names = set(RUN_DIRS.values())
     return _holds_runs(folder) or any(
@@ -111,19 +111,19 @@ def check_file(
     """
     path = Path(path).expanduser()
     if inside is not None and not _within(path, Path(inside)):
-        raise UserError(
+        raise ConfigError(
             f"{path}: lies outside {inside}, where this command writes; rename what "
             f"leads there (a cell or file name with '..' or a link)"
         )
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; --out names the file to write")
+        raise ConfigError(f"{path}: is a folder; --out names the file to write")
     _check_not_in_run(path)
     for src in inputs:
         src = Path(src).expanduser()
         if src.exists() and (
             _within(path, src) if src.is_dir() else path.exists() and path.samefile(src)
         ):
-            raise UserError(
+            raise ConfigError(
                 f"{path}: {'lies inside' if src.is_dir() else 'is'} the input "
                 f"{src} of this command; choose an --out elsewhere"
             )
@@ -132,7 +132,7 @@ def check_file(
         and not recorded(path)
         and not (ours is not None and path.is_file() and ours(path))
     ):
-        raise UserError(
+        raise ConfigError(
             f"{path}: exists and was not written by vitmim (or was changed since); "
             f"delete it, or choose another --out"
         )
@@ -145,7 +145,7 @@ def _check_not_in_run(path: Path) -> None:
             continue
         rel = Path(os.path.abspath(path)).relative_to(folder)
         if rel.parts[0] != REPORT:
-            raise UserError(
+            raise ConfigError(
                 f"{path}: would write into the run folder {folder}; choose an --out "
                 f"outside it (a new folder, or a subfolder such as {folder}/report)"
             )
@@ -178,7 +178,7 @@ def check_folder(
     about to write, before the first is written: a refusal leaves no half-written folder."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: is a file; --out names the folder to write")
+        raise ConfigError(f"{folder}: is a file; --out names the folder to write")
     for name in names:
         check_file(folder / name, inputs, inside=folder)
 
@@ -195,21 +195,21 @@ def claim_run(
     from), or, given ``inside``, outside that folder (a grid cell stays in its grid)."""
     folder = Path(folder).expanduser()
     if inside is not None and not _within(folder, Path(inside)):
-        raise UserError(
+        raise ConfigError(
             f"{folder}: lies outside {inside}, where this command writes; rename "
             f"what leads there (a cell name with '..' or a link)"
         )
     for src in (p for p in inputs if p):  # an unset data path reads nothing here
         src = Path(src).expanduser()
         if src.is_dir() and _within(folder, src) or src.is_file() and _within(src, folder):
-            raise UserError(
+            raise ConfigError(
                 f"{folder}: {'lies inside' if src.is_dir() else 'holds'} {src}, an "
                 f"input of this run; choose an --out outside it"
             )
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: is a file, not a run folder; choose another --out")
+        raise ConfigError(f"{folder}: is a file, not a run folder; choose another --out")
     if folder.is_dir() and not _is_ours(folder, stages):
-        raise UserError(
+        raise ConfigError(
             f"{folder}: holds files that are not a vitmim run; choose a new or empty --out"
         )
 
@@ -218,7 +218,7 @@ def _is_ours(folder: Path, stages: tuple[str, ...]) -> bool:
     try:
         names = {p.name for p in folder.iterdir()}
     except OSError as e:
-        raise UserError(f"{folder}: cannot read the run folder ({e.strerror})") from None
+        raise CheckpointError(f"{folder}: cannot read the run folder ({e.strerror})") from None
     return (
         names <= {".lock"}  # new, or a run stopped before it wrote its config
         or _holds_runs(folder)

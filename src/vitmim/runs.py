@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
 import torch
 import yaml
@@ -44,12 +44,9 @@ from vitmim.config import (
     read_jsonl,
     to_dict,
 )
-from vitmim.data import AUTO_RESIZE, default_classes, resolve_data_path, source_kind
-from vitmim.errors import ConfigError, UserError
-
-if TYPE_CHECKING:  # engine imports this module
-    from vitmim.data import ImageSet
-    from vitmim.engine import Env
+from vitmim.data import AUTO_RESIZE, ImageSet, default_classes, resolve_data_path, source_kind
+from vitmim.env import Env
+from vitmim.errors import CheckpointError, ConfigError
 
 METRICS = "metrics.jsonl"
 MODEL = "model.safetensors"
@@ -68,12 +65,14 @@ class RunLock:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
+            raise CheckpointError(
+                f"{run_dir}: cannot write the run folder ({e.strerror})"
+            ) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise UserError(
+            raise CheckpointError(
                 f"{run_dir}: in use by another vitmim process; wait for it or choose another --out"
             ) from None
         os.ftruncate(self.fd, 0)
@@ -232,8 +231,8 @@ def _has_trained(run_dir: Path) -> bool:
     )
 
 
-def _unknown_run(run_dir: Path, what: str) -> UserError:
-    return UserError(
+def _unknown_run(run_dir: Path, what: str) -> CheckpointError:
+    return CheckpointError(
         f"{run_dir}: holds a run without {what}, so whether it is this one cannot "
         f"be told; delete the folder to start afresh, or choose another --out"
     )
@@ -252,7 +251,7 @@ def check_same_config(
         if recorded is None and _has_trained(run_dir):
             raise _unknown_run(run_dir, "a readable config.yaml or manifest.json")
         if recorded is not None and recorded != config_fingerprint(cfg):
-            raise UserError(
+            raise CheckpointError(
                 f"{run_dir}: holds a run made with another config (its "
                 f"config.yaml is missing or damaged; manifest.json records another "
                 f"config fingerprint); use the same settings, or choose another --out"
@@ -262,7 +261,7 @@ def check_same_config(
     if diff:
         key, _, change = diff.partition("=")
         was, now = change.split(" -> ", 1)
-        raise UserError(
+        raise CheckpointError(
             f"{run_dir}: holds a run made with {key}={was}, not {now}; use the same "
             f"settings to continue it, or choose another --out"
         )
@@ -279,7 +278,7 @@ def check_same_data(run_dir: Path, data_fingerprint: str) -> None:
         return
     if recorded["data_fingerprint"] != data_fingerprint:
         where = recorded.get("data", {}).get("path", "another data set")
-        raise UserError(
+        raise CheckpointError(
             f"{run_dir}: holds a run on other data (made from {where}); pass the "
             f"same data to continue it, or choose another --out"
         )
@@ -289,7 +288,7 @@ def check_same_stage(run_dir: Path, stage: str) -> None:
     """Refuse to train one stage in the folder of another (a pre-training in a fine-tune's)."""
     recorded = json_object(run_dir / "manifest.json").get("stage")
     if recorded not in (None, stage):
-        raise UserError(
+        raise CheckpointError(
             f"{run_dir}: holds a {recorded} run, not a {stage} run; choose another --out"
         )
 
@@ -299,7 +298,7 @@ def check_same_init(run_dir: Path, init_sha256: str | None) -> None:
     recorded = json_object(run_dir / "manifest.json")
     if "init_sha256" in recorded and recorded["init_sha256"] != init_sha256:
         was = recorded.get("init") or "random weights"
-        raise UserError(
+        raise CheckpointError(
             f"{run_dir}: holds a fine-tune started from {was}, not from "
             f"{'these weights' if init_sha256 else 'random weights'}; pass the same "
             f"--init to continue it, or choose another --out"
@@ -376,7 +375,7 @@ def open_run(
         checkpoint.write_text(run_dir / "config.yaml", dump(cfg))
         checkpoint.write_json(run_dir / "manifest.json", manifest(cfg, env, data, extra))
     except OSError as e:
-        raise UserError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
+        raise CheckpointError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +401,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     """Every epoch record of a run, oldest first; empty when there is none yet. A damaged line
     is a one-line UserError naming the file and line."""
     return read_jsonl(run_dir / METRICS)
+
+
+def class_count(*run_dirs: Path) -> int | None:
+    """The number of classes the first of ``run_dirs`` whose manifest records them trained on;
+    None when none does."""
+    for run_dir in run_dirs:
+        classes = json_object(run_dir / "manifest.json").get("classes")
+        if isinstance(classes, list):
+            return len(classes)
+    return None
 
 
 def last_metrics(run_dir: Path) -> dict:
@@ -510,9 +519,9 @@ def model_file(run: Path, which: str = "last") -> Path:
     if which == "last":
         return run
     if not run.is_dir():
-        raise UserError(f"{run}: checkpoint best needs a run folder, not a weights file")
+        raise CheckpointError(f"{run}: checkpoint best needs a run folder, not a weights file")
     if not (run / BEST).exists():
-        raise UserError(
+        raise CheckpointError(
             f"{run}: no best model kept ({BEST} is missing: the run was made with "
             f"keep_best none, measured no validation metric, or by an older vitmim)"
         )
@@ -541,7 +550,7 @@ def read_model(
             {"kind": str, "config": dict, "classes": list, "class_names": list},
         )
         if len(meta["classes"]) != len(meta["class_names"]):
-            raise UserError(
+            raise CheckpointError(
                 f"{meta_path}: model description: {len(meta['classes'])} classes "
                 f"but {len(meta['class_names'])} class names"
             )
@@ -550,5 +559,5 @@ def read_model(
         except ConfigError as e:
             raise ConfigError(f"{meta_path}: {e}") from None
     elif described and p.exists():
-        raise UserError(f"{meta_path}: missing; it describes the model in {p}")
+        raise CheckpointError(f"{meta_path}: missing; it describes the model in {p}")
     return checkpoint.load_weights(p, meta.get("sha256")), meta, p

@@ -26,7 +26,7 @@ from vitmim.data import (
 )
 from vitmim.errors import UserError
 from vitmim.inference import load_images
-from vitmim.stages import label_subset
+from vitmim.tasks import label_subset
 
 
 def cfg_for(path: Path, cache: Path, **kw) -> DataConfig:

@@ -24,8 +24,8 @@ from vitmim.config import load_config
 from vitmim.errors import UserError
 from vitmim.lab.grid import load_spec, plan, run_finished
 from vitmim.lab.report import baseline_row, collect, group
+from vitmim.pipeline import training_flops_per_image
 from vitmim.probes import probe_run
-from vitmim.stages import training_flops_per_image
 
 
 def grid_rows(out: Path) -> list[dict]:

@@ -400,6 +400,7 @@ def test_report_of_one_run_folder(one_run):
     results = text.split("\n## ", 1)[0]  # the results table, before the first section
     assert "val top-1" in results and "val top-5" not in results  # 4 classes: always 100 %
     stages = section(text, "Stages")
+    assert "val top-1" in stages[0] and "val top-5" not in stages[0]
     assert [ln.split("|")[1].strip() for ln in stages[2:]] == [
         "pretrain",
         "finetune",

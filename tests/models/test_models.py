@@ -372,7 +372,7 @@ def test_restoration_figures_score_the_restoration_the_png_shows(tin2, tmp_path)
 
     from vitmim.augment import normalize
     from vitmim.inference import load_images
-    from vitmim.stages import save_reconstruction_grid
+    from vitmim.tasks import save_reconstruction_grid
 
     cfg = small("pretrain.norm_pix=false")  # the prediction is the image itself
     images = load_images(tin2.images, 64)

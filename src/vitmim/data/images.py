@@ -68,7 +68,7 @@ _RESIZERS: dict[str, Callable[[Image.Image, int], Image.Image]] = {
 }
 
 
-def _unreadable(name: str, e: Exception) -> UserError:
+def _unreadable(name: str, e: Exception) -> DataError:
     """The one line for bytes PIL cannot decode; never PIL's in-memory buffer repr."""
     if isinstance(e, Image.UnidentifiedImageError):
         return DataError(f"{name}: not a readable image (unknown or unsupported format)")

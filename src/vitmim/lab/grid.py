@@ -62,12 +62,12 @@ from vitmim.config import (
     to_dict,
 )
 from vitmim.data import train_fingerprint
-from vitmim.engine import env_for
-from vitmim.errors import ConfigError, UserError, one_line
+from vitmim.env import env_for
+from vitmim.errors import CheckpointError, ConfigError, TrainingError, UserError, one_line
 from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
+from vitmim.pipeline import eta_text, run_all, stage_dirname
 from vitmim.runs import finished, json_object, restorer_keys
-from vitmim.stages import eta_text, run_all, stage_dirname
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {
@@ -168,7 +168,7 @@ class Run:
 
 def _expect(cond: bool, path: Path, key: str, what: str) -> None:
     if not cond:
-        raise UserError(f"{path}: key {key}: expected {what}")
+        raise ConfigError(f"{path}: key {key}: expected {what}")
 
 
 def load_spec(path: str | Path) -> GridSpec:
@@ -387,8 +387,8 @@ def plan(
     def resolve(cell: str, axes: dict) -> Config:
         try:
             return load_config(base=set_keys(base, axes))
-        except ConfigError as e:
-            raise ConfigError(f"{spec.path}: cell {cell}: {e}") from None
+        except UserError as e:
+            raise type(e)(f"{spec.path}: cell {cell}: {e}") from None
 
     runs = []
     for cell, kind, axes, seeds in _cells(spec, resolve):
@@ -473,7 +473,7 @@ class Ledger:
         if run_finished(run):
             why = mismatch(run.dir, run.job(), self.fingerprint(run))
             if why:
-                raise UserError(
+                raise CheckpointError(
                     f"{run.dir}: holds a finished run that is not this grid's "
                     f"({why}); choose another --out, or delete the folder to run "
                     f"it again"
@@ -801,7 +801,7 @@ def make_executor(kind: str, folder: Path, params: dict):
     try:
         import submitit
     except ImportError:  # an optional dependency: the `slurm` extra
-        raise UserError(
+        raise ConfigError(
             f"--executor {kind}: needs submitit (pip install 'vitmim[slurm]')"
         ) from None
     executor: submitit.Executor
@@ -813,7 +813,7 @@ def make_executor(kind: str, folder: Path, params: dict):
     try:
         executor.update_parameters(**params)
     except (ValueError, TypeError) as e:
-        raise UserError(f"slurm options: {one_line(e)}") from None
+        raise ConfigError(f"slurm options: {one_line(e)}") from None
     return executor
 
 
@@ -885,7 +885,7 @@ def run_grid(
     """Plan, skip finished runs, launch the rest (``jobs`` at once with the local executor);
     returns the rows of ``grid.json``. An interrupted grid continues when called again."""
     if jobs < 1 or jobs > 1 and executor != "local":
-        raise UserError(
+        raise ConfigError(
             f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
             f"--executor local (a job array runs as its scheduler decides)"
         )
@@ -955,7 +955,7 @@ def run_grid(
         print(f"records: {ledger.write_progress(runs)}", flush=True)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        raise UserError(
+        raise TrainingError(
             f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['dir']}: "
             f"{failed[0]['error']}); see {out / 'grid.json'}"
         )
@@ -967,12 +967,12 @@ def slurm_params(texts: list[str]) -> dict:
     params = {}
     for text in texts:
         if "=" not in text:
-            raise UserError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
+            raise ConfigError(f"--slurm {text}: expected KEY=VALUE, e.g. slurm_partition=gpu")
         key, value = text.split("=", 1)
         try:
             params[key.strip()] = load_yaml(value)
         except yaml.YAMLError as e:
-            raise UserError(f"--slurm {key.strip()}: not a YAML value ({one_line(e)})") from None
+            raise ConfigError(f"--slurm {key.strip()}: not a YAML value ({one_line(e)})") from None
     return params
 
 

@@ -26,7 +26,7 @@ import statistics
 from pathlib import Path
 
 from vitmim import checkpoint
-from vitmim.errors import UserError
+from vitmim.errors import ConfigError
 from vitmim.runs import METRICS, MODEL, core_seconds, differing_key, finished, json_object
 
 RECORD = "record.json"
@@ -71,7 +71,7 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     older record there: the plan decided it is stale); ``record.json`` last, so that a record
     cut off half-way is not one."""
     if record_dir.exists() and not is_recorded(record_dir):
-        raise UserError(
+        raise ConfigError(
             f"{record_dir}: exists and holds no record ({RECORD}); the grid writes "
             f"records only into folders of its own: move it, or name another "
             f"`records:` folder in the spec"

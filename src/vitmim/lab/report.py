@@ -31,11 +31,12 @@ import yaml
 
 from vitmim import config, outputs
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tuned
-from vitmim.errors import ConfigError, UserError
+from vitmim.errors import CheckpointError, ConfigError
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
-from vitmim.runs import core_seconds, json_object, last_metrics, read_metrics
-from vitmim.stages import RUN_DIRS, summary_table
+from vitmim.pipeline import RUN_DIRS, summary_table
+from vitmim.runs import class_count, core_seconds, json_object, last_metrics, read_metrics
+from vitmim.tasks import top5_informative
 
 RULE = (
     "A difference to a baseline is marked **> spread** when both sides have n >= 2 seeds and "
@@ -111,7 +112,7 @@ def collect(runs_dir: Path) -> list[RunRecord]:
     for cell_json in sorted(runs_dir.glob("*/seed*/cell.json")):
         job = config.read_json_mapping(cell_json, "grid cell", CELL_KEYS)
         if job["kind"] not in KINDS:
-            raise UserError(
+            raise CheckpointError(
                 f"{cell_json}: kind {job['kind']!r} is not one vitmim writes "
                 f"(known: {', '.join(KINDS)}); repair or remove the cell"
             )
@@ -138,7 +139,7 @@ def collect(runs_dir: Path) -> list[RunRecord]:
                 )
             )
     if not records:
-        raise UserError(
+        raise CheckpointError(
             f"{runs_dir}: no run folders found (expected <cell>/seed<k>/cell.json "
             f"with fine-tune stages, as `vitmim grid` writes them, or the stage "
             f"folders of one `vitmim run`)"
@@ -217,7 +218,7 @@ def collect_run(run_dir: Path) -> list[RunRecord]:
             )
         )
     if not records:
-        raise UserError(
+        raise CheckpointError(
             f"{run_dir}: no fine-tune stage folders found (expected finetune/, "
             f"scratch/, ... as `vitmim run` writes them)"
         )
@@ -277,8 +278,7 @@ def top1(r: RunRecord) -> float | None:
 
 def top5(r: RunRecord) -> float | None:
     """Top-5 accuracy; None with 5 classes or fewer, where it is 100 % by construction."""
-    classes = json_object(r.dir / "manifest.json").get("classes")
-    return r.final.get("val_top5") if not isinstance(classes, list) or len(classes) > 5 else None
+    return r.final.get("val_top5") if top5_informative(class_count(r.dir)) else None
 
 
 METRICS = {  # column -> how to read it from a run; None where the run has no such number
@@ -1163,7 +1163,7 @@ def build_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     HTML path. Per-subset gains add gains.csv, a scratch recipe search scratch_recipe.yaml."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise UserError(f"{runs_dir}: not a folder of runs")
+        raise CheckpointError(f"{runs_dir}: not a folder of runs")
     out = Path(out) if out else runs_dir / "report"
     outputs.check_folder(out, REPORT_FILES)  # before anything is written: no half a report
     single = not any(runs_dir.glob("*/seed*/cell.json")) and is_run_folder(runs_dir)
@@ -1207,10 +1207,14 @@ def _run_table(run_dir: Path) -> str:
     """The stages of one ``vitmim run`` with their wall times, as the run printed them."""
     summary = run_dir / "summary.json"
     if summary.exists():
-        return summary_table(config.read_json_mapping(summary, "run summary"))
-    return summary_table(
-        {d.name: last_metrics(d) for d in sorted(run_dir.iterdir()) if (d / "config.yaml").exists()}
-    )
+        results = config.read_json_mapping(summary, "run summary")
+    else:
+        results = {
+            d.name: last_metrics(d)
+            for d in sorted(run_dir.iterdir())
+            if (d / "config.yaml").exists()
+        }
+    return summary_table(results, class_count(*(run_dir / name for name in results)))
 
 
 def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[tuple[str, str]]:

@@ -46,7 +46,7 @@ from vitmim.config import (
     set_keys,
     to_dict,
 )
-from vitmim.errors import ConfigError, UserError
+from vitmim.errors import ConfigError, TrainingError, UserError
 from vitmim.lifetime import die_with_parent
 
 SPEC_KEYS = {
@@ -80,7 +80,7 @@ class SearchSpec:
     heartbeat_s: int = 60
 
 
-def _bad(p: Path, key: str, what: str) -> UserError:
+def _bad(p: Path, key: str, what: str) -> ConfigError:
     return ConfigError(f"{p}: key {key}: expected {what}")
 
 
@@ -235,7 +235,7 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 if proc.poll() is not None:
                     del procs[subset]
                     if proc.returncode != 0:
-                        raise UserError(
+                        raise TrainingError(
                             f"trial {trial.number}, class subset {subset}: the "
                             f"fine-tune failed; see {dirs[0].parent}/log_subset"
                             f"{subset}.txt"
@@ -294,10 +294,10 @@ def search(
     try:
         import optuna
     except ImportError:  # an optional dependency: the `search` extra
-        raise UserError("vitmim search: needs optuna (pip install 'vitmim[search]')") from None
+        raise ConfigError("vitmim search: needs optuna (pip install 'vitmim[search]')") from None
     spec = load_search_spec(spec_path)
     if jobs < 1:
-        raise UserError(f"--jobs {jobs}: expected a positive count of processes")
+        raise ConfigError(f"--jobs {jobs}: expected a positive count of processes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec)
     ran = 0
@@ -306,7 +306,7 @@ def search(
         ran += 1
         last = study.trials[-1]
         if last.state == optuna.trial.TrialState.FAIL:  # a broken recipe or machine: say so
-            raise UserError(
+            raise TrainingError(
                 f"trial {last.number} failed; see {spec.runs}/trial"
                 f"{last.number:03d}/log_subset*.txt"
             )
@@ -325,7 +325,7 @@ def write_recipe(study, spec: SearchSpec) -> Path:
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise UserError(f"{spec.storage}: no finished trial yet; run the search longer")
+        raise TrainingError(f"{spec.storage}: no finished trial yet; run the search longer")
     best = max(done, key=lambda t: t.value)
     path = spec.storage.parent / RECIPE
     lines = [
