@@ -404,7 +404,8 @@ def test_restoration_figures_score_the_restoration_the_png_shows(tin2, tmp_path)
     assert all(a < b for a, b in zip(l1s, l1s[1:])), l1s
 
 
-def test_a_trained_restorer_scores_better_than_an_untrained_one(tin2, tmp_path):
+@pytest.mark.real_data
+def test_a_trained_restorer_scores_better_than_an_untrained_one(real2, tmp_path):
     """A pre-training process on two real Tiny ImageNet classes: its restorer beats the same
     model untrained on held-out images, in every figure (pixel-space PSNR and L1, and the loss),
     and each epoch's record carries them. On raw-pixel targets: with per-patch normalised ones an
@@ -420,8 +421,8 @@ def test_a_trained_restorer_scores_better_than_an_untrained_one(tin2, tmp_path):
     from vitmim.inference import load_restorer
 
     out = tmp_path / "pre"
-    sets = [f"--set={k}={v}" for k, v in tin2.overrides.items()]
-    args = ["pretrain", "--data", str(tin2.path), "--out", str(out), "--preset", "smoke", *sets]
+    sets = [f"--set={k}={v}" for k, v in real2.overrides.items()]
+    args = ["pretrain", "--data", str(real2.path), "--out", str(out), "--preset", "smoke", *sets]
     proc = subprocess.run(
         [
             sys.executable,
