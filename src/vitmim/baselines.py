@@ -43,7 +43,9 @@ TUNED_PREFIX = "scratch."
 @dataclass(frozen=True)
 class Baseline:
     """One baseline: a classifier from random weights, trained with the fine-tune recipe
-    (layer-wise lr decay off) unless ``tuned``, for the fine-tune epochs unless ``equal``."""
+    (layer-wise lr decay off) unless ``tuned``, for the fine-tune epochs unless ``equal``
+    (then for the pre-trained model's fine-tune epochs plus its pre-training's worth, whatever
+    epochs a tuned recipe names)."""
 
     name: str  # its kind: `vitmim grid`'s spec key `baselines`, a cell's `kind`
     folder: str  # its stage folder under `vitmim run --out`
@@ -97,6 +99,16 @@ BASELINES: dict[str, Baseline] = {
             "scratch, same recipe (equal flops: {epochs} epochs{labels})",
             "scratch (equal training FLOPs)",
             "Δ scratch equal-FLOPs",
+            equal="flops",
+            shares=FLOP_KEYS,
+        ),
+        Baseline(
+            "scratch_tuned_flops",
+            "scratch_tuned_flops",
+            "scratch, tuned recipe (equal flops: {epochs} epochs{labels})",
+            "scratch, tuned recipe (equal training FLOPs)",
+            "Δ scratch tuned equal-FLOPs",
+            tuned=True,
             equal="flops",
             shares=FLOP_KEYS,
         ),

@@ -116,14 +116,21 @@ def training_flops_per_image(cfg: Config, num_classes: int) -> tuple[float, floa
     return restorer, classifier
 
 
-def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = None) -> Config:
+def equal_compute(
+    cfg: Config,
+    by: str = "steps",
+    train_set: ImageSet | None = None,
+    epochs: int | None = None,
+) -> Config:
     """``cfg`` with fine-tune epochs raised so that scratch trains as much as pre-train +
     fine-tune together, counted ``by`` optimisation steps or by training FLOPs.
 
     Steps flatter scratch when a pre-training step is cheaper than a fine-tuning step (the
     visible-token fast path encodes a quarter of the tokens at 75 % masking); FLOPs weigh each
     stage's images by its model's forward FLOPs per image (torch's FLOP counter). ``train_set``:
-    the training split of ``cfg.data`` where the caller holds it already."""
+    the training split of ``cfg.data`` where the caller holds it already. ``epochs``: the
+    pre-trained model's fine-tune epochs where ``cfg`` is another recipe (a tuned one), whose
+    own epochs then do not count."""
     if train_set is None:
         train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
     pre_per_epoch, per_epoch = steps_per_epoch(cfg, train_set)
@@ -140,7 +147,8 @@ def equal_compute(cfg: Config, by: str = "steps", train_set: ImageSet | None = N
             pre_steps * cfg.pretrain.batch_size * pre_flops / (cfg.finetune.batch_size * ft_flops)
         )
     long = copy.deepcopy(cfg)
-    long.finetune.epochs = cfg.finetune.epochs + math.ceil(round(pre_steps / per_epoch, 6))
+    base = cfg.finetune.epochs if epochs is None else epochs
+    long.finetune.epochs = base + math.ceil(round(pre_steps / per_epoch, 6))
     return long
 
 
@@ -169,13 +177,14 @@ def _classifier_stage(
     cfg: Config, kind: str, label_fraction: float | None, train_set: ImageSet
 ) -> tuple[Config, str]:
     """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
+    epochs = cfg.finetune.epochs  # the pre-trained model's, which equal compute starts from
     cfg = _recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
     b = BASELINES[kind]
     if b.equal is not None:
-        cfg = equal_compute(cfg, b.equal, train_set)
+        cfg = equal_compute(cfg, b.equal, train_set, epochs)
     return cfg, b.title.format(epochs=cfg.finetune.epochs, labels=labels)
 
 
