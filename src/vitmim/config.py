@@ -147,7 +147,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["vit", "unet-vit"] = setting("vit", ANY)
+    # vit: vitmim's ViT; unet-vit: conv encoder + ViT bottleneck + conv decoder; timm: a
+    # VisionTransformer from timm.create_model(timm_name), never with downloaded weights
+    arch: Literal["vit", "unet-vit", "timm"] = setting("vit", ANY)
+    # with arch timm: the registered timm model whose design (qkv bias, LayerScale, register
+    # tokens, norms) the encoder takes; its size is set by the keys below, as for vitmim's ViT
+    timm_name: str = setting(
+        "vit_tiny_patch16_224",
+        Range(
+            pattern=r"[A-Za-z0-9_]+",
+            text="a timm model name without a weights tag, e.g. vit_tiny_patch16_224",
+        ),
+    )
     img_size: int = setting(64, Range(1, 4096, text="an integer in [1, 4096] (px)"))
     patch_size: int = setting(8, COUNT)  # px; the ViT's token grid is img_size / patch_size
     embed_dim: int = setting(192, SIZE)
@@ -179,6 +190,11 @@ class ModelConfig:
     )
     # unet-vit decoder skip connections
     skips: Literal["all", "none", "no-finest"] = setting("all", ANY)
+
+
+# the model.arch values whose encoder is a plain token transformer: it can encode the visible
+# tokens alone (the restorer's fast path) and exports to timm
+TOKEN_ARCHS = ("vit", "timm")
 
 
 @dataclass
@@ -816,6 +832,12 @@ def _check_model(m: ModelConfig) -> None:
             "patch_size",
             f"{m.patch_size} with model.conv_stem; expected a power of two "
             f"no larger than model.embed_dim {m.embed_dim}",
+        )
+    if m.arch == "timm" and (m.conv_stem or m.rezero):
+        refuse(
+            "conv_stem" if m.conv_stem else "rezero",
+            "applies to vitmim's own models; a timm model (model.arch=timm) keeps its "
+            "patch embedding and residuals as model.timm_name defines them",
         )
     if m.arch == "unet-vit" and (m.global_pool, m.pos_embed) != ("avg", "sincos"):
         refuse(
