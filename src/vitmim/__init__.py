@@ -111,9 +111,8 @@ def _config(
     init: str | Path | None = None,
 ):
     """The Config from keyword arguments, validated before any work starts (and before torch
-    is imported: a typo costs a fraction of a second; a timm encoder's name is looked up in
-    timm's registry, which loads torch, before any data is read). With ``init``, a trained run,
-    its model section is the base (:func:`vitmim.config.load_config_for_init`)."""
+    is imported: a typo costs a fraction of a second). With ``init``, a trained run, its model
+    section is the base (:func:`vitmim.config.load_config_for_init`)."""
     from vitmim.config import load_config, load_config_for_init
 
     files = [*([_preset_file(preset)] if preset else []), *_paths(config, "config", empty=True)]
@@ -122,14 +121,8 @@ def _config(
         texts.append(f"data.path={json.dumps(str(_path(data, 'data')))}")
     run_model = _run_model(init) if init is not None else None
     if run_model is None:
-        cfg = load_config(files, texts)
-    else:
-        cfg = load_config_for_init(files, texts, run_model, str(init))
-    if cfg.model.arch == "timm":  # timm's registry needs torch: read for a timm encoder only
-        from vitmim.models.timm_vit import check_timm_name
-
-        check_timm_name(cfg.model.timm_name)  # before any data is read
-    return cfg
+        return load_config(files, texts)
+    return load_config_for_init(files, texts, run_model, str(init))
 
 
 def _run_model(init: str | Path) -> dict | None:

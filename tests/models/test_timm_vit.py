@@ -1,12 +1,16 @@
 """A timm VisionTransformer as the encoder (model.arch=timm): the restorer's paths, the transfer,
 the classifier against timm's own forward, layer ids and the errors a user sees."""
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import timm
 import torch
 
-from vitmim import cli
-from vitmim.config import Config, load_config
+from vitmim.config import Config, load_config, timm_vit_names
 from vitmim.engine import param_groups
 from vitmim.errors import ConfigError
 from vitmim.masking import random_mask
@@ -30,9 +34,7 @@ def small(*overrides: str) -> Config:
 def batch(cfg: Config, n: int = 3):
     g = torch.Generator().manual_seed(0)
     p = cfg.pretrain
-    return torch.randn(n, 3, 64, 64, generator=g), random_mask(
-        n, 64, p.mask_patch, p.mask_ratio, g
-    )
+    return torch.randn(n, 3, 64, 64, generator=g), random_mask(n, 64, p.mask_patch, p.mask_ratio, g)
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -97,21 +99,37 @@ def test_positions_start_as_vitmim_says():
 
 
 @pytest.mark.parametrize(
-    "name, message",
+    "name, near",
     [
-        ("vit_tiny_patch16", "not a timm model; expected one of timm's VisionTransformer"),
-        ("resnet50", "another kind of timm model"),
+        ("vit_tiny", "near: vit_tiny_patch16_224, vit_tiny_patch16_384"),
+        ("resnet50", "e.g. vit_tiny_patch16_224"),  # a timm model, but not a ViT
     ],
 )
-def test_a_bad_timm_name_is_one_line_before_any_data_is_read(
-    name, message, tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("VITMIM_DATA", str(tmp_path / "absent.zip"))  # never opened
+def test_a_bad_timm_name_is_one_line_before_torch_loads(name, near, tmp_path):
+    """A separate process, as a user runs it: refused from the config alone, in well under the
+    seconds that importing torch (and timm) takes, before any data or output folder."""
     args = ["pretrain", "--out", str(tmp_path / "pre"), "--set", "model.arch=timm"]
-    assert cli.main([*args, "--set", f"model.timm_name={name}"]) == 2
-    err = capsys.readouterr().err
-    assert f"model.timm_name: {name} is {message}" in err and err.count("\n") == 1
-    assert not (tmp_path / "pre").exists()
+    code = (
+        "import sys; from vitmim import cli; rc = cli.main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules; sys.exit(rc)"
+    )
+    env = {**os.environ, "VITMIM_DATA": str(tmp_path / "absent.zip")}  # never opened
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--set", f"model.timm_name={name}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert time.perf_counter() - start < 5.0  # torch alone takes 5-10 s on the test machine
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert f"model.timm_name: {name} is not one of timm's VisionTransformer models" in proc.stderr
+    assert near in proc.stderr and not (tmp_path / "pre").exists()
+
+
+def test_the_names_read_without_timm_are_timms_own():
+    assert timm_vit_names() == set(timm.list_models(module="vision_transformer"))
 
 
 @pytest.mark.parametrize(

@@ -22,20 +22,15 @@ Example::
 
 from __future__ import annotations
 
-import difflib
-
 import timm
 import torch
 from timm.layers import PatchEmbed
-from timm.models import is_model_in_modules
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitmim.config import ModelConfig
 from vitmim.errors import ConfigError
 from vitmim.models.vit import layer_id, sincos_pos_embed
-
-TIMM_MODULE = "vision_transformer"  # timm's module whose names build a VisionTransformer
 
 
 def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
@@ -65,26 +60,11 @@ def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
     return kw
 
 
-def check_timm_name(name: str) -> None:
-    """Refuse in one line a ``model.timm_name`` that is not one of timm's VisionTransformer
-    models, suggesting near names; cheap (builds nothing), so commands check it before they
-    read any data."""
-    if is_model_in_modules(name, TIMM_MODULE):
-        return
-    near = difflib.get_close_matches(name, timm.list_models(module=TIMM_MODULE), n=3)
-    what = "another kind of timm model" if timm.is_model(name) else "not a timm model"
-    raise ConfigError(
-        f"config key model.timm_name: {name} is {what}; expected one of timm's "
-        f"VisionTransformer models ({', '.join(near) if near else 'e.g. vit_tiny_patch16_224'}"
-        f"; timm.list_models(module='{TIMM_MODULE}') lists them)"
-    )
-
-
 def create_timm_vit(cfg: ModelConfig, drop_path: float = 0.0) -> VisionTransformer:
     """``timm.create_model(cfg.timm_name)`` at vitmim's size, without a head or downloaded
     weights, its patch positions started as ``model.pos_embed`` says; ``drop_path``: the
-    stochastic depth rate of the last block."""
-    check_timm_name(cfg.timm_name)
+    stochastic depth rate of the last block. The name is one of timm's VisionTransformer
+    models (checked with the config: :func:`vitmim.config.timm_vit_names`)."""
     vit = timm.create_model(
         cfg.timm_name, pretrained=False, drop_path_rate=drop_path, **timm_kwargs(cfg, 0)
     )
