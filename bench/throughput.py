@@ -48,8 +48,8 @@ from vitmim.data import load_splits
 from vitmim.engine import Trainer
 from vitmim.env import Env
 from vitmim.models import build_classifier, build_restorer
-from vitmim.models.classifier import timm_kwargs
 from vitmim.models.restorer import uses_fast_path
+from vitmim.models.timm_vit import timm_kwargs
 from vitmim.pipeline import training_flops_per_image
 from vitmim.tasks import FinetuneTask, PretrainTask
 

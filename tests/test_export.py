@@ -132,3 +132,61 @@ def test_runs_of_the_wrong_kind_are_checkpoint_errors(tin2_runs, tin2, tmp_path)
     with pytest.raises(vitmim.CheckpointError, match="not a pre-trained restorer"):
         vitmim.reconstruct(tin2_runs.ft.run_dir, tin2.images[:1], tmp_path / "r.png")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_timm_encoder_is_pretrained_finetuned_and_exported_as_that_timm_model(tin2, tmp_path):
+    """model.arch=timm end to end, as a user runs it: ViT-Tiny's design (at the smoke preset's
+    size, with timm's class token) pre-trained; fine-tuned from the run without naming the
+    architecture again; predicted; exported as vit_tiny_patch16_224, which timm rebuilds with the
+    exported weights and the logits and probabilities vitmim gives."""
+    import vitmim
+
+    timm_encoder = {"model.arch": "timm", "model.global_pool": "token"}
+    pre = vitmim.pretrain(
+        data=tin2.path,
+        out=tmp_path / "pre",
+        preset="smoke",
+        overrides={**tin2.overrides, **timm_encoder},
+        progress=False,
+    )
+    ft = vitmim.finetune(
+        init=pre.run_dir,
+        data=tin2.path,
+        out=tmp_path / "ft",
+        preset="smoke",
+        overrides=tin2.overrides,  # data and batch size: no model key
+        progress=False,
+    )
+    _, meta, _ = read_model(ft.run_dir)
+    assert meta["config"]["model"]["arch"] == "timm"  # built from the pre-training's model.json
+    ours, _ = vitmim.load(ft.run_dir, device="cpu")
+    assert isinstance(ours.backbone.vit, timm.models.vision_transformer.VisionTransformer)
+    predicted = vitmim.predict(ft.run_dir, tin2.images, topk=1, device="cpu")
+
+    out = tmp_path / "model"
+    assert cli.main(["export", str(ft.run_dir), "--format", "timm", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224"
+    assert config["model_name"] == "vitmim-vit_tiny_patch16_224-d64-l2-h2-p8-64px"
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert (model.embed_dim, len(model.blocks), model.has_class_token) == (64, 2, True)
+    x = timm_inputs(model, tin2.images)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(logits, ours(x), atol=1e-5, rtol=0)
+    top = logits.softmax(-1).max(-1)
+    names = meta["class_names"]
+    assert [(names[i], round(p, 4)) for p, i in zip(top.values.tolist(), top.indices.tolist())] == [
+        (name, round(p, 4)) for [(name, p)] in predicted
+    ]
+
+    encoder = tmp_path / "encoder.safetensors"  # the restorer's encoder, in the file format
+    assert cli.main(["export", str(pre.run_dir), "--encoder", "--out", str(encoder)]) == 0
+    file_meta = json.loads(encoder.with_suffix(".json").read_text())
+    backbone = timm.create_model(file_meta["architecture"], **file_meta["kwargs"]).eval()
+    backbone.load_state_dict(load_file(encoder), strict=True)
+    restorer, _ = vitmim.load(pre.run_dir, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            backbone.forward_features(x), restorer.backbone.forward_features(x), atol=1e-5, rtol=0
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vitmim.config import Config
+from vitmim.config import TOKEN_ARCHS, Config
 
 # model keys that shape only the restorer (the classifier drops its decoder): baselines ignore them
 RESTORER_KEYS = ("model.decoder_dim", "model.decoder_depth", "model.skips")
@@ -152,7 +152,7 @@ def baseline_axes(kind: str, axes: dict, cfg: Config) -> dict:
             and (b.tuned or not k.startswith(TUNED_PREFIX))
         )
     }
-    if full_path and cfg.model.arch == "vit":
+    if full_path and cfg.model.arch in TOKEN_ARCHS:
         # the baseline counts the full path's FLOPs even where its own mask cell (the grid's
         # base config) would take the fast path
         out["pretrain.fast"] = False

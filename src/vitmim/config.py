@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import functools
+import importlib.util
 import json
 import math
 import re
@@ -147,7 +150,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["vit", "unet-vit"] = setting("vit", ANY)
+    # vit: vitmim's ViT; unet-vit: conv encoder + ViT bottleneck + conv decoder; timm: a
+    # VisionTransformer from timm.create_model(timm_name), never with downloaded weights
+    arch: Literal["vit", "unet-vit", "timm"] = setting("vit", ANY)
+    # with arch timm: the registered timm model whose design (qkv bias, LayerScale, register
+    # tokens, norms) the encoder takes; its size is set by the keys below, as for vitmim's ViT
+    timm_name: str = setting(
+        "vit_tiny_patch16_224",
+        Range(
+            pattern=r"[A-Za-z0-9_]+",
+            text="a timm model name without a weights tag, e.g. vit_tiny_patch16_224",
+        ),
+    )
     img_size: int = setting(64, Range(1, 4096, text="an integer in [1, 4096] (px)"))
     patch_size: int = setting(8, COUNT)  # px; the ViT's token grid is img_size / patch_size
     embed_dim: int = setting(192, SIZE)
@@ -179,6 +193,11 @@ class ModelConfig:
     )
     # unet-vit decoder skip connections
     skips: Literal["all", "none", "no-finest"] = setting("all", ANY)
+
+
+# the model.arch values whose encoder is a plain token transformer: it can encode the visible
+# tokens alone (the restorer's fast path) and exports to timm
+TOKEN_ARCHS = ("vit", "timm")
 
 
 @dataclass
@@ -817,6 +836,23 @@ def _check_model(m: ModelConfig) -> None:
             f"{m.patch_size} with model.conv_stem; expected a power of two "
             f"no larger than model.embed_dim {m.embed_dim}",
         )
+    if m.arch == "timm" and m.timm_name not in timm_vit_names():
+        names = sorted(timm_vit_names())
+        near = [n for n in names if n.startswith(m.timm_name)][:3] or difflib.get_close_matches(
+            m.timm_name, names, n=3
+        )
+        refuse(
+            "timm_name",
+            f"{m.timm_name} is not one of timm's VisionTransformer models "
+            f"({'near: ' + ', '.join(near) if near else 'e.g. vit_tiny_patch16_224'}; "
+            f"timm.list_models(module='vision_transformer') lists them)",
+        )
+    if m.arch == "timm" and (m.conv_stem or m.rezero):
+        refuse(
+            "conv_stem" if m.conv_stem else "rezero",
+            "applies to vitmim's own models; a timm model (model.arch=timm) keeps its "
+            "patch embedding and residuals as model.timm_name defines them",
+        )
     if m.arch == "unet-vit" and (m.global_pool, m.pos_embed) != ("avg", "sincos"):
         refuse(
             "global_pool" if m.global_pool != "avg" else "pos_embed",
@@ -829,6 +865,20 @@ def _check_model(m: ModelConfig) -> None:
             f"{m.unet_channels} halves the image {len(m.unet_channels)} "
             f"times; 2^len must divide model.img_size {m.img_size}",
         )
+
+
+@functools.cache
+def timm_vit_names() -> frozenset[str]:
+    """The model names timm's ``vision_transformer`` module registers (those whose entry point
+    builds a ``VisionTransformer``), read from its source: importing timm loads torch, which
+    would make a misspelt name cost seconds instead of milliseconds. tests/models/test_timm_vit.py
+    checks that this is ``timm.list_models(module="vision_transformer")``."""
+    spec = importlib.util.find_spec("timm")
+    folders = spec.submodule_search_locations if spec else None
+    if not folders:
+        raise ConfigError("config key model.arch: timm needs the timm package (pip install timm)")
+    source = Path(next(iter(folders))) / "models" / "vision_transformer.py"
+    return frozenset(re.findall(r"^@register_model\s+def (\w+)\(", source.read_text(), re.M))
 
 
 def _check_masking(img_size: int, p: PretrainConfig) -> None:

@@ -20,11 +20,12 @@ from vitmim.models import build_classifier, build_restorer, transfer
 from vitmim.models.classifier import (
     Classifier,
     model_card,
+    timm_architecture,
     timm_config,
-    timm_kwargs,
     to_timm_state,
 )
 from vitmim.models.restorer import restored_image
+from vitmim.models.timm_vit import timm_kwargs
 from vitmim.probes import pick_device
 from vitmim.runs import json_object, read_model
 from vitmim.tasks import classification_metrics
@@ -227,8 +228,9 @@ EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
 def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = False) -> Path:
     """Write ``run``'s model for timm; returns ``out``.
 
-    ``fmt="file"``: one ``.safetensors`` of timm ``VisionTransformer`` weights, the constructor
-    arguments in a ``.json`` beside it (``VisionTransformer(**kwargs)`` loads it strictly).
+    ``fmt="file"``: one ``.safetensors`` of timm ``VisionTransformer`` weights, the timm name and
+    constructor arguments in a ``.json`` beside it (``timm.create_model(architecture,
+    **kwargs)`` loads it strictly; for vitmim's own ViT ``VisionTransformer(**kwargs)`` too).
     ``fmt="timm"``: a model folder as timm and the Hugging Face Hub lay them out,
     ``model.safetensors`` + ``config.json`` + ``README.md``, which
     ``timm.create_model("local-dir:OUT", pretrained=True)`` loads and ``hf upload USER/NAME OUT``
@@ -252,6 +254,7 @@ def export(run: str | Path, out: str | Path, fmt: str = "file", encoder: bool = 
             state,
             meta={
                 "timm_class": "timm.models.vision_transformer.VisionTransformer",
+                "architecture": timm_architecture(cfg.model),
                 "kwargs": kwargs,
                 "classes": classes,
                 "class_names": names,

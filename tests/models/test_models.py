@@ -10,7 +10,7 @@ from vitmim.config import Config, load_config
 from vitmim.errors import UserError
 from vitmim.masking import apply_fill, pixel_to_token_mask, random_mask
 from vitmim.models import build_classifier, build_restorer, transfer
-from vitmim.models.classifier import timm_kwargs, to_timm_state
+from vitmim.models.classifier import to_timm_state
 from vitmim.models.restorer import (
     forward_loss,
     normalize_patches,
@@ -21,6 +21,7 @@ from vitmim.models.restorer import (
     unpatchify,
     visible_patch_stats,
 )
+from vitmim.models.timm_vit import timm_kwargs
 
 SMALL = [
     "model.embed_dim=64",

@@ -10,29 +10,32 @@ import torch
 from torch import nn
 
 from vitmim.augment import MEAN, STD
-from vitmim.config import ModelConfig
+from vitmim.config import TOKEN_ARCHS, ModelConfig
 from vitmim.errors import CheckpointError, ConfigError
-from vitmim.models.vit import Backbone, ViT
+from vitmim.models.vit import Backbone, TokenBackbone
 
 
 class Classifier(nn.Module):
-    """``backbone`` tokens -> mean over tokens (or a class token) -> linear ``head``.
+    """``backbone`` tokens -> mean over patch tokens (or a class token) -> linear ``head``.
     (B, 3, H, W) -> (B, classes).
 
-    A :class:`~vitmim.models.vit.Backbone` itself: the head counts as the top layer. With
-    ``class_token`` a learned token joins the patch tokens (without a position, as timm's
-    ``no_embed_class``) and its output is pooled: it needs a backbone with ``embed``,
-    ``pos_embed`` and ``forward_tokens`` (the ViT).
+    A :class:`~vitmim.models.vit.Backbone` itself: the head counts as the top layer.
+    ``global_pool="token"`` pools the backbone's own class token where it has one (a timm
+    model's); else a learned token of the classifier's joins the patch tokens (without a
+    position, as timm's ``no_embed_class``): that needs a
+    :class:`~vitmim.models.vit.TokenBackbone` (the ViT).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, class_token: bool = False):
+    def __init__(self, backbone: Backbone, num_classes: int, global_pool: str = "avg"):
         super().__init__()
         self.backbone = backbone
-        self.cls_token = (
-            nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if class_token else None
-        )
+        self.global_pool = global_pool
+        own_token = global_pool == "token" and not backbone.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if own_token else None
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)  # timm's start
+        # tokens before the patch tokens in forward_features' output, left out of the mean
+        self.num_prefix_tokens = backbone.num_prefix_tokens + int(own_token)
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # near-zero head: start at uniform logits
         nn.init.zeros_(self.head.bias)
@@ -48,13 +51,18 @@ class Classifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.cls_token is None:
             return self.backbone.forward_features(x)  # (B, N, D)
-        bb = typing.cast(ViT, self.backbone)  # a class token needs the ViT's two halves
-        tokens = bb.embed(x) + bb.pos_embed  # (B, N, D)
+        bb = typing.cast(TokenBackbone, self.backbone)  # a class token needs the two halves
+        tokens = bb.add_positions(bb.embed(x))  # (B, N, D)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return bb.forward_tokens(torch.cat([cls, tokens], dim=1))  # (B, 1 + N, D)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = tokens.mean(dim=1) if self.cls_token is None else tokens[:, 0]  # (B, D)
+        """(B, P + N, D) -> (B, classes), or the pooled (B, D) with ``pre_logits``; timm's
+        ``forward_head`` without ``fc_norm``."""
+        if self.global_pool == "token":
+            pooled = tokens[:, 0]  # (B, D)
+        else:
+            pooled = tokens[:, self.num_prefix_tokens :].mean(dim=1)
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,37 +157,21 @@ def transfer(
     return report
 
 
-def timm_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
-    """Arguments of timm's ``VisionTransformer`` with the same shape as our classifier."""
-    kw = dict(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        num_classes=num_classes,
-        global_pool=cfg.global_pool,
-        class_token=cfg.global_pool == "token",
-        fc_norm=False,
-    )
-    if cfg.global_pool == "token":
-        kw["no_embed_class"] = True  # the class token has no position, as in Classifier
-    if cfg.rezero:
-        kw["init_values"] = 1.0  # LayerScale; the scalar gate is broadcast into its gamma
-    return kw
-
-
 # timm's named ViT sizes by width, smallest first
 TIMM_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
 
 def timm_architecture(cfg: ModelConfig) -> str:
-    """The registered timm name for a model folder's ``config.json`` nearest to the model.
+    """The registered timm name for a model folder's ``config.json``: a timm encoder's own
+    (``model.timm_name``), else the name nearest to vitmim's ViT.
 
     timm builds any of them as its ``VisionTransformer`` and the folder's ``model_args`` set
-    every shape, so the name picks the family only: the same patch size where timm registers
-    one, then the size nearest in width (:func:`model_name` gives the model's own name)."""
+    every shape, so for vitmim's ViT the name picks the family only: the same patch size where
+    timm registers one, then the size nearest in width (:func:`model_name` gives the model's own
+    name)."""
+
+    if cfg.arch == "timm":
+        return cfg.timm_name  # the model it was built as
 
     def distance(name: str) -> tuple:
         size = name.split("_")[1]
@@ -192,9 +184,10 @@ def timm_architecture(cfg: ModelConfig) -> str:
 
 def model_name(cfg: ModelConfig) -> str:
     """The model's own name: ``vitmim-vit-d192-l6-h3-p8-64px`` (width, blocks, heads, patch px,
-    input px)."""
+    input px); a timm encoder's has its timm name for ``vit``."""
+    arch = cfg.timm_name if cfg.arch == "timm" else "vit"
     return (
-        f"vitmim-vit-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}-p{cfg.patch_size}-"
+        f"vitmim-{arch}-d{cfg.embed_dim}-l{cfg.depth}-h{cfg.num_heads}-p{cfg.patch_size}-"
         f"{cfg.img_size}px"
     )
 
@@ -206,12 +199,15 @@ TIMM_CROP_MODES = {"fit": "squash", "crop": "center", "pad": "border"}
 
 
 def to_timm_state(classifier: Classifier, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Classifier weights renamed for timm's ``VisionTransformer(**timm_kwargs(...))``."""
-    if cfg.arch != "vit" or cfg.conv_stem:
-        raise ConfigError("export: timm export needs model.arch=vit and model.conv_stem=false")
+    """Classifier weights renamed for timm's ``VisionTransformer`` built with
+    :func:`~vitmim.models.timm_vit.timm_kwargs`: a timm encoder's are timm's already."""
+    if cfg.arch not in TOKEN_ARCHS or cfg.conv_stem:
+        raise ConfigError(
+            "export: timm export needs model.arch=vit (or timm) and model.conv_stem=false"
+        )
     out = {}
     for key, value in classifier.state_dict().items():
-        name = key.removeprefix("backbone.")
+        name = key.removeprefix("backbone.vit." if cfg.arch == "timm" else "backbone.")
         if name.endswith((".gate1", ".gate2")):
             ls = "ls1" if name.endswith("gate1") else "ls2"
             name = name.rsplit(".", 1)[0] + f".{ls}.gamma"
@@ -278,6 +274,12 @@ def model_card(m: ModelConfig, num_classes: int, metrics: dict, data: dict) -> s
         "crop": "shorter side scaled to {s}, centre {s}x{s} cut out",
         "pad": "scaled to fit inside {s}x{s}, aspect kept, bars in white",
     }[resize]
+    built = (
+        f"timm builds it as `{m.timm_name}` with `config.json`'s `model_args` (the size)."
+        if m.arch == "timm"
+        else "timm builds it as `VisionTransformer` from `config.json`'s `model_args` (its "
+        "`architecture` names the nearest registered family only)."
+    )
     pad_note = (
         "\ntimm's `border` mode pads with the mean colour, not white: for the inputs "
         "vitmim saw, letterbox first with\n`img = ImageOps.pad(img, ({s}, {s}), "
@@ -294,8 +296,7 @@ tags: [image-classification, timm, vitmim]
 
 A ViT ({m.embed_dim}-d, {m.depth} blocks, {m.num_heads} heads, {m.patch_size} px patches,
 {m.img_size} px input) trained with vitmim (masked-pixel pre-training of vision transformers for
-small image data sets); this is {what}. timm builds it as `VisionTransformer` from
-`config.json`'s `model_args` (its `architecture` names the nearest registered family only).
+small image data sets); this is {what}. {built}
 
 - Data: `{data.get("path")}`, {data.get("images", "?")} training images. Validation metrics of
   the run: {scores or "none recorded"}.

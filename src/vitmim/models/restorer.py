@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitmim.augment import denormalize
-from vitmim.config import Config, ModelConfig, PretrainConfig
+from vitmim.config import TOKEN_ARCHS, Config, ModelConfig, PretrainConfig
 from vitmim.masking import apply_fill, num_masked, pixel_to_token_mask, random_mask
-from vitmim.models.vit import Block, ViT, init_weights, sincos_pos_embed
+from vitmim.models.vit import Block, TokenBackbone, init_weights, sincos_pos_embed
 
 
 def random_masking(
@@ -109,17 +109,32 @@ class FastDecoder(nn.Module):
 
 
 def uses_fast_path(model: ModelConfig, pretrain: PretrainConfig) -> bool:
-    """Whether pre-training encodes only the visible tokens (MAE's path): asked for, on a ViT
-    (convolutions need the whole image), with mask cells that cover whole patches."""
-    return pretrain.fast and model.arch == "vit" and pretrain.mask_patch % model.patch_size == 0
+    """Whether pre-training encodes only the visible tokens (MAE's path): asked for, on a plain
+    token transformer (convolutions need the whole image), with mask cells that cover whole
+    patches."""
+    return (
+        pretrain.fast and model.arch in TOKEN_ARCHS and pretrain.mask_patch % model.patch_size == 0
+    )
+
+
+def keep_visible(tokens: torch.Tensor, ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """(B, prefix + N, D) positioned tokens -> (B, prefix + n, D): the prefix tokens (a class
+    token, registers), then the patch tokens at ``ids`` (B, n)."""
+    visible = gather_tokens(tokens[:, prefix:], ids)
+    return torch.cat([tokens[:, :prefix], visible], dim=1) if prefix else visible
 
 
 class Restorer(nn.Module):
-    """ViT restorer: ``backbone`` (transferred) + ``decoder`` (dropped after pre-training)."""
+    """ViT restorer: ``backbone`` (transferred) + ``decoder`` (dropped after pre-training).
 
-    def __init__(self, cfg: ModelConfig, pcfg: PretrainConfig):
+    Args:
+        backbone: the encoder built for ``cfg``, vitmim's ViT or timm's
+            (:func:`vitmim.models.build_token_backbone`).
+    """
+
+    def __init__(self, backbone: TokenBackbone, cfg: ModelConfig, pcfg: PretrainConfig):
         super().__init__()
-        self.backbone = ViT(cfg, drop_path=pcfg.drop_path)
+        self.backbone = backbone
         self.patch_size = p = cfg.patch_size
         self.token_masking = pcfg.mask_patch % p == 0  # every token wholly masked or visible
         self.fast = uses_fast_path(cfg, pcfg)
@@ -144,7 +159,8 @@ class Restorer(nn.Module):
             init_weights(self.decoder)
 
     def no_weight_decay(self) -> set[str]:
-        return {"backbone.pos_embed", "mask_token", "decoder.mask_token"}
+        own = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        return own | {"mask_token", "decoder.mask_token"}
 
     def forward_encoder(
         self, x: torch.Tensor, mask: torch.Tensor
@@ -158,20 +174,22 @@ class Restorer(nn.Module):
                 else None.
 
         On the fast path ``mask`` must hide exactly ``round(mask_ratio * cells)`` cells of each
-        image, as :func:`random_masking` does: ``n`` is fixed by the config.
+        image, as :func:`random_masking` does: ``n`` is fixed by the config. Prefix tokens (a
+        timm encoder's class token) pass through the encoder and are left out of ``latent``.
         """
-        bb, p = self.backbone, self.patch_size
+        bb, p, prefix = self.backbone, self.patch_size, self.backbone.num_prefix_tokens
         if not self.token_masking:
-            return bb.forward_features(apply_fill(x, mask)), None
+            return bb.forward_features(apply_fill(x, mask))[:, prefix:], None
         masked = pixel_to_token_mask(mask, p)  # (B, N) bool
         # blank masked pixels first: a conv stem's receptive field crosses patch borders
         tokens = bb.embed(apply_fill(x, mask))  # (B, N, D)
         if self.fast:
             ids = visible_ids(masked, self.n_keep)
-            return bb.forward_tokens(gather_tokens(tokens + bb.pos_embed, ids)), ids
+            kept = keep_visible(bb.add_positions(tokens), ids, prefix)  # (B, prefix + n, D)
+            return bb.forward_tokens(kept)[:, prefix:], ids
         m = masked.unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
-        return bb.forward_tokens(tokens + bb.pos_embed), None
+        return bb.forward_tokens(bb.add_positions(tokens))[:, prefix:], None
 
     def forward_decoder(self, latent: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward_encoder`'s output -> (B, N, p*p*3) predicted pixels of every patch."""

@@ -75,6 +75,8 @@ class UNetViTEncoder(nn.Module):
     (the last one to ``embed_dim`` channels on the token grid).
     """
 
+    num_prefix_tokens = 0
+
     def __init__(self, cfg: ModelConfig, drop_path: float = 0.0):
         super().__init__()
         chans = list(cfg.unet_channels)

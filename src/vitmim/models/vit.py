@@ -28,9 +28,10 @@ class Backbone(Protocol):
 
     embed_dim: int  # D, the token width
     depth: int  # transformer blocks: layer ids run from 0 (embedding) to depth + 1 (top)
+    num_prefix_tokens: int  # P, tokens before the patch tokens (a class token, registers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, N, D) normalised tokens."""
+        """(B, 3, H, W) normalised images -> (B, P + N, D) normalised tokens."""
 
     def layer_id(self, name: str) -> int:
         """Depth index of parameter ``name`` for layer-wise lr decay, in [0, depth + 1]."""
@@ -39,10 +40,30 @@ class Backbone(Protocol):
         """Parameter names (besides biases and norms) kept free of weight decay."""
 
 
+class TokenBackbone(Backbone, Protocol):
+    """A plain token transformer, cut in the halves that token masking needs: the restorer
+    replaces or drops masked patch tokens between them (and the classifier adds its own class
+    token). :class:`ViT` and :class:`~vitmim.models.timm_vit.TimmViT` implement it."""
+
+    patch_size: int  # px
+    grid: int  # patches per side: N = grid * grid
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, D) patch tokens, no position yet."""
+
+    def add_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, P + N, D): positions added, prefix tokens in front."""
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) tokens from :meth:`add_positions` (or a subset) -> (B, n, D) after the
+        blocks and the final norm."""
+
+
 def layer_id(name: str, depth: int) -> int:
     """Depth index of a ViT parameter for layer-wise lr decay: 0 = embedding (``patch_embed``,
-    ``pos_embed``), i + 1 = ``blocks.i``, depth + 1 = the rest (the final norm)."""
-    if name.startswith(("patch_embed", "pos_embed")):
+    ``pos_embed``, and in timm's ViT the prefix tokens and the norm before the blocks),
+    i + 1 = ``blocks.i``, depth + 1 = the rest (the final norm)."""
+    if name.startswith(("patch_embed", "pos_embed", "cls_token", "reg_token", "norm_pre")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -135,6 +156,8 @@ class ViT(nn.Module):
     (``embed`` and ``forward_tokens``) to drop or replace masked tokens in between.
     """
 
+    num_prefix_tokens = 0  # a class token, where there is one, is the classifier's
+
     def __init__(self, cfg: ModelConfig, drop_path: float = 0.0):
         super().__init__()
         self.patch_size = cfg.patch_size
@@ -159,6 +182,10 @@ class ViT(nn.Module):
         """(B, 3, H, W) -> (B, N, D) patch tokens (no position yet)."""
         return self.patch_embed(x)
 
+    def add_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D) with the position table added."""
+        return tokens + self.pos_embed
+
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, n, D) tokens with position already added -> (B, n, D) after blocks and norm."""
         for blk in self.blocks:
@@ -167,7 +194,7 @@ class ViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, N, D)."""
-        return self.forward_tokens(self.embed(x) + self.pos_embed)
+        return self.forward_tokens(self.add_positions(self.embed(x)))
 
     def layer_id(self, name: str) -> int:
         """Depth index of a parameter for layer-wise lr decay: 0 = embedding, depth+1 = top."""
