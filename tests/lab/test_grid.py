@@ -372,6 +372,8 @@ def test_second_invocation_skips_finished_and_resumes_interrupted(
     interrupted = out / "scratch" / "seed1" / "finetune"
     (interrupted / "model.json").unlink()  # as if killed after its last checkpoint
     (interrupted / "model.safetensors").unlink()
+    status = interrupted.parent / "status.json"  # what the interrupted invocation spent
+    status.write_text(json.dumps({"status": "failed", "wall_s": 100.0, "cpu_s": 50.0}))
     before = (out / "mask_ratio=0.4" / "seed0" / "pretrain" / "model.safetensors").stat()
     capsys.readouterr()
     assert (
@@ -397,6 +399,8 @@ def test_second_invocation_skips_finished_and_resumes_interrupted(
     rows = {r["dir"]: r["status"] for r in grid_rows(out)}
     assert rows.pop("scratch/seed1") == "done" and set(rows.values()) == {"skipped"}
     assert (interrupted / "model.json").exists()
+    spent = json.loads(status.read_text())  # the run's cost: both invocations
+    assert spent["status"] == "done" and spent["wall_s"] > 100.0 and spent["cpu_s"] > 50.0
     after = (out / "mask_ratio=0.4" / "seed0" / "pretrain" / "model.safetensors").stat()
     assert after.st_mtime_ns == before.st_mtime_ns
 

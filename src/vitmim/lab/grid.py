@@ -535,20 +535,23 @@ def run_job(cell_json: str | Path) -> dict:
     path = Path(cell_json)
     run_dir = path.parent
     job = read_json_mapping(path, "grid cell", CELL_KEYS)
+    # what earlier, interrupted invocations of this run spent counts too (one stopped by
+    # SIGKILL or a machine stop left its start's figures: what came before it)
+    prior = read_status(run_dir)
+    carried = prior.get("status") in ("failed", "running")
+    wall, cpu = ((prior.get(k) or 0.0) if carried else 0.0 for k in ("wall_s", "cpu_s"))
     t0, cpu0 = time.time(), _cpu_seconds()
-    _write_status(run_dir, "running")
+
+    def spent() -> dict:
+        return {"wall_s": wall + time.time() - t0, "cpu_s": cpu + _cpu_seconds() - cpu0}
+
+    _write_status(run_dir, "running", **spent())
     try:
         results = _execute(job, run_dir)
     except BaseException as e:
-        _write_status(
-            run_dir,
-            "failed",
-            error=one_line(e),
-            wall_s=time.time() - t0,
-            cpu_s=_cpu_seconds() - cpu0,
-        )
+        _write_status(run_dir, "failed", error=one_line(e), **spent())
         raise
-    _write_status(run_dir, "done", wall_s=time.time() - t0, cpu_s=_cpu_seconds() - cpu0)
+    _write_status(run_dir, "done", **spent())
     return results
 
 
