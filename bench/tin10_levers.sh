@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fine-tuning and pre-training levers on TIN-10, 2 seeds each (docs/results/README.md, "Levers").
+# Fine-tuning and pre-training levers on TIN-10, 2 seeds each (docs/results/tin10_recipe.md, "Levers").
 #
 #   VITMIM_DATA=tiny-imagenet-200.zip bash bench/tin10_levers.sh [RUNS] [OUT]
 #

@@ -234,8 +234,9 @@ class StageConfig:
 
 @dataclass
 class PretrainConfig(StageConfig):
-    # defaults measured on TIN-10 (README, "Results"): 20 cheap fast-path epochs on per-patch
-    # normalised targets with 75 % of 8 px cells masked beat 10 epochs at 60 % on raw pixels
+    # many cheap fast-path epochs (75 % of 8 px cells masked: the encoder sees a quarter of the
+    # tokens) on per-patch normalised targets transfer better than fewer raw-pixel epochs; see
+    # docs/results/tin10_recipe.md, "What makes pre-training pay"
     epochs: int = 20
     lr: float = 1.5e-3
     mask_patch: int = setting(8, COUNT)  # px side of a square mask cell
@@ -279,8 +280,9 @@ def pretrain_data(cfg: Config) -> DataConfig:
 
 @dataclass
 class FinetuneConfig(StageConfig):
-    # batch 64 (twice the steps per epoch of 128, same lr) measured on TIN-10 (README, "Results"):
-    # +3.1 points pre-trained, +1.7 scratch at 15 epochs, for 3-7 % more wall time
+    # batch 64: twice the optimiser steps per epoch of 128 at the same lr, which a 15-epoch run,
+    # still underfitting when it stops, turns into accuracy on both sides for a little more wall
+    # time; see docs/results/tin10_recipe.md, "Batch size, pre-training length, equal FLOPs"
     epochs: int = 15
     batch_size: int = 64
     label_smoothing: float = setting(0.1, FRACTION_OPEN)
