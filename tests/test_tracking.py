@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
+import time
 
 import pytest
 import yaml
@@ -164,10 +166,7 @@ def test_mlflow_run_holds_metrics_params_and_ends(tin2, tin2_runs, tmp_path, mon
     recs = records(run)
     assert len(recs) == 2
     client = MlflowClient(tracking_uri=uri)
-    [found] = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"attributes.run_name = '{run.name}'",
-    )
+    found = mlflow_run(uri, run)
     assert found.info.status == "FINISHED"
     assert found.data.tags["vitmim.stage"] == "finetune"
     for key in ("val_loss", "val_top1", "train_loss", "lr"):
@@ -203,3 +202,47 @@ def test_unusable_mlflow_store_is_refused_before_the_run(tin2, tmp_path, monkeyp
     assert str(err.value).startswith("--log mlflow: tracking store bogus://nowhere: ")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
+
+
+def mlflow_run(uri: str, run_dir):
+    """The one MLflow run named after ``run_dir`` in the store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    [found] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"attributes.run_name = '{run_dir.name}'",
+    )
+    return found
+
+
+@needs_mlflow
+def test_mlflow_run_ends_failed_or_killed_with_its_stage(tiny_tin, tmp_path):
+    """Real ``vitmim`` processes through the fault hook of test_resume: a diverging run ends its
+    MLflow run FAILED, an interrupted one KILLED, each with the epochs it finished."""
+    from test_resume import COMMON, output, run, start
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pretrain = ["pretrain", *COMMON, "--data", str(tiny_tin), "--log", "mlflow"]
+    pretrain += ["--set", "pretrain.batch_size=8", "--set", "pretrain.epochs=3"]
+
+    diverged = tmp_path / "nan"
+    rc, _, err = run(
+        tmp_path, [*pretrain, "--out", str(diverged)], "nan:7", MLFLOW_TRACKING_URI=uri
+    )
+    assert rc == 2 and "non-finite" in err, err[-3000:]
+    found = mlflow_run(uri, diverged)
+    assert found.info.status == "FAILED"
+    assert found.data.metrics["epoch"] == records(diverged)[-1]["epoch"]
+
+    stopped = tmp_path / "int"
+    proc = start(tmp_path, [*pretrain, "--out", str(stopped)], "slow:0", MLFLOW_TRACKING_URI=uri)
+    metrics = stopped / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text()):  # inside the stage: an epoch is done
+        assert proc.poll() is None, output(proc)[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(180) == 130, output(proc)[1][-3000:]
+    found = mlflow_run(uri, stopped)
+    assert found.info.status == "KILLED"
+    assert found.data.metrics["epoch"] == records(stopped)[-1]["epoch"]
