@@ -241,6 +241,11 @@ def test_mlflow_run_ends_failed_or_killed_with_its_stage(tiny_tin, tmp_path):
     while not (metrics.exists() and metrics.read_text()):  # inside the stage: an epoch is done
         assert proc.poll() is None, output(proc)[1][-3000:]
         time.sleep(0.05)
+    # its checkpoint follows the epoch's MLflow write: the signal lands in the slow steps after
+    saved = stopped / "checkpoints" / f"step_{records(stopped)[0]['step']:08d}.json"
+    while not saved.exists():
+        assert proc.poll() is None, output(proc)[1][-3000:]
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(180) == 130, output(proc)[1][-3000:]
     found = mlflow_run(uri, stopped)

@@ -16,7 +16,8 @@ folder (nested when the caller already has an active run) in MLflow's own tracki
 (``MLFLOW_TRACKING_URI``, else MLflow's local default in the working folder) and logs the same
 epoch scalars and training loss under their plain names (one MLflow run holds one stage), the
 resolved config as parameters with dotted keys (``finetune.lr``), and ends it when the stage
-ends: FINISHED, FAILED on an error, KILLED on an interrupt. A resume opens a new MLflow run.
+ends: FINISHED, FAILED on an error, KILLED on an interrupt. A resume opens a new MLflow run; a
+rollback logs the replayed steps again (MLflow keeps every point).
 
 The x axis is the optimisation step. The engine calls :func:`on_step`, :func:`on_epoch` and
 wraps each stage's training in :func:`stage_run`; all return at once when tracking is off.
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +91,7 @@ def tracking(backend: str | None, every: int = LOG_EVERY) -> Iterator[None]:
             raise ConfigError(
                 f"--log {backend}: needs the {extra} package (pip install 'vitmim[{extra}]')"
             ) from None
-    if backend == "mlflow":
+    if backend == "mlflow" and os.environ.get("RANK", "0") == "0":  # torchrun: main logs
         _open_mlflow_store()
     outer, _active = _active, _Tracker(every, backend)
     try:
@@ -124,7 +127,15 @@ def stage_run(trainer) -> Iterator[None]:
         raise
     finally:
         del t.mlflow_runs[trainer.run_dir]
-        mlflow.end_run(status)
+        try:
+            mlflow.end_run(status)
+        except Exception as e:  # the store failing (an interrupt inside its write, say) must
+            # not hide how the stage ended: metrics.jsonl holds it either way
+            warnings.warn(
+                f"{trainer.run_dir}: MLflow run {run.info.run_id} not marked {status} "
+                f"({one_line(e)})",
+                stacklevel=2,
+            )
 
 
 def config_params(run_dir: Path) -> dict[str, Any]:
