@@ -211,9 +211,9 @@ def pretrain(
 
     Args:
         out: run folder. data: data set path (default: ``$VITMIM_DATA``).
-        resume: continue an interrupted run. log: ``"tensorboard"`` mirrors the metrics to
-            ``out/tensorboard`` (training loss every ``log_every`` steps). progress: bars and
-            one line per epoch.
+        resume: continue an interrupted run. log: ``"tensorboard"``, ``"csv"`` or ``"mlflow"``
+            mirrors the metrics to ``out/tensorboard``, ``out/metrics.csv`` or an MLflow run
+            (training loss every ``log_every`` steps). progress: bars and one line per epoch.
     """
     cfg = _config(data, preset, config, overrides, dotted)
     from vitmim.stages import pretrain as run_pretrain

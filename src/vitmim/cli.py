@@ -76,8 +76,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log",
         choices=BACKENDS,
-        help="also mirror metrics, the training "
-        "loss and reconstructions to RUN/tensorboard/ (metrics.jsonl stays the record)",
+        help="also mirror metrics and the training loss to RUN/tensorboard/ (with "
+        "reconstructions), RUN/metrics.csv, or an MLflow run named after RUN in MLflow's "
+        "tracking store (MLFLOW_TRACKING_URI); metrics.jsonl stays the record",
     )
     p.add_argument(
         "--log-every",

@@ -457,7 +457,8 @@ def train(trainer: Trainer, resume: bool, on_start=None) -> dict[str, float]:
         if trainer.env.main:  # records of an earlier run whose checkpoints are gone
             truncate_metrics(trainer.run_dir, 0)
         trainer.save()  # step-0 checkpoint: a rollback target before the first epoch ends
-    return trainer.fit() or last_metrics(trainer.run_dir)
+    with tracking.stage_run(trainer):
+        return trainer.fit() or last_metrics(trainer.run_dir)
 
 
 def format_record(r: dict) -> str:
