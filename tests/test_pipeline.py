@@ -15,8 +15,8 @@ from vitmim.data import load_splits
 from vitmim.errors import ConfigError
 from vitmim.pipeline import (
     RESTORED_NOTE,
-    eta_text,
     equal_compute,
+    eta_text,
     stage_dirname,
     steps_per_epoch,
     summary_table,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,11 +87,9 @@ def tiny(tin2):
 
 def test_finetune_task_subsets_labels_and_evaluates_the_logged_keys(tiny):
     cfg, train_set, val_set = tiny
+    cfg = copy.deepcopy(cfg)
     cfg.data.label_fraction = 0.5
-    try:
-        task = FinetuneTask(train_set, val_set, cfg, CPU)
-    finally:
-        cfg.data.label_fraction = 1.0
+    task = FinetuneTask(train_set, val_set, cfg, CPU)
     keep = label_subset(train_set.labels, 0.5, cfg.finetune.seed)
     assert task.n_train == len(keep) and torch.equal(task.labels, train_set.labels[keep])
     torch.manual_seed(0)
