@@ -773,9 +773,11 @@ def _killed(returncode: int) -> str | None:
 
 
 def _interrupt(procs: list[subprocess.Popen]) -> None:
-    """Ctrl-C for jobs that did not get it from the terminal; killed if they linger."""
+    """Ctrl-C for jobs that did not get it from the terminal; killed if they linger. Sent as
+    SIGTERM, which every job handles as Ctrl-C: a grid started in the background (a shell's
+    ``&``) passes SIGINT on ignored to its jobs."""
     for proc in procs:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=60)
