@@ -27,7 +27,6 @@ machine). One run can be repeated by hand with
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -460,10 +459,13 @@ class Ledger:
     def fingerprint(self, run: Run) -> str:
         """The training data of the planned run's first stage (a variant's pre-training pool),
         by content (memoised per data config)."""
-        cfg = load_config(base=run.config)
-        data = pretrain_data(cfg) if run.kind == "variant" else cfg.data
-        key = json.dumps([dataclasses.asdict(data), cfg.model.img_size], sort_keys=True)
-        if key not in self._fingerprints:
+        pool = run.config["pretrain"].get("pool", "classes") if run.kind == "variant" else None
+        key = json.dumps(
+            [run.config["data"], pool, run.config["model"]["img_size"]], sort_keys=True
+        )
+        if key not in self._fingerprints:  # the config is resolved once per distinct data
+            cfg = load_config(base=run.config)
+            data = pretrain_data(cfg) if run.kind == "variant" else cfg.data
             self._fingerprints[key] = train_fingerprint(data, cfg.model.img_size)
         return self._fingerprints[key]
 
