@@ -113,3 +113,10 @@ def test_equal_compute_refuses_a_batch_larger_than_the_labelled_images(two):
     big.finetune.batch_size = 10_000
     with pytest.raises(ConfigError, match="finetune.batch_size: 10000 is larger than the"):
         equal_compute(big, "steps", train_set)
+
+
+def test_a_share_of_labels_set_twice_is_refused_before_any_work(tmp_path):
+    cfg = load_config(overrides=["data.label_fraction=0.2", "data.path=/no/such/data"])
+    with pytest.raises(ConfigError, match=r"data.label_fraction 0.2 and label fractions \[1.0\]"):
+        pipeline.run_all(cfg, tmp_path / "run", None, label_fractions=(1.0,))  # type: ignore[arg-type]
+    assert not (tmp_path / "run").exists()

@@ -214,6 +214,12 @@ def run_all(
             (``out/probe_random_init.json``).
         dirs: folder names replacing those of :data:`RUN_DIRS`.
     """
+    share = cfg.data.label_fraction
+    if label_fractions and share != 1.0 and set(label_fractions) != {share}:
+        raise ConfigError(
+            f"data.label_fraction {share:g} and label fractions {list(label_fractions)} both "
+            f"set the share of labels; keep one"
+        )
     dirs = {**RUN_DIRS, **(dirs or {})}
     cfg = absolute_data(cfg)
     classifiers = [

@@ -175,6 +175,7 @@ def finetune(
         x = normalize(train_set.images[:2])
         extra["model"] = describe_model(model, (x,), "classifier")
     task = FinetuneTask(train_set, val_set, cfg, env)
+    extra["labelled_images"] = task.n_train  # the share of train_images it learns from
     with run_lock(run_dir, env):
         trainer = Trainer(
             task,

@@ -122,6 +122,43 @@ def test_bad_variant_lists_are_refused(tmp_path, variants, message):
         load_spec(path)
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            {"label_fractions": [1.0], "variants": [{"data.label_fraction": 0.1}]},
+            r"data.label_fraction 0.1 and the spec's label_fractions \[1.0\] both",
+        ),
+        (
+            {"label_fractions": [0.5], "config": {**TINY, "data.label_fraction": 0.2}},
+            "data.label_fraction 0.2 and the spec's label_fractions",
+        ),
+        ({"variants": [{"finetune.seed": 3}]}, "finetune.seed is set by the grid's `seeds:`"),
+        ({"config": {**TINY, "pretrain.seed": 1}}, "pretrain.seed is set by the grid's `seeds:`"),
+    ],
+)
+def test_a_setting_the_grid_would_replace_is_refused(tmp_path, spec, message):
+    with pytest.raises(UserError, match=message):
+        plan(load_spec(write_spec(tmp_path / "s.yaml", **spec)), tmp_path / "out")
+
+
+def test_a_cells_share_of_labels_is_what_its_runs_fine_tune_on(tmp_path):
+    """Without the spec's label_fractions, each cell (and its baselines) fine-tunes on its own
+    data.label_fraction; the spec's list applies where no cell sets one."""
+    cells = [{}, {"data.label_fraction": 0.1, "finetune.epochs": 3}]
+    spec = write_spec(tmp_path / "s.yaml", variants=cells, baselines=["scratch"], seeds=[0])
+    runs = {r.cell: r for r in plan(load_spec(spec), tmp_path / "out")}
+    tenth = runs["label_fraction=0.1,epochs=3"]
+    assert tenth.label_fractions == [0.1] and tenth.config["data"]["label_fraction"] == 0.1
+    assert [d.name for d in tenth.stage_dirs()] == ["pretrain", "finetune_lf0.1"]
+    assert runs["scratch,label_fraction=0.1,epochs=3"].label_fractions == [0.1]
+    assert runs["pretrained"].label_fractions == runs["scratch"].label_fractions == [1.0]
+    listed = write_spec(tmp_path / "l.yaml", label_fractions=[1.0, 0.2], seeds=[0])
+    assert {tuple(r.label_fractions) for r in plan(load_spec(listed), tmp_path / "o")} == {
+        (1.0, 0.2)
+    }
+
+
 def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["grid", str(SMOKE), "--out", str(out), "--dry-run"]) == 0
@@ -605,11 +642,16 @@ def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, t
     a, b = (d / "pretrain" / "model.safetensors" for d in (first, second))
     assert a.read_bytes() == b.read_bytes() and a.stat().st_ino == b.stat().st_ino
     assert "already finished" in (second / "log.txt").read_text()
-    epochs = [
-        json.loads(ln)["epoch"]
-        for ln in (second / "finetune" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert epochs == [1, 2]  # its own fine-tuning, on the shared restorer
+    tuned = second / "finetune_lf0.5"  # its own share of labels, as the report reads it
+    epochs = [json.loads(ln) for ln in (tuned / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # its own fine-tuning, on the shared restorer
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    assert manifest["labelled_images"] == manifest["train_images"] // 2
+    assert epochs[0]["step"] == manifest["labelled_images"] // 16  # batches of the labelled half
+    assert load_config([tuned / "config.yaml"]).data.label_fraction == 0.5
+    assert not (second / "finetune").exists()
+    full = json.loads((first / "finetune" / "manifest.json").read_text())
+    assert full["labelled_images"] == full["train_images"] == manifest["train_images"]
 
 
 def test_a_pool_of_every_class_pre_trains_one_restorer_for_every_class_subset(

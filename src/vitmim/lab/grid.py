@@ -17,6 +17,9 @@ no tuned recipe is set. Each baseline is planned once per distinct value of what
 only on the fast path, where they change the FLOPs.
 ``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
+Each run fine-tunes on its cell's ``data.label_fraction``, or once per share in the spec's
+``label_fractions: [...]``; the grid sets the seeds from ``seeds:``. A config that sets either
+where the grid would replace it is refused.
 Finished runs are skipped, interrupted ones resumed from their checkpoints, a failed one is
 recorded while the others go on: an interrupted grid continues when the same command runs again.
 Jobs run as subprocesses here (``local``, ``--jobs N`` of them at once on the one device), or
@@ -50,6 +53,7 @@ from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, is_tun
 from vitmim.config import (
     PRESETS,
     Config,
+    explicit_values,
     flatten,
     load_config,
     load_yaml,
@@ -113,7 +117,8 @@ class GridSpec:
     variants: list[dict] = field(default_factory=lambda: [{}])
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
-    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    # one fine-tune per share of labels; None: each cell's own data.label_fraction
+    label_fractions: list[float] | None = None
     probe: bool = True  # k-NN + linear probe of each pre-trained model
     out: str | None = None
     records: str | None = None  # folder of finished runs' records (vitmim.lab.records)
@@ -308,7 +313,8 @@ def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
     )
     lfs = raw.get("label_fractions", spec.label_fractions)
     _expect(
-        isinstance(lfs, list)
+        lfs is None
+        or isinstance(lfs, list)
         and bool(lfs)
         and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in lfs),
         p,
@@ -321,7 +327,7 @@ def _check_lists(raw: dict, spec: GridSpec, p: Path) -> None:
         _expect(raw.get(key) is None or isinstance(raw.get(key), str), p, key, "a folder path")
     spec.seeds, spec.baselines, spec.probe = seeds, baselines, probe
     spec.out, spec.records = raw.get("out"), raw.get("records")
-    spec.label_fractions = [float(f) for f in lfs]
+    spec.label_fractions = None if lfs is None else [float(f) for f in lfs]
 
 
 def _base_files(spec: GridSpec) -> list[Path]:
@@ -371,6 +377,29 @@ def _cells(
     return cells
 
 
+# keys the grid sets in every run from a list of the spec; a value given for them anywhere else
+# (a base file, the spec's config, a cell, -c FILE, -o KEY=VALUE) would be silently replaced
+GRID_SET = {"pretrain.seed": "seeds", "finetune.seed": "seeds"}
+
+
+def _no_hidden_setting(spec: GridSpec, cell: str, explicit: set[str], cfg: Config) -> None:
+    """Refuse a setting that the grid would replace: a seed given as a config key (``explicit``:
+    the dotted keys set for this cell) or a share of labels given both in the config and in the
+    spec's ``label_fractions`` (which fine-tunes once per share)."""
+    hidden = sorted(explicit & GRID_SET.keys())
+    if hidden:
+        raise ConfigError(
+            f"{spec.path}: cell {cell}: config key {hidden[0]} is set by the grid's "
+            f"`{GRID_SET[hidden[0]]}:` list; give the seeds there"
+        )
+    share = cfg.data.label_fraction
+    if spec.label_fractions is not None and share != 1.0:
+        raise ConfigError(
+            f"{spec.path}: cell {cell}: data.label_fraction {share:g} and the spec's "
+            f"label_fractions {spec.label_fractions} both set the share of labels; keep one"
+        )
+
+
 def plan(
     spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
 ) -> list[Run]:
@@ -389,10 +418,13 @@ def plan(
         except UserError as e:
             raise type(e)(f"{spec.path}: cell {cell}: {e}") from None
 
+    explicit = set(flatten(explicit_values([*_base_files(spec), *files], overrides)))
+    explicit |= set(flatten(spec.config))
     runs = []
     for cell, kind, axes, seeds in _cells(spec, resolve):
         for seed in seeds:
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
+            _no_hidden_setting(spec, cell, explicit | set(axes), cfg)
             if is_tuned(kind) and not cfg.scratch:
                 continue
             runs.append(
@@ -403,7 +435,7 @@ def plan(
                     seed,
                     out / cell / f"seed{seed}",
                     to_dict(cfg),
-                    spec.label_fractions,
+                    spec.label_fractions or [cfg.data.label_fraction],
                     spec.probe,
                 )
             )
