@@ -26,6 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # one core per worker, its subprocesses included:
+    os.environ["OMP_NUM_THREADS"] = "1"  # oversubscribed threads run many times slower
+
 TIN_CLASSES = ["n02000003", "n01000001", "n03000007", "n01500002"]  # wnids.txt order, unsorted
 TIN_WORDS = {
     "n02000003": "red fox, Vulpes vulpes",
