@@ -162,7 +162,7 @@ def without_tuned_recipe(cfg: Config) -> Config:
     return out
 
 
-def _recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
+def stage_recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config:
     """The fine-tune recipe of a classifier stage, but for an equal-compute baseline's length."""
     if label_fraction is not None:
         cfg = copy.deepcopy(cfg)
@@ -178,7 +178,7 @@ def _classifier_stage(
 ) -> tuple[Config, str]:
     """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
     epochs = cfg.finetune.epochs  # the pre-trained model's, which equal compute starts from
-    cfg = _recipe(cfg, kind, label_fraction)
+    cfg = stage_recipe(cfg, kind, label_fraction)
     labels = f", {label_fraction:.0%} labels" if label_fraction not in (None, 1.0) else ""
     if kind == "finetune":
         return cfg, f"finetune (pre-trained{labels})"
@@ -236,7 +236,7 @@ def run_all(
     for kind, lf, folder in classifiers:
         # an equal-compute baseline's length needs the data: its config is checked later
         if kind not in BASELINES or BASELINES[kind].equal is None:
-            check_same_config(out / folder, _recipe(cfg, kind, lf))
+            check_same_config(out / folder, stage_recipe(cfg, kind, lf))
     stages, fingerprint = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA

@@ -250,3 +250,73 @@ def test_records_hold_no_weights_and_name_their_cost(smoke_records):
 )
 def test_cost_counts_cpu_seconds_on_a_cpu_and_device_seconds_on_a_gpu(epochs, manifest, expected):
     assert core_seconds(epochs, manifest) == expected
+
+
+def write_stage(stage: Path, section: str, batch: int, epochs: list[tuple[int, float]]) -> None:
+    """A recorded stage: its config's batch size and its epochs' (step, cpu_s)."""
+    stage.mkdir(parents=True)
+    (stage / "config.yaml").write_text(yaml.safe_dump({section: {"batch_size": batch}}))
+    (stage / "manifest.json").write_text(json.dumps({"device": "cpu", "threads": 1}))
+    lines = [
+        {"epoch": k, "step": step, "time_s": 2 * cpu, "cpu_s": cpu}
+        for k, (step, cpu) in enumerate(epochs, 1)
+    ]
+    (stage / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def test_what_is_left_is_estimated_from_image_passes_at_the_recorded_cost_per_pass(tmp_path):
+    from vitmim.lab.records import Planned, pass_costs, progress_line
+
+    run = tmp_path / "a" / "seed0"
+    write_stage(run / "pretrain", "pretrain", 16, [(10, 10.0), (20, 10.0)])  # 320 passes, 20 s
+    write_stage(run / "finetune_lf0.1", "finetune", 8, [(5, 6.0), (10, 6.0)])  # 80 passes, 12 s
+    (run / RECORD).write_text(json.dumps({"core_s": 40.0}))  # the job: 32 s of epochs + 8 s
+    assert pass_costs(tmp_path) == (20 / 320, 12 / 80, 40 / 32)
+    planned = [
+        Planned("a", "variant", 0, 320, 80),  # recorded: spent, not left
+        Planned("b", "variant", 0, 100_000, 100),  # a long pre-training
+        Planned("b", "variant", 1, 0, 100),  # its restorer shared
+    ]
+    left = ((100_000 * 20 / 320 + 100 * 12 / 80) + 100 * 12 / 80) * 40 / 32
+    line = progress_line(tmp_path, planned)
+    assert line == (
+        f"1 / 3 runs recorded; 0.0 core-hours spent, ~{left / 3600:.1f} left (the runs to do, "
+        f"by their image passes at the recorded core-seconds per pass)"
+    )
+    assert f"~{left / 3600:.1f}" == "~2.2"
+    assert "left unknown" in progress_line(tmp_path / "none", planned)
+
+
+def test_the_plan_counts_each_runs_image_passes(tmp_path, tiny_tin):
+    """A 5x longer pre-training is 5x the passes; a variant whose restorer another run of the
+    plan trains pre-trains nothing; an equal-steps baseline trains its variant's passes as a
+    classifier."""
+    from vitmim.lab.grid import Ledger, load_spec, plan
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": {**TINY, "pretrain.epochs": 2, "finetune.epochs": 3},
+                "seeds": [0],
+                "variants": [
+                    {},
+                    {"pretrain.epochs": 10},
+                    {"data.label_fraction": 0.5, "finetune.epochs": 4},
+                ],
+                "baselines": ["scratch_equal_compute"],
+                "probe": False,
+                "records": str(tmp_path / "records"),
+            }
+        )
+    )
+    runs = plan(load_spec(spec), tmp_path / "out", [f"data.path={tiny_tin}"])
+    ledger = Ledger(tmp_path / "records", runs)
+    work = {(r.cell, r.kind): ledger.planned(r, runs) for r in runs}
+    images = 4 * 12  # the generated archive's training images
+    assert work["pretrained", "variant"][3:] == (2 * images, 3 * images)
+    assert work["epochs=10", "variant"][3:] == (10 * images, 3 * images)
+    assert work["label_fraction=0.5,epochs=4", "variant"][3:] == (0, 4 * images * 0.5)
+    equal = work["scratch_equal_compute", "scratch_equal_compute"]
+    assert equal[3:] == (0, 2 * images + 3 * images)

@@ -64,12 +64,12 @@ from vitmim.config import (
     set_keys,
     to_dict,
 )
-from vitmim.data import train_fingerprint
+from vitmim.data import train_count, train_fingerprint
 from vitmim.env import env_for
 from vitmim.errors import CheckpointError, ConfigError, TrainingError, UserError, one_line
-from vitmim.lab.records import is_recorded, mismatch, progress_line, write_record
+from vitmim.lab.records import Planned, is_recorded, mismatch, progress_line, write_record
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
-from vitmim.pipeline import eta_text, run_all, stage_dirname
+from vitmim.pipeline import eta_text, run_all, stage_dirname, stage_recipe
 from vitmim.runs import finished, json_object, restorer_keys
 
 # what cell.json must hold (name -> type) to be run or reported
@@ -526,11 +526,38 @@ class Ledger:
             if self.runs:
                 self.write_progress(self.runs)
 
+    def planned(self, run: Run, runs: list[Run]) -> Planned:
+        """``run`` with the image passes it trains, for the estimate of what is left: a variant
+        pre-trains unless it shares the restorer of a run that trains it here; an equal-steps
+        baseline trains as many classifier steps as its variant's two stages, an equal-FLOPs
+        one as much compute."""
+        cfg = load_config(base=run.config)
+        images = train_count(cfg.data, cfg.model.img_size)
+        pool = pretrain_data(cfg)
+        pre = cfg.pretrain.epochs * (
+            images if pool is cfg.data else train_count(pool, cfg.model.img_size)
+        )
+        classify = sum(
+            stage_recipe(cfg, run.kind, lf).finetune.epochs * images * lf
+            for lf in run.label_fractions
+        )
+        if run.kind == "variant":
+            donor = next((r for r in runs if r.dir == run.donor), None)
+            shared = donor is not None and (
+                finished(donor.dir / "pretrain") or self.state(donor) == "todo"
+            )
+            done = shared or finished(run.dir / "pretrain")
+            return Planned(run.cell, run.kind, run.seed, 0.0 if done else pre, classify)
+        equal = BASELINES[run.kind].equal
+        if equal == "steps":
+            return Planned(run.cell, run.kind, run.seed, 0.0, pre + classify)
+        return Planned(run.cell, run.kind, run.seed, pre if equal else 0.0, classify)
+
     def write_progress(self, runs: list[Run]) -> str | None:
         """The study's progress line, in ``RECORDS/README.md`` (created if missing)."""
         if not self.records:
             return None
-        line = progress_line(self.records, [(r.cell, r.kind, r.seed) for r in runs])
+        line = progress_line(self.records, [self.planned(r, runs) for r in runs])
         readme = self.records / "README.md"
         text = (
             readme.read_text()

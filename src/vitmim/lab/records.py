@@ -21,11 +21,14 @@ vitmim after the run) matches only at its default value, which by design keeps t
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from vitmim import checkpoint
+from vitmim.config import read_yaml_mapping
 from vitmim.errors import ConfigError
 from vitmim.runs import METRICS, MODEL, core_seconds, differing_key, finished, json_object
 
@@ -111,27 +114,80 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     return record_dir
 
 
-def progress_line(records: Path, planned: list[tuple[str, str, int]]) -> str:
-    """``cells done / total, core-hours spent / left`` of a study: ``planned`` lists every run as
-    (cell, kind, seed); a run still to do is estimated from the recorded runs of its kind (or of
-    all kinds where none of its kind has run)."""
-    spent: dict[str, list[float]] = {}
-    todo: list[str] = []
-    for cell, kind, seed in planned:
-        rec = json_object(records / cell / f"seed{seed}" / RECORD)
-        if rec and rec.get("core_s") is not None:
-            spent.setdefault(kind, []).append(rec["core_s"])
-        elif not rec:
-            todo.append(kind)
-    every = [s for costs in spent.values() for s in costs]
-    left = sum(statistics.mean(spent.get(kind) or every) for kind in todo) if every else None
-    done = len(planned) - len(todo)
+class Planned(NamedTuple):
+    """A run of a study and the image passes its cost grows with."""
+
+    cell: str
+    kind: str
+    seed: int
+    pretrain: float  # images x epochs of the restorer it trains (0: none, or one shared)
+    classify: float  # images x epochs of its classifiers
+
+
+def pass_costs(records: Path) -> tuple[float, float, float] | None:
+    """Core-seconds per image pass of pre-training and of a classifier, from the epochs of every
+    recorded stage, and the median factor by which a whole job (start-up, data loading) costs
+    more than its epochs. None until both kinds of stage are recorded."""
+    spent = {"pretrain": 0.0, "classify": 0.0}
+    passes = {"pretrain": 0.0, "classify": 0.0}
+    overheads = []
+    for rec in sorted(records.glob(f"*/seed*/{RECORD}")):
+        run_cost = 0.0
+        for metrics in sorted(rec.parent.glob(f"*/{METRICS}")):
+            stage = metrics.parent
+            epochs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+            cost = core_seconds(epochs, json_object(stage / "manifest.json")) if epochs else None
+            section = "pretrain" if stage.name == "pretrain" else "finetune"
+            saved = stage / "config.yaml"
+            config = read_yaml_mapping(saved) if saved.exists() else {}
+            batch = (config.get(section) or {}).get("batch_size")
+            if cost is None or not batch or "step" not in epochs[-1]:
+                continue
+            kind = "pretrain" if section == "pretrain" else "classify"
+            spent[kind] += cost
+            passes[kind] += epochs[-1]["step"] * batch
+            run_cost += cost
+        whole = json_object(rec).get("core_s")
+        if whole and run_cost:
+            overheads.append(whole / run_cost)
+    if not (passes["pretrain"] and passes["classify"] and overheads):
+        return None
+    return (
+        spent["pretrain"] / passes["pretrain"],
+        spent["classify"] / passes["classify"],
+        max(1.0, statistics.median(overheads)),
+    )
+
+
+def progress_line(records: Path, planned: list[Planned]) -> str:
+    """``runs done / total, core-hours spent / left`` of a study. A run still to do is estimated
+    from its image passes at the recorded runs' core-seconds per pass (:func:`pass_costs`): a
+    100-epoch pre-training costs five 20-epoch ones, a restorer shared with another run nothing."""
+    spent = todo = 0.0
+    done = 0
+    for run in planned:
+        rec = json_object(records / run.cell / f"seed{run.seed}" / RECORD)
+        if rec:
+            done += 1
+            spent += rec.get("core_s") or 0.0
+        else:
+            todo += 1
+    costs = pass_costs(records)
+    left = (
+        sum(
+            (p.pretrain * costs[0] + p.classify * costs[1]) * costs[2]
+            for p in planned
+            if not (records / p.cell / f"seed{p.seed}" / RECORD).exists()
+        )
+        if costs
+        else None
+    )
     left_text = (
-        f"~{left / 3600:.1f} left (estimated from the recorded runs)"
+        f"~{left / 3600:.1f} left (the runs to do, by their image passes at the recorded "
+        f"core-seconds per pass)"
         if left is not None
-        else "left unknown until a run is recorded"
+        else "left unknown until a pre-trained run is recorded"
     )
     return (
-        f"{done} / {len(planned)} runs recorded; {sum(every) / 3600:.1f} core-hours spent, "
-        f"{left_text}"
+        f"{done} / {len(planned)} runs recorded; {spent / 3600:.1f} core-hours spent, {left_text}"
     )
