@@ -320,3 +320,26 @@ def test_the_plan_counts_each_runs_image_passes(tmp_path, tiny_tin):
     assert work["label_fraction=0.5,epochs=4", "variant"][3:] == (0, 4 * images * 0.5)
     equal = work["scratch_equal_compute", "scratch_equal_compute"]
     assert equal[3:] == (0, 2 * images + 3 * images)
+
+
+def test_stages_that_logged_their_cpu_time_set_the_cost_per_pass(tmp_path):
+    """A stage without cpu_s counts wall time x threads, an upper bound: where stages with their
+    CPU time are recorded, only those set the estimate."""
+    from vitmim.lab.records import pass_costs
+
+    for name, cpu in (("old", None), ("new", 5.0)):
+        run = tmp_path / name / "seed0"
+        epochs = [(10, cpu if cpu is not None else 0.0)]
+        write_stage(run / "pretrain", "pretrain", 10, epochs)
+        write_stage(run / "finetune", "finetune", 10, epochs)
+        if cpu is None:  # logged before CPU time was: wall time (10 s) only
+            for stage in ("pretrain", "finetune"):
+                metrics = run / stage / "metrics.jsonl"
+                line = json.loads(metrics.read_text())
+                line.pop("cpu_s")
+                line["time_s"] = 10.0
+                metrics.write_text(json.dumps(line) + "\n")
+        (run / RECORD).write_text(json.dumps({"core_s": 10.0}))
+    assert pass_costs(tmp_path)[:2] == (5.0 / 100, 5.0 / 100)
+    shutil.rmtree(tmp_path / "new")
+    assert pass_costs(tmp_path)[:2] == (10.0 / 100, 10.0 / 100)  # wall x 1 thread

@@ -126,10 +126,11 @@ class Planned(NamedTuple):
 
 def pass_costs(records: Path) -> tuple[float, float, float] | None:
     """Core-seconds per image pass of pre-training and of a classifier, from the epochs of every
-    recorded stage, and the median factor by which a whole job (start-up, data loading) costs
-    more than its epochs. None until both kinds of stage are recorded."""
-    spent = {"pretrain": 0.0, "classify": 0.0}
-    passes = {"pretrain": 0.0, "classify": 0.0}
+    recorded stage (those that logged their CPU time, where there are any: a stage without it
+    counts wall time x threads, an upper bound on a busy machine), and the median factor by which
+    a whole job (start-up, data loading) costs more than its epochs. None until both kinds of
+    stage are recorded."""
+    stages: dict[str, list[tuple[float, int, bool]]] = {"pretrain": [], "classify": []}
     overheads = []
     for rec in sorted(records.glob(f"*/seed*/{RECORD}")):
         run_cost = 0.0
@@ -143,20 +144,20 @@ def pass_costs(records: Path) -> tuple[float, float, float] | None:
             batch = (config.get(section) or {}).get("batch_size")
             if cost is None or not batch or "step" not in epochs[-1]:
                 continue
+            measured = all(e.get("cpu_s") is not None for e in epochs)
             kind = "pretrain" if section == "pretrain" else "classify"
-            spent[kind] += cost
-            passes[kind] += epochs[-1]["step"] * batch
+            stages[kind].append((cost, epochs[-1]["step"] * batch, measured))
             run_cost += cost
         whole = json_object(rec).get("core_s")
         if whole and run_cost:
             overheads.append(whole / run_cost)
-    if not (passes["pretrain"] and passes["classify"] and overheads):
-        return None
-    return (
-        spent["pretrain"] / passes["pretrain"],
-        spent["classify"] / passes["classify"],
-        max(1.0, statistics.median(overheads)),
-    )
+    rates = []
+    for kind in ("pretrain", "classify"):
+        chosen = [s for s in stages[kind] if s[2]] or stages[kind]
+        if not chosen:
+            return None
+        rates.append(sum(s[0] for s in chosen) / sum(s[1] for s in chosen))
+    return rates[0], rates[1], max(1.0, statistics.median(overheads)) if overheads else 1.0
 
 
 def progress_line(records: Path, planned: list[Planned]) -> str:
