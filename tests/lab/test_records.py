@@ -343,3 +343,37 @@ def test_stages_that_logged_their_cpu_time_set_the_cost_per_pass(tmp_path):
     assert pass_costs(tmp_path)[:2] == (5.0 / 100, 5.0 / 100)
     shutil.rmtree(tmp_path / "new")
     assert pass_costs(tmp_path)[:2] == (10.0 / 100, 10.0 / 100)  # wall x 1 thread
+
+
+def test_runs_on_a_share_of_the_labels_count_as_done_from_folders_and_records(
+    tmp_path, tiny_tin, capsys
+):
+    """A baseline's first stage on 10 % of the labels is ``finetune_lf0.5``: a finished run is
+    this grid's on the next invocation, and its record counts on another machine."""
+    records = tmp_path / "records"
+    spec = tmp_path / "half.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": TINY,
+                "seeds": [0],
+                "variants": [{"data.label_fraction": 0.5}],
+                "baselines": ["scratch"],
+                "probe": False,
+                "records": str(records),
+            }
+        )
+    )
+    out = tmp_path / "runs"
+    args = ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin)]
+    assert cli.main(args) == 0
+    assert (out / "scratch,label_fraction=0.5" / "seed0" / "finetune_lf0.5" / MODEL).exists()
+    assert recorded(records) == {"label_fraction=0.5/seed0", "scratch,label_fraction=0.5/seed0"}
+    capsys.readouterr()
+    assert cli.main(args) == 0  # the same machine: its finished folders
+    assert "2 runs, 2 already finished" in capsys.readouterr().out
+    shutil.rmtree(out)
+    assert cli.main(args) == 0  # another machine: the records alone
+    assert "2 already finished (2 of them from records" in capsys.readouterr().out
+    assert not out.joinpath("scratch,label_fraction=0.5").exists()

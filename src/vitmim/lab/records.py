@@ -30,6 +30,7 @@ from typing import NamedTuple
 from vitmim import checkpoint
 from vitmim.config import read_yaml_mapping
 from vitmim.errors import ConfigError
+from vitmim.pipeline import stage_dirname
 from vitmim.runs import METRICS, MODEL, core_seconds, differing_key, finished, json_object
 
 RECORD = "record.json"
@@ -58,7 +59,10 @@ def mismatch(seed_dir: Path, job: dict, data_fingerprint: str) -> str | None:
     diff = differing_key(held.get("config") or {}, job["config"])
     if diff:
         return diff
-    first = seed_dir / ("pretrain" if job["kind"] == "variant" else "finetune")
+    fractions = job["label_fractions"] or [1.0]
+    first = seed_dir / (
+        "pretrain" if job["kind"] == "variant" else stage_dirname("finetune", fractions[0])
+    )
     recorded = json_object(first / "manifest.json").get("data_fingerprint")
     if recorded != data_fingerprint:
         return f"other training data (fingerprint {recorded} -> {data_fingerprint})"
