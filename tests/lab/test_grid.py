@@ -159,6 +159,17 @@ def test_a_cells_share_of_labels_is_what_its_runs_fine_tune_on(tmp_path):
     }
 
 
+def test_a_command_line_setting_that_cells_replace_is_named(tmp_path, capsys):
+    cells = [{}, {"finetune.epochs": 50}, {"pretrain.epochs": 4, "finetune.epochs": 1}]
+    spec = write_spec(tmp_path / "s.yaml", variants=cells, baselines=[], seeds=[0])
+    runs = plan(load_spec(spec), tmp_path / "out", ["finetune.epochs=1", "pretrain.lr=0.002"])
+    assert [r.config["finetune"]["epochs"] for r in runs] == [1, 50, 1]
+    assert capsys.readouterr().out == (
+        "note: finetune.epochs=1 from the command line does not apply to 1 cell(s) that set "
+        "finetune.epochs themselves: epochs=50\n"
+    )
+
+
 def test_dry_run_lists_every_run_without_running(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["grid", str(SMOKE), "--out", str(out), "--dry-run"]) == 0

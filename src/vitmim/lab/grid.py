@@ -400,6 +400,21 @@ def _no_hidden_setting(spec: GridSpec, cell: str, explicit: set[str], cfg: Confi
         )
 
 
+def _note_cells_keep_their_own(given: dict, cells: list[tuple[str, dict]]) -> None:
+    """Print which command-line settings the cells that set the same key replace: a cell's own
+    value wins (it is what the cell is about), which the person who typed the other one
+    should know."""
+    for key, value in given.items():
+        own = [cell for cell, axes in cells if key in axes and axes[key] != value]
+        if own:
+            print(
+                f"note: {key}={value} from the command line does not apply to "
+                f"{len(own)} cell(s) that set {key} themselves: {', '.join(own[:3])}"
+                + (", ..." if len(own) > 3 else ""),
+                flush=True,
+            )
+
+
 def plan(
     spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
 ) -> list[Run]:
@@ -420,8 +435,11 @@ def plan(
 
     explicit = set(flatten(explicit_values([*_base_files(spec), *files], overrides)))
     explicit |= set(flatten(spec.config))
+    given = flatten(explicit_values(files, overrides))  # on the command line: -c, --set, --data
     runs = []
-    for cell, kind, axes, seeds in _cells(spec, resolve):
+    cells = _cells(spec, resolve)
+    _note_cells_keep_their_own(given, [(c, a) for c, k, a, _ in cells if k == "variant"])
+    for cell, kind, axes, seeds in cells:
         for seed in seeds:
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             _no_hidden_setting(spec, cell, explicit | set(axes), cfg)
