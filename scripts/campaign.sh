@@ -7,7 +7,9 @@
 #
 #   nohup scripts/campaign.sh /path/to/tiny-imagenet-200.zip > campaign.log 2>&1 &
 #
-# VITMIM: the vitmim command to use (default: vitmim on PATH); JOBS: runs at once (default 2).
+# VITMIM: the vitmim command to use (default: vitmim on PATH); JOBS: runs at once (default 2);
+# UNTIL=HH:MM: start only the study's runs estimated to end by then (when the machine stops),
+# and the search only once every run of the study is recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/campaign.sh TINY_IMAGENET_ZIP}
@@ -17,6 +19,13 @@ JOBS=${JOBS:-2}
 RECIPE=docs/results/scratch_search/scratch_recipe.yaml
 # the study's pre-trained and same-recipe scratch arms, then the search for scratch's own recipe
 # (done once its budget is spent), then the study's tuned-scratch arm with that recipe
-"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS"
+UNTIL_ARGS=()
+if [ -n "${UNTIL:-}" ]; then UNTIL_ARGS=(--until "$UNTIL"); fi
+"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS" "${UNTIL_ARGS[@]}"
+if ! "$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --dry-run | tail -n 1 \
+        | grep -q ", 0 to do$"; then
+    exit 0  # runs were left for a later session
+fi
 "$VITMIM" search configs/search/scratch.yaml --data "$DATA" --jobs "$JOBS"
-"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS" -c "$RECIPE"
+"$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS" -c "$RECIPE" \
+    "${UNTIL_ARGS[@]}"

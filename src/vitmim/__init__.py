@@ -431,11 +431,13 @@ def grid(
     dry_run: bool = False,
     wait: bool | None = None,
     slurm: list[str] | None = None,
+    until: str | None = None,
 ) -> Path:
     """Run a grid spec (``vitmim grid``): variants x seeds + baselines, one folder per run under
     ``out`` (default: the spec's ``out``, else ``runs/<spec name>``); returns ``out``.
-    Finished runs are skipped, so calling it again continues an interrupted grid."""
-    from vitmim.lab.grid import load_spec, run_grid, slurm_params
+    Finished runs are skipped, so calling it again continues an interrupted grid. ``until``
+    (``"HH:MM"``): start only the runs estimated to end by then; the rest wait for a later call."""
+    from vitmim.lab.grid import load_spec, parse_until, run_grid, slurm_params
 
     loaded = load_spec(spec)
     folder = Path(out or loaded.out or Path("runs") / loaded.path.stem)
@@ -452,6 +454,7 @@ def grid(
         dry_run,
         [str(c) for c in _paths(config, "config", empty=True)],
         jobs,
+        parse_until(until) if until is not None else None,
     )
     return folder
 

@@ -170,6 +170,7 @@ def cmd_grid(args) -> None:
         args.dry_run,
         args.wait,
         args.slurm,
+        args.until,
     )
 
 
@@ -350,6 +351,13 @@ def add_lab_commands(sub) -> None:
         metavar="N",
         help="local executor: N runs at once on the one device, each its own process "
         "(on a CPU each gets 1/N of the cores)",
+    )
+    p.add_argument(
+        "--until",
+        metavar="HH:MM",
+        help="local executor, a spec with records: start only the runs estimated to end by "
+        "then (the next HH:MM on this clock), from the recorded cost per image pass; the rest "
+        "are left for the next invocation",
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status")
     p.add_argument(

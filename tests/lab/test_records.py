@@ -20,6 +20,7 @@ import yaml
 from grid_specs import SMOKE, TINY
 
 from vitmim import cli
+from vitmim.errors import UserError
 from vitmim.lab.records import RECORD, differing_key
 from vitmim.runs import MODEL, core_seconds
 
@@ -377,3 +378,58 @@ def test_runs_on_a_share_of_the_labels_count_as_done_from_folders_and_records(
     assert cli.main(args) == 0  # another machine: the records alone
     assert "2 already finished (2 of them from records" in capsys.readouterr().out
     assert not out.joinpath("scratch,label_fraction=0.5").exists()
+
+
+def test_until_starts_only_the_runs_estimated_to_end_in_time(tmp_path, tiny_tin, capsys):
+    """Real job processes: with the recorded cost per image pass, a run whose pre-training is
+    2000x the recorded one (minutes) is left for later, a cheap one runs."""
+    from vitmim.lab.grid import load_spec, run_grid
+
+    records = tmp_path / "records"
+    spec = tmp_path / "s.yaml"
+
+    def write(variants: list[dict]) -> Path:
+        spec.write_text(
+            yaml.safe_dump(
+                {
+                    "base": "smoke",
+                    "config": {**TINY, "data.path": str(tiny_tin)},
+                    "seeds": [0],
+                    "variants": variants,
+                    "baselines": [],
+                    "probe": False,
+                    "records": str(records),
+                }
+            )
+        )
+        return spec
+
+    out = tmp_path / "runs"
+    with pytest.raises(UserError, match="holds no recorded pre-training"):
+        run_grid(load_spec(write([{}])), out, until=time.time() + 600)
+    run_grid(load_spec(write([{}])), out)  # the first record: the cost per pass
+    capsys.readouterr()
+    cells = [{}, {"finetune.epochs": 1}, {"pretrain.epochs": 2000}]
+    run_grid(load_spec(write(cells)), out, until=time.time() + 60)
+    text = capsys.readouterr().out
+    assert "1 runs left for a later invocation" in text and "epochs=2000 seed0" in text
+    assert (out / "epochs=1" / "seed0" / "finetune" / MODEL).exists()  # its restorer shared
+    assert not (out / "epochs=2000").exists()
+    assert recorded(records) == {"pretrained/seed0", "epochs=1/seed0"}
+
+
+@pytest.mark.parametrize("text", ["25:00", "7pm", "12:60", ""])
+def test_until_takes_a_clock_time(text):
+    from vitmim.lab.grid import parse_until
+
+    with pytest.raises(UserError, match=f"--until {text}: expected a clock time HH:MM"):
+        parse_until(text)
+
+
+def test_until_is_the_next_such_time():
+    from vitmim.lab.grid import parse_until
+
+    soon = time.localtime(time.time() + 180)
+    assert 60 < parse_until(time.strftime("%H:%M", soon)) - time.time() <= 180
+    past = time.localtime(time.time() - 180)
+    assert 24 * 3600 - 240 < parse_until(time.strftime("%H:%M", past)) - time.time() < 24 * 3600

@@ -67,7 +67,14 @@ from vitmim.config import (
 from vitmim.data import train_count, train_fingerprint
 from vitmim.env import env_for
 from vitmim.errors import CheckpointError, ConfigError, TrainingError, UserError, one_line
-from vitmim.lab.records import Planned, is_recorded, mismatch, progress_line, write_record
+from vitmim.lab.records import (
+    Planned,
+    is_recorded,
+    mismatch,
+    pass_costs,
+    progress_line,
+    write_record,
+)
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
 from vitmim.pipeline import eta_text, run_all, stage_dirname, stage_recipe
 from vitmim.runs import finished, json_object, restorer_keys
@@ -544,11 +551,11 @@ class Ledger:
             if self.runs:
                 self.write_progress(self.runs)
 
-    def planned(self, run: Run, runs: list[Run]) -> Planned:
+    def planned(self, run: Run, runs: list[Run], donor_to_come: bool = True) -> Planned:
         """``run`` with the image passes it trains, for the estimate of what is left: a variant
-        pre-trains unless it shares the restorer of a run that trains it here; an equal-steps
-        baseline trains as many classifier steps as its variant's two stages, an equal-FLOPs
-        one as much compute."""
+        pre-trains unless it shares the restorer of a run that has trained it (or, with
+        ``donor_to_come``, is still to train it here); an equal-steps baseline trains as many
+        classifier steps as its variant's two stages, an equal-FLOPs one as much compute."""
         cfg = load_config(base=run.config)
         images = train_count(cfg.data, cfg.model.img_size)
         pool = pretrain_data(cfg)
@@ -562,7 +569,7 @@ class Ledger:
         if run.kind == "variant":
             donor = next((r for r in runs if r.dir == run.donor), None)
             shared = donor is not None and (
-                finished(donor.dir / "pretrain") or self.state(donor) == "todo"
+                finished(donor.dir / "pretrain") or donor_to_come and self.state(donor) == "todo"
             )
             done = shared or finished(run.dir / "pretrain")
             return Planned(run.cell, run.kind, run.seed, 0.0 if done else pre, classify)
@@ -796,17 +803,32 @@ def job_env(run: Run, jobs: int) -> dict[str, str]:
     env = {**os.environ, GRID_PID: str(os.getpid())}
     device = run.config["device"]
     on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
-    if jobs > 1 and on_cpu:
-        threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    threads = job_threads(jobs)
+    if threads and on_cpu:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
 
-def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, dict]:
+def job_threads(jobs: int) -> int | None:
+    """The CPU threads of each of ``jobs`` simultaneous jobs (their share of the cores); None
+    for one job, which keeps the threads its environment gives."""
+    return max(1, len(os.sched_getaffinity(0)) // jobs) if jobs > 1 else None
+
+
+def launch_local(
+    runs: list[Run],
+    jobs: int,
+    progress: Progress,
+    until: float | None = None,
+    seconds: Callable[[Run], float] | None = None,
+) -> tuple[dict[Path, dict], list[Run]]:
     """``local``: each run in its own process (a crash or leak ends there; output to
     ``log.txt``), ``jobs`` of them at once. On Ctrl-C the running jobs are interrupted too; their
-    checkpoints stay for the next invocation."""
+    checkpoints stay for the next invocation. With ``until`` (a clock time) a run starts only
+    if ``seconds(run)`` (its estimated duration when it is ready) ends by then; returns the
+    results and the runs left for later."""
     queue = list(runs)
+    later: list[Run] = []
     running: dict[subprocess.Popen, tuple[Run, float]] = {}
     results: dict[Path, dict] = {}
     try:
@@ -814,6 +836,11 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
             while queue and len(running) < jobs:
                 unfinished = {r.dir for r in queue} | {r.dir for r, _ in running.values()}
                 ready = [r for r in queue if not _waits_for_donor(r, unfinished)]
+                if until is not None and seconds is not None:
+                    late = [r for r in ready if time.time() + seconds(r) > until]
+                    later += late  # time only runs out: a run too long now stays too long
+                    queue = [r for r in queue if r not in late]
+                    ready = [r for r in ready if r not in late]
                 if not ready:
                     break
                 run = ready[0]
@@ -837,7 +864,35 @@ def launch_local(runs: list[Run], jobs: int, progress: Progress) -> dict[Path, d
     except KeyboardInterrupt:
         _interrupt(list(running))
         raise
-    return results
+    return results, later
+
+
+def _estimated_seconds(ledger: Ledger, runs: list[Run], jobs: int) -> Callable[[Run], float]:
+    """How long a run will take when it is ready: its image passes at the recorded core-seconds
+    per pass (a restorer shared from a finished run costs nothing), over its threads."""
+    costs = pass_costs(ledger.records) if ledger.records else None
+    if costs is None:
+        raise ConfigError(
+            f"--until: {ledger.records} holds no recorded pre-training and classifier stages "
+            f"yet, so no run's time can be estimated; run without --until first"
+        )
+    threads = job_threads(jobs) or torch.get_num_threads()  # one job: this process's threads
+
+    def seconds(run: Run) -> float:
+        p = ledger.planned(run, runs, donor_to_come=False)
+        return (p.pretrain * costs[0] + p.classify * costs[1]) * costs[2] / threads
+
+    return seconds
+
+
+def parse_until(text: str) -> float:
+    """``"HH:MM"`` -> the next such time on this machine's clock (seconds since the epoch)."""
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text.strip())
+    if not m:
+        raise ConfigError(f"--until {text}: expected a clock time HH:MM, e.g. 17:30")
+    now = time.localtime()
+    at = time.mktime((*now[:3], int(m[1]), int(m[2]), 0, 0, 0, -1))
+    return at if at > time.time() else at + 24 * 3600
 
 
 def _killed(returncode: int) -> str | None:
@@ -965,13 +1020,20 @@ def run_grid(
     dry_run: bool = False,
     files: Sequence[str] = (),
     jobs: int = 1,
+    until: float | None = None,
 ) -> list[dict]:
     """Plan, skip finished runs, launch the rest (``jobs`` at once with the local executor);
-    returns the rows of ``grid.json``. An interrupted grid continues when called again."""
+    returns the rows of ``grid.json``. An interrupted grid continues when called again.
+    ``until`` (a clock time): start only the runs estimated to end by then."""
     if jobs < 1 or jobs > 1 and executor != "local":
         raise ConfigError(
             f"--jobs {jobs}: expected a positive count of simultaneous runs, with "
             f"--executor local (a job array runs as its scheduler decides)"
+        )
+    if until is not None and (executor != "local" or not spec.records):
+        raise ConfigError(
+            "--until: needs --executor local and a spec with `records:` (the estimate of "
+            "each run's time comes from the recorded runs' cost per image pass)"
         )
     runs = plan(spec, out, overrides, files)
     for kind in dict.fromkeys(spec.baselines):
@@ -1018,8 +1080,11 @@ def run_grid(
     )
     if ledger.records:
         print(f"records: {ledger.write_progress(runs)}", flush=True)
+    later: list[Run] = []
     if todo and executor == "local":
-        results.update(launch_local(todo, jobs, progress))
+        seconds = _estimated_seconds(ledger, runs, jobs) if until is not None else None
+        done, later = launch_local(todo, jobs, progress, until, seconds)
+        results.update(done)
     elif todo and executor == "inline":
         results.update(launch_inline(todo, progress))
     elif todo:
@@ -1037,6 +1102,13 @@ def run_grid(
     rows = json.loads(write_grid_status(out, runs, results, spec.reference).read_text())["runs"]
     if ledger.records:
         print(f"records: {ledger.write_progress(runs)}", flush=True)
+    if later:
+        at = time.strftime("%H:%M", time.localtime(until))
+        print(
+            f"grid: {len(later)} runs left for a later invocation: each was estimated to end "
+            f"after {at} (first: {later[0].cell} seed{later[0].seed})",
+            flush=True,
+        )
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         raise TrainingError(
