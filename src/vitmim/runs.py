@@ -351,7 +351,7 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
 
 def core_seconds(epochs: list[dict], manifest: dict) -> float | None:
     """What a stage's epochs cost, from its metrics and manifest: on a CPU, the CPU seconds of
-    its processes (``cpu_s``; a stage logged without it: wall time x threads, an upper bound on
+    its processes (``cpu_s``; an epoch logged without it: wall time x threads, an upper bound on
     a busy machine); on a GPU, wall time x processes (GPU-seconds). None where an epoch lacks
     its times."""
     if any(e.get("time_s") is None for e in epochs):
@@ -359,9 +359,11 @@ def core_seconds(epochs: list[dict], manifest: dict) -> float | None:
     procs = manifest.get("world_size") or 1
     if str(manifest.get("device", "cpu")).startswith("cuda"):
         return sum(e["time_s"] for e in epochs) * procs
-    if all(e.get("cpu_s") is not None for e in epochs):
-        return sum(e["cpu_s"] for e in epochs) * procs
-    return sum(e["time_s"] for e in epochs) * (manifest.get("threads") or 1) * procs
+    threads = manifest.get("threads") or 1
+    return (
+        sum(e["cpu_s"] if e.get("cpu_s") is not None else e["time_s"] * threads for e in epochs)
+        * procs
+    )
 
 
 def open_run(

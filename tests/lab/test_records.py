@@ -244,6 +244,7 @@ def test_records_hold_no_weights_and_name_their_cost(smoke_records):
     [
         ([{"time_s": 10.0, "cpu_s": 4.0}], {"device": "cpu", "threads": 2}, 4.0),
         ([{"time_s": 10.0}], {"device": "cpu", "threads": 2}, 20.0),  # logged without cpu_s
+        ([{"time_s": 10.0}, {"time_s": 9.0, "cpu_s": 3.0}], {"threads": 2}, 23.0),  # then with
         ([{"time_s": 10.0, "cpu_s": 4.0}], {"device": "cuda:0", "world_size": 2}, 20.0),
         ([{"time_s": 10.0, "cpu_s": 4.0}, {"time_s": 5.0, "cpu_s": 1.0}], {}, 5.0),
         ([{"time_s": None}], {"device": "cpu"}, None),
