@@ -475,7 +475,7 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
     done = [r for r in records if r.final]
     gains = []
     for v in (r for r in done if r.kind == "variant"):
-        rest = cell_name({k: x for k, x in v.axes.items() if k != key}) or "pre-trained"
+        rest = regime_name({k: x for k, x in v.axes.items() if k != key})
         for kind in BASELINES:
             want = baseline_axes(kind, v.axes, v.config)
             b = next(
@@ -504,6 +504,14 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
                     )
                 )
     return gains
+
+
+def regime_name(axes: dict) -> str:
+    """What a variant changes, with the config keys in full (``finetune.epochs=50``, never the
+    cell name's bare ``epochs=50``); ``pre-trained`` for the default recipe."""
+    return ", ".join(f"{k}={cell_name({k: v}).split('=', 1)[1]}" for k, v in axes.items()) or (
+        "pre-trained"
+    )
 
 
 def core_minutes(r: RunRecord) -> float | None:
