@@ -423,11 +423,16 @@ def _note_cells_keep_their_own(given: dict, cells: list[tuple[str, dict]]) -> No
 
 
 def plan(
-    spec: GridSpec, out: Path, overrides: Sequence[str] = (), files: Sequence[str] = ()
+    spec: GridSpec,
+    out: Path,
+    overrides: Sequence[str] = (),
+    files: Sequence[str] = (),
+    waiting: list[Run] | None = None,
 ) -> list[Run]:
     """Every run of the grid with its resolved config; bad values are refused before any work.
     ``files``: config files applied over the spec's config, before ``overrides``.
-    A tuned baseline is left out where its config sets no tuned recipe."""
+    A tuned baseline is left out where its config sets no tuned recipe (appended to
+    ``waiting``, if given: it runs once a recipe is set)."""
     base = to_dict(load_config(list(_base_files(spec))))
     base = set_keys(base, flatten(spec.config))
     if files:
@@ -443,16 +448,17 @@ def plan(
     explicit = set(flatten(explicit_values([*_base_files(spec), *files], overrides)))
     explicit |= set(flatten(spec.config))
     given = flatten(explicit_values(files, overrides))  # on the command line: -c, --set, --data
-    runs = []
+    runs: list[Run] = []
     cells = _cells(spec, resolve)
     _note_cells_keep_their_own(given, [(c, a) for c, k, a, _ in cells if k == "variant"])
     for cell, kind, axes, seeds in cells:
         for seed in seeds:
             cfg = resolve(cell, {**axes, "pretrain.seed": seed, "finetune.seed": seed})
             _no_hidden_setting(spec, cell, explicit | set(axes), cfg)
-            if is_tuned(kind) and not cfg.scratch:
+            untuned = is_tuned(kind) and not cfg.scratch
+            if untuned and waiting is None:
                 continue
-            runs.append(
+            (waiting if untuned and waiting is not None else runs).append(
                 Run(
                     cell,
                     kind,
@@ -505,9 +511,10 @@ class Ledger:
     of it in the spec's ``records`` folder (:mod:`vitmim.lab.records`); it records every
     finished run there."""
 
-    def __init__(self, records: Path | None, runs: Sequence[Run] = ()):
+    def __init__(self, records: Path | None, runs: Sequence[Run] = (), waiting: Sequence[Run] = ()):
         self.records = records
         self.runs = list(runs)  # the plan, whose progress line each new record moves
+        self.waiting = list(waiting)  # runs of the study that wait for a tuned scratch recipe
         self._fingerprints: dict[str, str] = {}
 
     def record_dir(self, run: Run) -> Path | None:
@@ -582,7 +589,10 @@ class Ledger:
         """The study's progress line, in ``RECORDS/README.md`` (created if missing)."""
         if not self.records:
             return None
-        line = progress_line(self.records, [self.planned(r, runs) for r in runs])
+        everything = runs + self.waiting
+        planned = [self.planned(r, everything) for r in runs]
+        planned += [self.planned(r, everything)._replace(waiting=True) for r in self.waiting]
+        line = progress_line(self.records, planned)
         readme = self.records / "README.md"
         text = (
             readme.read_text()
@@ -1035,14 +1045,15 @@ def run_grid(
             "--until: needs --executor local and a spec with `records:` (the estimate of "
             "each run's time comes from the recorded runs' cost per image pass)"
         )
-    runs = plan(spec, out, overrides, files)
+    waiting: list[Run] = []
+    runs = plan(spec, out, overrides, files, waiting)
     for kind in dict.fromkeys(spec.baselines):
         if is_tuned(kind) and all(r.kind != kind for r in runs):
             print(
                 f"note: baseline {kind} left out: no tuned scratch recipe is set (config "
                 "section scratch; e.g. -c docs/results/scratch_search/scratch_recipe.yaml)"
             )
-    ledger = Ledger(Path(spec.records) if spec.records else None, runs)
+    ledger = Ledger(Path(spec.records) if spec.records else None, runs, waiting)
     states = {r.dir: ledger.state(r) for r in runs}
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
     if dry_run:  # in the order they would run

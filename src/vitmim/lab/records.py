@@ -126,6 +126,7 @@ class Planned(NamedTuple):
     seed: int
     pretrain: float  # images x epochs of the restorer it trains (0: none, or one shared)
     classify: float  # images x epochs of its classifiers
+    waiting: bool = False  # a tuned-scratch run that waits for its recipe
 
 
 def pass_costs(records: Path) -> tuple[float, float, float] | None:
@@ -193,6 +194,9 @@ def progress_line(records: Path, planned: list[Planned]) -> str:
         if left is not None
         else "left unknown until a pre-trained run is recorded"
     )
+    waiting = sum(p.waiting for p in planned)
     return (
-        f"{done} / {len(planned)} runs recorded; {spent / 3600:.1f} core-hours spent, {left_text}"
+        f"{done} / {len(planned)} runs recorded"
+        + (f" ({waiting} of them wait for a tuned scratch recipe)" if waiting else "")
+        + f"; {spent / 3600:.1f} core-hours spent, {left_text}"
     )
