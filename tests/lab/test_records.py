@@ -254,11 +254,14 @@ def test_cost_counts_cpu_seconds_on_a_cpu_and_device_seconds_on_a_gpu(epochs, ma
     assert core_seconds(epochs, manifest) == expected
 
 
-def write_stage(stage: Path, section: str, batch: int, epochs: list[tuple[int, float]]) -> None:
-    """A recorded stage: its config's batch size and its epochs' (step, cpu_s)."""
+def write_stage(
+    stage: Path, section: str, batch: int, epochs: list[tuple[int, float]], device: str = "cpu"
+) -> None:
+    """A recorded stage: its config's batch size and its epochs' (step, cpu_s); on a GPU its
+    cost is its wall time, 2 x cpu_s here."""
     stage.mkdir(parents=True)
     (stage / "config.yaml").write_text(yaml.safe_dump({section: {"batch_size": batch}}))
-    (stage / "manifest.json").write_text(json.dumps({"device": "cpu", "threads": 1}))
+    (stage / "manifest.json").write_text(json.dumps({"device": device, "threads": 1}))
     lines = [
         {"epoch": k, "step": step, "time_s": 2 * cpu, "cpu_s": cpu}
         for k, (step, cpu) in enumerate(epochs, 1)
@@ -287,6 +290,49 @@ def test_what_is_left_is_estimated_from_image_passes_at_the_recorded_cost_per_pa
     )
     assert f"~{left / 3600:.1f}" == "~2.2"
     assert "left unknown" in progress_line(tmp_path / "none", planned)
+
+
+def test_a_gpu_record_sets_the_gpu_cost_per_pass_and_never_the_cpu_one(tmp_path):
+    """Records from a CPU and a GPU in one study: each device type's cost per pass comes from its
+    own stages (a GPU's seconds per pass say nothing of a CPU core's), a run that ran partly on
+    each sets no job overhead, and the progress line keeps core-hours and GPU-hours apart."""
+    from vitmim.lab.records import Planned, pass_costs, progress_line
+
+    cpu, gpu, mixed = (tmp_path / name / "seed0" for name in ("cpu", "gpu", "mixed"))
+    write_stage(cpu / "pretrain", "pretrain", 10, [(10, 20.0)])  # 100 passes, 20 core-s
+    write_stage(cpu / "finetune", "finetune", 10, [(10, 30.0)])  # 100 passes, 30 core-s
+    (cpu / RECORD).write_text(json.dumps({"core_s": 100.0}))  # 2x its epochs
+    write_stage(gpu / "pretrain", "pretrain", 10, [(100, 1.0)], "cuda:0")  # 1000 passes, 2 s
+    write_stage(gpu / "finetune", "finetune", 10, [(100, 2.0)], "cuda:0")  # 1000 passes, 4 s
+    (gpu / RECORD).write_text(json.dumps({"core_s": 9.0}))  # 1.5x its epochs
+    write_stage(mixed / "pretrain", "pretrain", 10, [(10, 20.0)])  # the CPU's rate again
+    write_stage(mixed / "finetune", "finetune", 10, [(100, 2.0)], "cuda:0")
+    (mixed / RECORD).write_text(json.dumps({"core_s": 1000.0}))  # no overhead of either
+    assert pass_costs(tmp_path) == (40 / 200, 30 / 100, 2.0)
+    assert pass_costs(tmp_path, "cuda") == (2 / 1000, 8 / 2000, 1.5)
+    shutil.rmtree(cpu)
+    shutil.rmtree(mixed)
+    assert pass_costs(tmp_path) is None  # a GPU record alone estimates no CPU time
+    write_stage(cpu / "pretrain", "pretrain", 10, [(10, 20.0)])
+    write_stage(cpu / "finetune", "finetune", 10, [(10, 30.0)])
+    (cpu / RECORD).write_text(json.dumps({"core_s": 3600.0}))
+    (gpu / RECORD).write_text(json.dumps({"core_s": 720.0}))
+    planned = [Planned(n, "variant", 0, 100, 100) for n in ("cpu", "gpu", "todo")]
+    line = progress_line(tmp_path, planned)
+    assert line.startswith("2 / 3 runs recorded; 1.0 core-hours spent (and 0.2 GPU-hours), ~")
+
+
+def test_until_on_a_gpu_needs_a_record_from_a_gpu(tmp_path):
+    """--until estimates a GPU grid's runs from GPU records only, which a CPU record is not."""
+    from vitmim.lab.grid import Ledger, Run, _estimated_seconds
+
+    run = tmp_path / "a" / "seed0"
+    write_stage(run / "pretrain", "pretrain", 10, [(10, 20.0)])
+    write_stage(run / "finetune", "finetune", 10, [(10, 30.0)])
+    (run / RECORD).write_text(json.dumps({"core_s": 50.0}))
+    on_gpu = Run("b", "variant", {}, 0, tmp_path / "out", {"device": "cuda"}, [1.0], False)
+    with pytest.raises(UserError, match="recorded on a cuda device yet"):
+        _estimated_seconds(Ledger(tmp_path), [on_gpu], 1)
 
 
 def test_the_plan_counts_each_runs_image_passes(tmp_path, tiny_tin):
@@ -406,7 +452,7 @@ def test_until_starts_only_the_runs_estimated_to_end_in_time(tmp_path, tiny_tin,
         return spec
 
     out = tmp_path / "runs"
-    with pytest.raises(UserError, match="holds no recorded pre-training"):
+    with pytest.raises(UserError, match="holds no pre-training and classifier stages recorded on"):
         run_grid(load_spec(write([{}])), out, until=time.time() + 600)
     run_grid(load_spec(write([{}])), out)  # the first record: the cost per pass
     capsys.readouterr()

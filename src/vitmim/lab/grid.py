@@ -811,12 +811,18 @@ def job_env(run: Run, jobs: int) -> dict[str, str]:
     cores (OpenMP threads, which torch follows), so that together they do not oversubscribe
     them."""
     env = {**os.environ, GRID_PID: str(os.getpid())}
-    device = run.config["device"]
-    on_cpu = device == "cpu" or device == "auto" and not torch.cuda.is_available()
     threads = job_threads(jobs)
-    if threads and on_cpu:
+    if threads and device_type(run) == "cpu":
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
+
+
+def device_type(run: Run) -> str:
+    """``cpu`` or ``cuda``: where the run's job trains (``device: auto`` resolved here)."""
+    device = run.config["device"]
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
 
 
 def job_threads(jobs: int) -> int | None:
@@ -878,15 +884,19 @@ def launch_local(
 
 
 def _estimated_seconds(ledger: Ledger, runs: list[Run], jobs: int) -> Callable[[Run], float]:
-    """How long a run will take when it is ready: its image passes at the recorded core-seconds
-    per pass (a restorer shared from a finished run costs nothing), over its threads."""
-    costs = pass_costs(ledger.records) if ledger.records else None
+    """How long a run will take when it is ready: its image passes at the core-seconds per pass
+    recorded on its type of device (a restorer shared from a finished run costs nothing), over
+    its threads on a CPU (a GPU's seconds per pass were measured as the jobs shared it)."""
+    device = device_type(runs[0]) if runs else "cpu"
+    costs = pass_costs(ledger.records, device) if ledger.records else None
     if costs is None:
         raise ConfigError(
-            f"--until: {ledger.records} holds no recorded pre-training and classifier stages "
-            f"yet, so no run's time can be estimated; run without --until first"
+            f"--until: {ledger.records} holds no pre-training and classifier stages recorded "
+            f"on a {device} device yet, so no run's time can be estimated; run without "
+            f"--until first"
         )
-    threads = job_threads(jobs) or torch.get_num_threads()  # one job: this process's threads
+    # one job: this process's threads
+    threads = (job_threads(jobs) or torch.get_num_threads()) if device == "cpu" else 1
 
     def seconds(run: Run) -> float:
         p = ledger.planned(run, runs, donor_to_come=False)

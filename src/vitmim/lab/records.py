@@ -129,20 +129,25 @@ class Planned(NamedTuple):
     waiting: bool = False  # a tuned-scratch run that waits for its recipe
 
 
-def pass_costs(records: Path) -> tuple[float, float, float] | None:
+def pass_costs(records: Path, device: str = "cpu") -> tuple[float, float, float] | None:
     """Core-seconds per image pass of pre-training and of a classifier, from the epochs of every
-    recorded stage (those that logged their CPU time, where there are any: a stage without it
-    counts wall time x threads, an upper bound on a busy machine), and the median factor by which
-    a whole job (start-up, data loading) costs more than its epochs. None until both kinds of
-    stage are recorded."""
+    stage recorded on a ``device`` of that type (``cpu`` or ``cuda``: a GPU's seconds per pass
+    say nothing of a CPU core's) and, of those, the ones that logged their CPU time where there
+    are any (a stage without it counts wall time x threads, an upper bound on a busy machine);
+    and the median factor by which a whole job (start-up, data loading) costs more than its
+    epochs. None until both kinds of stage are recorded on such a device."""
     stages: dict[str, list[tuple[float, int, bool]]] = {"pretrain": [], "classify": []}
     overheads = []
     for rec in sorted(records.glob(f"*/seed*/{RECORD}")):
-        run_cost = 0.0
+        run_cost, elsewhere = 0.0, False
         for metrics in sorted(rec.parent.glob(f"*/{METRICS}")):
             stage = metrics.parent
             epochs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-            cost = core_seconds(epochs, json_object(stage / "manifest.json")) if epochs else None
+            manifest = json_object(stage / "manifest.json")
+            if str(manifest.get("device", "cpu")).split(":")[0] != device:
+                elsewhere = True  # then its job's cost is not all this device's
+                continue
+            cost = core_seconds(epochs, manifest) if epochs else None
             section = "pretrain" if stage.name == "pretrain" else "finetune"
             saved = stage / "config.yaml"
             config = read_yaml_mapping(saved) if saved.exists() else {}
@@ -154,7 +159,7 @@ def pass_costs(records: Path) -> tuple[float, float, float] | None:
             stages[kind].append((cost, epochs[-1]["step"] * batch, measured))
             run_cost += cost
         whole = json_object(rec).get("core_s")
-        if whole and run_cost:
+        if whole and run_cost and not elsewhere:
             overheads.append(whole / run_cost)
     rates = []
     for kind in ("pretrain", "classify"):
@@ -169,15 +174,16 @@ def progress_line(records: Path, planned: list[Planned]) -> str:
     """``runs done / total, core-hours spent / left`` of a study. A run still to do is estimated
     from its image passes at the recorded runs' core-seconds per pass (:func:`pass_costs`): a
     100-epoch pre-training costs five 20-epoch ones, a restorer shared with another run nothing."""
-    spent = todo = 0.0
+    spent = {"cpu": 0.0, "cuda": 0.0}  # core-seconds, GPU-seconds: never added together
     done = 0
     for run in planned:
-        rec = json_object(records / run.cell / f"seed{run.seed}" / RECORD)
+        folder = records / run.cell / f"seed{run.seed}"
+        rec = json_object(folder / RECORD)
         if rec:
             done += 1
-            spent += rec.get("core_s") or 0.0
-        else:
-            todo += 1
+            manifest = next(iter(sorted(folder.glob("*/manifest.json"))), None)
+            device = json_object(manifest).get("device", "cpu") if manifest else "cpu"
+            spent["cuda" if str(device).startswith("cuda") else "cpu"] += rec.get("core_s") or 0
     costs = pass_costs(records)
     left = (
         sum(
@@ -198,5 +204,7 @@ def progress_line(records: Path, planned: list[Planned]) -> str:
     return (
         f"{done} / {len(planned)} runs recorded"
         + (f" ({waiting} of them wait for a tuned scratch recipe)" if waiting else "")
-        + f"; {spent / 3600:.1f} core-hours spent, {left_text}"
+        + f"; {spent['cpu'] / 3600:.1f} core-hours spent"
+        + (f" (and {spent['cuda'] / 3600:.1f} GPU-hours)" if spent["cuda"] else "")
+        + f", {left_text}"
     )
