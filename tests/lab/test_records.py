@@ -427,6 +427,45 @@ def test_runs_on_a_share_of_the_labels_count_as_done_from_folders_and_records(
     assert not out.joinpath("scratch,label_fraction=0.5").exists()
 
 
+def test_the_tuned_recipe_adds_its_arm_without_making_the_other_runs_new(
+    tmp_path, tiny_tin, capsys
+):
+    """The campaign's last step: once the search has written the tuned recipe, the grid runs
+    with it (-c). Only the tuned arm is new: the finished runs of the other arms stay done, from
+    their folders on this machine and from their records alone on another."""
+    records = tmp_path / "records"
+    spec = tmp_path / "study.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": TINY,
+                "seeds": [0],
+                "baselines": ["scratch", "scratch_tuned"],
+                "probe": False,
+                "records": str(records),
+            }
+        )
+    )
+    recipe = tmp_path / "scratch_recipe.yaml"  # as `vitmim search` writes it
+    recipe.write_text("scratch:\n  finetune.lr: 0.002\n  model.global_pool: token\n")
+    out = tmp_path / "runs"
+    args = ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin)]
+    assert cli.main(args) == 0
+    assert recorded(records) == {"pretrained/seed0", "scratch/seed0"}
+    capsys.readouterr()
+    assert cli.main([*args, "-c", str(recipe)]) == 0  # this machine: the finished folders
+    assert "3 runs, 2 already finished" in capsys.readouterr().out
+    assert recorded(records) == {"pretrained/seed0", "scratch/seed0", "scratch_tuned/seed0"}
+    tuned = yaml.safe_load(
+        (out / "scratch_tuned" / "seed0" / "finetune" / "config.yaml").read_text()
+    )
+    assert (tuned["finetune"]["lr"], tuned["model"]["global_pool"]) == (0.002, "token")
+    shutil.rmtree(out)
+    assert cli.main([*args, "-c", str(recipe), "--dry-run"]) == 0  # another machine: records
+    assert capsys.readouterr().out.strip().endswith("3 runs, 0 to do")
+
+
 def test_until_starts_only_the_runs_estimated_to_end_in_time(tmp_path, tiny_tin, capsys):
     """Real job processes: with the recorded cost per image pass, a run whose pre-training is
     2000x the recorded one (minutes) is left for later, a cheap one runs."""

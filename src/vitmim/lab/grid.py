@@ -76,7 +76,13 @@ from vitmim.lab.records import (
     write_record,
 )
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
-from vitmim.pipeline import eta_text, run_all, stage_dirname, stage_recipe
+from vitmim.pipeline import (
+    eta_text,
+    run_all,
+    stage_dirname,
+    stage_recipe,
+    without_tuned_recipe,
+)
 from vitmim.runs import finished, json_object, restorer_keys
 
 # what cell.json must hold (name -> type) to be run or reported
@@ -458,6 +464,9 @@ def plan(
             untuned = is_tuned(kind) and not cfg.scratch
             if untuned and waiting is None:
                 continue
+            # the tuned recipe shapes the tuned arm alone: setting it must not make the other
+            # runs new ones (their folders and records stay theirs)
+            own = cfg if is_tuned(kind) else without_tuned_recipe(cfg)
             (waiting if untuned and waiting is not None else runs).append(
                 Run(
                     cell,
@@ -465,7 +474,7 @@ def plan(
                     axes,
                     seed,
                     out / cell / f"seed{seed}",
-                    to_dict(cfg),
+                    to_dict(own),
                     spec.label_fractions or [cfg.data.label_fraction],
                     spec.probe,
                 )
