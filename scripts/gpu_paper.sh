@@ -21,12 +21,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 DEADLINE=$((SECONDS + ${BUDGET:-570}))
-PARTS=${PARTS_DIR:-$PWD/.device-data}
 RUNS=$(mkdir -p "${1:-runs/paper_tin200}" && cd "${1:-runs/paper_tin200}" && pwd)
 SPEC=configs/grids/paper_tin200.yaml
 RESULTS=${OUT:-$RUNS/out}
 mkdir -p "$RESULTS"
-export VITMIM_CACHE=${VITMIM_CACHE:-$PARTS/cache}  # 1.2 GB: never under $OUT
 # the grid's model and batch for the benches, so their images/s check the grid's time estimate
 # (throughput.py times the full path the grid uses and the fast path of the 100,000 img/s target)
 MODEL=(--set data.classes=null --set model.patch_size=8
@@ -36,18 +34,7 @@ at_most() { echo $(($1 < $(left) ? $1 : $(left))); }
 say() { echo "$(date +%T) gpu_paper (${SECONDS} s): $*"; }
 
 # 1. data
-if [[ -z ${VITMIM_DATA:-} ]]; then
-    zip=$PARTS/tiny-imagenet-200.zip
-    if [[ ! -f $zip ]]; then
-        compgen -G "$PARTS/tin.part-[0-9][0-9]" >/dev/null || {
-            say "no $PARTS/tin.part-NN: carry the parts of device-data.sh first"; exit 2; }
-        cat "$PARTS"/tin.part-[0-9][0-9] > "$zip.tmp" && mv "$zip.tmp" "$zip"
-    fi
-    (cd "$PARTS" && sha256sum -c tin.sha256) || { say "checksum mismatch: $zip"; rm -f "$zip"
-                                                   exit 2; }
-    export VITMIM_DATA=$zip
-fi
-say "data $VITMIM_DATA"
+source scripts/device_prelude.sh
 
 if [[ ${DRY:-0} == 1 ]]; then
     bash -n "$0" && $PY -m vitmim.cli grid "$SPEC" --out "$RUNS" --dry-run
@@ -55,10 +42,7 @@ if [[ ${DRY:-0} == 1 ]]; then
 fi
 
 # 2. install, 3. image cache
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
-    --format=csv,noheader | tee "$RESULTS/device.txt"
-$PY -m pip install -q --no-deps --no-build-isolation -e . \
-    || say "pip install failed; going on with PYTHONPATH=src"
+install_vitmim "$RESULTS"
 $PY - "${MODEL[@]}" <<'PY' || { say "image cache failed"; exit 1; }
 import sys, time
 from vitmim.config import load_config
