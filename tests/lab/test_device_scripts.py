@@ -11,8 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-import yaml
-from grid_specs import REPO, TINY
+from grid_specs import REPO, write_spec
 
 
 def script_env(tmp_path: Path, **more: str) -> dict[str, str]:
@@ -33,18 +32,8 @@ def cut(archive: Path, parts: Path, size: int) -> None:
 def write_study(tmp_path: Path) -> tuple[Path, Path]:
     """A study spec on the generated data set and its records folder."""
     study = tmp_path / "records" / "study"
-    spec = tmp_path / "study.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "base": "smoke",
-                "config": TINY,
-                "seeds": [0],
-                "baselines": ["scratch"],
-                "probe": False,
-                "records": str(study),
-            }
-        )
+    spec = write_spec(
+        tmp_path / "study.yaml", seeds=[0], baselines=["scratch"], probe=False, records=str(study)
     )
     return spec, study
 

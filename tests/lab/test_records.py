@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from grid_specs import SMOKE, TINY
+from grid_specs import SMOKE, TINY, write_spec
 
 from vitmim import cli
 from vitmim.errors import UserError
@@ -434,18 +434,9 @@ def test_the_tuned_recipe_adds_its_arm_without_making_the_other_runs_new(
     with it (-c). Only the tuned arm is new: the finished runs of the other arms stay done, from
     their folders on this machine and from their records alone on another."""
     records = tmp_path / "records"
-    spec = tmp_path / "study.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "base": "smoke",
-                "config": TINY,
-                "seeds": [0],
-                "baselines": ["scratch", "scratch_tuned"],
-                "probe": False,
-                "records": str(records),
-            }
-        )
+    baselines = ["scratch", "scratch_tuned"]
+    spec = write_spec(
+        tmp_path / "study.yaml", seeds=[0], baselines=baselines, probe=False, records=str(records)
     )
     recipe = tmp_path / "scratch_recipe.yaml"  # as `vitmim search` writes it
     recipe.write_text("scratch:\n  finetune.lr: 0.002\n  model.global_pool: token\n")
