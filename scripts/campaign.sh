@@ -8,8 +8,8 @@
 #   nohup scripts/campaign.sh /path/to/tiny-imagenet-200.zip > campaign.log 2>&1 &
 #
 # VITMIM: the vitmim command to use (default: vitmim on PATH); JOBS: runs at once (default 2);
-# UNTIL=HH:MM: start only the study's runs estimated to end by then (when the machine stops),
-# and the search only once every run of the study is recorded.
+# UNTIL=HH:MM: start only the study's runs and search trials estimated to end by then (when the
+# machine stops); the search starts once every run of the study is recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/campaign.sh TINY_IMAGENET_ZIP}
@@ -26,6 +26,10 @@ if ! "$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --dry-run |
         | grep -q ", 0 to do$"; then
     exit 0  # runs were left for a later session
 fi
-"$VITMIM" search configs/search/scratch.yaml --data "$DATA" --jobs "$JOBS"
+# the search writes the recipe once its whole budget is spent ("wrote ..."; with UNTIL it may
+# stop before, and the tuned arm waits for a later session)
+said=$("$VITMIM" search configs/search/scratch.yaml --data "$DATA" --jobs "$JOBS" \
+    "${UNTIL_ARGS[@]}" | tee /dev/stderr)
+grep -q "^wrote " <<< "$said" || exit 0
 "$VITMIM" grid configs/grids/unseen_subsets.yaml --data "$DATA" --jobs "$JOBS" -c "$RECIPE" \
     "${UNTIL_ARGS[@]}"

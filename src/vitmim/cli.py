@@ -177,8 +177,9 @@ def cmd_grid(args) -> None:
 def cmd_search(args) -> None:
     from vitmim.lab.search import search
 
-    path = search(args.spec, args.data, args.jobs, args.trials)
-    print(f"wrote {path}")
+    path = search(args.spec, args.data, args.jobs, args.trials, args.until)
+    if path:
+        print(f"wrote {path}")
 
 
 def cmd_report(args) -> None:
@@ -398,6 +399,12 @@ def add_lab_commands(sub) -> None:
         type=int,
         metavar="N",
         help="stop after N more trials (default: when the spec's budget is spent)",
+    )
+    p.add_argument(
+        "--until",
+        metavar="HH:MM",
+        help="start a trial only if the longest it may take (the space's most epochs at the "
+        "slowest epoch run so far) ends by then; the recipe is written once the budget is spent",
     )
     p.set_defaults(fn=cmd_search)
 

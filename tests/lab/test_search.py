@@ -98,6 +98,32 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
 
 
+def test_until_starts_no_trial_that_may_not_end_in_time_and_writes_no_recipe(tmp_path, tiny_tin):
+    """Real trials: with a deadline two minutes away, a first trial starts (nothing to estimate
+    from yet); once epochs have run, a trial that may run for 100,000 epochs does not start, and
+    with budget left no recipe is written (the tuned arm waits for the whole search)."""
+    space = {"finetune.lr": ["log", 1.0e-4, 3.0e-3], "finetune.epochs": ["int", 2, 100_000]}
+    spec = write_spec(tmp_path, space=space)
+    soon = time.strftime("%H:%M", time.localtime(time.time() + 150))
+    first = subprocess.run(
+        search_cmd(spec, tiny_tin, "--until", soon, "--trials", "1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(trials(spec)) == 1 and "trial 0:" in first.stdout
+    (tmp_path / "results" / "scratch_recipe.yaml").unlink()
+    again = subprocess.run(
+        search_cmd(spec, tiny_tin, "--until", soon), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"past {soon}: left for a later invocation" in again.stdout
+    assert "wrote" not in again.stdout
+    assert len(trials(spec)) == 1
+    assert not (tmp_path / "results" / "scratch_recipe.yaml").exists()
+
+
 def trial_processes(tmp: Path) -> list[int]:
     """Processes whose command line names a trial folder under ``tmp``."""
     found = []

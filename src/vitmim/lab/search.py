@@ -185,13 +185,13 @@ def _core_seconds(run_dir: Path) -> float:
     return cost or 0.0
 
 
-def _top1_by_epoch(run_dir: Path) -> dict[int, float]:
+def _epochs(run_dir: Path) -> list[dict]:
     metrics = run_dir / "metrics.jsonl"
-    return (
-        {e["epoch"]: e["val_top1"] for e in read_jsonl(metrics) if "val_top1" in e}
-        if metrics.exists()
-        else {}
-    )
+    return read_jsonl(metrics) if metrics.exists() else []
+
+
+def _top1_by_epoch(run_dir: Path) -> dict[int, float]:
+    return {e["epoch"]: e["val_top1"] for e in _epochs(run_dir) if "val_top1" in e}
 
 
 def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
@@ -253,6 +253,26 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
 # the study
 
 
+def longest_trial_s(study, spec: SearchSpec, jobs: int) -> float | None:
+    """The longest the next trial may take: the space's most epochs at the slowest epoch that any
+    trial has run, once per round of ``jobs`` processes over the subsets. None before any epoch
+    has run (nothing to estimate from)."""
+    epoch_s = [
+        e["time_s"]
+        for t in study.trials
+        for s in spec.subsets
+        for e in _epochs(spec.runs / f"trial{t.number:03d}" / f"class_subset={s}")
+        if e.get("time_s")
+    ]
+    if not epoch_s:
+        return None
+    most = max(
+        recipe_config(spec, params, spec.subsets[0])["finetune"]["epochs"]
+        for params in [spec.start, *_corners(spec.space)]
+    )
+    return most * max(epoch_s) * math.ceil(len(spec.subsets) / jobs)
+
+
 def spent_core_hours(study) -> float:
     return sum(t.user_attrs.get("core_s", 0.0) for t in study.trials) / 3600
 
@@ -287,10 +307,17 @@ def open_study(spec: SearchSpec):
 
 
 def search(
-    spec_path: str | Path, data: str | None = None, jobs: int = 2, trials: int | None = None
-) -> Path:
+    spec_path: str | Path,
+    data: str | None = None,
+    jobs: int = 2,
+    trials: int | None = None,
+    until: str | None = None,
+) -> Path | None:
     """Run trials until the budget (or ``trials`` more) is spent; write the best recipe beside
-    the study's storage and return its path."""
+    the study's storage and return its path. With ``until`` (a clock time, ``HH:MM``) a trial
+    starts only if the longest it may take (:func:`longest_trial_s`) ends by then; stopped
+    there with budget left, the search writes no recipe (the tuned arm waits for the whole
+    search) and returns None."""
     try:
         import optuna
     except ImportError:  # an optional dependency: the `search` extra
@@ -298,10 +325,25 @@ def search(
     spec = load_search_spec(spec_path)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected a positive count of processes")
+    deadline = None
+    if until is not None:
+        from vitmim.lab.grid import parse_until  # torch: only once the spec is accepted
+
+        deadline = parse_until(until)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec)
     ran = 0
     while spent_core_hours(study) < spec.budget_core_hours and (trials is None or ran < trials):
+        need = longest_trial_s(study, spec, jobs) if deadline is not None else None
+        if deadline is not None and need is not None and time.time() + need > deadline:
+            print(
+                f"search: the next trial may take up to {need / 60:.0f} min, past {until}: "
+                f"left for a later invocation ({spent_core_hours(study):.2f} / "
+                f"{spec.budget_core_hours:g} core-hours spent; the recipe is written once "
+                f"the budget is)",
+                flush=True,
+            )
+            return None
         study.optimize(lambda t: run_trial(t, spec, data, jobs), n_trials=1, catch=(UserError,))
         ran += 1
         last = study.trials[-1]
