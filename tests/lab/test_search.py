@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -122,6 +123,21 @@ def test_until_starts_no_trial_that_may_not_end_in_time_and_writes_no_recipe(tmp
     assert "wrote" not in again.stdout
     assert len(trials(spec)) == 1
     assert not (tmp_path / "results" / "scratch_recipe.yaml").exists()
+
+
+def test_an_epochs_time_is_its_cpu_time_on_its_threads_not_a_paused_wall_clock(tmp_path):
+    """A job paused for 15 minutes (the campaign's jobs are, while the test suite runs) must not
+    make every later trial look too long to start."""
+    from vitmim.lab.search import _epoch_seconds
+
+    epochs = [
+        {"epoch": 1, "time_s": 900.0, "cpu_s": 6.0},  # paused: 15 min of wall, 6 s of CPU
+        {"epoch": 2, "time_s": 3.5, "cpu_s": 7.0},
+        {"epoch": 3, "time_s": 4.0},  # logged without its CPU time: the wall clock
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    (tmp_path / "manifest.json").write_text(json.dumps({"threads": 2}))
+    assert _epoch_seconds(tmp_path) == [3.0, 3.5, 4.0]
 
 
 def trial_processes(tmp: Path) -> list[int]:

@@ -253,16 +253,28 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
 # the study
 
 
+def _epoch_seconds(run_dir: Path) -> list[float]:
+    """How long each epoch of a fine-tune took on its threads, from its CPU time where it was
+    logged (wall time counts a job paused or sharing its core; CPU time does not)."""
+    from vitmim.runs import json_object  # torch: only once trials run
+
+    threads = json_object(run_dir / "manifest.json").get("threads") or 1
+    return [
+        e["cpu_s"] / threads if e.get("cpu_s") else e["time_s"]
+        for e in _epochs(run_dir)
+        if e.get("cpu_s") or e.get("time_s")
+    ]
+
+
 def longest_trial_s(study, spec: SearchSpec, jobs: int) -> float | None:
     """The longest the next trial may take: the space's most epochs at the slowest epoch that any
-    trial has run, once per round of ``jobs`` processes over the subsets. None before any epoch
-    has run (nothing to estimate from)."""
+    trial has run (:func:`_epoch_seconds`), once per round of ``jobs`` processes over the
+    subsets. None before any epoch has run (nothing to estimate from)."""
     epoch_s = [
-        e["time_s"]
+        sec
         for t in study.trials
         for s in spec.subsets
-        for e in _epochs(spec.runs / f"trial{t.number:03d}" / f"class_subset={s}")
-        if e.get("time_s")
+        for sec in _epoch_seconds(spec.runs / f"trial{t.number:03d}" / f"class_subset={s}")
     ]
     if not epoch_s:
         return None
