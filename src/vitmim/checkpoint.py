@@ -159,6 +159,17 @@ def save_checkpoint(
     return path
 
 
+def checkpoint_epoch(run_dir: Path) -> float:
+    """The epochs the newest checkpoint of ``run_dir`` holds (0.0 without one), read without
+    checking its weights: for estimating what a resumed stage has left, never for resuming."""
+    for meta_path in sorted((Path(run_dir) / "checkpoints").glob("step_*.json"), reverse=True):
+        try:
+            return float(json.loads(meta_path.read_text()).get("epoch", 0.0))
+        except (json.JSONDecodeError, OSError, TypeError, ValueError, AttributeError):
+            continue
+    return 0.0
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """Newest checkpoint whose weights match the checksum in its JSON; warns on each bad one."""
     ckpt_dir = Path(run_dir) / "checkpoints"

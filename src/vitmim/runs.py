@@ -429,6 +429,19 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / MODEL).exists() and (run_dir / MODEL).with_suffix(".json").exists()
 
 
+def share_left(run_dir: Path, stage: str) -> float:
+    """The share of a stage's epochs still to train, for estimates: none once finished, all
+    until a checkpoint holds some (counted against the epochs of the config the stage started
+    with, which for an equal-compute baseline is its extended length)."""
+    if finished(run_dir):
+        return 0.0
+    done = checkpoint.checkpoint_epoch(run_dir)
+    epochs = _yaml_mapping(run_dir / "config.yaml").get(stage, {}).get("epochs")
+    if not done or not isinstance(epochs, int | float) or epochs <= 0:
+        return 1.0
+    return max(0.0, 1.0 - done / epochs)
+
+
 def model_description(kind: str, cfg: Config, data: ImageSet, metrics: dict) -> dict:
     """What model.json (and best.json) say of the weights beside them."""
     return {

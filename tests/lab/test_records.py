@@ -370,6 +370,53 @@ def test_the_plan_counts_each_runs_image_passes(tmp_path, tiny_tin):
     assert equal[3:5] == (0, 2 * images + 3 * images)
 
 
+def test_a_run_that_will_resume_counts_only_the_epochs_it_has_left(tmp_path, tiny_tin):
+    """Real runs, then their last epoch undone (final model and newest checkpoint removed, as
+    when a machine stops mid-run): the plan counts the one epoch a resume will train, of the
+    restorer and of the classifier, and of an equal-compute baseline's lengthened stage."""
+    from vitmim.lab.grid import Ledger, load_spec, plan, run_grid
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": "smoke",
+                "config": {**TINY, "pretrain.epochs": 4, "finetune.epochs": 2},
+                "seeds": [0],
+                "variants": [{}],
+                "baselines": ["scratch_equal_compute"],
+                "probe": False,
+            }
+        )
+    )
+    out = tmp_path / "out"
+    runs = plan(load_spec(spec), out, [f"data.path={tiny_tin}"])
+    whole = {r.kind: Ledger(None, runs).planned(r, runs) for r in runs}
+    run_grid(load_spec(spec), out, overrides=[f"data.path={tiny_tin}"])
+    assert {r.kind: Ledger(None, runs).planned(r, runs)[3:5] for r in runs} == {
+        "variant": (0, 0),
+        "scratch_equal_compute": (0, 0),
+    }
+    for stage in (
+        "pretrained/seed0/pretrain",
+        "pretrained/seed0/finetune",
+        "scratch_equal_compute/seed0/finetune",
+    ):
+        for name in (MODEL, Path(MODEL).with_suffix(".json").name):
+            (out / stage / name).unlink()
+        newest = sorted((out / stage / "checkpoints").glob("step_*.json"))[-1]
+        newest.unlink()
+        newest.with_suffix(".safetensors").unlink()
+    left = {r.kind: Ledger(None, runs).planned(r, runs) for r in runs}
+    variant, baseline = whole["variant"], whole["scratch_equal_compute"]
+    assert left["variant"][3:5] == pytest.approx((variant[3] / 4, variant[4] / 2))
+    epochs = yaml.safe_load((out / "scratch_equal_compute/seed0/finetune/config.yaml").read_text())[
+        "finetune"
+    ]["epochs"]
+    assert epochs > 2  # lengthened to the variant's compute
+    assert left["scratch_equal_compute"][4] == pytest.approx(baseline[4] / epochs)
+
+
 def test_stages_that_logged_their_cpu_time_set_the_cost_per_pass(tmp_path):
     """A stage without cpu_s counts wall time x threads, an upper bound: where stages with their
     CPU time are recorded, only those set the estimate."""

@@ -83,7 +83,7 @@ from vitmim.pipeline import (
     stage_recipe,
     without_tuned_recipe,
 )
-from vitmim.runs import finished, json_object, restorer_keys
+from vitmim.runs import finished, json_object, restorer_keys, share_left
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {
@@ -578,21 +578,30 @@ class Ledger:
         pre = cfg.pretrain.epochs * (
             images if pool is cfg.data else train_count(pool, cfg.model.img_size)
         )
-        classify = sum(
-            stage_recipe(cfg, run.kind, lf).finetune.epochs * images * lf
+        classify = [
+            (
+                stage_recipe(cfg, run.kind, lf).finetune.epochs * images * lf,
+                share_left(run.dir / stage_dirname("finetune", lf), "finetune"),
+            )
             for lf in run.label_fractions
-        )
+        ]
         if run.kind == "variant":
             donor = next((r for r in runs if r.dir == run.donor), None)
             shared = donor is not None and (
                 finished(donor.dir / "pretrain") or donor_to_come and self.state(donor) == "todo"
             )
-            done = shared or finished(run.dir / "pretrain")
-            return Planned(run.cell, run.kind, run.seed, 0.0 if done else pre, classify)
+            left = 0.0 if shared else share_left(run.dir / "pretrain", "pretrain")
+            return Planned(
+                run.cell, run.kind, run.seed, pre * left, sum(n * f for n, f in classify)
+            )
+        # a baseline at equal compute lengthens each of its classifier stages (one per share of
+        # the labels) by the restorer's steps or FLOPs
         equal = BASELINES[run.kind].equal
+        extra = sum(pre * f for _, f in classify) if equal else 0.0
+        own = sum(n * f for n, f in classify)
         if equal == "steps":
-            return Planned(run.cell, run.kind, run.seed, 0.0, pre + classify)
-        return Planned(run.cell, run.kind, run.seed, pre if equal else 0.0, classify)
+            return Planned(run.cell, run.kind, run.seed, 0.0, extra + own)
+        return Planned(run.cell, run.kind, run.seed, extra, own)
 
     def write_progress(self, runs: list[Run]) -> str | None:
         """The study's progress line, in ``RECORDS/README.md`` (created if missing)."""
