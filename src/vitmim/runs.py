@@ -349,6 +349,12 @@ def manifest(cfg: Config, env: Env, data: ImageSet, extra: dict | None = None) -
     }
 
 
+def device_kind(device: object) -> str:
+    """The type of a recorded device (``cuda:1`` -> ``cuda``; none recorded: ``cpu``): costs
+    measured on one type say nothing of another's."""
+    return str(device or "cpu").split(":")[0]
+
+
 def core_seconds(epochs: list[dict], manifest: dict) -> float | None:
     """What a stage's epochs cost, from its metrics and manifest: on a CPU, the CPU seconds of
     its processes (``cpu_s``; an epoch logged without it: wall time x threads, an upper bound on
@@ -357,7 +363,7 @@ def core_seconds(epochs: list[dict], manifest: dict) -> float | None:
     if any(e.get("time_s") is None for e in epochs):
         return None
     procs = manifest.get("world_size") or 1
-    if str(manifest.get("device", "cpu")).startswith("cuda"):
+    if device_kind(manifest.get("device")) == "cuda":
         return sum(e["time_s"] for e in epochs) * procs
     threads = manifest.get("threads") or 1
     return (

@@ -83,7 +83,7 @@ from vitmim.pipeline import (
     stage_recipe,
     without_tuned_recipe,
 )
-from vitmim.runs import finished, json_object, restorer_keys, share_left
+from vitmim.runs import device_kind, finished, json_object, restorer_keys, share_left
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {
@@ -840,7 +840,7 @@ def device_type(run: Run) -> str:
     device = run.config["device"]
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
+    return device_kind(device)
 
 
 def job_threads(jobs: int) -> int | None:

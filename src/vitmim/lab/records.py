@@ -31,7 +31,15 @@ from vitmim import checkpoint
 from vitmim.config import read_yaml_mapping
 from vitmim.errors import ConfigError
 from vitmim.pipeline import stage_dirname
-from vitmim.runs import METRICS, MODEL, core_seconds, differing_key, finished, json_object
+from vitmim.runs import (
+    METRICS,
+    MODEL,
+    core_seconds,
+    device_kind,
+    differing_key,
+    finished,
+    json_object,
+)
 
 RECORD = "record.json"
 STAGE_FILES = ("config.yaml", "manifest.json", METRICS, "model.json", "probe.json")
@@ -144,7 +152,7 @@ def pass_costs(records: Path, device: str = "cpu") -> tuple[float, float, float]
             stage = metrics.parent
             epochs = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
             manifest = json_object(stage / "manifest.json")
-            if str(manifest.get("device", "cpu")).split(":")[0] != device:
+            if device_kind(manifest.get("device")) != device:
                 elsewhere = True  # then its job's cost is not all this device's
                 continue
             cost = core_seconds(epochs, manifest) if epochs else None
@@ -182,8 +190,8 @@ def progress_line(records: Path, planned: list[Planned]) -> str:
         if rec:
             done += 1
             manifest = next(iter(sorted(folder.glob("*/manifest.json"))), None)
-            device = json_object(manifest).get("device", "cpu") if manifest else "cpu"
-            spent["cuda" if str(device).startswith("cuda") else "cpu"] += rec.get("core_s") or 0
+            kind = device_kind(json_object(manifest).get("device") if manifest else None)
+            spent["cuda" if kind == "cuda" else "cpu"] += rec.get("core_s") or 0
     costs = pass_costs(records)
     left = (
         sum(
