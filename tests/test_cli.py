@@ -1,14 +1,14 @@
-"""End to end through the command line, in subprocesses: pretrain -> finetune -> use the model."""
+"""End to end through the command line, each command a process of its own (tests/cliproc.py):
+pretrain -> finetune -> use the model."""
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import cliproc
 import pytest
 import timm
 import torch
@@ -37,17 +37,8 @@ TINY = [
 ]
 
 
-def vitmim(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitmim.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ},
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vitmim {' '.join(map(str, args))} failed:\n{proc.stderr}")
-    return proc
+def vitmim(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    return cliproc.vitmim(*args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -359,36 +350,23 @@ def test_run_folder_records_absolute_data_and_fingerprints(trained, tiny_tin, tm
     assert len(manifest["config_fingerprint"]) == 64
     # a relative --data is stored absolute, so the run evaluates from any working folder
     run = tmp_path / "scratch"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitmim.cli",
-            "finetune",
-            "--data",
-            tiny_tin.name,
-            "--out",
-            run,
-            *TINY,
-            "--set",
-            "finetune.epochs=1",
-        ],
+    cliproc.vitmim(
+        "finetune",
+        "--data",
+        tiny_tin.name,
+        "--out",
+        run,
+        *TINY,
+        "--set",
+        "finetune.epochs=1",
         cwd=tiny_tin.parent,
         check=True,
-        capture_output=True,
-        timeout=600,
     )
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["path"] == str(tiny_tin)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitmim.cli", "eval", run],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cliproc.vitmim("eval", run, cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_evaluation(json.loads(proc.stdout), run)  # the same archive, found from elsewhere
 

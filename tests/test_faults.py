@@ -1,6 +1,7 @@
-"""Bad input: each case runs the real CLI in a subprocess and must end with exit code 2, one line
-on stderr that names the file or key (progress bars aside), no traceback, and no partial output
-(the run folder unchanged, no temp files, no half-built data cache).
+"""Bad input: each case runs the real CLI in a process of its own (tests/cliproc.py) and must
+end with exit code 2, one line on stderr that names the file or key (progress bars aside), no
+traceback, and no partial output (the run folder unchanged, no temp files, no half-built data
+cache).
 
 The cases are the table :data:`CASES`: adding one is one line (a name, a function that builds the
 inputs and returns the CLI arguments, and the text the message must contain).
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cliproc
 import pytest
 import torch
 from conftest import image_bytes
@@ -299,13 +301,17 @@ def run_case(name: str, root: Path, tin_dir: Path, zip_dir) -> Outcome:
     try:
         args = CASES[name][0](ctx)
         before = snapshot(ctx.out)
-        proc = subprocess.run(
-            [sys.executable, "-m", "vitmim.cli", *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **ctx.env},
-            timeout=300,
-        )
+        env = {**os.environ, **ctx.env}
+        if "PYTHONPATH" in ctx.env:  # a start-up hook (sitecustomize): a fresh interpreter
+            proc = subprocess.run(
+                [sys.executable, "-m", "vitmim.cli", *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+            )
+        else:
+            proc = cliproc.vitmim(*args, env=env, timeout=300)
         cache = ctx.tmp / "cache"
         entries = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
         return Outcome(proc.returncode, proc.stderr, ctx.out, before, snapshot(ctx.out), entries)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import cliproc
 import numpy as np
 import pytest
 import timm
@@ -47,16 +48,7 @@ def write_own_images(root: Path, per_class: int = 12) -> Path:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitmim.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+    return cliproc.vitmim(*args, check=check, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")

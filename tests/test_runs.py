@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import cliproc
 import pytest
 import torch
 
@@ -79,20 +81,8 @@ def test_weights_must_match_their_recorded_sha256(tmp_path: Path, tiny_tin: Path
             runs.read_model(tmp_path, described)
 
 
-def vitmim_cli(*args: str, check: bool = True):
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitmim.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0 or not check, proc.stderr[-2000:]
-    return proc
+def vitmim_cli(*args: object, check: bool = True):
+    return cliproc.vitmim(*args, check=check, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_the_best_epoch_is_kept_beside_the_last_and_commands_pick_it(tin2, tmp_path):

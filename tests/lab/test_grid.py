@@ -11,10 +11,10 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cliproc
 import pytest
 import yaml
 from grid_specs import REPO, SMOKE, TINY, write_spec
@@ -561,9 +561,7 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
     )  # still running at Ctrl-C
     out = tmp_path / "out"
     cmd = [
-        sys.executable,
-        "-m",
-        "vitmim.cli",
+        *cliproc.FRESH,
         "grid",
         str(spec),
         "--out",
@@ -593,9 +591,9 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_does(tmp_path, tiny_ti
         (out / c / "seed0" / "finetune" / "model.json").exists()
         for c in ("mask_ratio=0.4", "mask_ratio=0.6")
     )
-    refused = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    refused = cliproc.vitmim(*cmd[len(cliproc.FRESH) :], "--resume")
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = cliproc.vitmim(*cmd[len(cliproc.FRESH) :])
     assert again.returncode == 0, again.stderr[-2000:]
     assert [r["status"] for r in grid_rows(out)] == ["done", "done"]
     for cell in ("mask_ratio=0.4", "mask_ratio=0.6"):  # each epoch recorded once, resumed

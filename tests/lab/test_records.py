@@ -11,10 +11,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cliproc
 import pytest
 import yaml
 from grid_specs import SMOKE, TINY, write_spec
@@ -25,19 +25,8 @@ from vitmim.lab.records import RECORD, differing_key
 from vitmim.runs import MODEL, core_seconds
 
 
-def grid_cmd(spec: Path, out: Path, data: Path, *more: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "vitmim.cli",
-        "grid",
-        str(spec),
-        "--out",
-        str(out),
-        "--data",
-        str(data),
-        *more,
-    ]
+def grid_args(spec: Path, out: Path, data: Path, *more: str) -> list[str]:
+    return ["grid", str(spec), "--out", str(out), "--data", str(data), *more]
 
 
 def recorded(records: Path) -> set[str]:
@@ -63,7 +52,7 @@ def test_a_stopped_grid_resumes_from_records_after_its_run_folders_are_gone(tmp_
     out = tmp_path / "runs"
     # the first machine: stopped (its whole process group killed) once one run is recorded
     proc = subprocess.Popen(
-        grid_cmd(spec, out, tiny_tin),
+        [*cliproc.FRESH, *grid_args(spec, out, tiny_tin)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -82,9 +71,7 @@ def test_a_stopped_grid_resumes_from_records_after_its_run_folders_are_gone(tmp_
 
     # another machine: the committed records alone, no run folders
     shutil.rmtree(out)
-    again = subprocess.run(
-        grid_cmd(spec, out, tiny_tin), capture_output=True, text=True, timeout=600
-    )
+    again = cliproc.vitmim(*grid_args(spec, out, tiny_tin))
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(first)} already finished ({len(first)} of them from records" in again.stdout
     for rel in first:  # never run again
@@ -94,18 +81,10 @@ def test_a_stopped_grid_resumes_from_records_after_its_run_folders_are_gone(tmp_
     assert "3 / 3 runs recorded" in progress and "0.0 left" in progress
 
     # a changed config or other data is a new run, never a reused one
-    dry = subprocess.run(
-        grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    dry = cliproc.vitmim(*grid_args(spec, tmp_path / "other", tiny_tin, "--dry-run"))
     assert dry.stdout.count("recorded") == 3 and "3 runs, 0 to do" in dry.stdout
-    changed = subprocess.run(
-        grid_cmd(spec, tmp_path / "other", tiny_tin, "--dry-run", "--set", "finetune.lr=0.002"),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    changed = cliproc.vitmim(
+        *grid_args(spec, tmp_path / "other", tiny_tin, "--dry-run", "--set", "finetune.lr=0.002")
     )
     assert "3 runs, 3 to do" in changed.stdout and "recorded" not in changed.stdout
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cliproc
 import optuna
 import pytest
 import yaml
@@ -47,8 +47,8 @@ def write_spec(tmp: Path, **more) -> Path:
     return path
 
 
-def search_cmd(spec: Path, data: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "vitmim.cli", "search", str(spec), "--data", str(data), *more]
+def search_args(spec: Path, data: Path, *more: str) -> list[str]:
+    return ["search", str(spec), "--data", str(data), *more]
 
 
 def trials(spec: Path) -> list[optuna.trial.FrozenTrial]:
@@ -58,9 +58,7 @@ def trials(spec: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, tiny_tin):
     spec = write_spec(tmp_path)
-    first = subprocess.run(
-        search_cmd(spec, tiny_tin, "--trials", "2"), capture_output=True, text=True, timeout=600
-    )
+    first = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "2"))
     assert first.returncode == 0, first.stderr[-2000:]
     done = trials(spec)
     assert (
@@ -92,9 +90,7 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     best = max((t for t in done if t.value is not None), key=lambda t: t.value)
     assert recipe["scratch"]["finetune.epochs"] == best.params["finetune.epochs"]
     assert load_config(base={"scratch": recipe["scratch"]}).scratch  # a valid scratch section
-    again = subprocess.run(
-        search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True, text=True, timeout=600
-    )
+    again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
 
@@ -106,18 +102,11 @@ def test_until_starts_no_trial_that_may_not_end_in_time_and_writes_no_recipe(tmp
     space = {"finetune.lr": ["log", 1.0e-4, 3.0e-3], "finetune.epochs": ["int", 2, 100_000]}
     spec = write_spec(tmp_path, space=space)
     soon = time.strftime("%H:%M", time.localtime(time.time() + 150))
-    first = subprocess.run(
-        search_cmd(spec, tiny_tin, "--until", soon, "--trials", "1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    first = cliproc.vitmim(*search_args(spec, tiny_tin, "--until", soon, "--trials", "1"))
     assert first.returncode == 0, first.stderr[-2000:]
     assert len(trials(spec)) == 1 and "trial 0:" in first.stdout
     (tmp_path / "results" / "scratch_recipe.yaml").unlink()
-    again = subprocess.run(
-        search_cmd(spec, tiny_tin, "--until", soon), capture_output=True, text=True, timeout=600
-    )
+    again = cliproc.vitmim(*search_args(spec, tiny_tin, "--until", soon))
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"past {soon}: left for a later invocation" in again.stdout
     assert "wrote" not in again.stdout
@@ -156,7 +145,7 @@ def trial_processes(tmp: Path) -> list[int]:
 def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 3})
     proc = subprocess.Popen(
-        search_cmd(spec, tiny_tin, "--trials", "1"),
+        [*cliproc.FRESH, *search_args(spec, tiny_tin, "--trials", "1")],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -173,9 +162,7 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
         time.sleep(0.2)
     assert not trial_processes(tmp_path)
     time.sleep(3)  # the stopped trial's heartbeat is older than its grace period
-    again = subprocess.run(
-        search_cmd(spec, tiny_tin, "--trials", "1"), capture_output=True, text=True, timeout=600
-    )
+    again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     states = [t.state for t in trials(spec)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

@@ -1,5 +1,6 @@
 """ViT restorer and classifier: shapes, loss on masked pixels only, transfer report, timm export."""
 
+import cliproc
 import numpy as np
 import pytest
 import timm
@@ -414,8 +415,6 @@ def test_a_trained_restorer_scores_better_than_an_untrained_one(real2, tmp_path)
     a few steps barely beat in pixel space (docs/own-data.md)."""
     import json
     import os
-    import subprocess
-    import sys
 
     from vitmim.augment import normalize
     from vitmim.data import load_splits
@@ -424,18 +423,10 @@ def test_a_trained_restorer_scores_better_than_an_untrained_one(real2, tmp_path)
     out = tmp_path / "pre"
     sets = [f"--set={k}={v}" for k, v in real2.overrides.items()]
     args = ["pretrain", "--data", str(real2.path), "--out", str(out), "--preset", "smoke", *sets]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitmim.cli",
-            *args,
-            "--set=pretrain.epochs=3",
-            "--set=pretrain.norm_pix=false",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = cliproc.vitmim(
+        *args,
+        "--set=pretrain.epochs=3",
+        "--set=pretrain.norm_pix=false",
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

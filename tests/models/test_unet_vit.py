@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import cliproc
 import pytest
 import torch
 from PIL import Image
@@ -189,9 +188,6 @@ def test_bad_unet_channels_are_refused(channels: str, why: str) -> None:
 def test_cli_run_with_unet_vit(tiny_tin: Path, tiny_tin_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "vitmim.cli",
         "run",
         "--preset",
         "smoke",
@@ -210,8 +206,7 @@ def test_cli_run_with_unet_vit(tiny_tin: Path, tiny_tin_dir: Path, tmp_path: Pat
         "--set",
         "model.unet_channels=[8,16,32]",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = cliproc.vitmim(*cmd, timeout=300, check=True)
     assert (out / "finetune" / "model.safetensors").exists()
     assert (out / "scratch" / "model.safetensors").exists()
     assert re.search(r"restorer: [\d.]+ M parameters, [\d.]+ GFLOPs per image", proc.stdout)
