@@ -355,18 +355,13 @@ def test_a_run_that_will_resume_counts_only_the_epochs_it_has_left(tmp_path, tin
     restorer and of the classifier, and of an equal-compute baseline's lengthened stage."""
     from vitmim.lab.grid import Ledger, load_spec, plan, run_grid
 
-    spec = tmp_path / "p.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "base": "smoke",
-                "config": {**TINY, "pretrain.epochs": 4, "finetune.epochs": 2},
-                "seeds": [0],
-                "variants": [{}],
-                "baselines": ["scratch_equal_compute"],
-                "probe": False,
-            }
-        )
+    spec = write_spec(
+        tmp_path / "p.yaml",
+        config={**TINY, "pretrain.epochs": 4, "finetune.epochs": 2},
+        seeds=[0],
+        variants=[{}],
+        baselines=["scratch_equal_compute"],
+        probe=False,
     )
     out = tmp_path / "out"
     runs = plan(load_spec(spec), out, [f"data.path={tiny_tin}"])
