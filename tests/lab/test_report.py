@@ -171,6 +171,32 @@ def test_cells_with_different_axes_are_plotted_one_point_per_cell():
     assert list(_series(grid, "pretrain.mask_ratio")) == ["mask_patch=4", "mask_patch=8"]
 
 
+def test_a_study_over_class_subsets_draws_each_regime_and_baseline_along_the_subsets():
+    from vitmim.baselines import BASELINES
+    from vitmim.lab.report import Row, _series, _x_axis
+
+    def row(kind, **axes):
+        axes = {k.replace("_", ".", 1): v for k, v in axes.items()}
+        return Row(",".join(f"{k}={v}" for k, v in axes.items()), kind, axes, 1.0, [])
+
+    variants = [
+        *(row("variant", data_class_subset=s) for s in (3, 4, 5)),
+        row("variant", data_class_subset=3, pretrain_epochs=100),
+        row("variant", data_class_subset=3, pretrain_epochs=100, finetune_epochs=50),
+    ]
+    scratch = [row("scratch", data_class_subset=s) for s in (3, 4, 5)]
+    assert _x_axis(variants) == "data.class_subset"
+    lines = _series(variants, "data.class_subset", scratch)
+    assert list(lines) == [
+        "pre-trained",
+        "pretrain.epochs=100",  # in full: finetune.epochs is an axis too
+        "pretrain.epochs=100, finetune.epochs=50",
+        BASELINES["scratch"].label,
+    ]
+    assert [r.axes["data.class_subset"] for r in lines["pre-trained"]] == [3, 4, 5]
+    assert lines[BASELINES["scratch"].label] == scratch
+
+
 # ---------------------------------------------------------------------------------------------
 # gains per class subset, the scratch recipe search, one `vitmim run` folder
 

@@ -22,6 +22,8 @@ import csv
 import html
 import io
 import math
+import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -704,11 +706,13 @@ CELL_AXIS = "cell"  # x axis of variants that do not share their axes: one point
 
 def _x_axis(rows: list[Row]) -> str | None:
     """The variant axis drawn along x: the mask ratio if it varies, else the axis with the most
-    values (the first of equals); ``CELL_AXIS`` when the cells name different axes (an explicit
-    variant list); None without axes."""
+    values (the first of equals). When the cells name different axes (an explicit variant
+    list), the class subset if every cell names one (each variant a line over the subsets),
+    else ``CELL_AXIS``. None without axes."""
     keys = list(rows[0].axes) if rows else []
     if any(set(r.axes) != set(keys) for r in rows):
-        return CELL_AXIS
+        shared = [k for k in SUBSET_KEYS if all(k in r.axes for r in rows)]
+        return shared[0] if shared else CELL_AXIS
     counts = {k: len({repr(r.axes.get(k)) for r in rows}) for k in keys}
     ratio = [k for k in keys if k.endswith("mask_ratio") and counts[k] > 1]
     return (ratio or sorted(keys, key=lambda k: -counts[k]) or [None])[0]
@@ -718,14 +722,32 @@ def _x_value(row: Row, x_key: str | None):
     return row.cell if x_key == CELL_AXIS else row.axes.get(x_key, "")
 
 
-def _series(rows: list[Row], x_key: str | None) -> dict[str, list[Row]]:
-    """Variant rows grouped into lines by every axis except ``x_key``."""
+def _axis_names(rows: list[Row]) -> dict[str, str]:
+    """Each axis by its last part (``mask_patch``), or in full where two would read alike
+    (``pretrain.epochs`` beside ``finetune.epochs``)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r.axes))
+    short = [k.split(".")[-1] for k in keys]
+    return {k: s if short.count(s) == 1 else k for k, s in zip(keys, short)}
+
+
+def _series(rows: list[Row], x_key: str | None, baselines: Sequence[Row] = ()) -> dict:
+    """Variant rows grouped into lines by every axis except ``x_key`` and the label fraction
+    (a panel's own); baselines that vary along ``x_key`` too make lines of their own, named
+    after their kind."""
     if x_key == CELL_AXIS:
-        return {"pre-trained": rows}
+        return {"pre-trained": list(rows)}
+    names = _axis_names([*rows, *baselines])
     lines: dict[str, list[Row]] = {}
-    for row in rows:
-        rest = {k.split(".")[-1]: v for k, v in row.axes.items() if k != x_key}
-        label = ", ".join(f"{k}={v}" for k, v in rest.items()) or "pre-trained"
+    for row in [*rows, *baselines]:
+        rest = ", ".join(
+            f"{names[k]}={v}"
+            for k, v in row.axes.items()
+            if k not in (x_key, "data.label_fraction")
+        )
+        if row.kind == "variant":
+            label = rest or "pre-trained"
+        else:
+            label = BASELINES[row.kind].label + (f", {rest}" if rest else "")
         lines.setdefault(label, []).append(row)
     return lines
 
@@ -740,50 +762,66 @@ def _positions(rows: list[Row], x_key: str | None) -> tuple[dict, list]:
 def _metric_panel(
     ax, variants: list[Row], baselines: list[Row], get, x_key: str | None, ylabel: str
 ) -> None:
-    """Mean ± std against the x axis, one line per series; baselines as mean ± std bands."""
-    pos, labels = _positions(variants, x_key)
+    """Mean ± std against the x axis, one line per series. A baseline that varies along x
+    (scratch on each class subset) is a dashed line of its own; one that does not, a mean ± std
+    band."""
+    along = [b for b in baselines if x_key in b.axes and x_key != CELL_AXIS]
+    pos, labels = _positions([*variants, *along], x_key)
     by_cell = x_key == CELL_AXIS  # separate cells: points, no connecting line
-    for i, (label, rows) in enumerate(_series(variants, x_key).items()):
+    for i, (label, rows) in enumerate(_series(variants, x_key, along).items()):
         pts = [(pos[_x_value(r, x_key)], *r.stat(get)) for r in rows]
         pts = sorted(p for p in pts if p[1] is not None)
         if pts:
+            base = rows[0].kind != "variant"
             ax.errorbar(
                 [p[0] for p in pts],
                 [p[1] for p in pts],
                 yerr=[p[2] or 0.0 for p in pts],
-                marker="o",
+                marker="s" if base else "o",
                 capsize=3,
-                label=label,
-                color=f"C{i}",
-                ls="none" if by_cell else "-",
+                label=_wrap(label),
+                color="0.35" if base else f"C{i}",
+                ls="none" if by_cell else "--" if base else "-",
             )
-    for j, b in enumerate(baselines):
+    for j, b in enumerate(b for b in baselines if b not in along):
         mean, std, n = b.stat(get)
         if mean is None:
             continue
         color = f"C{7 + j % 3}"
-        ax.axhline(mean, color=color, ls="--", lw=1, label=f"{b.cell} (n={n})")
+        ax.axhline(mean, color=color, ls="--", lw=1, label=_wrap(f"{b.cell} (n={n})"))
         if std:
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
     if labels:
         ax.set_xticks(
             range(len(labels)),
-            [str(v) for v in labels],
-            rotation=12 if by_cell else 0,
+            [_wrap(str(v), 24) for v in labels] if by_cell else [str(v) for v in labels],
             fontsize=7 if by_cell else None,
         )
+    elif pos and all(isinstance(v, int) for v in pos):  # class subsets: whole numbers only
+        ax.set_xticks(sorted(pos.values()))
     ax.set_xlabel((x_key or "").split(".")[-1] or "variant")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
+def _wrap(text: str, width: int = 44) -> str:
+    """A long cell, regime or series name on several lines, broken after its commas."""
+    return textwrap.fill(re.sub(r",\s*", ", ", text), width, break_long_words=False)
+
+
 def _legend(ax, fontsize: int) -> None:
-    """A legend where something is labelled (a grid without probes leaves those panels bare)."""
-    if ax.get_legend_handles_labels()[0]:
+    """A legend where something is labelled (a grid without probes leaves those panels bare);
+    beside the axes when it has more lines than fit inside without hiding the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if sum(label.count("\n") + 1 for label in labels) > 4:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    else:
         ax.legend(fontsize=fontsize)
 
 
-def _figure(ncols: int, nrows: int = 1):
+def _figure(ncols: int, nrows: int = 1, size: tuple[float, float] = (5.5, 4)):
     # imported on use, with a file-only backend chosen first: pyplot costs ~0.3 s and picks a
     # screen backend when imported bare
     import matplotlib
@@ -791,7 +829,9 @@ def _figure(ncols: int, nrows: int = 1):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False
+    )
     return fig, axes
 
 
@@ -799,9 +839,11 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    try:
+    try:  # tight: legends beside the axes and long tick labels are kept whole
         outputs.write_file(
-            path, lambda p: fig.savefig(p, format="png", dpi=100), inside=path.parent.parent
+            path,
+            lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"),
+            inside=path.parent.parent,
         )
     finally:
         plt.close(fig)
@@ -833,17 +875,22 @@ def plot_signals(rows: list[Row], path: Path) -> Path:
         if r.kind in BASELINES and BASELINES[r.kind].probe and r.label_fraction == lf
     ]
     x_key = _x_axis(variants)
-    fig, axes = _figure(2, 2)
     panels = [
         ("knn", "k-NN top-1 % (frozen)", random_init),
         ("linear", "linear probe top-1 % (frozen)", random_init),
         ("l1", "restored L1, masked pixels 0-1 (val)", []),
         ("psnr", "restored PSNR dB, masked pixels (val)", []),
     ]
+    # a grid run without probes (or records without L1) leaves no empty panels behind
+    panels = [p for p in panels if any(r.values(METRICS[p[0]]) for r in variants)] or panels
+    fig, axes = _figure(2, (len(panels) + 1) // 2)
     for ax, (name, label, refs) in zip(axes.flat, panels):
         _metric_panel(ax, variants, refs, METRICS[name], x_key, label)
         _legend(ax, 7)
-    axes[0][0].set_title("frozen backbones (dashed: random init)")
+        if name == "knn":
+            ax.set_title("frozen backbones (dashed: random init)")
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     return _save(fig, path)
 
 
@@ -868,6 +915,8 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
     training images (loss space)."""
     keys = ["val_top1"] if stage == "finetune" else ["val_psnr", "val_loss", "train_loss"]
     fig, axes = _figure(len(keys))
+    import matplotlib.pyplot as plt  # after _figure, which chose the backend
+
     cells = list(dict.fromkeys((r.cell, r.label_fraction) for r in records))
     seen_dirs, named = set(), set()
     for r in sorted(records, key=lambda r: r.seed):
@@ -876,12 +925,14 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
             continue  # one pre-training serves every label fraction: draw it once
         seen_dirs.add(r.dir.parent)
         i = cells.index((r.cell, r.label_fraction))
-        name = stage_label(r, stage) + (f" {r.label_fraction:.0%}" if r.label_fraction < 1 else "")
+        name = _wrap(
+            stage_label(r, stage) + (f" {r.label_fraction:.0%}" if r.label_fraction < 1 else "")
+        )
         for ax, key in zip(axes[0], keys):
             ax.plot(
                 [c["epoch"] for c in curve],
                 [c.get(key) for c in curve],
-                color=f"C{i % 10}",
+                color=f"C{i}" if len(cells) <= 10 else plt.get_cmap("tab20")(i % 20),
                 alpha=0.8,
                 lw=1,
                 marker=".",
@@ -898,14 +949,16 @@ def plot_curves(records: list[RunRecord], path: Path, stage: str) -> Path:
 
 
 def plot_regimes(rows: list[dict], path: Path) -> Path:
-    """The gain of pre-training per regime: the mean with its 95 % bootstrap interval, one
-    colour per baseline, the cost of the pre-trained arm under each regime's name."""
+    """The gain of pre-training per regime, one row each (a forest plot): the mean with its
+    95 % bootstrap interval and its figures beside it, one colour per baseline; under each
+    regime's name its share of the labels and the cost of its pre-trained arm."""
     regimes = list(dict.fromkeys((r["regime"], r["labels"]) for r in rows))
     kinds = list(dict.fromkeys(r["baseline"] for r in rows))
-    fig, axes = _figure(1)
+    fig, axes = _figure(1, size=(8, 1.2 + 0.45 * len(regimes) * (len(kinds) + 1)))
     ax = axes[0][0]
+    ends = [0.0]
     for j, kind in enumerate(kinds):
-        dx = (j - (len(kinds) - 1) / 2) * 0.25
+        dy = (j - (len(kinds) - 1) / 2) * 0.8 / len(kinds)
         for i, reg in enumerate(regimes):
             r = next(
                 (r for r in rows if (r["regime"], r["labels"]) == reg and r["baseline"] == kind),
@@ -914,14 +967,25 @@ def plot_regimes(rows: list[dict], path: Path) -> Path:
             if r is None:
                 continue
             lo, hi = r["ci95"] or (r["gain"], r["gain"])
+            ends += [lo, hi]
             ax.errorbar(
-                i + dx,
                 r["gain"],
-                yerr=[[r["gain"] - lo], [hi - r["gain"]]],
+                i + dy,
+                xerr=[[r["gain"] - lo], [hi - r["gain"]]],
                 fmt="o",
                 color=f"C{j}",
                 capsize=4,
                 label=BASELINES[kind].label if i == 0 or reg == regimes[0] else None,
+            )
+            figures = f"{r['gain']:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if r["ci95"] else "")
+            ax.annotate(
+                f"{figures}  n={r['n']}",
+                (hi, i + dy),
+                xytext=(8, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color=f"C{j}",
             )
     names = []
     for reg in regimes:
@@ -933,27 +997,35 @@ def plot_regimes(rows: list[dict], path: Path) -> Path:
             ),
             None,
         )
-        names.append(f"{reg[0]}\n{reg[1]:.0%} labels" + (f"\n{cost:.0f} core-min" if cost else ""))
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(regimes)), names, fontsize=8)
-    ax.set_ylabel("gain of pre-training, val top-1 points")
+        names.append(
+            _wrap(reg[0], 40)
+            + f"\n{reg[1]:.0%} labels"
+            + (f", {cost:.0f} core-min" if cost else "")
+        )
+    span = max(ends) - min(ends) or 1.0
+    ax.set_xlim(min(ends) - 0.08 * span, max(ends) + 0.45 * span)  # room for the figures
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(regimes)), names, fontsize=8)
+    ax.set_ylim(len(regimes) - 0.5, -0.5)  # the table's order, top to bottom
+    ax.set_xlabel("gain of pre-training, val top-1 points")
     ax.set_title(
         "gain per regime: mean and 95 % paired-bootstrap interval over subsets x seeds", fontsize=9
     )
-    ax.grid(alpha=0.3)
-    _legend(ax, 7)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 * 4 / len(regimes)))
     return _save(fig, path)
 
 
 def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
     """Gain of pre-trained over each baseline per class subset: one dot per seed, a bar at the
     subset's mean, and the mean ± std over all subsets and seeds as a dashed line and band;
-    one panel per (variant, label fraction)."""
+    one panel per (variant, label fraction), three to a row."""
     panels = list(dict.fromkeys((g.variant, g.label_fraction) for g in gains))
     subsets = sorted({g.subset for g in gains}, key=lambda v: (str(type(v)), v))
     kinds = [k for k in BASELINES if any(g.kind == k for g in gains)]
-    fig, axes = _figure(len(panels))
-    for ax, (variant, lf) in zip(axes[0], panels):
+    ncols = min(len(panels), 3)
+    fig, axes = _figure(ncols, -(-len(panels) // ncols), size=(5, 4))
+    for ax, (variant, lf) in zip(axes.flat, panels):
         for j, kind in enumerate(kinds):
             mine = [
                 g for g in gains if (g.variant, g.label_fraction, g.kind) == (variant, lf, kind)
@@ -984,9 +1056,12 @@ def plot_gains(gains: list[Gain], key: str, path: Path) -> Path:
         ax.set_xticks(range(len(subsets)), [str(v) for v in subsets])
         ax.set_xlabel(key)
         ax.set_ylabel("gain of pre-training, val top-1 points")
-        ax.set_title(f"{variant}, {lf:.0%} of labels (dots: seeds; bars: subset means)", fontsize=9)
+        ax.set_title(_wrap(f"{variant}, {lf:.0%} of labels", 60), fontsize=9)
         ax.grid(alpha=0.3)
         _legend(ax, 7)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("gain per class subset (dots: seeds; bars: subset means)", fontsize=10)
     return _save(fig, path)
 
 
