@@ -372,6 +372,13 @@ def core_seconds(epochs: list[dict], manifest: dict) -> float | None:
     )
 
 
+def cost_is_bound(epochs: list[dict], manifest: dict) -> bool:
+    """Whether :func:`core_seconds` of these epochs is only an upper bound: a CPU stage with an
+    epoch logged without its CPU time (wall time x threads counts a busy machine's waiting)."""
+    cpu = device_kind(manifest.get("device")) != "cuda"
+    return cpu and any(e.get("cpu_s") is None for e in epochs)
+
+
 def open_run(
     run_dir: Path, cfg: Config, env: Env, data: ImageSet, extra: dict | None = None
 ) -> None:

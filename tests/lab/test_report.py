@@ -310,6 +310,28 @@ def test_gain_per_regime_with_its_interval_and_cost(unseen):
     assert (unseen / "plots" / "regime_gains.png").read_bytes()[:8] == PNG
 
 
+def test_a_cost_counted_from_wall_time_is_marked_as_an_upper_bound(unseen, tmp_path):
+    # the runs of one arm, as records logged before epochs carried their CPU time hold them
+    grid = shutil.copytree(
+        unseen.parent, tmp_path / "grid", ignore=shutil.ignore_patterns("report")
+    )
+    for metrics in grid.glob("scratch,class_subset=0/seed0/*/metrics.jsonl"):
+        epochs = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+        metrics.write_text("".join(json.dumps({**e, "cpu_s": None}) + "\n" for e in epochs))
+    build_report(grid)
+    regimes = list(csv.DictReader(io.StringIO((grid / "report" / "regimes.csv").read_text())))
+    bound = {r["baseline"]: r["baseline_core_min_upper_bound"] for r in regimes}
+    assert bound == {"scratch": "True", "scratch_tuned": "False", "scratch_equal_flops": "False"}
+    assert {r["core_min_upper_bound"] for r in regimes} == {"False"}
+    table = section((grid / "report" / "report.md").read_text(), "Gain per regime")
+    costs = {ln.split("|")[3].strip(): ln.split("|")[-2].strip() for ln in table[2:]}
+    assert costs["scratch, same recipe (equal fine-tune epochs)"].startswith("≤")
+    assert not any(c.startswith("≤") for k, c in costs.items() if "same recipe" not in k)
+    # unchanged: what the report of the untouched runs said
+    before = list(csv.DictReader(io.StringIO((unseen / "regimes.csv").read_text())))
+    assert {r["baseline_core_min_upper_bound"] for r in before} == {"False"}
+
+
 def test_bootstrap_interval_is_seeded_and_needs_two_pairs():
     assert bootstrap_interval([1.0]) is None
     a = bootstrap_interval([1.0, 2.0, 4.0])

@@ -37,7 +37,14 @@ from vitmim.errors import CheckpointError, ConfigError
 from vitmim.lab.grid import CELL_KEYS, cell_name
 from vitmim.lab.records import stage_done
 from vitmim.pipeline import RUN_DIRS, summary_table
-from vitmim.runs import class_count, core_seconds, json_object, last_metrics, read_metrics
+from vitmim.runs import (
+    class_count,
+    core_seconds,
+    cost_is_bound,
+    json_object,
+    last_metrics,
+    read_metrics,
+)
 from vitmim.tasks import top5_informative
 
 RULE = (
@@ -460,6 +467,8 @@ class Gain:
     value: float  # points
     cost: float | None = None  # core-minutes of the pre-trained run (pre-training included)
     baseline_cost: float | None = None  # core-minutes of the baseline run
+    cost_bound: bool = False  # cost is only an upper bound (runs.cost_is_bound)
+    baseline_cost_bound: bool = False
 
 
 def subset_axis(records: list[RunRecord], kinds: tuple[str, ...] = ("variant",)) -> str | None:
@@ -503,6 +512,8 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
                         round(mine - theirs, 9) + 0.0,
                         core_minutes(v),
                         core_minutes(b),
+                        cost_bound(v),
+                        cost_bound(b),
                     )
                 )
     return gains
@@ -520,13 +531,23 @@ def core_minutes(r: RunRecord) -> float | None:
     """What a run cost (:func:`vitmim.runs.core_seconds` of its epochs, in minutes): its
     fine-tune, plus for a pre-trained run its pre-training, also where the restorer was shared
     (each run that uses it pays for it in full)."""
-    stages = [(r.curve, r.dir)] + (
-        [(r.pretrain_curve, r.dir.parent / "pretrain")] * bool(r.pretrain_curve)
-    )
-    costs = [core_seconds(curve, json_object(d / "manifest.json")) for curve, d in stages]
+    costs = [core_seconds(curve, manifest) for curve, manifest in _stages(r)]
     if not r.curve or any(c is None for c in costs):
         return None
     return sum(c for c in costs if c is not None) / 60
+
+
+def cost_bound(r: RunRecord) -> bool:
+    """Whether :func:`core_minutes` of ``r`` is only an upper bound (:func:`cost_is_bound`)."""
+    return any(cost_is_bound(curve, manifest) for curve, manifest in _stages(r))
+
+
+def _stages(r: RunRecord) -> list[tuple[list[dict], dict]]:
+    """The epochs and manifest of each stage that ``r`` pays for (:func:`core_minutes`)."""
+    stages = [(r.curve, r.dir)] + (
+        [(r.pretrain_curve, r.dir.parent / "pretrain")] * bool(r.pretrain_curve)
+    )
+    return [(curve, json_object(d / "manifest.json")) for curve, d in stages]
 
 
 def bootstrap_interval(
@@ -566,6 +587,8 @@ def regime_rows(gains: list[Gain]) -> list[dict]:
                 "ci95": bootstrap_interval([g.value for g in mine]),
                 "pretrained_core_min": costs[0],
                 "baseline_core_min": costs[1],
+                "pretrained_cost_bound": any(g.cost_bound for g in mine),
+                "baseline_cost_bound": any(g.baseline_cost_bound for g in mine),
             }
         )
     return rows
@@ -580,8 +603,8 @@ def regime_table(rows: list[dict]) -> str:
     for r in rows:
         ci = f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "-"
         cost = [
-            "-" if c is None else f"{c:.0f}"
-            for c in (r["pretrained_core_min"], r["baseline_core_min"])
+            _cost(r["pretrained_core_min"], r["pretrained_cost_bound"]),
+            _cost(r["baseline_core_min"], r["baseline_cost_bound"]),
         ]
         lines.append(
             f"| {r['regime']} | {r['labels']:.0%} | {BASELINES[r['baseline']].label} | "
@@ -589,6 +612,11 @@ def regime_table(rows: list[dict]) -> str:
             f"{cost[1]} |"
         )
     return "\n".join(lines)
+
+
+def _cost(minutes: float | None, bound: bool) -> str:
+    """Core-minutes, marked ``≤`` where they are only an upper bound."""
+    return "-" if minutes is None else ("≤" if bound else "") + f"{minutes:.0f}"
 
 
 def gains_table(gains: list[Gain], key: str) -> str:
@@ -989,18 +1017,13 @@ def plot_regimes(rows: list[dict], path: Path) -> Path:
             )
     names = []
     for reg in regimes:
-        cost = next(
-            (
-                r["pretrained_core_min"]
-                for r in rows
-                if (r["regime"], r["labels"]) == reg and r["pretrained_core_min"]
-            ),
+        r = next(
+            (r for r in rows if (r["regime"], r["labels"]) == reg and r["pretrained_core_min"]),
             None,
         )
+        cost = _cost(r["pretrained_core_min"], r["pretrained_cost_bound"]) if r else None
         names.append(
-            _wrap(reg[0], 40)
-            + f"\n{reg[1]:.0%} labels"
-            + (f", {cost:.0f} core-min" if cost else "")
+            _wrap(reg[0], 40) + f"\n{reg[1]:.0%} labels" + (f", {cost} core-min" if cost else "")
         )
     span = max(ends) - min(ends) or 1.0
     ax.set_xlim(min(ends) - 0.08 * span, max(ends) + 0.45 * span)  # room for the figures
@@ -1358,6 +1381,8 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
                 "ci95_high",
                 "core_min",
                 "baseline_core_min",
+                "core_min_upper_bound",
+                "baseline_core_min_upper_bound",
             ],
             [
                 [
@@ -1370,6 +1395,8 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
                     *(r["ci95"] or (None, None)),
                     r["pretrained_core_min"],
                     r["baseline_core_min"],
+                    r["pretrained_cost_bound"],
+                    r["baseline_cost_bound"],
                 ]
                 for r in regimes
             ],
@@ -1385,7 +1412,8 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
         "resamples of the subset x seed pairs; none for n < 2) and each arm's mean "
         "cost in core-minutes (the CPU time of its training epochs, evaluation included, "
         "or GPU time on a GPU; a shared restorer's pre-training counts in every arm that "
-        "uses it)."
+        "uses it). ≤: an upper bound, where some epochs were logged without their CPU time "
+        "and count their wall time x threads, which a busy machine inflates."
     )
     return [
         ("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
