@@ -142,6 +142,24 @@ def trial_processes(tmp: Path) -> list[int]:
     return found
 
 
+def epochs_logged(metrics: Path) -> list[dict]:
+    """The epoch records of a fine-tune's metrics.jsonl so far (a line being written: not yet)."""
+    records = []
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return [r for r in records if "epoch" in r]
+
+
+def saved_epoch(metrics: Path) -> bool:
+    """Whether a fine-tune has logged an epoch and saved the checkpoint that ends it."""
+    logged = epochs_logged(metrics)
+    ckpt = metrics.parent / "checkpoints" / f"step_{logged[0]['step']:08d}.json" if logged else None
+    return ckpt is not None and ckpt.exists()
+
+
 def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 3})
     proc = subprocess.Popen(
@@ -152,10 +170,11 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     )
     metrics = tmp_path / "runs" / "trial000" / "class_subset=0" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not metrics.exists() and proc.poll() is None and time.time() < deadline:
+    while not saved_epoch(metrics) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the search ended before it could be stopped"
     proc.kill()  # the search is killed: its fine-tunes stop with it
+    first_epoch = epochs_logged(metrics)[0]
     proc.wait()
     deadline = time.time() + 60
     while trial_processes(tmp_path) and time.time() < deadline:
@@ -167,6 +186,15 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     states = [t.state for t in trials(spec)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert trials(spec)[1].params["finetune.epochs"] == 3  # the same recipe, tried again
+    # ... from where the first try stopped: its first epoch was not run again
+    assert epochs_logged(metrics)[0] == first_epoch
+    assert [e["epoch"] for e in epochs_logged(metrics)] == [1, 2, 3]
+    assert not (tmp_path / "runs" / "trial001").exists()
+    spent = trials(spec)[1].user_attrs["core_s"]  # every epoch paid for once, by the retry
+    dirs = (tmp_path / "runs" / "trial000").glob("class_subset=*")
+    assert spent == pytest.approx(
+        sum(e["cpu_s"] for d in dirs for e in epochs_logged(d / "metrics.jsonl"))
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ A spec::
             finetune.batch_size: [choice, 64, 128], finetune.drop_path: [float, 0.0, 0.3]}
 
 A trial whose machine stopped is failed by the next invocation (Optuna's heartbeat) and tried
-again once.
+again once, its fine-tunes resumed from their checkpoints.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,11 +199,16 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     """Train the trial's recipe on every subset (``jobs`` processes at once), report the mean
     top-1 after each epoch and stop at a rung where the pruner says so."""
     import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     params = {k: _suggest(trial, k, dim) for k, dim in spec.space.items()}
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    dirs = [spec.runs / f"trial{trial.number:03d}" / f"class_subset={s}" for s in spec.subsets]
+    # a trial tried again after its machine stopped continues the first try's fine-tunes from
+    # their checkpoints: the epochs it had run are neither lost nor paid for twice
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    first = (RetryHeartbeatStaleTrialCallback.retry_history(frozen) or [trial.number])[0]
+    dirs = [spec.runs / f"trial{first:03d}" / f"class_subset={s}" for s in spec.subsets]
     queue, reported, parent = list(zip(spec.subsets, dirs)), 0, os.getpid()
     procs: dict[int, subprocess.Popen] = {}
     try:
@@ -212,10 +218,12 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 cfg_path = run_dir.parent / f"config_subset{subset}.yaml"
                 cfg_path.write_text(yaml.safe_dump(recipe_config(spec, params, subset, data)))
+                resume = any((run_dir / "checkpoints").glob("step_*.json"))
                 with open(run_dir.parent / f"log_subset{subset}.txt", "a") as log:
                     procs[subset] = subprocess.Popen(
                         [sys.executable, "-m", "vitmim.cli", "finetune", "-c", str(cfg_path)]
-                        + ["--out", str(run_dir)],
+                        + ["--out", str(run_dir)]
+                        + ["--resume"] * resume,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=env,
@@ -293,14 +301,14 @@ def open_study(spec: SearchSpec):
     """The spec's study, created on first use; a trial left running by a stopped machine is
     failed once its heartbeat is older than twice the interval, and retried once."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     spec.storage.parent.mkdir(parents=True, exist_ok=True)
     storage = RDBStorage(
         f"sqlite:///{spec.storage}",
         heartbeat_interval=spec.heartbeat_s,
         grace_period=2 * spec.heartbeat_s,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
     )
     pruner = optuna.pruners.SuccessiveHalvingPruner(
         min_resource=spec.min_epochs, reduction_factor=3
@@ -343,6 +351,23 @@ def search(
 
         deadline = parse_until(until)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        # the heartbeat and the retry that let a search outlive its machine are marked
+        # experimental in Optuna: a warning the user of vitmim can do nothing about
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _search(spec, data, jobs, trials, until, deadline)
+
+
+def _search(
+    spec: SearchSpec,
+    data: str | None,
+    jobs: int,
+    trials: int | None,
+    until: str | None,
+    deadline: float | None,
+) -> Path | None:
+    import optuna
+
     study = open_study(spec)
     ran = 0
     while spent_core_hours(study) < spec.budget_core_hours and (trials is None or ran < trials):
