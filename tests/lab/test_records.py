@@ -563,3 +563,44 @@ def test_runs_waiting_for_a_tuned_recipe_count_in_the_progress_line(tmp_path, ti
     line = progress_line(tmp_path / "records", planned)
     assert line.startswith("0 / 6 runs recorded (2 of them wait for a tuned scratch recipe); ")
     assert plan(load_spec(spec), tmp_path / "out") == runs  # a plain plan leaves them out
+
+
+def test_a_restorer_left_in_any_run_folder_is_shared_not_trained_again(tmp_path, tiny_tin, capsys):
+    """The runs that share one restorer, on a machine where the run that first trained it is
+    only a record: the restorer still in another run's folder serves the run left to do, whose
+    own cut-off pre-training gives way to it."""
+    records = tmp_path / "records"
+    spec = write_spec(
+        tmp_path / "pool.yaml",
+        config={**TINY, "data.classes": 2},
+        cross={"data.class_subset": [0, 1]},
+        variants=[{"pretrain.pool": "all"}, {"pretrain.pool": "all", "finetune.epochs": 2}],
+        seeds=[0],
+        baselines=[],
+        probe=False,
+        records=str(records),
+    )
+    out = tmp_path / "runs"
+    args = grid_args(spec, out, tiny_tin, "--executor", "inline")
+    assert cli.main(args) == 0
+    said = capsys.readouterr().out
+    runs = sorted(p.parent for p in out.glob("*/seed0/cell.json"))
+    assert len(runs) == 4 and len(recorded(records)) == 4
+    first = next(r for r in runs if f"pre-training shared with {r}" in said)
+    assert said.count(f"pre-training shared with {first}") == 3  # trained once
+    others = [r for r in runs if r != first]
+    left = others.pop()
+    shutil.rmtree(first)  # the run that trained the restorer: recorded on another machine
+    shutil.rmtree(records / left.relative_to(out))
+    for stage in left.iterdir():
+        if stage.name.startswith("finetune"):
+            shutil.rmtree(stage)
+    (left / "pretrain" / MODEL).unlink()  # its own pre-training, cut off
+    assert cli.main(args) == 0
+    said = capsys.readouterr().out
+    holder = next(
+        r for r in others if f"{left.parent.name} seed0: pre-training shared with {r}" in said
+    )
+    a, b = (d / "pretrain" / MODEL for d in (holder, left))
+    assert a.stat().st_ino == b.stat().st_ino
+    assert recorded(records) == {r.relative_to(out).as_posix() for r in runs}

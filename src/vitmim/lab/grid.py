@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -479,13 +479,27 @@ def plan(
                     spec.probe,
                 )
             )
-    restorers: dict[str, Path] = {}
+    assign_donors(runs)
+    return runs
+
+
+def assign_donors(runs: list[Run], todo: Collection[Path] | None = None) -> None:
+    """Give each variant run the donor of its restorer: of the runs that share it (the same
+    restorer_keys), one whose pre-training is finished on disk, else the first one still to
+    run (``todo``: the runs still to run; every run when None), which trains it for the rest.
+    A run recorded on another machine holds no restorer to lend, and a restorer left in some
+    run folder is never trained again beside it."""
+    groups: dict[str, list[Run]] = {}
     for run in runs:
         if run.kind == "variant":
             key = json.dumps(restorer_keys(run.config), sort_keys=True)
-            run.donor = restorers.setdefault(key, run.dir)
-            run.donor = None if run.donor == run.dir else run.donor
-    return runs
+            groups.setdefault(key, []).append(run)
+    for group in groups.values():
+        trained = [r for r in group if finished(r.dir / "pretrain")]
+        left = [r for r in group if todo is None or r.dir in todo]
+        donor = (trained or left or [None])[0]
+        for run in group:
+            run.donor = donor.dir if donor is not None and donor is not run else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,8 +743,10 @@ def share_restorer(run: Run) -> bool:
     if run.donor is None:
         return False
     src, dst = run.donor / "pretrain", run.dir / "pretrain"
-    if not finished(src) or dst.exists():
+    if not finished(src) or finished(dst):
         return False
+    # a pre-training of its own that was cut off gives way to the finished one
+    shutil.rmtree(dst, ignore_errors=True)
 
     def link(a: str, b: str) -> None:
         try:
@@ -1083,6 +1099,7 @@ def run_grid(
             )
     ledger = Ledger(Path(spec.records) if spec.records else None, runs, waiting)
     states = {r.dir: ledger.state(r) for r in runs}
+    assign_donors(runs, {d for d, s in states.items() if s == "todo"})
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
     if dry_run:  # in the order they would run
         for r in [r for r in runs if states[r.dir] != "todo"] + todo:
