@@ -497,7 +497,7 @@ def assign_donors(runs: list[Run], todo: Collection[Path] | None = None) -> None
     for group in groups.values():
         trained = [r for r in group if finished(r.dir / "pretrain")]
         left = [r for r in group if todo is None or r.dir in todo]
-        donor = (trained or left or [None])[0]
+        donor = next(iter(trained or left), None)
         for run in group:
             run.donor = donor.dir if donor is not None and donor is not run else None
 
