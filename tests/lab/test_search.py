@@ -90,9 +90,22 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     best = max((t for t in done if t.value is not None), key=lambda t: t.value)
     assert recipe["scratch"]["finetune.epochs"] == best.params["finetune.epochs"]
     assert load_config(base={"scratch": recipe["scratch"]}).scratch  # a valid scratch section
+    readme = tmp_path / "results" / "README.md"
+    finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    spent = sum(t.user_attrs["core_s"] for t in done) / 3600
+    progress = (
+        f"**Progress:** 2 trials ({finished} finished, {2 - finished} stopped early by the "
+        f"pruner); {spent:.1f} / 1 core-hours spent; best so far: mean val top-1 "
+        f"{best.value:.2f} (trial {best.number})"
+    )
+    assert progress in readme.read_text().splitlines()
     again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
+    lines = readme.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("**Progress:** ")] == [
+        next(ln for ln in lines if ln.startswith("**Progress:** 3 trials ("))
+    ]  # one line, kept current
 
 
 def test_until_starts_no_trial_that_may_not_end_in_time_and_writes_no_recipe(tmp_path, tiny_tin):

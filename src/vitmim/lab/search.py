@@ -297,6 +297,46 @@ def spent_core_hours(study) -> float:
     return sum(t.user_attrs.get("core_s", 0.0) for t in study.trials) / 3600
 
 
+def progress_line(study, spec: SearchSpec) -> str:
+    """``trials (how they ended), core-hours spent / budget, the best so far`` of a search."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    counts = {s: sum(t.state == s for t in study.trials) for s in states}
+    ended = [
+        f"{counts[states.COMPLETE]} finished",
+        f"{counts[states.PRUNED]} stopped early by the pruner",
+    ]
+    ended += [f"{counts[states.FAIL]} failed"] * bool(counts[states.FAIL])
+    ended += [f"{counts[states.RUNNING]} cut off"] * bool(counts[states.RUNNING])
+    ended += [f"{counts[states.WAITING]} to try again"] * bool(counts[states.WAITING])
+    done = [t for t in study.trials if t.state == states.COMPLETE]
+    best = max(done, key=lambda t: t.value) if done else None
+    return (
+        f"{len(study.trials)} trials ({', '.join(ended)}); {spent_core_hours(study):.1f} / "
+        f"{spec.budget_core_hours:g} core-hours spent"
+        + (f"; best so far: mean val top-1 {best.value:.2f} (trial {best.number})" if best else "")
+    )
+
+
+def write_progress(study, spec: SearchSpec) -> str:
+    """The search's progress line, in the README beside its storage (created if missing)."""
+    line = f"**Progress:** {progress_line(study, spec)}"
+    readme = spec.storage.parent / "README.md"
+    if readme.exists():
+        lines = readme.read_text().splitlines()
+        text = "\n".join(line if ln.startswith("**Progress:**") else ln for ln in lines) + "\n"
+    else:
+        text = (
+            f"# {spec.storage.parent.name}\n\nThe study of `vitmim search "
+            f"{spec.path.as_posix()}` (Optuna, SQLite: `{spec.storage.name}`; committed, so "
+            f"that the same command continues it on any machine) and, once its budget is "
+            f"spent, the recipe it found (`{RECIPE}`).\n\n{line}\n"
+        )
+    checkpoint.write_text(readme, text)
+    return line
+
+
 def open_study(spec: SearchSpec):
     """The spec's study, created on first use; a trial left running by a stopped machine is
     failed once its heartbeat is older than twice the interval, and retried once."""
@@ -370,6 +410,7 @@ def _search(
 
     study = open_study(spec)
     ran = 0
+    write_progress(study, spec)
     while spent_core_hours(study) < spec.budget_core_hours and (trials is None or ran < trials):
         need = longest_trial_s(study, spec, jobs) if deadline is not None else None
         if deadline is not None and need is not None and time.time() + need > deadline:
@@ -384,6 +425,7 @@ def _search(
         study.optimize(lambda t: run_trial(t, spec, data, jobs), n_trials=1, catch=(UserError,))
         ran += 1
         last = study.trials[-1]
+        write_progress(study, spec)
         if last.state == optuna.trial.TrialState.FAIL:  # a broken recipe or machine: say so
             raise TrainingError(
                 f"trial {last.number} failed; see {spec.runs}/trial"
