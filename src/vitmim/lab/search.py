@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -308,12 +309,14 @@ def progress_line(study, spec: SearchSpec) -> str:
         f"{counts[states.PRUNED]} stopped early by the pruner",
     ]
     ended += [f"{counts[states.FAIL]} failed"] * bool(counts[states.FAIL])
-    ended += [f"{counts[states.RUNNING]} cut off"] * bool(counts[states.RUNNING])
+    # running elsewhere, or cut off with its machine (resumed by the next invocation)
+    ended += [f"{counts[states.RUNNING]} unfinished"] * bool(counts[states.RUNNING])
     ended += [f"{counts[states.WAITING]} to try again"] * bool(counts[states.WAITING])
     done = [t for t in study.trials if t.state == states.COMPLETE]
     best = max(done, key=lambda t: t.value) if done else None
     return (
-        f"{len(study.trials)} trials ({', '.join(ended)}); {spent_core_hours(study):.1f} / "
+        f"{len(study.trials)} trial{'s' * (len(study.trials) != 1)} ({', '.join(ended)}); "
+        f"{spent_core_hours(study):.1f} / "
         f"{spec.budget_core_hours:g} core-hours spent"
         + (f"; best so far: mean val top-1 {best.value:.2f} (trial {best.number})" if best else "")
     )
@@ -327,12 +330,12 @@ def write_progress(study, spec: SearchSpec) -> str:
         lines = readme.read_text().splitlines()
         text = "\n".join(line if ln.startswith("**Progress:**") else ln for ln in lines) + "\n"
     else:
-        text = (
-            f"# {spec.storage.parent.name}\n\nThe study of `vitmim search "
-            f"{spec.path.as_posix()}` (Optuna, SQLite: `{spec.storage.name}`; committed, so "
-            f"that the same command continues it on any machine) and, once its budget is "
-            f"spent, the recipe it found (`{RECIPE}`).\n\n{line}\n"
+        about = (
+            f"The study of `vitmim search {spec.path.as_posix()}` (Optuna, SQLite: "
+            f"`{spec.storage.name}`; committed, so that the same command continues it on any "
+            f"machine) and, once its budget is spent, the recipe it found (`{RECIPE}`)."
         )
+        text = f"# {spec.storage.parent.name}\n\n{textwrap.fill(about, 96)}\n\n{line}\n"
     checkpoint.write_text(readme, text)
     return line
 
