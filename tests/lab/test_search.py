@@ -58,6 +58,9 @@ def trials(spec: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, tiny_tin):
     spec = write_spec(tmp_path)
+    readme = tmp_path / "results" / "README.md"  # a person's words, without a progress line
+    readme.parent.mkdir()
+    readme.write_text("# Why scratch gets its own recipe\n\nWords kept as they are.\n")
     first = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "2"))
     assert first.returncode == 0, first.stderr[-2000:]
     done = trials(spec)
@@ -90,7 +93,6 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     best = max((t for t in done if t.value is not None), key=lambda t: t.value)
     assert recipe["scratch"]["finetune.epochs"] == best.params["finetune.epochs"]
     assert load_config(base={"scratch": recipe["scratch"]}).scratch  # a valid scratch section
-    readme = tmp_path / "results" / "README.md"
     finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in done)
     spent = sum(t.user_attrs["core_s"] for t in done) / 3600
     progress = (
@@ -98,7 +100,13 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
         f"pruner); {spent:.1f} / 1 core-hours spent; best so far: mean val top-1 "
         f"{best.value:.2f} (trial {best.number})"
     )
-    assert progress in readme.read_text().splitlines()
+    assert readme.read_text().splitlines() == [
+        "# Why scratch gets its own recipe",
+        "",
+        "Words kept as they are.",
+        "",
+        progress,
+    ]
     again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout

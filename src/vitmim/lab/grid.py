@@ -67,6 +67,7 @@ from vitmim.config import (
 from vitmim.data import train_count, train_fingerprint
 from vitmim.env import env_for
 from vitmim.errors import CheckpointError, ConfigError, TrainingError, UserError, one_line
+from vitmim.lab.progress import set_progress
 from vitmim.lab.records import (
     Planned,
     is_recorded,
@@ -625,24 +626,14 @@ class Ledger:
         planned = [self.planned(r, everything) for r in runs]
         planned += [self.planned(r, everything)._replace(waiting=True) for r in self.waiting]
         line = progress_line(self.records, planned)
-        readme = self.records / "README.md"
-        text = (
-            readme.read_text()
-            if readme.exists()
-            else (
-                f"# {self.records.name}\n\nRecords of finished runs (config, manifest, metrics; no "
-                f"weights), written by `vitmim grid`; `vitmim report {self.records}` rebuilds "
-                f"every table and plot from them.\n\n{PROGRESS}\n"
-            )
+        set_progress(
+            self.records / "README.md",
+            line,
+            f"Records of finished runs (config, manifest, metrics; no weights), written by "
+            f"`vitmim grid`; `vitmim report {self.records}` rebuilds every table and plot from "
+            f"them.",
         )
-        lines = [
-            f"{PROGRESS} {line}" if ln.startswith(PROGRESS) else ln for ln in text.splitlines()
-        ]
-        checkpoint.write_text(readme, "\n".join(lines) + "\n")
         return line
-
-
-PROGRESS = "**Progress:**"  # the line of a study README that the grid keeps current
 
 
 def read_status(run_dir: Path) -> dict:

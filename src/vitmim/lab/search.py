@@ -324,19 +324,15 @@ def progress_line(study, spec: SearchSpec) -> str:
 
 def write_progress(study, spec: SearchSpec) -> str:
     """The search's progress line, in the README beside its storage (created if missing)."""
-    line = f"**Progress:** {progress_line(study, spec)}"
-    readme = spec.storage.parent / "README.md"
-    if readme.exists():
-        lines = readme.read_text().splitlines()
-        text = "\n".join(line if ln.startswith("**Progress:**") else ln for ln in lines) + "\n"
-    else:
-        about = (
-            f"The study of `vitmim search {spec.path.as_posix()}` (Optuna, SQLite: "
-            f"`{spec.storage.name}`; committed, so that the same command continues it on any "
-            f"machine) and, once its budget is spent, the recipe it found (`{RECIPE}`)."
-        )
-        text = f"# {spec.storage.parent.name}\n\n{textwrap.fill(about, 96)}\n\n{line}\n"
-    checkpoint.write_text(readme, text)
+    from vitmim.lab.progress import set_progress
+
+    line = progress_line(study, spec)
+    about = (
+        f"The study of `vitmim search {spec.path.as_posix()}` (Optuna, SQLite: "
+        f"`{spec.storage.name}`; committed, so that the same command continues it on any "
+        f"machine) and, once its budget is spent, the recipe it found (`{RECIPE}`)."
+    )
+    set_progress(spec.storage.parent / "README.md", line, textwrap.fill(about, 96))
     return line
 
 
