@@ -182,7 +182,10 @@ def saved_epoch(metrics: Path) -> bool:
 
 
 def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
-    spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 3})
+    # long enough that the search is still running when its first epoch is saved, however
+    # busy the machine: a three-epoch trial could end between two looks
+    space = {"finetune.lr": ["log", 1.0e-4, 3.0e-3], "finetune.epochs": ["int", 2, 20]}
+    spec = write_spec(tmp_path, heartbeat_s=1, start={"finetune.epochs": 20}, space=space)
     proc = subprocess.Popen(
         [*cliproc.FRESH, *search_args(spec, tiny_tin, "--trials", "1")],
         start_new_session=True,
@@ -206,10 +209,10 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     assert again.returncode == 0, again.stderr[-2000:]
     states = [t.state for t in trials(spec)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-    assert trials(spec)[1].params["finetune.epochs"] == 3  # the same recipe, tried again
+    assert trials(spec)[1].params["finetune.epochs"] == 20  # the same recipe, tried again
     # ... from where the first try stopped: its first epoch was not run again
     assert epochs_logged(metrics)[0] == first_epoch
-    assert [e["epoch"] for e in epochs_logged(metrics)] == [1, 2, 3]
+    assert [e["epoch"] for e in epochs_logged(metrics)] == list(range(1, 21))
     assert not (tmp_path / "runs" / "trial001").exists()
     spent = trials(spec)[1].user_attrs["core_s"]  # every epoch paid for once, by the retry
     dirs = (tmp_path / "runs" / "trial000").glob("class_subset=*")
