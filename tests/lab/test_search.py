@@ -57,7 +57,9 @@ def trials(spec: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, tiny_tin):
-    spec = write_spec(tmp_path)
+    # a start recipe that sets every key of the space: the next trial is the sampler's first draw
+    start = {"finetune.lr": 1.0e-3, "finetune.epochs": 2, "finetune.drop_path": 0.0}
+    spec = write_spec(tmp_path, start=start)
     readme = tmp_path / "results" / "README.md"  # a person's words, without a progress line
     readme.parent.mkdir()
     readme.write_text("# Why scratch gets its own recipe\n\nWords kept as they are.\n")
@@ -110,6 +112,7 @@ def test_search_starts_from_its_recipe_and_continues_where_it_stopped(tmp_path, 
     again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(trials(spec)) == 3 and "trial 2:" in again.stdout
+    assert trials(spec)[2].params != trials(spec)[1].params  # a new draw, not a repeat
     lines = readme.read_text().splitlines()
     assert [ln for ln in lines if ln.startswith("**Progress:** ")] == [
         next(ln for ln in lines if ln.startswith("**Progress:** 3 trials ("))

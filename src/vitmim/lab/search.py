@@ -358,8 +358,10 @@ def open_study(spec: SearchSpec):
         direction="maximize",
         load_if_exists=True,
         pruner=pruner,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
     )
+    # seeded by the trials so far: a search continued by another invocation draws new recipes
+    # instead of repeating the ones the last invocation drew first
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     if not study.trials and spec.start:
         study.enqueue_trial(spec.start)
     return study
