@@ -32,6 +32,7 @@ from vitmim.runs import (
     check_same_config,
     check_same_data,
     class_count,
+    classifier_keys,
     finished,
     last_metrics,
     restorer_keys,
@@ -54,6 +55,14 @@ def stage_dirname(folder: str, label_fraction: float | None) -> str:
     return folder if label_fraction in (None, 1.0) else f"{folder}_lf{label_fraction:g}"
 
 
+def stage_keys(fn: Callable[..., dict], init: object = None) -> Callable[[Config | dict], dict]:
+    """What defines the run of a stage: a restorer's keys for a pre-training, every run key for
+    a fine-tune of pre-trained weights, the classifier's alone for one from random weights."""
+    if fn is pretrain:
+        return restorer_keys
+    return run_keys if init else classifier_keys
+
+
 def run_stage(
     name: str,
     run_dir: Path,
@@ -67,7 +76,7 @@ def run_stage(
     """Run one stage unless finished (with this config and the data of ``fingerprint``); report
     its metrics and wall time. ``note`` ends the line announcing the stage."""
     if finished(run_dir):
-        check_same_config(run_dir, cfg, restorer_keys if fn is pretrain else run_keys)
+        check_same_config(run_dir, cfg, stage_keys(fn, kwargs.get("init")))
         check_same_data(run_dir, fingerprint)
         print(f"== {name}: already finished in {run_dir}", flush=True)
         return {**last_metrics(run_dir), "wall_s": None}
@@ -173,7 +182,7 @@ def stage_recipe(cfg: Config, kind: str, label_fraction: float | None) -> Config
     return cfg if kind == "finetune" else scratch_recipe(cfg)
 
 
-def _classifier_stage(
+def classifier_stage(
     cfg: Config, kind: str, label_fraction: float | None, train_set: ImageSet
 ) -> tuple[Config, str]:
     """The config of a fine-tune stage (pre-trained or a baseline) and its printed name."""
@@ -236,7 +245,8 @@ def run_all(
     for kind, lf, folder in classifiers:
         # an equal-compute baseline's length needs the data: its config is checked later
         if kind not in BASELINES or BASELINES[kind].equal is None:
-            check_same_config(out / folder, stage_recipe(cfg, kind, lf))
+            keys = run_keys if kind == "finetune" else classifier_keys
+            check_same_config(out / folder, stage_recipe(cfg, kind, lf), keys)
     stages, fingerprint = _stages(cfg, out, env, pretrained, classifiers, dirs["pretrain"])
     results: dict[str, dict] = {}
     trained_s = trained_steps = 0.0  # this invocation's pace, for the ETA
@@ -311,7 +321,7 @@ def _stages(
         )
         stages.append(Stage("pretrain", init, pretrain, without_tuned_recipe(cfg), steps, {}, seen))
     for kind, lf, folder in classifiers:
-        stage_cfg, name = _classifier_stage(cfg, kind, lf, train_set)
+        stage_cfg, name = classifier_stage(cfg, kind, lf, train_set)
         steps = steps_per_epoch(stage_cfg, train_set)[1] * stage_cfg.finetune.epochs
         stages.append(
             Stage(

@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 
 from vitmim import checkpoint
+from vitmim.baselines import RESTORER_KEYS
 from vitmim.config import (
     POOLS,
     Config,
@@ -198,6 +199,17 @@ def restorer_keys(cfg: Config | dict) -> dict:
     if pool not in POOLS:
         keys.pop("data.source", None)
     return keys
+
+
+def classifier_keys(cfg: Config | dict) -> dict:
+    """The keys that shape a classifier trained from random weights (a baseline's stage): what
+    shapes only pre-training (its section, the restorer's decoder) does not, so regimes that
+    pre-train differently have baselines that train the same classifier where these agree."""
+    return {
+        k: v
+        for k, v in run_keys(cfg).items()
+        if not k.startswith("pretrain.") and k not in RESTORER_KEYS
+    }
 
 
 def config_fingerprint(cfg: Config) -> str:

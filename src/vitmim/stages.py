@@ -32,9 +32,11 @@ from vitmim.runs import (
     check_same_data,
     check_same_init,
     check_same_stage,
+    classifier_keys,
     open_run,
     read_model,
     restorer_keys,
+    run_keys,
     run_lock,
     save_final,
 )
@@ -137,7 +139,7 @@ def finetune(
     cfg = absolute_data(cfg if init else scratch_recipe(cfg))
     claim_run(run_dir, inputs=[cfg.data.path, *([init] if init else [])])
     check_same_stage(run_dir, "finetune")
-    check_same_config(run_dir, cfg)
+    check_same_config(run_dir, cfg, run_keys if init else classifier_keys)
     train_set, val_set = load_splits(
         cfg.data, cfg.model.img_size, progress=progress and env.main, labelled="fine-tuning"
     )

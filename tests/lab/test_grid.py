@@ -22,7 +22,7 @@ from grid_specs import REPO, SMOKE, TINY, write_spec
 from vitmim import cli
 from vitmim.config import load_config
 from vitmim.errors import UserError
-from vitmim.lab.grid import load_spec, plan, run_finished
+from vitmim.lab.grid import Ledger, assign_twins, load_spec, plan, run_finished
 from vitmim.lab.report import baseline_row, collect, group
 from vitmim.pipeline import training_flops_per_image
 from vitmim.probes import probe_run
@@ -661,6 +661,57 @@ def test_variants_that_differ_only_in_fine_tuning_share_one_restorer(tmp_path, t
     assert not (second / "finetune").exists()
     full = json.loads((first / "finetune" / "manifest.json").read_text())
     assert full["labelled_images"] == full["train_images"] == manifest["train_images"]
+
+
+def test_equal_flops_baselines_that_train_alike_train_once(tmp_path, tiny_tin, capsys):
+    """Two regimes that pre-train differently but as much (3 epochs of a 2-class subset, 1 of
+    the 4-class pool: 3 steps of the same images' size each) give their equal-FLOPs baselines
+    the same training. Real subprocesses, two at once: the second waits for the first and links
+    its classifier instead of training it again; a regime that pre-trains more trains its own."""
+    spec = write_spec(
+        tmp_path / "twins.yaml",
+        config={**TINY, "data.classes": 2},
+        seeds=[0],
+        baselines=["scratch_equal_flops"],
+        probe=False,
+        variants=[
+            {"pretrain.epochs": 3},
+            {"pretrain.pool": "all", "pretrain.epochs": 1},
+            {"pretrain.epochs": 12},
+        ],
+    )
+    out = tmp_path / "out"
+    first, second, longer = (
+        out / f"scratch_equal_flops,{cell}" / "seed0"
+        for cell in ("epochs=3", "pool=all,epochs=1", "epochs=12")
+    )
+    runs = plan(load_spec(spec), out, [f"data.path={tiny_tin}"])
+    assign_twins(runs, {r.dir for r in runs})
+    assert {r.dir: r.twin for r in runs if r.kind != "variant"} == {
+        first: None,
+        second: first,
+        longer: None,
+    }
+    planned = {r.dir: Ledger(None).planned(r, runs) for r in runs}
+    assert (planned[second].pretrain, planned[second].classify) == (0.0, 0.0)  # its twin trains it
+    assert planned[longer].classify > 0
+    args = ["grid", str(spec), "--out", str(out), "--data", str(tiny_tin), "--jobs", "2"]
+    assert cli.main(args) == 0
+    said = capsys.readouterr().out
+    assert f"trains as {first}, whose classifiers it shares" in said
+    assert said.count("whose classifiers it shares") == 1
+    a, b, c = (d / "finetune" / "model.safetensors" for d in (first, second, longer))
+    assert a.stat().st_ino == b.stat().st_ino != c.stat().st_ino  # trained once, linked
+    assert "already finished" in (second / "log.txt").read_text()
+    epochs = [
+        load_config([d / "finetune" / "config.yaml"]).finetune.epochs for d in (first, longer)
+    ]
+    assert epochs[0] < epochs[1]  # pre-training 4x as long asks for a longer baseline
+    lines = (first / "finetune" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == list(range(1, epochs[0] + 1))
+    # a second invocation finds every run done, the shared one among them
+    assert cli.main(args) == 0
+    assert "6 runs, 6 already finished" in capsys.readouterr().out
 
 
 def test_a_pool_of_every_class_pre_trains_one_restorer_for_every_class_subset(

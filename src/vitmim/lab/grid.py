@@ -14,7 +14,9 @@ from random weights) and ``scratch_equal_compute`` (as many optimisation steps a
 fine-tune together); a spec may ask for the others. A tuned one is left out, with a note, where
 no tuned recipe is set. Each baseline is planned once per distinct value of what changes it
 (:func:`vitmim.baselines.baseline_axes`): the equal-FLOPs one follows the mask cell and ratio
-only on the fast path, where they change the FLOPs.
+only on the fast path, where they change the FLOPs. Work is done once: variants that agree on
+the restorer's keys share one pre-training, and equal-compute baselines whose classifiers
+resolve to the same training (regimes that pre-train differently but as much) share them.
 ``cross: {key: [values]}`` crosses every cell
 with these axes, e.g. ``data.class_subset: [1, 2]`` to repeat a search on two class subsets.
 Each run fine-tunes on its cell's ``data.label_fraction``, or once per share in the spec's
@@ -64,7 +66,7 @@ from vitmim.config import (
     set_keys,
     to_dict,
 )
-from vitmim.data import train_count, train_fingerprint
+from vitmim.data import ImageSet, load_splits, train_count, train_fingerprint
 from vitmim.env import env_for
 from vitmim.errors import CheckpointError, ConfigError, TrainingError, UserError, one_line
 from vitmim.lab.progress import set_progress
@@ -78,13 +80,21 @@ from vitmim.lab.records import (
 )
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
 from vitmim.pipeline import (
+    classifier_stage,
     eta_text,
     run_all,
     stage_dirname,
     stage_recipe,
     without_tuned_recipe,
 )
-from vitmim.runs import device_kind, finished, json_object, restorer_keys, share_left
+from vitmim.runs import (
+    classifier_keys,
+    device_kind,
+    finished,
+    json_object,
+    restorer_keys,
+    share_left,
+)
 
 # what cell.json must hold (name -> type) to be run or reported
 CELL_KEYS = {
@@ -155,10 +165,19 @@ class Run:
     # an earlier variant run of the plan whose restorer this one shares (the same
     # restorer_keys): its finished pre-training is linked in instead of repeated
     donor: Path | None = None
+    # an earlier baseline run whose classifiers train exactly as this one's (an equal-compute
+    # baseline of a regime that pre-trains otherwise but as much): its finished stages are
+    # linked in instead of repeated
+    twin: Path | None = None
 
     def stage_dirs(self) -> list[Path]:
         dirs = [self.dir / "pretrain"] if self.kind == "variant" else []
         return dirs + [self.dir / stage_dirname("finetune", lf) for lf in self.label_fractions]
+
+    def twin_done(self) -> bool:
+        """Whether its twin has finished every classifier stage it shares."""
+        twin = self.twin
+        return twin is not None and all(finished(twin / d.name) for d in self.stage_dirs())
 
     def extra_files(self) -> list[Path]:
         """Outputs besides the models whose absence means the run is unfinished."""
@@ -503,6 +522,45 @@ def assign_donors(runs: list[Run], todo: Collection[Path] | None = None) -> None
             run.donor = donor.dir if donor is not None and donor is not run else None
 
 
+def assign_twins(runs: list[Run], todo: Collection[Path]) -> None:
+    """Give each equal-compute baseline run the twin that trains its classifiers: of the runs of
+    its kind and seed whose stages resolve to the same training (regimes that pre-train
+    differently but as much, such as 100 epochs of a class subset and 5 of a pool twenty times
+    larger, give their baselines the same length), one finished on disk, else the first still
+    to run (``todo``), which trains them for the rest. A length needs the data and the FLOPs,
+    so only runs that agree on everything else are resolved."""
+    alike: dict[str, list[Run]] = {}
+    for run in runs:
+        if (
+            BASELINES.get(run.kind)
+            and BASELINES[run.kind].equal
+            and (run.dir in todo or run_finished(run))
+        ):
+            key = [run.kind, run.seed, run.label_fractions, classifier_keys(run.config)]
+            alike.setdefault(json.dumps(key, sort_keys=True), []).append(run)
+    splits: dict[str, ImageSet] = {}  # training split per data config, read once
+
+    def trained(run: Run) -> str:
+        cfg = load_config(base=run.config)
+        data = json.dumps([run.config["data"], cfg.model.img_size], sort_keys=True)
+        if data not in splits:
+            splits[data] = load_splits(cfg.data, cfg.model.img_size, progress=False)[0]
+        stages = [
+            classifier_keys(classifier_stage(cfg, run.kind, lf, splits[data])[0])
+            for lf in run.label_fractions
+        ]
+        return json.dumps(stages, sort_keys=True)
+
+    for group in (g for g in alike.values() if len(g) > 1):
+        same: dict[str, list[Run]] = {}
+        for run in group:
+            same.setdefault(trained(run), []).append(run)
+        for twins in same.values():
+            first = next(iter([r for r in twins if run_finished(r)] or twins))
+            for run in twins:
+                run.twin = first.dir if first is not run else None
+
+
 # ---------------------------------------------------------------------------------------------
 # one job
 
@@ -586,7 +644,8 @@ class Ledger:
         """``run`` with the image passes it trains, for the estimate of what is left: a variant
         pre-trains unless it shares the restorer of a run that has trained it (or, with
         ``donor_to_come``, is still to train it here); an equal-steps baseline trains as many
-        classifier steps as its variant's two stages, an equal-FLOPs one as much compute."""
+        classifier steps as its variant's two stages, an equal-FLOPs one as much compute, and
+        one whose twin trains its classifiers (likewise) nothing."""
         cfg = load_config(base=run.config)
         images = train_count(cfg.data, cfg.model.img_size)
         pool = pretrain_data(cfg)
@@ -609,6 +668,11 @@ class Ledger:
             return Planned(
                 run.cell, run.kind, run.seed, pre * left, sum(n * f for n, f in classify)
             )
+        twin = next((r for r in runs if r.dir == run.twin), None)
+        if twin is not None and (
+            run.twin_done() or donor_to_come and self.state(twin) == "todo"
+        ):  # its twin trains its classifiers
+            return Planned(run.cell, run.kind, run.seed, 0.0, 0.0)
         # a baseline at equal compute lengthens each of its classifier stages (one per share of
         # the labels) by the restorer's steps or FLOPs
         equal = BASELINES[run.kind].equal
@@ -724,19 +788,36 @@ def _prepare(run: Run) -> Path:
     path = run.dir / "cell.json"
     checkpoint.write_json(path, run.job())
     share_restorer(run)
+    share_classifiers(run)
     return path
 
 
 def share_restorer(run: Run) -> bool:
     """Link the donor's finished pre-training into ``run`` (which has not pre-trained): the same
-    restorer, trained once. Files are hard-linked where the file system allows (a finished
-    stage is never written again), else copied."""
-    if run.donor is None:
+    restorer, trained once."""
+    if run.donor is None or not _link_stage(run.donor / "pretrain", run.dir / "pretrain"):
         return False
-    src, dst = run.donor / "pretrain", run.dir / "pretrain"
+    print(f"{run.cell} seed{run.seed}: pre-training shared with {run.donor}", flush=True)
+    return True
+
+
+def share_classifiers(run: Run) -> bool:
+    """Link the twin's finished classifier stages into ``run``: the same training, done once."""
+    twin = run.twin
+    if twin is None or not run.twin_done():
+        return False
+    if not any([_link_stage(twin / d.name, d) for d in run.stage_dirs()]):
+        return False
+    print(f"{run.cell} seed{run.seed}: trains as {twin}, whose classifiers it shares", flush=True)
+    return True
+
+
+def _link_stage(src: Path, dst: Path) -> bool:
+    """Put the finished stage ``src`` in place of ``dst``, unless ``dst`` is finished: a stage
+    of its own that was cut off gives way. Files are hard-linked where the file system allows
+    (a finished stage is never written again), else copied."""
     if not finished(src) or finished(dst):
         return False
-    # a pre-training of its own that was cut off gives way to the finished one
     shutil.rmtree(dst, ignore_errors=True)
 
     def link(a: str, b: str) -> None:
@@ -751,13 +832,15 @@ def share_restorer(run: Run) -> bool:
         src, tmp, copy_function=link, ignore=shutil.ignore_patterns("checkpoints", ".lock")
     )
     tmp.rename(dst)
-    print(f"{run.cell} seed{run.seed}: pre-training shared with {run.donor}", flush=True)
     return True
 
 
 def _waits_for_donor(run: Run, unfinished: set[Path]) -> bool:
-    """A run whose donor is still to pre-train (or pre-training) waits for it."""
-    return bool(run.donor and run.donor in unfinished and not finished(run.donor / "pretrain"))
+    """A run whose donor is still to pre-train (or pre-training), or whose twin is still to
+    train its classifiers, waits for it."""
+    if run.donor and run.donor in unfinished and not finished(run.donor / "pretrain"):
+        return True
+    return bool(run.twin and run.twin in unfinished and not run.twin_done())
 
 
 class Progress:
@@ -1091,6 +1174,7 @@ def run_grid(
     ledger = Ledger(Path(spec.records) if spec.records else None, runs, waiting)
     states = {r.dir: ledger.state(r) for r in runs}
     assign_donors(runs, {d for d, s in states.items() if s == "todo"})
+    assign_twins(runs, {d for d, s in states.items() if s == "todo"})
     todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
     if dry_run:  # in the order they would run
         for r in [r for r in runs if states[r.dir] != "todo"] + todo:
@@ -1099,7 +1183,8 @@ def run_grid(
                 if states[r.dir] == "todo"
                 else states[r.dir]
             )
-            print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}")
+            twin = f"  (trains as {r.twin})" if r.twin and states[r.dir] == "todo" else ""
+            print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}{twin}")
         print(f"{len(runs)} runs, {len(todo)} to do")
         return []
     for r in runs:
