@@ -18,22 +18,27 @@ ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "docs" / "results" / "unseen_subsets"
 
 
+# the README's name for each baseline of the study, in its column "scratch"
+AGAINST = {"scratch": "same recipe", "scratch_tuned_flops": "tuned, equal FLOPs"}
+
+
 def readme_rows() -> list[tuple[str, ...]]:
     """The figures of each row of the README's results table (every cell but the regime)."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
     rows = [ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows[1:]]
-    return [(*c[1:4], *(x.strip() for x in c[4].split("/"))) for c in cells]
+    return [(*c[1:5], *(x.strip() for x in c[5].split("/"))) for c in cells]
 
 
 def report_rows() -> list[tuple[str, ...]]:
-    """The same figures, formatted as the report formats them, per regime against scratch of
-    the same recipe."""
+    """The same figures, formatted as the report formats them, per regime and baseline: every
+    baseline the records hold has its rows."""
     records = report.collect(STUDY)
     gains = report.subset_gains(records, report.subset_axis(records) or "")
     return [
         (
+            AGAINST[r["baseline"]],
             report._signed(r["gain"], r["std"]),
             f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if r["ci95"] else "-",
             str(r["n"]),
@@ -41,7 +46,6 @@ def report_rows() -> list[tuple[str, ...]]:
             report._cost(r["baseline_core_min"], r["baseline_cost_bound"]),
         )
         for r in report.regime_rows(gains)
-        if r["baseline"] == "scratch"
     ]
 
 
