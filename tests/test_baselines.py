@@ -7,7 +7,7 @@ import math
 from vitmim.baselines import BASELINES, DEFAULT_BASELINES, baseline_axes, variant_axes
 from vitmim.config import load_config
 from vitmim.data import load_splits
-from vitmim.pipeline import RUN_DIRS, _classifier_stage, training_flops_per_image
+from vitmim.pipeline import RUN_DIRS, classifier_stage, training_flops_per_image
 
 AXES = {
     "pretrain.mask_ratio": 0.4,
@@ -78,7 +78,7 @@ def test_tuned_scratch_at_equal_flops_trains_as_long_as_pre_training_and_fine_tu
         },
     )
     train_set, _ = load_splits(cfg.data, cfg.model.img_size, progress=False)
-    tuned, name = _classifier_stage(cfg, "scratch_tuned_flops", None, train_set)
+    tuned, name = classifier_stage(cfg, "scratch_tuned_flops", None, train_set)
     pre_flops, ft_flops = training_flops_per_image(tuned, len(train_set.classes))
     pre_total = len(train_set) // 16 * 16 * cfg.pretrain.epochs * pre_flops
     per_epoch = len(train_set) // 8 * 8 * ft_flops  # the recipe's batches
