@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -184,7 +186,11 @@ def saved_epoch(metrics: Path) -> bool:
     return ckpt is not None and ckpt.exists()
 
 
-def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
+@pytest.mark.parametrize("stop", ["machine", "user"])
+def test_a_trial_cut_off_is_tried_again_from_where_it_stopped(tmp_path, tiny_tin, stop):
+    """Cut off with its machine (the search killed) or by its user (Ctrl-C: SIGINT to the
+    search and its fine-tunes), a trial is tried again by the next invocation, which resumes
+    its fine-tunes and pays for each epoch once."""
     # long enough that the search is still running when its first epoch is saved, however
     # busy the machine: a three-epoch trial could end between two looks
     space = {"finetune.lr": ["log", 1.0e-4, 3.0e-3], "finetune.epochs": ["int", 2, 20]}
@@ -200,14 +206,18 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     while not saved_epoch(metrics) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the search ended before it could be stopped"
-    proc.kill()  # the search is killed: its fine-tunes stop with it
+    if stop == "machine":
+        proc.kill()  # the search is killed: its fine-tunes stop with it
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
     first_epoch = epochs_logged(metrics)[0]
     proc.wait()
     deadline = time.time() + 60
     while trial_processes(tmp_path) and time.time() < deadline:
         time.sleep(0.2)
     assert not trial_processes(tmp_path)
-    time.sleep(3)  # the stopped trial's heartbeat is older than its grace period
+    if stop == "machine":
+        time.sleep(3)  # the stopped trial's heartbeat is older than its grace period
     again = cliproc.vitmim(*search_args(spec, tiny_tin, "--trials", "1"))
     assert again.returncode == 0, again.stderr[-2000:]
     states = [t.state for t in trials(spec)]
@@ -222,6 +232,10 @@ def test_a_trial_cut_off_with_its_machine_is_tried_again(tmp_path, tiny_tin):
     assert spent == pytest.approx(
         sum(e["cpu_s"] for d in dirs for e in epochs_logged(d / "metrics.jsonl"))
     )
+    assert "core_s" not in trials(spec)[0].user_attrs
+    if stop == "user":
+        line = (tmp_path / "results" / "README.md").read_text()
+        assert "2 trials (1 finished, 0 stopped early by the pruner, 1 interrupted" in line
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ A spec::
             finetune.batch_size: [choice, 64, 128], finetune.drop_path: [float, 0.0, 0.3]}
 
 A trial whose machine stopped is failed by the next invocation (Optuna's heartbeat) and tried
-again once, its fine-tunes resumed from their checkpoints.
+again once, its fine-tunes resumed from their checkpoints; so is a trial its user interrupted
+(Ctrl-C, SIGTERM), first thing in the next invocation.
 """
 
 from __future__ import annotations
@@ -200,7 +201,6 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     """Train the trial's recipe on every subset (``jobs`` processes at once), report the mean
     top-1 after each epoch and stop at a rung where the pruner says so."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     params = {k: _suggest(trial, k, dim) for k, dim in spec.space.items()}
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
@@ -208,7 +208,7 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     # a trial tried again after its machine stopped continues the first try's fine-tunes from
     # their checkpoints: the epochs it had run are neither lost nor paid for twice
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    first = (RetryHeartbeatStaleTrialCallback.retry_history(frozen) or [trial.number])[0]
+    first = first_try(frozen)
     dirs = [spec.runs / f"trial{first:03d}" / f"class_subset={s}" for s in spec.subsets]
     queue, reported, parent = list(zip(spec.subsets, dirs)), 0, os.getpid()
     procs: dict[int, subprocess.Popen] = {}
@@ -249,6 +249,11 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
                             f"fine-tune failed; see {dirs[0].parent}/log_subset"
                             f"{subset}.txt"
                         )
+    except KeyboardInterrupt:
+        # stopped by its user (Ctrl-C, SIGTERM): the next invocation tries it again and resumes
+        # its fine-tunes, whose epochs count there, once
+        trial.set_user_attr("interrupted", True)
+        raise
     finally:
         for proc in procs.values():  # pruned, failed or interrupted: nothing left running
             proc.terminate()
@@ -256,6 +261,33 @@ def run_trial(trial, spec: SearchSpec, data: str | None, jobs: int) -> float:
     trial.set_user_attr("core_s", sum(_core_seconds(d) for d in dirs))
     finals = [_top1_by_epoch(d) for d in dirs]
     return sum(c[max(c)] for c in finals) / len(finals)
+
+
+def first_try(frozen) -> int:
+    """The number of a trial's first try, whose folders its fine-tunes continue in: its own, or
+    that of the trial it tries again (interrupted, or cut off with its machine)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    if "resumes" in frozen.user_attrs:
+        return int(frozen.user_attrs["resumes"])
+    return (RetryHeartbeatStaleTrialCallback.retry_history(frozen) or [frozen.number])[0]
+
+
+def retry_interrupted(study) -> None:
+    """Queue each trial its user interrupted to be tried once more, first: the retry resumes its
+    fine-tunes from their checkpoints, as a trial cut off with its machine does."""
+    import optuna
+
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    for t in study.trials:
+        if (
+            t.state == optuna.trial.TrialState.FAIL
+            and t.user_attrs.get("interrupted")
+            and t.number not in retried
+        ):
+            study.enqueue_trial(
+                t.params, user_attrs={"retry_of": t.number, "resumes": first_try(t)}
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +340,12 @@ def progress_line(study, spec: SearchSpec) -> str:
         f"{counts[states.COMPLETE]} finished",
         f"{counts[states.PRUNED]} stopped early by the pruner",
     ]
-    ended += [f"{counts[states.FAIL]} failed"] * bool(counts[states.FAIL])
+    stopped = sum(
+        t.state == states.FAIL and bool(t.user_attrs.get("interrupted")) for t in study.trials
+    )
+    failed = counts[states.FAIL] - stopped
+    ended += [f"{failed} failed"] * bool(failed)
+    ended += [f"{stopped} interrupted (tried again)"] * bool(stopped)
     # running elsewhere, or cut off with its machine (resumed by the next invocation)
     ended += [f"{counts[states.RUNNING]} unfinished"] * bool(counts[states.RUNNING])
     ended += [f"{counts[states.WAITING]} to try again"] * bool(counts[states.WAITING])
@@ -364,6 +401,7 @@ def open_study(spec: SearchSpec):
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     if not study.trials and spec.start:
         study.enqueue_trial(spec.start)
+    retry_interrupted(study)
     return study
 
 
