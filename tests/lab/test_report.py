@@ -16,10 +16,18 @@ import yaml
 from grid_specs import SMOKE
 
 from vitmim import cli
+from vitmim.baselines import BASELINES
 from vitmim.errors import UserError
-from vitmim.lab.report import bootstrap_interval, build_report, compare, mean_std
+from vitmim.lab.report import (
+    bootstrap_interval,
+    build_report,
+    compare,
+    mean_std,
+    schedule_end,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
+BASELINES_OF_UNSEEN = ("scratch", "scratch_tuned", "scratch_equal_flops")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +250,7 @@ def unseen(tmp_path_factory, tiny_tin) -> Path:
         config={**TINY, "scratch": {"finetune.epochs": 2}},
         cross={"data.class_subset": [0, 1]},
         seeds=[0, 1],
-        baselines=["scratch", "scratch_tuned", "scratch_equal_flops"],
+        baselines=list(BASELINES_OF_UNSEEN),
     )
 
 
@@ -330,6 +338,53 @@ def test_a_cost_counted_from_wall_time_is_marked_as_an_upper_bound(unseen, tmp_p
     # unchanged: what the report of the untouched runs said
     before = list(csv.DictReader(io.StringIO((unseen / "regimes.csv").read_text())))
     assert {r["baseline_core_min_upper_bound"] for r in before} == {"False"}
+
+
+def test_a_schedule_run_past_its_peak_shows_against_its_best_stretch(unseen, tmp_path):
+    grid = shutil.copytree(
+        unseen.parent, tmp_path / "grid", ignore=shutil.ignore_patterns("report")
+    )
+    # one tuned-scratch run, as if its 20 epochs had peaked half-way and then lost ground
+    metrics = grid / "scratch_tuned,class_subset=0" / "seed0" / "finetune" / "metrics.jsonl"
+    last = [json.loads(ln) for ln in metrics.read_text().splitlines()][-1]
+    peaked = [30.0 + 3 * i for i in range(1, 11)] + [60.0 - 3 * i for i in range(1, 11)]
+    metrics.write_text(
+        "".join(
+            json.dumps({**last, "epoch": i, "val_top1": v}) + "\n" for i, v in enumerate(peaked, 1)
+        )
+    )
+    build_report(grid)
+    label = BASELINES["scratch_tuned"].label
+
+    def schedule_table(report: Path) -> dict[str, list[str]]:
+        table = section((report / "report.md").read_text(), "Did each schedule end at its best?")
+        return {
+            ln.split("|")[3].strip(): [c.strip() for c in ln.split("|")[4:8]] for ln in table[2:]
+        }
+
+    rows, before = schedule_table(grid / "report"), schedule_table(unseen)
+    assert list(rows) == ["pre-trained", *(BASELINES[k].label for k in BASELINES_OF_UNSEEN)]
+    # its best tenth (epochs 9-10 or 10-11, mean 58.5: the first, ending half-way) against its
+    # last (epochs 19-20, mean 31.5)
+    assert schedule_end([{"val_top1": v} for v in peaked]) == (27.0, 0.5)
+
+    def shortfall(run: Path) -> float:  # a run too short for a tenth to span two epochs
+        top = [json.loads(ln)["val_top1"] for ln in run.read_text().splitlines()]
+        assert len(top) < 15
+        return max(top) - top[-1]
+
+    others = [
+        shortfall(m)
+        for m in grid.glob("scratch_tuned,class_subset=*/seed*/finetune/metrics.jsonl")
+        if m != metrics
+    ]
+    assert len(others) == 3
+    assert rows[label][:3] == ["4", "2", f"{(27.0 + sum(others)) / 4:.2f}, 27.00"]
+    assert "27.00" not in before[label][2]
+    # the other arms: as the report of the untouched runs said
+    assert {k: v for k, v in rows.items() if k != label} == {
+        k: v for k, v in before.items() if k != label
+    }
 
 
 def test_bootstrap_interval_is_seeded_and_needs_two_pairs():

@@ -23,8 +23,9 @@ import html
 import io
 import math
 import re
+import statistics
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -481,10 +482,14 @@ def subset_axis(records: list[RunRecord], kinds: tuple[str, ...] = ("variant",))
     return None
 
 
-def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
-    """Every finished pre-trained run against each finished baseline of the same seed."""
+def compared_pairs(
+    records: list[RunRecord], key: str
+) -> Iterator[tuple[str, RunRecord, str, RunRecord, float]]:
+    """``(regime, pre-trained run, baseline kind, baseline run, gain)`` for every finished
+    pre-trained run and each finished baseline of the same seed with a top-1 on both sides
+    (the gain: the difference, in points); the regime is what the variant changes besides the
+    class subset ``key``."""
     done = [r for r in records if r.final]
-    gains = []
     for v in (r for r in done if r.kind == "variant"):
         rest = regime_name({k: x for k, x in v.axes.items() if k != key})
         for kind in BASELINES:
@@ -502,21 +507,83 @@ def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
             )
             mine, theirs = top1(v), top1(b) if b is not None else None
             if b is not None and mine is not None and theirs is not None:
-                gains.append(
-                    Gain(
-                        rest,
-                        v.label_fraction,
-                        v.axes.get(key),
-                        v.seed,
-                        kind,
-                        round(mine - theirs, 9) + 0.0,
-                        core_minutes(v),
-                        core_minutes(b),
-                        cost_bound(v),
-                        cost_bound(b),
-                    )
-                )
-    return gains
+                yield rest, v, kind, b, round(mine - theirs, 9) + 0.0
+
+
+def subset_gains(records: list[RunRecord], key: str) -> list[Gain]:
+    """Every finished pre-trained run against each finished baseline of the same seed."""
+    return [
+        Gain(
+            rest,
+            v.label_fraction,
+            v.axes.get(key),
+            v.seed,
+            kind,
+            gain,
+            core_minutes(v),
+            core_minutes(b),
+            cost_bound(v),
+            cost_bound(b),
+        )
+        for rest, v, kind, b, gain in compared_pairs(records, key)
+    ]
+
+
+def schedule_end(curve: list[dict]) -> tuple[float, float] | None:
+    """How a fine-tune's schedule ended against its best stretch: the mean val top-1 of its
+    last tenth of epochs below that of its best tenth (points, >= 0), and where the best tenth
+    ends (share of the schedule). Tenths, not single epochs: the best of hundreds of noisy
+    evaluations beats the last one by noise alone. None without a val top-1 per epoch."""
+    top = [e["val_top1"] for e in curve if e.get("val_top1") is not None]
+    if not top:
+        return None
+    w = max(1, round(len(top) / 10))
+    means = [statistics.fmean(top[i - w : i]) for i in range(w, len(top) + 1)]
+    best = max(range(len(means)), key=means.__getitem__)
+    return round(means[best] - means[-1], 9) + 0.0, (best + w) / len(top)
+
+
+def schedule_rows(records: list[RunRecord], key: str) -> list[dict]:
+    """Per regime and arm compared in the gains (pre-trained, each baseline): how far its runs
+    ended below their best stretch (:func:`schedule_end`), mean and worst, and where that
+    stretch lay (median share of the schedule). A schedule run past its peak shows here; then
+    a gain over that arm is partly its schedule's, not pre-training's."""
+    arms: dict[tuple, dict[Path, RunRecord]] = {}
+    for rest, v, kind, b, _ in compared_pairs(records, key):
+        arms.setdefault((rest, v.label_fraction, "variant"), {})[v.dir] = v
+        arms.setdefault((rest, v.label_fraction, kind), {})[b.dir] = b
+    rows = []
+    for (regime, lf, arm), runs in arms.items():
+        ends = [e for e in (schedule_end(r.curve) for r in runs.values()) if e is not None]
+        if ends:
+            rows.append(
+                {
+                    "regime": regime,
+                    "labels": lf,
+                    "arm": arm,
+                    "n": len(ends),
+                    "epochs": statistics.median(len(r.curve) for r in runs.values()),
+                    "shortfall": statistics.fmean(e[0] for e in ends),
+                    "worst": max(e[0] for e in ends),
+                    "best_at": statistics.median(e[1] for e in ends),
+                }
+            )
+    return rows
+
+
+def schedule_table(rows: list[dict]) -> str:
+    lines = [
+        "| regime | labels | arm | n | epochs | last tenth below best tenth (points): mean, "
+        "worst | best tenth ends at |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        arm = "pre-trained" if r["arm"] == "variant" else BASELINES[r["arm"]].label
+        lines.append(
+            f"| {r['regime']} | {r['labels']:.0%} | {arm} | {r['n']} | {r['epochs']:g} | "
+            f"{r['shortfall']:.2f}, {r['worst']:.2f} | {r['best_at']:.0%} |"
+        )
+    return "\n".join(lines)
 
 
 def regime_name(axes: dict) -> str:
@@ -1415,8 +1482,19 @@ def _subset_sections(records: list[RunRecord], out: Path, plots: list) -> list[t
         "uses it). ≤: an upper bound, where some epochs were logged without their CPU time "
         "and count their wall time x threads, which a busy machine inflates."
     )
+    ends = schedule_rows(records, key)
+    ends_note = (
+        "Whether each arm's fine-tune schedule ended at its best: per run, the mean val "
+        "top-1 of its last tenth of epochs below that of its best tenth (0: it ended at "
+        "its best), then the mean and the worst over the regime's runs, and where the best "
+        "tenth ended (median over runs, share of the epochs). Tenths, not single epochs: "
+        "the best of many noisy evaluations beats the last by noise alone. An arm that "
+        "peaked well before its end was trained past its best: the gain over it is then "
+        "partly its schedule's, not pre-training's."
+    )
     return [
         ("Gain per regime", regime_table(regimes) + "\n\n" + regime_note),
+        ("Did each schedule end at its best?", schedule_table(ends) + "\n\n" + ends_note),
         ("Gain per class subset", gains_table(gains, key) + "\n\n" + note),
     ]
 
