@@ -2,9 +2,10 @@
 estimated from its records) with every run trained on its own, then with twins trained once.
 
     python bench/twin_savings.py configs/grids/unseen_subsets.yaml --data tiny-imagenet-200.zip \
-        --set scratch.finetune.batch_size=128
+        -c docs/results/scratch_search/scratch_recipe.yaml
 
-``--set``: config overrides; a tuned baseline is planned only where a `scratch.` recipe is set.
+``-c``: config files, ``--set``: overrides, as `vitmim grid` takes them; a tuned baseline is
+planned only where a `scratch.` recipe is set.
 Reads data and records; trains nothing.
 """
 
@@ -21,12 +22,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec")
     ap.add_argument("--data", required=True)
+    ap.add_argument("-c", "--config", action="append", default=[], metavar="FILE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     spec = load_spec(args.spec)
     if not spec.records:
         raise SystemExit(f"{args.spec}: no `records:` folder to estimate from")
-    runs = plan(spec, Path(spec.out or "runs"), [f"data.path={args.data}", *args.set])
+    runs = plan(spec, Path(spec.out or "runs"), [f"data.path={args.data}", *args.set], args.config)
     ledger = Ledger(Path(spec.records), runs)
     todo = {r.dir for r in runs if ledger.state(r) == "todo"}
     print(
