@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one), print a summary",
     )
     add_config_args(p)
-    p.add_argument("--out", default="runs/run", help="folder for the three runs")
+    p.add_argument("--out", default="runs/run", help="folder for its stages and summary")
     p.add_argument(
         "--equal-compute",
         nargs="?",
