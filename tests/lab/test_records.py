@@ -156,6 +156,56 @@ def test_changed_data_is_not_reused_from_records(tmp_path, tiny_tin, tin_tools, 
     )
 
 
+def test_a_twin_recorded_elsewhere_records_its_partner_without_training(tmp_path, tiny_tin, capsys):
+    """Equal-FLOPs baselines of two regimes that pre-train as much (3 epochs of the classes, 1
+    of the pool twice their size) train alike. On another machine, where only the first one's
+    record is there (its partner cut off before it was recorded), the partner is recorded from
+    that record, as its classifiers would be linked on the machine that trained them: nothing
+    trains again, and its record costs nothing more."""
+    records = tmp_path / "records"
+    spec = write_spec(
+        tmp_path / "twins.yaml",
+        config={**TINY, "data.classes": 2},
+        seeds=[0],
+        baselines=["scratch_equal_flops"],
+        probe=False,
+        variants=[{"pretrain.epochs": 3}, {"pretrain.pool": "all", "pretrain.epochs": 1}],
+        records=str(records),
+    )
+    trained, partner = (
+        "scratch_equal_flops,epochs=3/seed0",
+        "scratch_equal_flops,pool=all,epochs=1/seed0",
+    )
+    args = ["grid", str(spec), "--data", str(tiny_tin), "--jobs", "2"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert len(recorded(records)) == 4
+    shutil.rmtree(records / partner)
+    capsys.readouterr()
+    other = tmp_path / "b"  # the other machine: no run folders
+    assert cli.main([*args, "--out", str(other), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "4 runs, 0 to do" in said
+    assert "(recorded as scratch_equal_flops,epochs=3 seed0, from its record)" in said
+    assert cli.main([*args, "--out", str(other)]) == 0
+    said = capsys.readouterr().out
+    assert f"recorded as {records / trained}, whose classifiers it shares" in said
+    assert "4 runs, 4 already finished (4 of them from records" in said
+    assert partner in recorded(records) and len(recorded(records)) == 4
+    assert not (other / partner).exists()  # nothing trained
+    for name in ("finetune/metrics.jsonl", "finetune/model.json", "finetune/manifest.json"):
+        assert (records / partner / name).read_bytes() == (records / trained / name).read_bytes()
+    cell = json.loads((records / partner / "cell.json").read_text())
+    assert cell["cell"] == "scratch_equal_flops,pool=all,epochs=1"
+    assert cell["axes"] == {"pretrain.pool": "all", "pretrain.epochs": 1}
+    record = json.loads((records / partner / RECORD).read_text())
+    assert record["core_s"] == 0 and record["trained_as"] == trained
+    # and it counts as done from then on, also for a report of the records
+    assert cli.main([*args, "--out", str(other), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "from its record" not in said and "4 runs, 0 to do" in said
+    assert cli.main(["report", str(records)]) == 0
+
+
 @pytest.fixture
 def smoke_records(smoke_grid, tiny_tin, tmp_path) -> tuple[Path, Path]:
     """(run folders, records) of the shipped smoke grid: a grid that finished before it kept

@@ -76,6 +76,7 @@ from vitmim.lab.records import (
     mismatch,
     pass_costs,
     progress_line,
+    record_as_twin,
     write_record,
 )
 from vitmim.lifetime import die_with_parent, sigterm_as_interrupt
@@ -522,19 +523,20 @@ def assign_donors(runs: list[Run], todo: Collection[Path] | None = None) -> None
             run.donor = donor.dir if donor is not None and donor is not run else None
 
 
-def assign_twins(runs: list[Run], todo: Collection[Path]) -> None:
+def assign_twins(runs: list[Run], todo: Collection[Path], recorded: Collection[Path] = ()) -> None:
     """Give each equal-compute baseline run the twin that trains its classifiers: of the runs of
     its kind and seed whose stages resolve to the same training (regimes that pre-train
     differently but as much, such as 100 epochs of a class subset and 5 of a pool twenty times
-    larger, give their baselines the same length), one finished on disk, else the first still
-    to run (``todo``), which trains them for the rest. A length needs the data and the FLOPs,
-    so only runs that agree on everything else are resolved."""
+    larger, give their baselines the same length), one finished on disk, else one whose record
+    is there (``recorded``: the others are recorded from it), else the first still to run
+    (``todo``), which trains them for the rest. A length needs the data and the FLOPs, so only
+    runs that agree on everything else are resolved."""
     alike: dict[str, list[Run]] = {}
     for run in runs:
         if (
             BASELINES.get(run.kind)
             and BASELINES[run.kind].equal
-            and (run.dir in todo or run_finished(run))
+            and (run.dir in todo or run.dir in recorded or run_finished(run))
         ):
             key = [run.kind, run.seed, run.label_fractions, classifier_keys(run.config)]
             alike.setdefault(json.dumps(key, sort_keys=True), []).append(run)
@@ -556,7 +558,8 @@ def assign_twins(runs: list[Run], todo: Collection[Path]) -> None:
         for run in group:
             same.setdefault(trained(run), []).append(run)
         for twins in same.values():
-            first = next(iter([r for r in twins if run_finished(r)] or twins))
+            on_disk = [r for r in twins if run_finished(r)]
+            first = (on_disk or [r for r in twins if r.dir in recorded] or twins)[0]
             for run in twins:
                 run.twin = first.dir if first is not run else None
 
@@ -639,6 +642,17 @@ class Ledger:
             write_record(run.dir, rec, run.stage_dirs())
             if self.runs:
                 self.write_progress(self.runs)
+
+    def record_from_twin(self, run: Run, twin: Run) -> bool:
+        """Record ``run`` from the record of ``twin``, whose classifiers train exactly as its
+        own (:func:`assign_twins`), instead of training them again; False where the twin's
+        record is not that training (other training data)."""
+        rec, theirs = self.record_dir(run), self.record_dir(twin)
+        if rec is None or theirs is None or self.fingerprint(run) != self.fingerprint(twin):
+            return False
+        record_as_twin(theirs, rec, run.job(), [d.name for d in run.stage_dirs()])
+        print(f"{run.cell} seed{run.seed}: recorded as {theirs}, whose classifiers it shares")
+        return True
 
     def planned(self, run: Run, runs: list[Run], donor_to_come: bool = True) -> Planned:
         """``run`` with the image passes it trains, for the estimate of what is left: a variant
@@ -1174,8 +1188,21 @@ def run_grid(
     ledger = Ledger(Path(spec.records) if spec.records else None, runs, waiting)
     states = {r.dir: ledger.state(r) for r in runs}
     assign_donors(runs, {d for d, s in states.items() if s == "todo"})
-    assign_twins(runs, {d for d, s in states.items() if s == "todo"})
-    todo = comparisons_first([r for r in runs if states[r.dir] == "todo"])
+    assign_twins(
+        runs,
+        {d for d, s in states.items() if s == "todo"},
+        {d for d, s in states.items() if s == "recorded"},
+    )
+    # a run whose twin is recorded only (trained elsewhere) is recorded from it, not trained
+    twins = {r.dir: r for r in runs}
+    from_twin = {
+        r.dir: twins[r.twin]
+        for r in runs
+        if states[r.dir] == "todo" and r.twin is not None and states[r.twin] == "recorded"
+    }
+    todo = comparisons_first(
+        [r for r in runs if states[r.dir] == "todo" and r.dir not in from_twin]
+    )
     if dry_run:  # in the order they would run
         for r in [r for r in runs if states[r.dir] != "todo"] + todo:
             state = (
@@ -1185,8 +1212,19 @@ def run_grid(
             )
             twin = f"  (trains as {r.twin})" if r.twin and states[r.dir] == "todo" else ""
             print(f"{state:8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}{twin}")
+        for d, twin_run in from_twin.items():
+            r = twins[d]
+            print(
+                f"{'twin':8s} {r.kind:22s} {r.cell} seed{r.seed}  {r.dir}  (recorded as "
+                f"{twin_run.cell} seed{twin_run.seed}, from its record)"
+            )
         print(f"{len(runs)} runs, {len(todo)} to do")
         return []
+    for d, twin_run in from_twin.items():
+        if ledger.record_from_twin(twins[d], twin_run):
+            states[d] = "recorded"
+        else:
+            todo.append(twins[d])
     for r in runs:
         if states[r.dir] == "finished":
             ledger.record(r)  # a run finished before its grid kept records

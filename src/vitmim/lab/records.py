@@ -16,6 +16,8 @@ fractions and probe, the same resolved config (the keys that define a run, not w
 it ran: :data:`vitmim.runs.SETTINGS_KEYS`), and the same training data by content. A changed
 config is a new run, never a silently reused one. A key the record does not know (one added to
 vitmim after the run) matches only at its default value, which by design keeps the old behaviour.
+An equal-compute baseline that trains exactly as another run (its twin) is recorded from the
+twin's record where only that is here, with its own ``cell.json`` (:func:`record_as_twin`).
 ``vitmim report RECORDS`` reads the records like run folders.
 """
 
@@ -81,10 +83,9 @@ def is_recorded(record_dir: Path) -> bool:
     return (record_dir / RECORD).exists()
 
 
-def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Path:
-    """Copy what the finished run in ``run_dir`` measured into ``record_dir`` (replacing an
-    older record there: the plan decided it is stale); ``record.json`` last, so that a record
-    cut off half-way is not one."""
+def _scratch_folder(record_dir: Path) -> Path:
+    """An empty folder beside ``record_dir`` to write its record in; refused where
+    ``record_dir`` is a folder that is not a record (never ours to replace)."""
     if record_dir.exists() and not is_recorded(record_dir):
         raise ConfigError(
             f"{record_dir}: exists and holds no record ({RECORD}); the grid writes "
@@ -94,6 +95,21 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
     tmp = record_dir.with_name(record_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _put(tmp: Path, record_dir: Path) -> Path:
+    """Put the record written in ``tmp`` in place of ``record_dir`` (an older record of it)."""
+    shutil.rmtree(record_dir, ignore_errors=True)
+    tmp.rename(record_dir)
+    return record_dir
+
+
+def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Path:
+    """Copy what the finished run in ``run_dir`` measured into ``record_dir`` (replacing an
+    older record there: the plan decided it is stale); ``record.json`` last, so that a record
+    cut off half-way is not one."""
+    tmp = _scratch_folder(record_dir)
     for name in RUN_FILES:
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, tmp / name)
@@ -121,9 +137,35 @@ def write_record(run_dir: Path, record_dir: Path, stage_dirs: list[Path]) -> Pat
             "device_name": manifests[0].get("device_name") if manifests else None,
         },
     )
-    shutil.rmtree(record_dir, ignore_errors=True)
-    tmp.rename(record_dir)
-    return record_dir
+    return _put(tmp, record_dir)
+
+
+def record_as_twin(twin_record: Path, record_dir: Path, job: dict, stage_names: list[str]) -> Path:
+    """Record a run whose classifier stages train exactly as those of the recorded run
+    ``twin_record`` (an equal-compute baseline of a regime that pre-trains otherwise but as
+    much) without training them again: the twin's stages under the run's own ``cell.json``
+    (``job``). It costs nothing more (``core_s`` 0), as when the grid links a twin's finished
+    stages into a run folder; ``record.json`` names the twin."""
+    tmp = _scratch_folder(record_dir)
+    for name in ("summary.json", "summary.md", "probe_random_init.json"):
+        if (twin_record / name).exists():
+            shutil.copy2(twin_record / name, tmp / name)
+    for name in stage_names:
+        shutil.copytree(twin_record / name, tmp / name)
+    checkpoint.write_json(tmp / "cell.json", job)
+    checkpoint.write_json(tmp / "status.json", {"status": "done", "wall_s": 0.0, "cpu_s": 0.0})
+    twin = json_object(twin_record / RECORD)
+    checkpoint.write_json(
+        tmp / RECORD,
+        {
+            "wall_s": 0.0,
+            "core_s": 0.0,
+            "git_commit": twin.get("git_commit"),
+            "device_name": twin.get("device_name"),
+            "trained_as": f"{twin_record.parent.name}/{twin_record.name}",
+        },
+    )
+    return _put(tmp, record_dir)
 
 
 class Planned(NamedTuple):
