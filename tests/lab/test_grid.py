@@ -17,7 +17,7 @@ from pathlib import Path
 import cliproc
 import pytest
 import yaml
-from grid_specs import REPO, SMOKE, TINY, write_spec
+from grid_specs import REPO, SMOKE, TINY, write_spec, write_twins_spec
 
 from vitmim import cli
 from vitmim.config import load_config
@@ -668,18 +668,7 @@ def test_equal_flops_baselines_that_train_alike_train_once(tmp_path, tiny_tin, c
     the 4-class pool: 3 steps of the same images' size each) give their equal-FLOPs baselines
     the same training. Real subprocesses, two at once: the second waits for the first and links
     its classifier instead of training it again; a regime that pre-trains more trains its own."""
-    spec = write_spec(
-        tmp_path / "twins.yaml",
-        config={**TINY, "data.classes": 2},
-        seeds=[0],
-        baselines=["scratch_equal_flops"],
-        probe=False,
-        variants=[
-            {"pretrain.epochs": 3},
-            {"pretrain.pool": "all", "pretrain.epochs": 1},
-            {"pretrain.epochs": 12},
-        ],
-    )
+    spec = write_twins_spec(tmp_path / "twins.yaml", {"pretrain.epochs": 12})
     out = tmp_path / "out"
     first, second, longer = (
         out / f"scratch_equal_flops,{cell}" / "seed0"

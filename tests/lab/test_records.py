@@ -17,7 +17,7 @@ from pathlib import Path
 import cliproc
 import pytest
 import yaml
-from grid_specs import SMOKE, TINY, write_spec
+from grid_specs import SMOKE, TINY, write_spec, write_twins_spec
 
 from vitmim import cli
 from vitmim.errors import UserError
@@ -163,15 +163,7 @@ def test_a_twin_recorded_elsewhere_records_its_partner_without_training(tmp_path
     that record, as its classifiers would be linked on the machine that trained them: nothing
     trains again, and its record costs nothing more."""
     records = tmp_path / "records"
-    spec = write_spec(
-        tmp_path / "twins.yaml",
-        config={**TINY, "data.classes": 2},
-        seeds=[0],
-        baselines=["scratch_equal_flops"],
-        probe=False,
-        variants=[{"pretrain.epochs": 3}, {"pretrain.pool": "all", "pretrain.epochs": 1}],
-        records=str(records),
-    )
+    spec = write_twins_spec(tmp_path / "twins.yaml", records=str(records))
     trained, partner = (
         "scratch_equal_flops,epochs=3/seed0",
         "scratch_equal_flops,pool=all,epochs=1/seed0",
